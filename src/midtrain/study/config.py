@@ -169,7 +169,7 @@ class StudyConfig(_Strict):
             if d not in known:
                 raise _FieldError(f"eval.domains.{d}", f"unknown store; use one of {_k(known)}")
         if self.tokens < self.batch_tokens:
-            raise _FieldError("tokens", f"smaller than one step ({self.batch_tokens} batch_tokens)")
+            raise _FieldError("tokens", f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})")
         return self
 
     def fractions_for(self, cand: Candidate) -> list[float]:

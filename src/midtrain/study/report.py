@@ -166,7 +166,7 @@ def plot_domains(results: dict[str, Any]) -> bytes:
 def _env() -> Environment:
     return Environment(
         loader=PackageLoader("midtrain", "templates"),
-        autoescape=select_autoescape(["html"], default_for_string=False, default=False),
+        autoescape=select_autoescape(["html", "html.j2"], default_for_string=False, default=False),
         trim_blocks=True, lstrip_blocks=True,
     )
 
