@@ -18,20 +18,37 @@ def make_eval(rng, task_shift=0.0, dom_shift=None, n=150, base=None):
     diff_t = base.normal(-2.0, 0.5, size=n)
     diff_d = base.normal(3.0, 0.3, size=n)
     tasks = {
-        t: {i: {"gold_logprob_per_byte": float(diff_t[i] + task_shift + rng.normal(0, 0.05)),
-                "acc": float(rng.random() < 0.25 + task_shift)} for i in range(n)}
+        t: {
+            i: {
+                "gold_logprob_per_byte": float(diff_t[i] + task_shift + rng.normal(0, 0.05)),
+                "acc": float(rng.random() < 0.25 + task_shift),
+            }
+            for i in range(n)
+        }
         for t in TASKS
     }
     domains = {
-        d: {i: {"bpb": float(diff_d[i] + dom_shift.get(d, 0.0) + rng.normal(0, 0.01))} for i in range(n)}
+        d: {
+            i: {"bpb": float(diff_d[i] + dom_shift.get(d, 0.0) + rng.normal(0, 0.01))}
+            for i in range(n)
+        }
         for d in DOMAINS
     }
     return RunEval(tasks, domains)
 
 
 def analyse(arms, ctrls, guards=(), sources=("math",), tasks=TASKS):
-    return analyse_arm(arms, ctrls, tasks=list(tasks), domains=DOMAINS, primary="gold_logprob_per_byte",
-                       candidate_sources=list(sources), guards=list(guards), iters=1000, confidence=0.95)
+    return analyse_arm(
+        arms,
+        ctrls,
+        tasks=list(tasks),
+        domains=DOMAINS,
+        primary="gold_logprob_per_byte",
+        candidate_sources=list(sources),
+        guards=list(guards),
+        iters=1000,
+        confidence=0.95,
+    )
 
 
 def pair(shift=0.0, dom_shift=None, seeds=(0, 1)):

@@ -60,8 +60,14 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 BAD = {
     "ratios not summing to 1": (GOOD.replace("web = 1.0", "web = 0.9"), "base"),
-    "negative ratio": (GOOD.replace("mix = { math = 1.0 }", "mix = { math = -1.0 }"), "candidates.0.mix"),
-    "unknown source": (GOOD.replace("mix = { math = 1.0 }", "mix = { maths = 1.0 }"), "candidates[0].mix.maths"),
+    "negative ratio": (
+        GOOD.replace("mix = { math = 1.0 }", "mix = { math = -1.0 }"),
+        "candidates.0.mix",
+    ),
+    "unknown source": (
+        GOOD.replace("mix = { math = 1.0 }", "mix = { maths = 1.0 }"),
+        "candidates[0].mix.maths",
+    ),
     "unknown base source": (GOOD.replace("web = 1.0", "webb = 1.0"), "base.webb"),
     "missing checkpoint": (GOOD.replace('checkpoint = "ckpt"', ""), "checkpoint"),
     "missing tokens": (GOOD.replace("tokens = 8192", ""), "tokens"),
@@ -71,7 +77,10 @@ BAD = {
     "duplicate candidate": (GOOD.replace('name = "hq+flan"', 'name = "math"'), "candidates.name"),
     "control as candidate": (GOOD.replace('name = "math"', 'name = "control"'), "control"),
     "guard on unknown task": (GOOD + '\n[[guards]]\ntask = "nope"\n', "guards[0].task"),
-    "guard with both targets": (GOOD + '\n[[guards]]\ntask = "world_facts"\ndomain = "web"\n', "guards.0"),
+    "guard with both targets": (
+        GOOD + '\n[[guards]]\ntask = "world_facts"\ndomain = "web"\n',
+        "guards.0",
+    ),
     "train overrides a study field": (GOOD + "\n[train]\nseed = 3\n", "train"),
     "budget below one step": (GOOD.replace("tokens = 8192", "tokens = 100"), "tokens"),
     "not TOML": ("name = [", "not valid TOML"),
@@ -94,7 +103,9 @@ def test_malformed_study_gives_one_line_error(case, tmp_path, capsys):
 
 
 def test_missing_study_file(tmp_path, capsys):
-    code, err = run_cli(["study", "run", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        ["study", "run", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 2 and "not found" in err
 
 

@@ -1,7 +1,58 @@
-"""CLI commands (placeholder until the module lands)."""
+"""`midtrain demo [--quick] [--out DIR]` and `midtrain demo world --out DIR`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def register(app, groups) -> None:
-    """Add this module's commands to the app (see midtrain/cli.py)."""
+import typer
+from rich.console import Console
+
+console = Console()
+demo_app = typer.Typer(help="The embedded demo: a real study on a generated world, on a CPU.")
+
+
+@demo_app.callback(invoke_without_command=True)
+def demo(
+    ctx: typer.Context,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller budgets (~3 min; used by tests).")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
+    workers: Annotated[int, typer.Option(help="Parallel run processes.")] = 1,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache for the demo base model (default $MIDTRAIN_CACHE or ~/.cache/midtrain)."
+        ),
+    ] = None,
+) -> None:
+    """Generate the demo world, build (or reuse) the base, run the demo study, write the report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from midtrain.demo.pipeline import run_demo
+    from midtrain.study.report import verdict_table
+
+    results = run_demo(out, quick=quick, workers=workers, cache=cache)
+    console.print(verdict_table(results))
+    study = Path(out) / "study"
+    console.print(
+        f"report: {study / 'report.md'}  ·  {study / 'report.html'}  ·  {study / 'results.json'}"
+    )
+
+
+@demo_app.command("world")
+def world(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into.")],
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    scale: Annotated[float, typer.Option(help="Size multiplier.")] = 1.0,
+) -> None:
+    """Write the demo world's sources (jsonl) and lm-eval tasks (YAML + JSONL)."""
+    from midtrain.demo.world import generate_world
+
+    info = generate_world(out, seed=seed, scale=scale)
+    console.print_json(data=info)
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    app.add_typer(demo_app, name="demo")

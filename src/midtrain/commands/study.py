@@ -17,11 +17,17 @@ console = Console()
 
 def study_run(
     study: Annotated[Path, typer.Argument(help="The study TOML file.")],
-    out: Annotated[Path, typer.Option("--out", help="Study directory (created; reused to resume).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; run nothing.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Study directory (created; reused to resume).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; run nothing.")
+    ] = False,
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
     workers: Annotated[int, typer.Option(help="Local executor: parallel run processes.")] = 1,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: local Ray).")
+    ] = None,
 ) -> None:
     """Run a microanneal study: control + arms, evaluation, analysis, report."""
     from midtrain.study.config import load_study
@@ -48,9 +54,14 @@ def print_plan(cfg, out: Path) -> None:
         t.add_column(col)
     for r in rows:
         share = f"{r['share_of_full_run']:.3%}" if r["share_of_full_run"] is not None else "–"
-        t.add_row(r["run"], " / ".join(f"{k} {v:.0%}" for k, v in r["mix"].items()), f"{r['tokens']:,}",
-                  f"{r['flops']:.3g}" if r["flops"] else "–",
-                  f"{r['seconds']:.0f}" if r["seconds"] else "–", share)
+        t.add_row(
+            r["run"],
+            " / ".join(f"{k} {v:.0%}" for k, v in r["mix"].items()),
+            f"{r['tokens']:,}",
+            f"{r['flops']:.3g}" if r["flops"] else "–",
+            f"{r['seconds']:.0f}" if r["seconds"] else "–",
+            share,
+        )
     console.print(t)
     shown: set[str] = set()
     for r in rows:
@@ -60,7 +71,9 @@ def print_plan(cfg, out: Path) -> None:
             console.print(r["token_table"])
     total_f = sum(r["flops"] or 0 for r in rows)
     total_s = sum(r["seconds"] or 0 for r in rows)
-    console.print(f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)")
+    console.print(
+        f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
+    )
 
 
 def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory.")]) -> None:
@@ -69,7 +82,9 @@ def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory
 
     p = Path(study_dir) / "results.json"
     if not p.is_file():
-        raise MidtrainError(f"{p} not found; run `midtrain study run STUDY.toml --out {study_dir}` first")
+        raise MidtrainError(
+            f"{p} not found; run `midtrain study run STUDY.toml --out {study_dir}` first"
+        )
     console.print(verdict_table(json.loads(p.read_text())))
 
 

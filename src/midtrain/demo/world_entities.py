@@ -242,7 +242,7 @@ class _Namer:
         while True:
             n = self.rng.randint(lo, hi)
             word = "".join(self.syllable() for _ in range(n)) + suffix
-            if 4 <= len(word) <= 12 and word not in self.used:
+            if 4 <= len(word) <= 9 and word not in self.used:
                 self.used.add(word)
                 return word.capitalize()
 
@@ -260,7 +260,7 @@ def build_world(seed: int) -> World:
         facts.append(Fact(attr, subject, value, phrasing))
 
     for country in countries:
-        own = [namer.name(2, 3) for _ in range(CITIES_PER_COUNTRY)]
+        own = [namer.name(2, 2) for _ in range(CITIES_PER_COUNTRY)]
         cities += own
         capitals.append(own[0])
         add("capital", country, own[0])
@@ -268,11 +268,11 @@ def build_world(seed: int) -> World:
         add("export", country, rng.choice(EXPORTS))
         for city in own:
             add("country", city, country)
-    people = [f"{namer.name(1, 2)} {namer.name(2, 3)}" for _ in range(N_PEOPLE)]
+    people = [f"{namer.name(1, 2)} {namer.name(2, 2)}" for _ in range(N_PEOPLE)]
     for person in people:
         add("birthplace", person, rng.choice(cities))
         add("profession", person, rng.choice(PROFESSIONS))
-    elements = [namer.name(2, 2, "ium") for _ in range(N_ELEMENTS)]
+    elements = [namer.name(1, 2, "ium") for _ in range(N_ELEMENTS)]
     discoverers = rng.sample(people, N_ELEMENTS)
     for element, person in zip(elements, discoverers, strict=True):
         add("color", element, rng.choice(COLORS))

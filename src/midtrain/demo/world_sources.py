@@ -371,7 +371,7 @@ def math_doc(rng: random.Random, ctx: Ctx) -> str:
     out = []
     for _ in range(rng.randint(2, 5)):
         t = ctx.skills.triple(rng)
-        kind = rng.randrange(4)
+        kind = rng.choices(range(4), weights=(4, 3, 1, 2))[0]
         if kind == 0:
             out.append(f"Problem: Compute {fmt(t)}.\nSolution: {worked(t)}\nAnswer: {value(t)}")
         elif kind == 1:

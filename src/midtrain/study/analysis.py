@@ -52,9 +52,9 @@ def _matrix(
     tables = [getattr(r, group).get(key) for r in arms + ctrls]
     if any(t is None for t in tables):
         return None
-    ids = set.intersection(*(
-        {d for d, rec in t.items() if rec.get(metric) is not None} for t in tables
-    ))
+    ids = set.intersection(
+        *({d for d, rec in t.items() if rec.get(metric) is not None} for t in tables)
+    )
     if not ids:
         return None
     order = sorted(ids, key=lambda x: (str(type(x)), x))
@@ -74,7 +74,9 @@ class PairedBootstrap:
         self.iters = iters
         self.seed_w = self.rng.multinomial(n_seeds, [1.0 / n_seeds] * n_seeds, size=iters) / n_seeds
 
-    def draws(self, d: np.ndarray, resample_seeds: bool = True, resample_examples: bool = True) -> np.ndarray:
+    def draws(
+        self, d: np.ndarray, resample_seeds: bool = True, resample_examples: bool = True
+    ) -> np.ndarray:
         """Bootstrap distribution of the mean delta of `d` [n_seeds, n_examples]."""
         n_s, n_e = d.shape
         sw = self.seed_w if resample_seeds else np.full((self.iters, n_s), 1.0 / n_s)
@@ -91,8 +93,12 @@ def _ci(draws: np.ndarray, confidence: float) -> list[float]:
 
 
 def _summary(d: np.ndarray, draws: np.ndarray, confidence: float) -> dict[str, Any]:
-    return {"delta": float(d.mean()), "ci": _ci(draws, confidence), "n_examples": int(d.shape[1]),
-            "n_seeds": int(d.shape[0])}
+    return {
+        "delta": float(d.mean()),
+        "ci": _ci(draws, confidence),
+        "n_examples": int(d.shape[1]),
+        "n_seeds": int(d.shape[0]),
+    }
 
 
 def mde(ci: list[float], confidence: float, power: float = 0.8) -> float:
@@ -209,7 +215,10 @@ def _verdict(out: dict[str, Any], p: dict[str, Any]) -> None:
     elif hi < 0:
         out["verdict"], out["reason"] = "reject", "primary score worse with CI below 0"
     elif lo > 0 and not statuses & {"at-risk", "missing"}:
-        out["verdict"], out["reason"] = "include", "primary score better with CI above 0, guards hold"
+        out["verdict"], out["reason"] = (
+            "include",
+            "primary score better with CI above 0, guards hold",
+        )
     else:
         out["verdict"] = "inconclusive"
         if lo > 0:
@@ -233,7 +242,11 @@ def noise_floor(ctrls: list[RunEval], tasks: list[str], primary: str) -> dict[st
     for t in tasks:
         vals = [c.score(t, primary) for c in ctrls if t in c.tasks]
         per_task[t] = {"scores": vals, "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
-    prim = [float(np.mean([c.score(t, primary) for t in tasks if t in c.tasks])) for c in ctrls] if tasks else []
+    prim = (
+        [float(np.mean([c.score(t, primary) for t in tasks if t in c.tasks])) for c in ctrls]
+        if tasks
+        else []
+    )
     sd = float(np.std(prim, ddof=1)) if len(prim) > 1 else None
     return {"metric": primary, "control_scores": prim, "primary_sd": sd, "tasks": per_task}
 

@@ -149,15 +149,20 @@ class StudyConfig(_Strict):
             for src in cand.mix:
                 if src not in known:
                     raise _FieldError(
-                        f"candidates[{i}].mix.{src}", f"unknown source; add it to [stores] ({_k(known)})"
+                        f"candidates[{i}].mix.{src}",
+                        f"unknown source; add it to [stores] ({_k(known)})",
                     )
         for src in self.base:
             if src not in known:
-                raise _FieldError(f"base.{src}", f"unknown source; add it to [stores] ({_k(known)})")
+                raise _FieldError(
+                    f"base.{src}", f"unknown source; add it to [stores] ({_k(known)})"
+                )
         names = [c.name for c in self.candidates]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise _FieldError("candidates.name", f"{sorted(dup)[0]!r} is used twice; names must be unique")
+            raise _FieldError(
+                "candidates.name", f"{sorted(dup)[0]!r} is used twice; names must be unique"
+            )
         if "control" in names:
             raise _FieldError("candidates.name", "'control' is reserved for the matched control")
         for i, g in enumerate(self.guards):
@@ -169,7 +174,10 @@ class StudyConfig(_Strict):
             if d not in known:
                 raise _FieldError(f"eval.domains.{d}", f"unknown store; use one of {_k(known)}")
         if self.tokens < self.batch_tokens:
-            raise _FieldError("tokens", f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})")
+            raise _FieldError(
+                "tokens",
+                f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})",
+            )
         return self
 
     def fractions_for(self, cand: Candidate) -> list[float]:
@@ -204,7 +212,9 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
     return f"{where}{loc + ': ' if loc else ''}{msg}"
 
 
-def parse_study(data: dict[str, Any], source: str = "", base_dir: Path | None = None) -> StudyConfig:
+def parse_study(
+    data: dict[str, Any], source: str = "", base_dir: Path | None = None
+) -> StudyConfig:
     """Validate a study dict; paths are resolved against `base_dir` (the study file's folder)."""
     try:
         cfg = StudyConfig.model_validate(data)

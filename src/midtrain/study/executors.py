@@ -61,8 +61,14 @@ def _guarded(job: Job, threads: int, attempts: int = 2) -> Outcome:
         except Exception as e:  # noqa: BLE001 - a failed run must not stop the study
             err = f"{type(e).__name__}: {e}"
             tb = traceback.format_exc()
-    return {"name": job["name"], "dir": job["dir"], "status": "failed", "error": err,
-            "traceback": tb, "attempts": attempts}
+    return {
+        "name": job["name"],
+        "dir": job["dir"],
+        "status": "failed",
+        "error": err,
+        "traceback": tb,
+        "attempts": attempts,
+    }
 
 
 class LocalExecutor:
@@ -127,8 +133,12 @@ class RayExecutor:
                 try:
                     outcome = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - worker died twice
-                    outcome = {"name": job["name"], "dir": job["dir"], "status": "failed",
-                               "error": f"ray worker failed: {type(e).__name__}: {e}"}
+                    outcome = {
+                        "name": job["name"],
+                        "dir": job["dir"],
+                        "status": "failed",
+                        "error": f"ray worker failed: {type(e).__name__}: {e}",
+                    }
                 outcomes.append(outcome)
                 notify(outcome)
             return outcomes

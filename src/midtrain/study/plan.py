@@ -151,8 +151,15 @@ def make_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
             rid = _run_id(rc)
             slug = arm.replace("@", "-").replace("+", "_").replace("/", "_")
             run_dir = out / "runs" / f"{slug}-s{seed}-{rid[:10]}"
-            runs.append(RunSpec(arm, cand.name if cand else None, frac, seed, mix, rc, rid, run_dir, ev))
+            runs.append(
+                RunSpec(arm, cand.name if cand else None, frac, seed, mix, rc, rid, run_dir, ev)
+            )
     base_id = content_hash(cfg.checkpoint)[:10]
-    base_eval = {"name": "start checkpoint", "train": None, "dir": str(out / "runs" / f"start-{base_id}"),
-                 "checkpoint": cfg.checkpoint, "eval": ev}
+    base_eval = {
+        "name": "start checkpoint",
+        "train": None,
+        "dir": str(out / "runs" / f"start-{base_id}"),
+        "checkpoint": cfg.checkpoint,
+        "eval": ev,
+    }
     return StudyPlan(cfg, out, runs, base_eval)

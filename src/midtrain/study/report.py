@@ -40,20 +40,34 @@ def verdict_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         p = arm.get("primary") or {}
         tasks = arm.get("tasks", {})
         acc = [t["acc_delta"] for t in tasks.values() if "acc_delta" in t]
-        rows.append({
-            "arm": arm["arm"], "mix": mix_label(arm["mix"]), "verdict": arm["verdict"],
-            "delta": fmt(p.get("delta")), "ci": fmt_ci(p.get("ci")),
-            "acc": fmt(sum(acc) / len(acc)) if acc else "–",
-            "flags": ", ".join(arm.get("flags", [])) or "–",
-            "reason": arm.get("reason", ""), "suggestion": arm.get("suggestion", ""),
-        })
+        rows.append(
+            {
+                "arm": arm["arm"],
+                "mix": mix_label(arm["mix"]),
+                "verdict": arm["verdict"],
+                "delta": fmt(p.get("delta")),
+                "ci": fmt_ci(p.get("ci")),
+                "acc": fmt(sum(acc) / len(acc)) if acc else "–",
+                "flags": ", ".join(arm.get("flags", [])) or "–",
+                "reason": arm.get("reason", ""),
+                "suggestion": arm.get("suggestion", ""),
+            }
+        )
     return rows
 
 
 def verdict_table(results: dict[str, Any]) -> Table:
     metric = results["eval"]["primary_metric"]
     t = Table(title=f"study {results['study']}: arm − control, primary = mean {metric}")
-    for col in ("arm", "mix", "verdict", "Δ primary", f"{results['confidence']:.0%} CI", "Δ acc", "flags"):
+    for col in (
+        "arm",
+        "mix",
+        "verdict",
+        "Δ primary",
+        f"{results['confidence']:.0%} CI",
+        "Δ acc",
+        "flags",
+    ):
         t.add_column(col)
     style = {"include": "green", "reject": "red", "inconclusive": "yellow"}
     for r in verdict_rows(results):
@@ -78,7 +92,9 @@ def plot_deltas(results: dict[str, Any]) -> bytes:
     arms = results["arms"]
     tasks = results["eval"]["tasks"]
     domains = results["eval"]["domains"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 + 0.45 * max(1, len(arms)) * max(1, len(tasks) + 1)))
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12, 0.5 + 0.45 * max(1, len(arms)) * max(1, len(tasks) + 1))
+    )
     for ax, keys, field, title in (
         (axes[0], ["primary"] + tasks, "delta", f"task Δ ({results['eval']['primary_metric']})"),
         (axes[1], domains, "delta_bpb", "domain Δ bits-per-byte (lower is better)"),
@@ -86,7 +102,11 @@ def plot_deltas(results: dict[str, Any]) -> bytes:
         labels, vals, lo, hi = [], [], [], []
         for arm in arms:
             for k in keys:
-                rec = arm.get("primary") if k == "primary" else (arm.get("tasks", {}) | arm.get("domains", {})).get(k)
+                rec = (
+                    arm.get("primary")
+                    if k == "primary"
+                    else (arm.get("tasks", {}) | arm.get("domains", {})).get(k)
+                )
                 if not rec:
                     continue
                 labels.append(f"{arm['arm']} · {k}")
@@ -123,9 +143,14 @@ def plot_loss(results: dict[str, Any], out: Path) -> bytes:
         if not rows:
             continue
         c = colors.setdefault(r["arm"], f"C{len(colors) % 10}")
-        ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], color=c, lw=1,
-                ls="-" if r["seed"] == first_seed else "--",
-                label=r["arm"] if r["arm"] not in [h.get_label() for h in ax.lines] else None)
+        ax.plot(
+            [x["tokens"] for x in rows],
+            [x["loss"] for x in rows],
+            color=c,
+            lw=1,
+            ls="-" if r["seed"] == first_seed else "--",
+            label=r["arm"] if r["arm"] not in [h.get_label() for h in ax.lines] else None,
+        )
     ax.set_xlabel("tokens")
     ax.set_ylabel("training loss (on each run's own mix)")
     ax.legend(fontsize=8)
@@ -167,7 +192,8 @@ def _env() -> Environment:
     return Environment(
         loader=PackageLoader("midtrain", "templates"),
         autoescape=select_autoescape(["html", "html.j2"], default_for_string=False, default=False),
-        trim_blocks=True, lstrip_blocks=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
@@ -183,7 +209,11 @@ def write_report(results: dict[str, Any], plan, out: Path) -> dict[str, Path]:
     for name, data in plots.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", data)
     ctx = {
-        "r": results, "cfg": plan.config, "rows": verdict_rows(results), "fmt": fmt, "fmt_ci": fmt_ci,
+        "r": results,
+        "cfg": plan.config,
+        "rows": verdict_rows(results),
+        "fmt": fmt,
+        "fmt_ci": fmt_ci,
         "mix_label": mix_label,
         "images": {k: base64.b64encode(v).decode() for k, v in plots.items()},
     }

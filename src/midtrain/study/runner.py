@@ -44,7 +44,9 @@ def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
     if cfg.eval.tasks:
         from midtrain.evaluation import validate_tasks
 
-        validate_tasks(cfg.eval.tasks, Path(cfg.eval.include_path) if cfg.eval.include_path else None)
+        validate_tasks(
+            cfg.eval.tasks, Path(cfg.eval.include_path) if cfg.eval.include_path else None
+        )
     plan = make_plan(cfg, out)
     from midtrain import train
 
@@ -63,33 +65,54 @@ def dry_run_rows(plan: StudyPlan) -> list[dict[str, Any]]:
     rows = []
     for r in plan.runs:
         est = train.dry_run(train.load_run_config(r.run_config))
-        rows.append({
-            "run": r.name,
-            "dir": str(r.dir),
-            "mix": {m["source"]: m["ratio"] for m in r.mix},
-            "tokens": plan.config.tokens,
-            "flops": est.get("flops"),
-            "seconds": est.get("seconds"),
-            "share_of_full_run": (plan.config.tokens / plan.config.full_run_tokens
-                                  if plan.config.full_run_tokens else None),
-            "token_table": est.get("token_table"),
-        })
+        rows.append(
+            {
+                "run": r.name,
+                "dir": str(r.dir),
+                "mix": {m["source"]: m["ratio"] for m in r.mix},
+                "tokens": plan.config.tokens,
+                "flops": est.get("flops"),
+                "seconds": est.get("seconds"),
+                "share_of_full_run": (
+                    plan.config.tokens / plan.config.full_run_tokens
+                    if plan.config.full_run_tokens
+                    else None
+                ),
+                "token_table": est.get("token_table"),
+            }
+        )
     return rows
 
 
 def run_study(
-    cfg: StudyConfig, out: Path, *, executor: str = "local", workers: int = 1,
+    cfg: StudyConfig,
+    out: Path,
+    *,
+    executor: str = "local",
+    workers: int = 1,
     address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study and write results.json + the report. Returns the results."""
     out = Path(out).resolve()
     plan = prepare(cfg, out)
     with study_lock(out):
-        atomic_write_json(out / "study.json", {
-            "config": cfg.model_dump(mode="json"),
-            "runs": [{"name": r.name, "arm": r.arm, "seed": r.seed, "run_id": r.run_id,
-                      "dir": str(r.dir.relative_to(out)), "mix": r.mix} for r in plan.runs],
-        })
+        atomic_write_json(
+            out / "study.json",
+            {
+                "config": cfg.model_dump(mode="json"),
+                "runs": [
+                    {
+                        "name": r.name,
+                        "arm": r.arm,
+                        "seed": r.seed,
+                        "run_id": r.run_id,
+                        "dir": str(r.dir.relative_to(out)),
+                        "mix": r.mix,
+                    }
+                    for r in plan.runs
+                ],
+            },
+        )
         jobs = [plan.base_eval] + [r.job() for r in plan.runs]
         todo = [j for j in jobs if not _finished(j)]
         console.print(f"study {cfg.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done")
@@ -136,11 +159,17 @@ def _run_record(r, out: Path) -> dict[str, Any]:
     metrics = read_json(metrics_p) if metrics_p.is_file() else {}
     ok = status.get("status") == "done" and (r.dir / "eval" / "examples.jsonl").is_file()
     return {
-        "name": r.name, "arm": r.arm, "seed": r.seed, "run_id": r.run_id,
-        "dir": str(r.dir.relative_to(out)), "status": "done" if ok else status.get("status", "failed"),
+        "name": r.name,
+        "arm": r.arm,
+        "seed": r.seed,
+        "run_id": r.run_id,
+        "dir": str(r.dir.relative_to(out)),
+        "status": "done" if ok else status.get("status", "failed"),
         "error": status.get("error"),
         "checkpoint": str((r.dir / "final").relative_to(out)) if ok else None,
-        "tokens": metrics.get("tokens"), "flops": metrics.get("flops"), "wall_s": metrics.get("wall_s"),
+        "tokens": metrics.get("tokens"),
+        "flops": metrics.get("flops"),
+        "wall_s": metrics.get("wall_s"),
         "final_loss": metrics.get("final_loss"),
     }
 
@@ -148,7 +177,8 @@ def _run_record(r, out: Path) -> dict[str, Any]:
 def _cost(records: list[dict[str, Any]], full: int | None) -> dict[str, Any]:
     tok = sum(r["tokens"] or 0 for r in records)
     return {
-        "runs": len(records), "tokens": tok,
+        "runs": len(records),
+        "tokens": tok,
         "flops": sum(r["flops"] or 0 for r in records),
         "wall_s": round(sum(r["wall_s"] or 0 for r in records), 2),
         "share_of_full_run": tok / full if full else None,
@@ -171,16 +201,32 @@ def collect_results(plan: StudyPlan) -> dict[str, Any]:
         "runs": [records[r.name] for r in plan.runs if r.arm == CONTROL],
         "noise_floor": noise,
         "scores": {t: [e.score(t, a.primary) for e in ctrl_evals] for t in tasks},
-        "domains": {d: [float(sum(v["bpb"] for v in e.domains[d].values()) / len(e.domains[d]))
-                        for e in ctrl_evals if d in e.domains] for d in domains},
-        "cost": _cost([records[r.name] for r in plan.runs if r.arm == CONTROL], cfg.full_run_tokens),
+        "domains": {
+            d: [
+                float(sum(v["bpb"] for v in e.domains[d].values()) / len(e.domains[d]))
+                for e in ctrl_evals
+                if d in e.domains
+            ]
+            for d in domains
+        },
+        "cost": _cost(
+            [records[r.name] for r in plan.runs if r.arm == CONTROL], cfg.full_run_tokens
+        ),
     }
     start = _start_point(start_eval, ctrl_evals, tasks, a.primary)
     results: dict[str, Any] = {
-        "study": cfg.name, "control": control, "start": start, "arms": [],
-        "eval": {"include_path": cfg.eval.include_path, "tasks": tasks, "domains": domains,
-                 "primary_metric": a.primary, "limit": cfg.eval.limit,
-                 "num_fewshot": cfg.eval.num_fewshot},
+        "study": cfg.name,
+        "control": control,
+        "start": start,
+        "arms": [],
+        "eval": {
+            "include_path": cfg.eval.include_path,
+            "tasks": tasks,
+            "domains": domains,
+            "primary_metric": a.primary,
+            "limit": cfg.eval.limit,
+            "num_fewshot": cfg.eval.num_fewshot,
+        },
         "confidence": a.confidence,
         "study_flags": _study_flags(cfg, plan, start, noise),
     }
@@ -188,26 +234,46 @@ def collect_results(plan: StudyPlan) -> dict[str, Any]:
     for arm in plan.arms():
         runs = plan.arm_runs(arm)
         pairs = [(r, plan.control(r.seed)) for r in runs]
-        ok = [(r, c) for r, c in pairs if records[r.name]["status"] == "done"
-              and records[c.name]["status"] == "done"]
+        ok = [
+            (r, c)
+            for r, c in pairs
+            if records[r.name]["status"] == "done" and records[c.name]["status"] == "done"
+        ]
         cand = by_cand[runs[0].candidate]
         entry: dict[str, Any] = {
-            "name": cand.name, "arm": arm, "mix": runs[0].mix, "candidate_mix": cand.mix,
-            "fraction": runs[0].fraction, "seeds": [r.seed for r, _ in ok],
+            "name": cand.name,
+            "arm": arm,
+            "mix": runs[0].mix,
+            "candidate_mix": cand.mix,
+            "fraction": runs[0].fraction,
+            "seeds": [r.seed for r, _ in ok],
             "runs": [records[r.name] for r in runs],
             "checkpoints": [records[r.name]["checkpoint"] for r, _ in ok],
             "cost": _cost([records[r.name] for r in runs], cfg.full_run_tokens),
         }
         if not ok:
-            entry.update(verdict="failed", reason="no arm/control pair finished", flags=[],
-                         primary=None, tasks={}, domains={})
+            entry.update(
+                verdict="failed",
+                reason="no arm/control pair finished",
+                flags=[],
+                primary=None,
+                tasks={},
+                domains={},
+            )
         else:
-            entry.update(analysis.analyse_arm(
-                [evals[r.name] for r, _ in ok], [evals[c.name] for _, c in ok],
-                tasks=tasks, domains=domains, primary=a.primary,
-                candidate_sources=sorted(cand.mix), guards=[g.model_dump() for g in cfg.guards],
-                iters=a.bootstrap, confidence=a.confidence,
-            ))
+            entry.update(
+                analysis.analyse_arm(
+                    [evals[r.name] for r, _ in ok],
+                    [evals[c.name] for _, c in ok],
+                    tasks=tasks,
+                    domains=domains,
+                    primary=a.primary,
+                    candidate_sources=sorted(cand.mix),
+                    guards=[g.model_dump() for g in cfg.guards],
+                    iters=a.bootstrap,
+                    confidence=a.confidence,
+                )
+            )
             entry["flags"] += results["study_flags"]
         results["arms"].append(entry)
     return results
@@ -218,11 +284,16 @@ def _start_point(start_eval, ctrl_evals, tasks: list[str], metric: str) -> dict[
         return {}
     s = analysis.primary_score(start_eval, tasks, metric)
     c = [analysis.primary_score(e, tasks, metric) for e in ctrl_evals]
-    return {"primary": s, "control_gain": (sum(c) / len(c) - s) if c else None,
-            "tasks": {t: start_eval.score(t, metric) for t in tasks if t in start_eval.tasks}}
+    return {
+        "primary": s,
+        "control_gain": (sum(c) / len(c) - s) if c else None,
+        "tasks": {t: start_eval.score(t, metric) for t in tasks if t in start_eval.tasks},
+    }
 
 
-def _study_flags(cfg: StudyConfig, plan: StudyPlan, start: dict[str, Any], noise: dict[str, Any]) -> list[str]:
+def _study_flags(
+    cfg: StudyConfig, plan: StudyPlan, start: dict[str, Any], noise: dict[str, Any]
+) -> list[str]:
     flags = []
     seen = cfg.checkpoint_tokens
     state = Path(cfg.checkpoint) / "midtrain_state" / "trainer.json"

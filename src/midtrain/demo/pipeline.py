@@ -1,0 +1,221 @@
+"""`midtrain demo`: a real microanneal study on the generated demo world, on a laptop CPU.
+
+Steps: generate the world -> train a BPE tokenizer -> token stores -> pretrain (or reuse from the
+cache) a tiny Llama base on `web` with a constant LR (the stable phase) -> write study.toml -> run the
+study -> report. Every step is content-addressed, so a second `midtrain demo` reuses what is done.
+Nothing here decides an outcome: the study measures whatever the world's sources do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Budgets of the demo. `quick` is the same study with smaller budgets (tests and CI use it)."""
+
+    scale: float = 1.0  # world size
+    vocab_size: int = 1024
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "model_type": "llama",
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "intermediate_size": 512,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": False,
+        }
+    )
+    seq_len: int = 256
+    batch_tokens: int = 4096
+    micro_batch: int = 16
+    base_tokens: int = 2_000_000
+    base_lr: float = 3e-3
+    anneal_tokens: int = 160_000
+    seeds: tuple[int, ...] = (0, 1)
+    eval_limit: int = 200
+    full_run_tokens: int = 2_400_000
+
+
+FULL = DemoSettings()
+QUICK = DemoSettings(
+    scale=0.3, base_tokens=400_000, anneal_tokens=32_768, eval_limit=100, full_run_tokens=480_000
+)
+
+CANDIDATES = [
+    ("math", {"math": 1.0}),
+    ("code", {"code": 1.0}),
+    ("hq", {"hq": 1.0}),
+    ("flan", {"flan": 1.0}),
+    ("hq+flan", {"hq": 0.5, "flan": 0.5}),  # at fraction 0.3: 70/15/15, as in Olmo's PT/FLAN/HQ
+]
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("MIDTRAIN_CACHE", Path.home() / ".cache" / "midtrain"))
+
+
+def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> dict[str, Any]:
+    """World, tokenizer and one token store per source (each skipped when already there)."""
+    from midtrain.data.store import TokenStore, prepare_source
+    from midtrain.data.tokenizer import load_tokenizer, train_tokenizer
+    from midtrain.demo.world import generate_world
+
+    world_dir = out / "world"
+    if not (world_dir / "world.json").is_file():
+        generate_world(world_dir, seed=seed, scale=s.scale)
+    world = read_json(world_dir / "world.json")
+    sources = sorted(p.name for p in (world_dir / "sources").iterdir() if p.is_dir())
+    files = {name: sorted((world_dir / "sources" / name).glob("*.jsonl")) for name in sources}
+    tok_dir = out / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        train_tokenizer(_texts([f for fs in files.values() for f in fs]), s.vocab_size, tok_dir)
+    tok = load_tokenizer(tok_dir)
+    stores = {}
+    for name in sources:
+        sd = out / "stores" / name
+        if not (sd / "manifest.json").is_file():
+            prepare_source(
+                name, files[name], sd, tok, heldout_fraction=0.02, seed=seed, text_field="text"
+            )
+        stores[name] = TokenStore.open(sd)
+    return {"world": world, "world_dir": world_dir, "tokenizer": tok_dir, "stores": stores}
+
+
+def _texts(files: list[Path]):
+    import json
+
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)["text"]
+
+
+def pretrain_base(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
+    """The stable-phase base: constant LR on `web`, cached by the content hash of its inputs."""
+    from midtrain import train
+
+    web = ctx["stores"]["web"]
+    rc = {
+        "model": dict(s.model, vocab_size=web.vocab_size),
+        "tokenizer": str(ctx["tokenizer"]),
+        "stores": {"web": str(web.path)},
+        "mix": [{"source": "web", "ratio": 1.0, "max_repetition": 10.0}],
+        "tokens": s.base_tokens,
+        "seq_len": s.seq_len,
+        "batch_tokens": s.batch_tokens,
+        "micro_batch": s.micro_batch,
+        "seed": 0,
+        "schedule": {"name": "constant", "start_lr": s.base_lr, "warmup_steps": 20},
+        "checkpoint_every": 100,
+    }
+    key = hash_obj(
+        {
+            "web": web.content_hash,
+            "tokenizer": web.tokenizer_hash,
+            "config": {k: v for k, v in rc.items() if k not in ("stores", "tokenizer")},
+        }
+    )
+    run_dir = cache / "demo-base" / key[:16]
+    status = run_dir / "status.json"
+    if status.is_file() and read_json(status).get("status") == "done":
+        console.print(f"base model: cached at {run_dir / 'final'}")
+    else:
+        console.print(
+            f"base model: pretraining {s.base_tokens:,} tokens on web (constant LR) -> {run_dir}"
+        )
+        train.run(train.load_run_config(rc), run_dir, progress=None)
+    return run_dir / "final"
+
+
+def study_toml(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> str:
+    """The demo's study file (paths relative to it, so the folder can be moved)."""
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(Path(p).resolve(), out.resolve())
+
+    stores = "\n".join(f'{n} = "{rel(st.path)}"' for n, st in sorted(ctx["stores"].items()))
+    tasks = sorted(
+        p.stem for p in (ctx["world_dir"] / "tasks").glob("*.yaml") if not p.stem.startswith("_")
+    )
+    cands = "\n".join(
+        f'[[candidates]]\nname = "{name}"\nmix = {{ {", ".join(f"{k} = {v}" for k, v in mix.items())} }}\n'
+        f"max_repetition = 8.0\n"
+        for name, mix in CANDIDATES
+    )
+    return f"""# The midtrain demo study: written by `midtrain demo`, runnable with `midtrain study run`.
+name = "demo"
+checkpoint = "{Path(base).resolve()}"
+tokens = {s.anneal_tokens}
+seq_len = {s.seq_len}
+batch_tokens = {s.batch_tokens}
+micro_batch = {s.micro_batch}
+seeds = {list(s.seeds)}
+fractions = [0.3]
+full_run_tokens = {s.full_run_tokens}
+base_max_repetition = 4.0
+
+[stores]
+{stores}
+
+[base]
+web = 1.0
+
+[schedule]
+name = "linear"
+final_lr_fraction = 0.0
+
+[eval]
+tasks = {tasks!r}
+include_path = "{rel(ctx["world_dir"] / "tasks")}"
+limit = {s.eval_limit}
+
+[[guards]]
+domain = "web"
+tolerance = 0.05
+
+{cands}"""
+
+
+def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    workers: int = 1,
+    cache: Path | None = None,
+    settings: DemoSettings | None = None,
+) -> dict[str, Any]:
+    """Run the whole demo into `out`; returns the study results."""
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    s = settings or (QUICK if quick else FULL)
+    out = Path(out).resolve()
+    cache = Path(cache or default_cache()).resolve()
+    t0 = time.time()
+    console.print(f"[bold]midtrain demo[/] ({'quick' if quick else 'full'}) -> {out}")
+    ctx = build_world_and_stores(out, s)
+    console.print(
+        f"world, tokenizer and {len(ctx['stores'])} token stores ready ({time.time() - t0:.0f}s)"
+    )
+    base = pretrain_base(ctx, s, cache)
+    study_path = out / "study.toml"
+    atomic_write_text(study_path, study_toml(ctx, base, s, out))
+    atomic_write_json(out / "demo-settings.json", asdict(s))
+    results = run_study(load_study(study_path), out / "study", workers=workers)
+    results["demo_wall_s"] = round(time.time() - t0, 1)
+    console.print(f"demo finished in {time.time() - t0:.0f}s")
+    return results

@@ -1,0 +1,223 @@
+"""The demo world: a synthetic, deterministic set of training sources and held-out lm-eval tasks.
+
+`generate_world(out, seed, scale)` writes::
+
+    OUT/sources/<web|hq|flan|math|code>/data.jsonl   one {"text": ...} per line
+    OUT/tasks/world_{facts,arith,code}.{yaml,jsonl}  lm-eval multiple-choice tasks (test split)
+    OUT/tasks/world.yaml                             group `world` bundling the three tasks
+    OUT/tasks/world_data.py                          loads the JSONL next to the YAML
+    OUT/world.json                                   seed, scale, counts, content hash
+
+The task YAMLs name their JSONL relative to the tasks folder and load it through
+`custom_dataset: !function world_data.load_test`, which lm-eval resolves next to the YAML, so the
+world folder can be moved or copied and still loads offline from any working directory.
+Entities, facts and held-out items depend on the seed only; `scale` multiplies source sizes and
+task item counts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from midtrain.demo.world_entities import ATTRIBUTES, World, build_world
+from midtrain.demo.world_skills import Skills, fmt, number_distractors, value
+from midtrain.demo.world_sources import SOURCES, Ctx
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_dir, atomic_write_json, hash_tree
+
+FORMAT = "midtrain-world/1"
+TASK_ITEMS_AT_SCALE_1 = 300
+MIN_TASK_ITEMS = 50
+CODE_QUESTION = "What does this program print?"
+
+TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {name}.jsonl
+custom_dataset: !function world_data.load_test
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{doc_to_text}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+GROUP_YAML = """\
+group: world
+task:
+  - world_facts
+  - world_arith
+  - world_code
+aggregate_metric_list:
+  - metric: acc
+    weight_by_size: true
+  - metric: acc_norm
+    weight_by_size: true
+metadata:
+  version: 1.0
+"""
+
+LOADER_PY = '''\
+"""Loads a task's JSONL from this folder (the data_files path is relative to this file)."""
+
+import json
+from pathlib import Path
+
+import datasets
+
+
+def load_test(data_files=None, **_):
+    path = Path(__file__).parent / data_files["test"]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+'''
+
+DOC_TO_TEXT = {
+    "world_facts": "Question: {{question}}\\nAnswer:",
+    "world_arith": "Question: {{question}}\\nAnswer:",
+    "world_code": "Program:\\n{{program}}\\nQuestion: " + CODE_QUESTION + "\\nAnswer:",
+}
+
+
+def _mc(rng: random.Random, answer: str, wrong: list[str]) -> tuple[list[str], int]:
+    choices = [answer, *wrong[:3]]
+    rng.shuffle(choices)
+    return choices, choices.index(answer)
+
+
+def facts_items(world: World, n: int, rng: random.Random) -> list[dict]:
+    """One item per fact (a sample of n facts), asked with the fact's reserved phrasing."""
+    items = []
+    for f in rng.sample(world.facts, min(n, len(world.facts))):
+        pool = [v for v in dict.fromkeys(world.pools[ATTRIBUTES[f.attr].pool]) if v != f.value]
+        choices, answer = _mc(rng, f.value, rng.sample(pool, 3))
+        items.append(
+            {"question": f.task_question, "choices": choices, "answer": answer, "kind": f.attr}
+        )
+    return items
+
+
+def arith_items(skills: Skills, n: int, rng: random.Random) -> list[dict]:
+    items = []
+    for t in skills.task_triples[:n]:
+        choices, answer = _mc(rng, str(value(t)), number_distractors(rng, value(t)))
+        items.append(
+            {"question": f"What is {fmt(t)}?", "choices": choices, "answer": answer, "kind": t[1]}
+        )
+    return items
+
+
+def code_items(skills: Skills, n: int, rng: random.Random) -> list[dict]:
+    items = []
+    for p in skills.task_programs[:n]:
+        choices, answer = _mc(rng, p.output, list(p.wrong))
+        items.append({"program": p.src, "choices": choices, "answer": answer, "kind": p.family})
+    return items
+
+
+TASKS = {"world_facts": facts_items, "world_arith": arith_items, "world_code": code_items}
+
+
+def task_prompt(task: str, item: dict) -> str:
+    """The text lm-eval scores for `item` (doc_to_text rendered), without the answer."""
+    if task == "world_code":
+        return f"Program:\n{item['program']}\nQuestion: {CODE_QUESTION}\nAnswer:"
+    return f"Question: {item['question']}\nAnswer:"
+
+
+def _check_args(seed: int, scale: float) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise MidtrainError(f"seed must be a non-negative integer, got {seed!r}")
+    if not (isinstance(scale, int | float) and 0 < scale <= 100):
+        raise MidtrainError(f"scale must be a number in (0, 100], got {scale!r}")
+
+
+def _write_source(path: Path, name: str, ctx: Ctx, seed: int, scale: float) -> dict:
+    src = SOURCES[name]
+    rng = random.Random(f"midtrain-world:{seed}:source:{name}")
+    target = int(src.bytes_at_scale_1 * scale)
+    lines, n_bytes = [], 0
+    while n_bytes < target:
+        line = json.dumps({"text": src.doc(rng, ctx)}, ensure_ascii=True) + "\n"
+        lines.append(line)
+        n_bytes += len(line)
+    path.mkdir(parents=True)
+    text = "".join(lines)
+    (path / "data.jsonl").write_text(text, encoding="utf-8")
+    return {"docs": len(lines), "bytes": len(text)}
+
+
+def _write_tasks(path: Path, world: World, skills: Skills, seed: int, scale: float) -> dict:
+    path.mkdir(parents=True)
+    n = max(MIN_TASK_ITEMS, round(TASK_ITEMS_AT_SCALE_1 * scale))
+    counts = {}
+    for name, make in TASKS.items():
+        rng = random.Random(f"midtrain-world:{seed}:task:{name}")
+        items = make(world if name == "world_facts" else skills, n, rng)
+        body = "".join(json.dumps(it, ensure_ascii=True, sort_keys=True) + "\n" for it in items)
+        (path / f"{name}.jsonl").write_text(body, encoding="utf-8")
+        yaml = TASK_YAML.format(name=name, doc_to_text=DOC_TO_TEXT[name])
+        (path / f"{name}.yaml").write_text(yaml, encoding="utf-8")
+        counts[name] = len(items)
+    (path / "world.yaml").write_text(GROUP_YAML, encoding="utf-8")
+    (path / "world_data.py").write_text(LOADER_PY, encoding="utf-8")
+    return counts
+
+
+def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
+    """Write the demo world for (seed, scale) into `out` atomically; return paths and counts.
+
+    The same (seed, scale) gives byte-identical files. An existing `out` is replaced only once
+    the new world is complete.
+    """
+    _check_args(seed, scale)
+    out = Path(out).resolve()
+    world = build_world(seed)
+    skills = Skills(seed, world)
+    ctx = Ctx(world, skills)
+    with atomic_dir(out) as tmp:
+        sources = {n: _write_source(tmp / "sources" / n, n, ctx, seed, scale) for n in SOURCES}
+        tasks = _write_tasks(tmp / "tasks", world, skills, seed, scale)
+        meta = {
+            "format": FORMAT,
+            "seed": seed,
+            "scale": scale,
+            "sources": sources,
+            "tasks": tasks,
+            "content_hash": hash_tree(tmp),
+        }
+        atomic_write_json(tmp / "world.json", meta)
+    return {
+        **meta,
+        "path": out,
+        "tasks_dir": out / "tasks",
+        "source_paths": {n: out / "sources" / n / "data.jsonl" for n in SOURCES},
+        "task_paths": {n: out / "tasks" / f"{n}.jsonl" for n in TASKS},
+    }
+
+
+def read_world(path: str | Path) -> dict[str, Any]:
+    """The `world.json` of a generated world (MidtrainError when missing or not a world)."""
+    meta_path = Path(path) / "world.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MidtrainError(f"{meta_path}: not a demo world ({e}); run `generate_world` again") from e
+    if meta.get("format") != FORMAT:
+        raise MidtrainError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    return meta
+
