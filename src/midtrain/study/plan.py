@@ -6,6 +6,7 @@ the checkpoint and stores (not their paths), so the same inputs always map to th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -149,7 +150,7 @@ def make_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
             mix = arm_mix(cfg, cand, frac)
             rc = _run_config(cfg, mix, seed)
             rid = _run_id(rc)
-            slug = arm.replace("@", "-").replace("+", "_").replace("/", "_")
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", arm.replace("@", "-").replace("+", "_"))
             run_dir = out / "runs" / f"{slug}-s{seed}-{rid[:10]}"
             runs.append(
                 RunSpec(arm, cand.name if cand else None, frac, seed, mix, rc, rid, run_dir, ev)

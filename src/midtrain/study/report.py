@@ -188,13 +188,20 @@ def plot_domains(results: dict[str, Any]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- documents
+def md_escape(text: object) -> str:
+    """Escape data text for a Markdown table cell (no raw HTML, no stray column breaks)."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _env() -> Environment:
-    return Environment(
+    env = Environment(
         loader=PackageLoader("midtrain", "templates"),
         autoescape=select_autoescape(["html", "html.j2"], default_for_string=False, default=False),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["md"] = md_escape
+    return env
 
 
 def write_report(results: dict[str, Any], plan, out: Path) -> dict[str, Path]:
