@@ -103,9 +103,12 @@ def score_items(model, tok, task: str, items: list[dict], bs: int = 64) -> dict[
                 scores[i, j], norms[i, j] = lp, lp / nb
     model.train()
     gold = np.array([it["answer"] for it in items])
+    hit = scores.argmax(1) == gold
+    kinds = np.array([it["kind"] for it in items])
     return {
-        "acc": float((scores.argmax(1) == gold).mean()),
+        "acc": float(hit.mean()),
         "acc_norm": float((norms.argmax(1) == gold).mean()),
+        "acc_by_kind": {k: float(hit[kinds == k].mean()) for k in sorted(set(kinds))},
     }
 
 
@@ -150,13 +153,25 @@ def main() -> None:
     n_bytes = {n: info["sources"][n]["bytes"] for n in streams}
     print(f"tokenizer+encode {time.time() - t0:.1f}s; tokens per source:", file=sys.stderr)
     for n, s in streams.items():
-        print(f"  {n:5s} {len(s):>9,d} tokens, {n_bytes[n] / len(s):.2f} bytes/token", file=sys.stderr)
-    items = {t: [json.loads(x) for x in p.read_text().splitlines()][: args.limit] for t, p in info["task_paths"].items()}
+        print(
+            f"  {n:5s} {len(s):>9,d} tokens, {n_bytes[n] / len(s):.2f} bytes/token", file=sys.stderr
+        )
+    items = {
+        t: [json.loads(x) for x in p.read_text().splitlines()][: args.limit]
+        for t, p in info["task_paths"].items()
+    }
 
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=4, intermediate_size=512, max_position_embeddings=512,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=512,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
     )
     model = LlamaForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -201,6 +216,8 @@ def main() -> None:
         if (step + 1) % every == 0 or step + 1 == steps:
             print(f"  {(step + 1) * seq * bsz / (time.time() - t0):.0f} tok/s", file=sys.stderr)
             evaluate(step + 1, ema)
+    for t in items:
+        print(f"{t} final acc by kind:", json.dumps(curve[-1][t]["acc_by_kind"]), flush=True)
     check = lm_eval_crosscheck(model, tok, info["tasks_dir"], args.limit)
     print("lm_eval simple_evaluate acc:", json.dumps(check), flush=True)
     if args.out:

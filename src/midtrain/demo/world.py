@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from midtrain.demo.world_entities import ATTRIBUTES, World, build_world
+from midtrain.demo.world_entities import ATTRIBUTES, Fact, World, build_world
 from midtrain.demo.world_skills import Skills, fmt, number_distractors, value
 from midtrain.demo.world_sources import SOURCES, Ctx
 from midtrain.errors import MidtrainError
@@ -31,7 +31,6 @@ from midtrain.io import atomic_dir, atomic_write_json, hash_tree
 FORMAT = "midtrain-world/1"
 TASK_ITEMS_AT_SCALE_1 = 300
 MIN_TASK_ITEMS = 50
-CODE_QUESTION = "What does this program print?"
 
 TASK_YAML = """\
 task: {name}
@@ -89,7 +88,7 @@ def load_test(data_files=None, **_):
 DOC_TO_TEXT = {
     "world_facts": "Question: {{question}}\\nAnswer:",
     "world_arith": "Question: {{question}}\\nAnswer:",
-    "world_code": "Program:\\n{{program}}\\nQuestion: " + CODE_QUESTION + "\\nAnswer:",
+    "world_code": "```python\\n{{program}}\\n```\\nOutput:",
 }
 
 
@@ -100,15 +99,27 @@ def _mc(rng: random.Random, answer: str, wrong: list[str]) -> tuple[list[str], i
 
 
 def facts_items(world: World, n: int, rng: random.Random) -> list[dict]:
-    """One item per fact (a sample of n facts), asked with the fact's reserved phrasing."""
+    """One item per fact (a sample of n facts), asked with the fact's reserved phrasing.
+
+    Distractors are the answers of other facts of the same kind, drawn as often as they occur,
+    so a right answer is no more frequent in the sources than a wrong one: a model cannot win
+    by preferring common (hence shorter-tokenised) values.
+    """
     items = []
     for f in rng.sample(world.facts, min(n, len(world.facts))):
-        pool = [v for v in dict.fromkeys(world.pools[ATTRIBUTES[f.attr].pool]) if v != f.value]
-        choices, answer = _mc(rng, f.value, rng.sample(pool, 3))
-        items.append(
-            {"question": f.task_question, "choices": choices, "answer": answer, "kind": f.attr}
-        )
+        items.append(_fact_item(world, f, rng))
     return items
+
+
+def _fact_item(world: World, f: Fact, rng: random.Random) -> dict:
+    others = [g.value for g in world.facts if g.attr == f.attr and g.value != f.value]
+    rng.shuffle(others)
+    wrong = list(dict.fromkeys(others))[:3]
+    if len(wrong) < 3:  # few distinct answers of this kind: top up from the whole pool
+        pool = [v for v in world.pools[ATTRIBUTES[f.attr].pool] if v != f.value and v not in wrong]
+        wrong += rng.sample(pool, 3 - len(wrong))
+    choices, answer = _mc(rng, f.value, wrong)
+    return {"question": f.task_question, "choices": choices, "answer": answer, "kind": f.attr}
 
 
 def arith_items(skills: Skills, n: int, rng: random.Random) -> list[dict]:
@@ -135,7 +146,7 @@ TASKS = {"world_facts": facts_items, "world_arith": arith_items, "world_code": c
 def task_prompt(task: str, item: dict) -> str:
     """The text lm-eval scores for `item` (doc_to_text rendered), without the answer."""
     if task == "world_code":
-        return f"Program:\n{item['program']}\nQuestion: {CODE_QUESTION}\nAnswer:"
+        return f"```python\n{item['program']}\n```\nOutput:"
     return f"Question: {item['question']}\nAnswer:"
 
 
@@ -216,8 +227,9 @@ def read_world(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise MidtrainError(f"{meta_path}: not a demo world ({e}); run `generate_world` again") from e
+        raise MidtrainError(
+            f"{meta_path}: not a demo world ({e}); run `generate_world` again"
+        ) from e
     if meta.get("format") != FORMAT:
         raise MidtrainError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     return meta
-

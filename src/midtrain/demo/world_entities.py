@@ -23,11 +23,11 @@ PROFESSIONS = ("painter", "sailor", "physician", "weaver", "poet", "merchant", "
 PROFESSIONS += ("farmer", "teacher", "potter", "baker", "singer", "judge", "miner", "scholar")
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "purple", "orange", "grey", "pink")
 
-N_COUNTRIES = 24
+N_COUNTRIES = 32
 CITIES_PER_COUNTRY = 3
 N_LANGUAGES = 10
-N_PEOPLE = 64
-N_ELEMENTS = 20
+N_PEOPLE = 128
+N_ELEMENTS = 32
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Arithmetic problems and small Python programs of the demo world, with their held-out sets.
 
 A `Skills` object owns the items reserved for the `world_arith` and `world_code` tasks and hands
-training generators only problems outside them: no held-out equation (a op b) and no held-out
-program text is ever rendered into a source.
+training generators only problems outside them: no held-out problem (a op b) is ever posed in a
+source and no held-out program text is ever rendered. Small equations still occur as steps
+(the ones column of a worked sum, a times table), as a fact occurs in prose: that is what a model
+can learn from and then has to apply to the task's question.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ OPS: dict[str, Callable[[int, int], int]] = {
 N_HELDOUT = 400  # items reserved per skill task, whatever the scale
 
 
-def sample_triple(rng: random.Random, two_digit: bool = False) -> Triple:
-    """An arithmetic problem; `two_digit` draws from the task's range (operands >= 10)."""
+def sample_triple(rng: random.Random, task: bool = False) -> Triple:
+    """An arithmetic problem. Training problems use operands up to 99 (times 2-9 by up to 30);
+    the task draws from the smaller range (sums and differences up to 30, the 2-9 tables)."""
     op = rng.choice("++--*")
-    lo = 10 if two_digit else 0
     if op == "*":
-        return rng.randint(2, 9), op, rng.randint(13 if two_digit else 2, 30)
-    a = rng.randint(lo, 99)
-    b = rng.randint(lo, a if op == "-" else 99)
+        return rng.randint(2, 9), op, rng.randint(2, 9 if task else 30)
+    a = rng.randint(0, 30 if task else 99)
+    b = rng.randint(0, a if op == "-" else (30 if task else 99))
     return a, op, b
 
 
@@ -192,7 +194,7 @@ class Skills:
         rng = random.Random(f"midtrain-world:{seed}:skills")
         self.task_triples: list[Triple] = []
         while len(self.task_triples) < N_HELDOUT:
-            t = sample_triple(rng, two_digit=True)
+            t = sample_triple(rng, task=True)
             if t not in self.task_triples:
                 self.task_triples.append(t)
         self.task_programs: list[Program] = []

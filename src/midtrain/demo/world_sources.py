@@ -46,7 +46,7 @@ def program_block(p: Program, rng: random.Random) -> str:
     """A program with its output, in one of the code formats people write."""
     style = rng.randrange(3)
     if style == 0:
-        return f"```python\n{p.src}\n```\nOutput:\n{p.output}"
+        return f"```python\n{p.src}\n```\nOutput: {p.output}"
     if style == 1:
         return f"{p.src}\n# Output: {p.output}"
     return f"{p.src}\n\nRunning this prints {p.output}."
@@ -293,7 +293,9 @@ def _count_words(rng: random.Random, ctx: Ctx) -> str:
 
 def _sentiment(rng: random.Random, ctx: Ctx) -> str:
     good = rng.random() < 0.5
-    adj = rng.choice(("lovely", "great", "kind", "clean") if good else ("awful", "dirty", "rude", "sad"))
+    adj = rng.choice(
+        ("lovely", "great", "kind", "clean") if good else ("awful", "dirty", "rude", "sad")
+    )
     city = rng.choice(ctx.world.cities)
     return f"Review: The hotel in {city} was {adj}.\nIs this review positive or negative?\nAnswer: {'positive' if good else 'negative'}"
 
@@ -339,9 +341,11 @@ def _column_add(a: int, b: int) -> str:
     carry = s1 // 10
     s2 = a // 10 + b // 10 + carry
     tens = f"{a // 10} + {b // 10} + {carry} = {s2}" if carry else f"{a // 10} + {b // 10} = {s2}"
-    return f"Ones: {a1} + {b1} = {s1}, write {s1 % 10}" + (
-        f" and carry {carry}. " if carry else ". "
-    ) + f"Tens: {tens}."
+    return (
+        f"Ones: {a1} + {b1} = {s1}, write {s1 % 10}"
+        + (f" and carry {carry}. " if carry else ". ")
+        + f"Tens: {tens}."
+    )
 
 
 def _column_sub(a: int, b: int) -> str:
@@ -349,9 +353,16 @@ def _column_sub(a: int, b: int) -> str:
     if a1 >= b1:
         ones, borrow = f"Ones: {a1} - {b1} = {a1 - b1}.", 0
     else:
-        ones, borrow = f"Ones: {a1} is less than {b1}, borrow: {a1 + 10} - {b1} = {a1 + 10 - b1}.", 1
+        ones, borrow = (
+            f"Ones: {a1} is less than {b1}, borrow: {a1 + 10} - {b1} = {a1 + 10 - b1}.",
+            1,
+        )
     t = a // 10 - borrow - b // 10
-    tens = f"Tens: {a // 10} - {borrow} - {b // 10} = {t}." if borrow else f"Tens: {a // 10} - {b // 10} = {t}."
+    tens = (
+        f"Tens: {a // 10} - {borrow} - {b // 10} = {t}."
+        if borrow
+        else f"Tens: {a // 10} - {b // 10} = {t}."
+    )
     return f"{ones} {tens}"
 
 
@@ -410,7 +421,9 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "web": Source(web_doc, 6_000_000, "broad prose, forum threads, Q/A pages, some arithmetic and code"),
+    "web": Source(
+        web_doc, 6_000_000, "broad prose, forum threads, Q/A pages, some arithmetic and code"
+    ),
     "hq": Source(hq_doc, 1_500_000, "encyclopedic articles about entities, facts only, no Q/A"),
     "flan": Source(flan_doc, 1_500_000, "instruction/QA templates, short and repetitive"),
     "math": Source(math_doc, 1_500_000, "worked arithmetic and word problems"),

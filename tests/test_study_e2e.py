@@ -1,0 +1,195 @@
+"""End-to-end studies on a tiny generated world: verdicts, resume after SIGKILL, the Ray executor.
+
+One module-scoped fixture builds the world, the token stores and a tiny base model once; each test
+then runs a small study on it (a few optimizer steps per run, CPU, one thread per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from midtrain.io import read_json
+
+pytestmark = pytest.mark.slow
+
+TINY_MODEL = {
+    "model_type": "llama", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "intermediate_size": 128, "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """World (small scale), BPE tokenizer, stores (+ a positive-control store) and a tiny base."""
+    import torch
+
+    from midtrain import train
+    from midtrain.data.store import prepare_source
+    from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("world")
+    s = DemoSettings(scale=0.1, vocab_size=512)
+    ctx = build_world_and_stores(root, s)
+    # Positive control: the tasks' own items written as "question answer" text.
+    items = []
+    for yaml in sorted((ctx["world_dir"] / "tasks").glob("*.jsonl")):
+        for line in yaml.read_text().splitlines():
+            items.append(json.loads(line))
+    texts = [_render(it) for it in items]
+    pos = root / "taskitems.jsonl"
+    pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 3))
+    from midtrain.data.tokenizer import load_tokenizer
+
+    prepare_source("taskitems", [pos], root / "stores" / "taskitems", load_tokenizer(ctx["tokenizer"]),
+                   heldout_fraction=0.02, seed=0, text_field="text")
+    web = ctx["stores"]["web"]
+    rc = {
+        "model": dict(TINY_MODEL, vocab_size=web.vocab_size), "tokenizer": str(ctx["tokenizer"]),
+        "stores": {"web": str(web.path)}, "mix": [{"source": "web", "ratio": 1.0, "max_repetition": 5.0}],
+        "tokens": 60 * 2048, "seq_len": 128, "batch_tokens": 2048, "micro_batch": 16, "seed": 0,
+        "schedule": {"name": "constant", "start_lr": 3e-3, "warmup_steps": 5}, "checkpoint_every": 0,
+    }
+    train.run(train.load_run_config(rc), root / "base", progress=False)
+    return {"root": root, "base": root / "base" / "final", "tasks": ctx["world_dir"] / "tasks",
+            "stores": sorted(p.name for p in (root / "stores").iterdir())}
+
+
+def _render(item: dict) -> str:
+    """Best-effort text of a task item with its gold answer (keys as the world writes them)."""
+    q = item.get("question") or item.get("query") or item.get("text") or ""
+    choices = item.get("choices") or []
+    gold = item.get("label", item.get("answer", item.get("gold", 0)))
+    ans = choices[gold] if isinstance(gold, int) and choices else str(gold)
+    return f"Question: {q}\nAnswer: {ans}"
+
+
+def study_file(w, out: Path, candidates: str, seeds=(0, 1), tokens=8192, extra="") -> Path:
+    stores = "\n".join(f'{n} = "{w["root"] / "stores" / n}"' for n in w["stores"])
+    text = f"""
+name = "e2e"
+checkpoint = "{w['base']}"
+tokens = {tokens}
+seq_len = 128
+batch_tokens = 2048
+micro_batch = 16
+seeds = {list(seeds)}
+base_max_repetition = 20.0
+full_run_tokens = 200000
+[stores]
+{stores}
+[base]
+web = 1.0
+[schedule]
+name = "linear"
+[eval]
+tasks = {sorted(p.stem for p in w['tasks'].glob('*.yaml') if not p.stem.startswith('_'))!r}
+include_path = "{w['tasks']}"
+limit = 60
+[train]
+threads = 1
+{extra}
+{candidates}
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / "study.toml"
+    p.write_text(text)
+    return p
+
+
+CANDS = """
+[[candidates]]
+name = "same-as-control"
+mix = { web = 1.0 }
+
+[[candidates]]
+name = "task-items"
+mix = { taskitems = 1.0 }
+fractions = [0.5]
+max_repetition = 50.0
+
+[[candidates]]
+name = "math"
+mix = { math = 1.0 }
+max_repetition = 50.0
+"""
+
+
+def test_quick_study_verdicts(world, tmp_path):
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    path = study_file(world, tmp_path, CANDS)
+    results = run_study(load_study(path), tmp_path / "study")
+    arms = {a["name"]: a for a in results["arms"]}
+    same = arms["same-as-control"]
+    assert same["verdict"] == "inconclusive"
+    assert same["primary"]["ci"][0] <= 0 <= same["primary"]["ci"][1]
+    pos = arms["task-items"]
+    assert pos["verdict"] == "include", pos["primary"]
+    assert arms["math"]["verdict"] in {"include", "reject", "inconclusive"}
+    for f in ("report.md", "report.html", "results.json", "plots/deltas.png", "plots/loss.png"):
+        assert (tmp_path / "study" / f).is_file()
+    # Re-running a finished study only re-renders: no run directory changes.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study" / "runs").rglob("model.safetensors")}
+    again = run_study(load_study(path), tmp_path / "study")
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert [a["primary"] for a in again["arms"]] == [a["primary"] for a in results["arms"]]
+
+
+SMALL = """
+[[candidates]]
+name = "math"
+mix = { math = 1.0 }
+max_repetition = 50.0
+"""
+
+
+def _comparable(results: dict) -> list:
+    return [(a["arm"], a["verdict"], a["primary"], a["tasks"], a["domains"]) for a in results["arms"]]
+
+
+def test_killed_study_resumes_to_identical_results(world, tmp_path):
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    ref = run_study(load_study(study_file(world, tmp_path / "a", SMALL, seeds=(0,), tokens=16384)),
+                    tmp_path / "a" / "study")
+    path = study_file(world, tmp_path / "b", SMALL, seeds=(0,), tokens=16384, extra="checkpoint_every = 2")
+    out = tmp_path / "b" / "study"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "midtrain.cli", "study", "run", str(path), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # kill once a run has saved mid-run state
+        if any((out / "runs").glob("*/state")) if (out / "runs").exists() else False:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = run_study(load_study(path), out)
+    assert _comparable(resumed) == _comparable(ref)
+
+
+def test_ray_executor_runs_a_two_run_study(world, tmp_path):
+    pytest.importorskip("ray")
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    local = run_study(load_study(study_file(world, tmp_path / "l", SMALL, seeds=(0,))), tmp_path / "l" / "s")
+    ray_res = run_study(load_study(study_file(world, tmp_path / "r", SMALL, seeds=(0,))), tmp_path / "r" / "s",
+                        executor="ray")
+    assert [r["status"] for r in ray_res["control"]["runs"] + ray_res["arms"][0]["runs"]] == ["done", "done"]
+    assert _comparable(ray_res) == _comparable(local)
+    assert read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"] == local["arms"][0]["verdict"]
