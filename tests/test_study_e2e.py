@@ -65,12 +65,11 @@ def world(tmp_path_factory):
 
 
 def _render(item: dict) -> str:
-    """Best-effort text of a task item with its gold answer (keys as the world writes them)."""
-    q = item.get("question") or item.get("query") or item.get("text") or ""
-    choices = item.get("choices") or []
-    gold = item.get("label", item.get("answer", item.get("gold", 0)))
-    ans = choices[gold] if isinstance(gold, int) and choices else str(gold)
-    return f"Question: {q}\nAnswer: {ans}"
+    """A task item with its gold answer, in the task's own prompt format (see world tasks/*.yaml)."""
+    ans = item["choices"][item["answer"]]
+    if "program" in item:
+        return f"Program:\n{item['program']}\nQuestion: What does this program print?\nAnswer: {ans}"
+    return f"Question: {item['question']}\nAnswer: {ans}"
 
 
 def study_file(w, out: Path, candidates: str, seeds=(0, 1), tokens=8192, extra="") -> Path:

@@ -52,6 +52,8 @@ def parse_mix(items: Sequence[MixComponent | Mapping[str, Any]]) -> list[MixComp
         if isinstance(item, MixComponent):
             out.append(item)
             continue
+        if isinstance(item, BaseModel):  # another module's model of the same fields
+            item = item.model_dump()
         try:
             out.append(MixComponent.model_validate(item))
         except ValidationError as e:
@@ -222,7 +224,7 @@ class MixtureSampler:
             if n > math.floor(c.max_repetition * w + 1e-9):
                 raise MidtrainError(
                     f"mix[{i}].max_repetition: source {c.source!r} needs {n * self.seq_len:,} "
-                    f"tokens ({n / w:.3f} epochs of {w * self.seq_len:,}) but max_repetition is "
+                    f"tokens ({n / w:.3f} epochs of its {w * self.seq_len:,}) but max_repetition is "
                     f"{c.max_repetition:g}; raise it to >= {math.ceil(n / w * 1000) / 1000:g}, "
                     "lower its ratio, or add data"
                 )

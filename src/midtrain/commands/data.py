@@ -62,6 +62,7 @@ def prepare(
         npy_dtype=npy_dtype,
     )
     console.print(store_table([store]))
+    console.print(f"store: {store.path}")
 
 
 def show(

@@ -217,10 +217,14 @@ def input_hash(inputs: list[Input], text_field: str | None) -> str:
     return hash_obj({"inputs": parts, "text_field": text_field})
 
 
-def scan_inputs(inputs: list[Input], text_field: str) -> Scan:
+def scan_inputs(
+    inputs: list[Input], text_field: str, advance: Callable[[int], None] | None = None
+) -> Scan:
     """Read every document once: validates the inputs and counts documents and bytes."""
     n_docs = n_bytes = 0
     for text in iter_texts(inputs, text_field):
         n_docs += 1
         n_bytes += len(text.encode("utf-8"))
+        if advance and n_docs % 1024 == 0:
+            advance(1024)
     return Scan(inputs, n_docs, n_bytes, input_hash(inputs, text_field))

@@ -104,6 +104,10 @@ class TokenStore:
     n_train_docs = property(lambda self: int(self.manifest["train"]["n_docs"]))
     n_heldout_docs = property(lambda self: int(self.manifest["heldout"]["n_docs"]))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the path and manifest only (never the memory map's contents)."""
+        return {"path": self.path, "manifest": self.manifest, "_train": None}
+
     @property
     def train_file(self) -> Path:
         """train.bin, or the original .npy file for token inputs (absolute in the manifest)."""
@@ -379,7 +383,9 @@ def _empty_source(name: str, what: str) -> MidtrainError:
 def _prepare_text(
     name: str, inputs: list[readers.Input], out: Path, tok: Any, opts: PrepareOptions
 ) -> TokenStore:
-    scan = readers.scan_inputs(inputs, opts.text_field)
+    with _progress("docs", opts.progress) as bar:
+        task = bar.add_task(f"reading {name}", total=None)
+        scan = readers.scan_inputs(inputs, opts.text_field, lambda n: bar.advance(task, n))
     if scan.n_docs == 0:
         raise _empty_source(name, "the inputs hold no documents")
     n_vocab, eos = vocab_size(tok), tok.eos_token_id
@@ -491,8 +497,8 @@ def _prepare_npy(name: str, path: Path, out: Path, tok: Any, opts: PrepareOption
         scan = _scan_npy(path, ids, eos, n_vocab, bar)
     n_docs = len(scan.ends)
     k = heldout_count(n_docs, opts.heldout_fraction)
-    starts = np.concatenate([[0], scan.ends[:-1]])
-    n_train = int(starts[n_docs - k])  # the final k documents are held out
+    bounds = np.concatenate([[0], scan.ends])  # doc i is ids[bounds[i] : bounds[i + 1]]
+    n_train = int(bounds[n_docs - k])  # the final k documents are held out
     if n_train == 0:
         raise _empty_source(name, f"{path} holds no training tokens")
     input_hash = hash_obj({"inputs": [{"kind": "npy", "name": path.name, "sha256": scan.sha256}]})
@@ -501,7 +507,7 @@ def _prepare_npy(name: str, path: Path, out: Path, tok: Any, opts: PrepareOption
         w = StoreWriter(tmp, dtype, eos, train_file=False)
         held = [
             _strip_eos(ids[a:b], eos)
-            for a, b in zip(starts[n_docs - k :], scan.ends[n_docs - k :], strict=True)
+            for a, b in zip(bounds[n_docs - k : -1], bounds[n_docs - k + 1 :], strict=True)
         ]
         held = [d for d in held if len(d)]
         for d, text in zip(held, decode_docs(tok, held), strict=True):
