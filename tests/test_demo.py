@@ -17,7 +17,10 @@ def test_quick_demo_end_to_end(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MIDTRAIN_CACHE=str(cache))
     proc = subprocess.run(
         [sys.executable, "-m", "midtrain.cli", "demo", "--quick", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "study" / "results.json").read_text())
@@ -38,7 +41,10 @@ def test_quick_demo_end_to_end(tmp_path):
     # The base is cached: a second demo reuses it and every finished run.
     again = subprocess.run(
         [sys.executable, "-m", "midtrain.cli", "demo", "--quick", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cached" in again.stderr

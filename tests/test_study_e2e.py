@@ -21,8 +21,13 @@ from midtrain.io import read_json
 pytestmark = pytest.mark.slow
 
 TINY_MODEL = {
-    "model_type": "llama", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 4, "intermediate_size": 128, "max_position_embeddings": 128,
+    "model_type": "llama",
+    "hidden_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 128,
     "tie_word_embeddings": False,
 }
 
@@ -50,25 +55,45 @@ def world(tmp_path_factory):
     pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 3))
     from midtrain.data.tokenizer import load_tokenizer
 
-    prepare_source("taskitems", [pos], root / "stores" / "taskitems", load_tokenizer(ctx["tokenizer"]),
-                   heldout_fraction=0.02, seed=0, text_field="text")
+    prepare_source(
+        "taskitems",
+        [pos],
+        root / "stores" / "taskitems",
+        load_tokenizer(ctx["tokenizer"]),
+        heldout_fraction=0.02,
+        seed=0,
+        text_field="text",
+    )
     web = ctx["stores"]["web"]
     rc = {
-        "model": dict(TINY_MODEL, vocab_size=web.vocab_size), "tokenizer": str(ctx["tokenizer"]),
-        "stores": {"web": str(web.path)}, "mix": [{"source": "web", "ratio": 1.0, "max_repetition": 5.0}],
-        "tokens": 60 * 2048, "seq_len": 128, "batch_tokens": 2048, "micro_batch": 16, "seed": 0,
-        "schedule": {"name": "constant", "start_lr": 3e-3, "warmup_steps": 5}, "checkpoint_every": 0,
+        "model": dict(TINY_MODEL, vocab_size=web.vocab_size),
+        "tokenizer": str(ctx["tokenizer"]),
+        "stores": {"web": str(web.path)},
+        "mix": [{"source": "web", "ratio": 1.0, "max_repetition": 5.0}],
+        "tokens": 60 * 2048,
+        "seq_len": 128,
+        "batch_tokens": 2048,
+        "micro_batch": 16,
+        "seed": 0,
+        "schedule": {"name": "constant", "start_lr": 3e-3, "warmup_steps": 5},
+        "checkpoint_every": 0,
     }
     train.run(train.load_run_config(rc), root / "base", progress=False)
-    return {"root": root, "base": root / "base" / "final", "tasks": ctx["world_dir"] / "tasks",
-            "stores": sorted(p.name for p in (root / "stores").iterdir())}
+    return {
+        "root": root,
+        "base": root / "base" / "final",
+        "tasks": ctx["world_dir"] / "tasks",
+        "stores": sorted(p.name for p in (root / "stores").iterdir()),
+    }
 
 
 def _render(item: dict) -> str:
     """A task item with its gold answer, in the task's own prompt format (see world tasks/*.yaml)."""
     ans = item["choices"][item["answer"]]
     if "program" in item:
-        return f"Program:\n{item['program']}\nQuestion: What does this program print?\nAnswer: {ans}"
+        return (
+            f"Program:\n{item['program']}\nQuestion: What does this program print?\nAnswer: {ans}"
+        )
     return f"Question: {item['question']}\nAnswer: {ans}"
 
 
@@ -76,7 +101,7 @@ def study_file(w, out: Path, candidates: str, seeds=(0, 1), tokens=8192, extra="
     stores = "\n".join(f'{n} = "{w["root"] / "stores" / n}"' for n in w["stores"])
     text = f"""
 name = "e2e"
-checkpoint = "{w['base']}"
+checkpoint = "{w["base"]}"
 tokens = {tokens}
 seq_len = 128
 batch_tokens = 2048
@@ -91,8 +116,8 @@ web = 1.0
 [schedule]
 name = "linear"
 [eval]
-tasks = {sorted(p.stem for p in w['tasks'].glob('*.yaml') if not p.stem.startswith('_'))!r}
-include_path = "{w['tasks']}"
+tasks = {sorted(p.stem for p in w["tasks"].glob("*.yaml") if not p.stem.startswith("_"))!r}
+include_path = "{w["tasks"]}"
 limit = 60
 [train]
 threads = 1
@@ -139,7 +164,9 @@ def test_quick_study_verdicts(world, tmp_path):
     for f in ("report.md", "report.html", "results.json", "plots/deltas.png", "plots/loss.png"):
         assert (tmp_path / "study" / f).is_file()
     # Re-running a finished study only re-renders: no run directory changes.
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study" / "runs").rglob("model.safetensors")}
+    stamps = {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "study" / "runs").rglob("model.safetensors")
+    }
     again = run_study(load_study(path), tmp_path / "study")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert [a["primary"] for a in again["arms"]] == [a["primary"] for a in results["arms"]]
@@ -154,21 +181,31 @@ max_repetition = 50.0
 
 
 def _comparable(results: dict) -> list:
-    return [(a["arm"], a["verdict"], a["primary"], a["tasks"], a["domains"]) for a in results["arms"]]
+    return [
+        (a["arm"], a["verdict"], a["primary"], a["tasks"], a["domains"]) for a in results["arms"]
+    ]
 
 
 def test_killed_study_resumes_to_identical_results(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
 
-    ref = run_study(load_study(study_file(world, tmp_path / "a", SMALL, seeds=(0,), tokens=16384)),
-                    tmp_path / "a" / "study")
-    path = study_file(world, tmp_path / "b", SMALL, seeds=(0,), tokens=16384, extra="checkpoint_every = 2")
+    ref = run_study(
+        load_study(study_file(world, tmp_path / "a", SMALL, seeds=(0,), tokens=16384)),
+        tmp_path / "a" / "study",
+    )
+    path = study_file(
+        world, tmp_path / "b", SMALL, seeds=(0,), tokens=16384, extra="checkpoint_every = 2"
+    )
     out = tmp_path / "b" / "study"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "midtrain.cli", "study", "run", str(path), "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "midtrain.cli", "study", "run", str(path), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # kill once a run has saved mid-run state
         if any((out / "runs").glob("*/state")) if (out / "runs").exists() else False:
@@ -186,9 +223,20 @@ def test_ray_executor_runs_a_two_run_study(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
 
-    local = run_study(load_study(study_file(world, tmp_path / "l", SMALL, seeds=(0,))), tmp_path / "l" / "s")
-    ray_res = run_study(load_study(study_file(world, tmp_path / "r", SMALL, seeds=(0,))), tmp_path / "r" / "s",
-                        executor="ray")
-    assert [r["status"] for r in ray_res["control"]["runs"] + ray_res["arms"][0]["runs"]] == ["done", "done"]
+    local = run_study(
+        load_study(study_file(world, tmp_path / "l", SMALL, seeds=(0,))), tmp_path / "l" / "s"
+    )
+    ray_res = run_study(
+        load_study(study_file(world, tmp_path / "r", SMALL, seeds=(0,))),
+        tmp_path / "r" / "s",
+        executor="ray",
+    )
+    assert [r["status"] for r in ray_res["control"]["runs"] + ray_res["arms"][0]["runs"]] == [
+        "done",
+        "done",
+    ]
     assert _comparable(ray_res) == _comparable(local)
-    assert read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"] == local["arms"][0]["verdict"]
+    assert (
+        read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"]
+        == local["arms"][0]["verdict"]
+    )
