@@ -23,10 +23,18 @@ def fake_world(tmp: Path) -> dict:
         (tmp / s).mkdir()
         atomic_write_json(tmp / s / "manifest.json", {"content_hash": f"h-{s}"})
     return {
-        "name": "synthetic", "checkpoint": "ckpt", "tokens": 8192, "seeds": [0, 1],
-        "stores": {"web": "web", "math": "math"}, "base": {"web": 1.0},
-        "candidates": [{"name": "good", "mix": {"math": 1.0}}, {"name": EVIL, "mix": {"math": 1.0}}],
-        "eval": {"tasks": ["t1", "t2"]}, "full_run_tokens": 1_000_000,
+        "name": "synthetic",
+        "checkpoint": "ckpt",
+        "tokens": 8192,
+        "seeds": [0, 1],
+        "stores": {"web": "web", "math": "math"},
+        "base": {"web": 1.0},
+        "candidates": [
+            {"name": "good", "mix": {"math": 1.0}},
+            {"name": EVIL, "mix": {"math": 1.0}},
+        ],
+        "eval": {"tasks": ["t1", "t2"]},
+        "full_run_tokens": 1_000_000,
     }
 
 
@@ -37,19 +45,41 @@ def write_run(d: Path, shift: float, seed: int, n: int = 80) -> None:
     for t in ("t1", "t2"):
         for i in range(n):
             v = base[i] + shift + rng.normal(0, 0.05)
-            recs.append({"kind": "task", "task": t, "doc_id": i, "acc": float(v > -2), "acc_norm": None,
-                         "gold_logprob_per_byte": float(v), "margin": float(v + 2)})
+            recs.append(
+                {
+                    "kind": "task",
+                    "task": t,
+                    "doc_id": i,
+                    "acc": float(v > -2),
+                    "acc_norm": None,
+                    "gold_logprob_per_byte": float(v),
+                    "margin": float(v + 2),
+                }
+            )
     for dom in ("web", "math"):
         for i in range(30):
-            recs.append({"kind": "domain", "domain": dom, "doc_id": i, "bpb": 3.0 + rng.normal(0, 0.01),
-                         "nll": 1.0, "tokens": 10, "bytes": 40})
+            recs.append(
+                {
+                    "kind": "domain",
+                    "domain": dom,
+                    "doc_id": i,
+                    "bpb": 3.0 + rng.normal(0, 0.01),
+                    "nll": 1.0,
+                    "tokens": 10,
+                    "bytes": 40,
+                }
+            )
     (d / "eval").mkdir(parents=True)
     (d / "eval" / "examples.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     atomic_write_json(d / "eval" / "eval.json", {})
     atomic_write_json(d / "status.json", {"status": "done"})
-    atomic_write_json(d / "metrics.json", {"tokens": 8192, "flops": 1e12, "wall_s": 3.0, "final_loss": 2.0})
+    atomic_write_json(
+        d / "metrics.json", {"tokens": 8192, "flops": 1e12, "wall_s": 3.0, "final_loss": 2.0}
+    )
     d.joinpath("log.jsonl").write_text(
-        "\n".join(json.dumps({"step": s, "tokens": 4096 * s, "loss": 3 - 0.1 * s}) for s in range(1, 3))
+        "\n".join(
+            json.dumps({"step": s, "tokens": 4096 * s, "loss": 3 - 0.1 * s}) for s in range(1, 3)
+        )
     )
 
 
@@ -68,8 +98,19 @@ def test_results_and_report_from_run_dirs(tmp_path):
     arms = {a["name"]: a for a in saved["arms"]}
     assert arms["good"]["verdict"] == "include"
     assert arms[EVIL]["verdict"] == "inconclusive"
-    for key in ("name", "mix", "fraction", "seeds", "verdict", "primary", "tasks", "domains", "flags",
-                "checkpoints", "cost"):
+    for key in (
+        "name",
+        "mix",
+        "fraction",
+        "seeds",
+        "verdict",
+        "primary",
+        "tasks",
+        "domains",
+        "flags",
+        "checkpoints",
+        "cost",
+    ):
         assert key in arms["good"]
     assert set(arms["good"]["tasks"]["t1"]) >= {"delta", "ci", "acc_delta", "acc_ci"}
     assert set(arms["good"]["domains"]["web"]) >= {"delta_bpb", "ci"}
