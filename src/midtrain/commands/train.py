@@ -1,7 +1,87 @@
-"""CLI commands (placeholder until the module lands)."""
+"""`midtrain anneal`, `midtrain pretrain` and `midtrain bench train`: thin wrappers over the API.
+
+Exit codes: 0 done, 2 bad input (`MidtrainError`, nothing written), 3 the run stopped on a
+non-finite loss (`train.Diverged`; OUT/status.json says failed, with the step and last good line).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
-def register(app, groups) -> None:
-    """Add this module's commands to the app (see midtrain/cli.py)."""
+import typer
+from rich.console import Console
+
+console = Console()
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="Run config TOML (docs/train.md).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run directory (created; re-run to resume).")]
+DryOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the resolved config, token table, FLOPs; no run.")
+]
+
+
+def anneal(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
+    """Cool down from a checkpoint on a mixture (warm start; resumes OUT when it exists)."""
+    from midtrain import train
+
+    _run(train.load_run_config(config), out, dry_run)
+
+
+def pretrain(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
+    """Train a fresh [model] at a constant LR (the stable phase); saves its training state."""
+    from midtrain import train
+
+    _run(train.pretrain_config(train.load_run_config(config)), out, dry_run)
+
+
+def _run(cfg: Any, out: Path, dry_run: bool) -> None:
+    from midtrain import train
+
+    if dry_run:
+        print_dry_run(cfg)
+        return
+    metrics = train.run(cfg, out)
+    keys = ("steps", "tokens", "final_loss", "mean_loss_last_10pct", "tokens_per_s", "wall_s")
+    console.print({k: metrics[k] for k in keys})
+    console.print(f"final checkpoint: {metrics['final_checkpoint']}")
+
+
+def print_dry_run(cfg: Any) -> None:
+    from midtrain import train
+
+    plan = train.plan_run(cfg)
+    est = train.dry_run(plan)
+    console.print_json(json.dumps(est["config"]))
+    console.print(plan.sampler.token_table())
+    console.print(
+        f"{est['steps']:,} steps x {plan.tokens_per_step:,} tokens = {est['tokens']:,} tokens; "
+        f"N = {est['params_flops']:,} params (non-embedding + head); "
+        f"~{est['flops']:.3g} FLOPs, ~{est['seconds']:.0f} s on {plan.device} (rough)"
+    )
+    for w in est["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def bench_train(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    steps: Annotated[int, typer.Option(help="Timed steps per round and trainer.")] = 20,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds (ours, then HF Trainer).")] = 3,
+    compile: Annotated[bool, typer.Option(help="torch.compile our model.")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
+) -> None:
+    """Our loop vs transformers.Trainer on the demo-size model, and utilization vs sgemm."""
+    from midtrain.bench_train import run_bench
+
+    result = run_bench(steps=steps, rounds=rounds, compile=compile, threads=threads)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(result)
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    app.command("anneal")(anneal)
+    app.command("pretrain")(pretrain)
+    groups["bench"].command("train")(bench_train)

@@ -1,10 +1,10 @@
 """Arithmetic problems and small Python programs of the demo world, with their held-out sets.
 
-A `Skills` object owns the items reserved for the `world_arith` and `world_code` tasks and hands
-training generators only problems outside them: no held-out problem (a op b) is ever posed in a
-source and no held-out program text is ever rendered. Small equations still occur as steps
-(the ones column of a worked sum, a times table), as a fact occurs in prose: that is what a model
-can learn from and then has to apply to the task's question.
+Arithmetic is held out like a fact: every problem of the world's small range (sums and
+differences of 0-20, times tables) occurs in training as equations, worked steps and word
+problems, but a held-out problem is never asked with the task's phrasing ("What is a op b?").
+Programs are held out entirely: no task program text is ever rendered into a source, so the
+code task needs the model to read the program, not to recall it.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ OPS: dict[str, Callable[[int, int], int]] = {
 N_HELDOUT = 400  # items reserved per skill task, whatever the scale
 
 
-def sample_triple(rng: random.Random, task: bool = False) -> Triple:
-    """An arithmetic problem. Training problems use operands up to 99 (times 2-9 by up to 30);
-    the task draws from the smaller range (sums and differences up to 30, the 2-9 tables)."""
+def sample_triple(rng: random.Random) -> Triple:
+    """A small arithmetic problem: sums and differences of 0-20, the 2-9 times tables to 12."""
     op = rng.choice("++--*")
     if op == "*":
-        return rng.randint(2, 9), op, rng.randint(2, 9 if task else 30)
-    a = rng.randint(0, 30 if task else 99)
-    b = rng.randint(0, a if op == "-" else (30 if task else 99))
+        return rng.randint(2, 9), op, rng.randint(2, 12)
+    a = rng.randint(0, 20)
+    b = rng.randint(0, a if op == "-" else 20)
     return a, op, b
 
 
@@ -194,7 +193,7 @@ class Skills:
         rng = random.Random(f"midtrain-world:{seed}:skills")
         self.task_triples: list[Triple] = []
         while len(self.task_triples) < N_HELDOUT:
-            t = sample_triple(rng, task=True)
+            t = sample_triple(rng)
             if t not in self.task_triples:
                 self.task_triples.append(t)
         self.task_programs: list[Program] = []
@@ -208,14 +207,18 @@ class Skills:
         self._held_programs = seen
 
     def triple(self, rng: random.Random, ops: str = "++--*") -> Triple:
-        """A training problem: any (a op b) in the world's range except the held-out ones."""
+        """A training problem, stated in any form except the task's question."""
         while True:
             t = sample_triple(rng)
-            if t[1] in ops and t not in self._held_triples:
+            if t[1] in ops:
                 return t
 
-    def allowed(self, t: Triple) -> bool:
-        return t not in self._held_triples
+    def askable(self, rng: random.Random) -> Triple:
+        """A problem that may be asked as 'What is a op b?' (the task's phrasing): not held out."""
+        while True:
+            t = sample_triple(rng)
+            if t not in self._held_triples:
+                return t
 
     def program(self, rng: random.Random, family: str | None = None) -> Program:
         while True:

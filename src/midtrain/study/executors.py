@@ -22,6 +22,8 @@ Notify = Callable[[Outcome], None]
 
 def run_job(job: Job, threads: int = 0) -> Outcome:
     """Train (unless `job["train"]` is None) and evaluate. Returns a small summary dict."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # also inside Ray / spawned workers
+        os.environ.setdefault(var, "1")
     import torch
 
     from midtrain import evaluation, train
