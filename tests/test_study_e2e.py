@@ -116,7 +116,7 @@ web = 1.0
 [schedule]
 name = "linear"
 [eval]
-tasks = {sorted(p.stem for p in w["tasks"].glob("*.yaml") if not p.stem.startswith("_"))!r}
+tasks = {sorted(read_json(w["tasks"].parent / "world.json")["tasks"])!r}
 include_path = "{w["tasks"]}"
 limit = 60
 [train]

@@ -148,9 +148,7 @@ def study_toml(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> s
         return os.path.relpath(Path(p).resolve(), out.resolve())
 
     stores = "\n".join(f'{n} = "{rel(st.path)}"' for n, st in sorted(ctx["stores"].items()))
-    tasks = sorted(
-        p.stem for p in (ctx["world_dir"] / "tasks").glob("*.yaml") if not p.stem.startswith("_")
-    )
+    tasks = sorted(ctx["world"]["tasks"])  # the task names (world.yaml is their group)
     cands = "\n".join(
         f'[[candidates]]\nname = "{name}"\nmix = {{ {", ".join(f"{k} = {v}" for k, v in mix.items())} }}\n'
         f"max_repetition = 8.0\n"

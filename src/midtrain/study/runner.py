@@ -64,7 +64,8 @@ def dry_run_rows(plan: StudyPlan) -> list[dict[str, Any]]:
 
     rows = []
     for r in plan.runs:
-        est = train.dry_run(train.load_run_config(r.run_config))
+        run_plan = train.plan_run(train.load_run_config(r.run_config))
+        est = train.dry_run(run_plan)
         rows.append(
             {
                 "run": r.name,
@@ -78,7 +79,7 @@ def dry_run_rows(plan: StudyPlan) -> list[dict[str, Any]]:
                     if plan.config.full_run_tokens
                     else None
                 ),
-                "token_table": est.get("token_table"),
+                "token_table": run_plan.sampler.token_table(),
             }
         )
     return rows
