@@ -16,7 +16,9 @@ attention, QKᵀ and AV over seq/2 keys on average, forward and backward).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,7 +157,8 @@ def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int) -> float:
         data_collator=default_data_collator,
         callbacks=[Clock()],
     )
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its summary; keep stdout JSON
+        trainer.train()
     timed = len(ends) - warmup
     return timed * BATCH * SEQ_LEN / (ends[-1] - ends[warmup - 1])
 
