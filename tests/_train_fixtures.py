@@ -119,10 +119,9 @@ def run_config(world: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 
 def pretrain_config(world: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """A fresh tiny Llama on the constant schedule."""
-    return run_config(
-        world,
-        model={"model_type": "llama", **TINY["llama"]},
-        tokenizer=world["tokenizer"],
-        schedule={"name": "constant", "start_lr": 1e-2},
-        **overrides,
-    )
+    fresh = {
+        "model": {"model_type": "llama", **TINY["llama"]},
+        "tokenizer": world["tokenizer"],
+        "schedule": {"name": "constant", "start_lr": 1e-2},
+    }
+    return run_config(world, **{**fresh, **overrides})

@@ -431,6 +431,8 @@ def run(
         torch.set_num_threads(cfg.threads)
     _start_dir(out, plan)
     t = _build(plan, out)
+    status = {"status": "running", "pid": os.getpid(), "from_step": t.step, "time": time.time()}
+    atomic_write_json(out / "status.json", status)
     try:
         with _progress_bar(progress, plan) as bar:
             _train(t, bar)
@@ -477,9 +479,6 @@ def _start_dir(out: Path, plan: RunPlan) -> None:
     if not (out / "inputs.json").is_file():
         atomic_write_json(out / "config.json", plan.resolved())
         atomic_write_json(out / "inputs.json", _inputs(plan))
-    atomic_write_json(
-        out / "status.json", {"status": "running", "pid": os.getpid(), "started": time.time()}
-    )
 
 
 def _inputs(plan: RunPlan) -> dict[str, Any]:
@@ -742,8 +741,8 @@ class RunLog:
             for (s, n, lr, _, _), v in zip(self._buf, values, strict=True)
         ]
         self._buf.clear()
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        with open(self.path, "a", encoding="utf-8") as f:  # NaN/inf become null (strict JSON)
+            f.writelines(json.dumps(_finite(r)) + "\n" for r in rows)
         for r in rows:
             if not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])):
                 raise _diverged(r, self.last_good)
@@ -763,6 +762,10 @@ class RunLog:
         self.last_good = rows[-1] if rows else None
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self._t0 = time.perf_counter()
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
 
 
 def _diverged(row: dict[str, Any], last_good: dict[str, Any] | None) -> Diverged:

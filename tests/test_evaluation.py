@@ -1,0 +1,161 @@
+"""Evaluation: bpb against a direct computation, lm-eval offline, pairing, caching, the lm_eval CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from midtrain.errors import MidtrainError
+
+TINY = {
+    "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}  # fmt: skip
+TASKS = ["world_arith", "world_code", "world_facts"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny world, its stores, and two checkpoints written by the trainer (2 and 4 steps)."""
+    from midtrain import train
+    from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evalworld")
+    ctx = build_world_and_stores(root, DemoSettings(scale=0.05, vocab_size=384))
+    web = ctx["stores"]["web"]
+    ckpts = []
+    for steps in (2, 4):
+        rc = {
+            "model": dict(TINY, vocab_size=web.vocab_size), "tokenizer": str(ctx["tokenizer"]),
+            "stores": {"web": str(web.path)}, "mix": [{"source": "web", "ratio": 1.0}],
+            "tokens": steps * 1024, "seq_len": 64, "batch_tokens": 1024, "micro_batch": 16,
+            "seed": 0, "schedule": {"name": "constant", "start_lr": 1e-3},
+        }  # fmt: skip
+        train.run(train.load_run_config(rc), root / f"run{steps}", progress=False)
+        ckpts.append(root / f"run{steps}" / "final")
+    return {
+        "root": root,
+        "ckpts": ckpts,
+        "tasks": ctx["world_dir"] / "tasks",
+        "stores": ctx["stores"],
+    }
+
+
+def test_bpb_matches_direct_computation(env):
+    from midtrain.evaluation import domain_records, load_model
+
+    model, _ = load_model(env["ckpts"][0])
+    store = env["stores"]["web"]
+    recs = domain_records(model, store, batch_size=7, max_len=48)  # forces windows + padding
+    docs, nbytes = store.heldout_docs(), store.heldout_bytes()
+    assert len(recs) == len(docs) >= 3
+    for rec, doc, nb in zip(recs, docs, nbytes, strict=True):
+        nll = 0.0
+        ids = [store.eos_id, *map(int, doc)]
+        with torch.no_grad():  # one token at a time, the plain way: windows restart the context
+            for start in range(0, len(ids) - 1, 47):
+                w = torch.tensor([ids[start : start + 48]])
+                lp = torch.log_softmax(model(input_ids=w).logits[0, :-1].double(), -1)
+                nll -= lp.gather(-1, w[0, 1:, None]).sum().item()
+        assert rec["tokens"] == len(doc) and rec["bytes"] == nb
+        assert rec["nll"] == pytest.approx(nll, rel=1e-4)
+        assert rec["bpb"] == pytest.approx(nll / (math.log(2) * nb), rel=1e-4)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_tasks_offline_records_pair_up_and_cache(env, no_network, tmp_path, monkeypatch):
+    from midtrain import evaluation
+
+    domains = {"web": env["stores"]["web"].path, "code": env["stores"]["code"].path}
+    results = []
+    for i, ck in enumerate(env["ckpts"]):
+        results.append(evaluation.evaluate(ck, tasks=TASKS, include_path=env["tasks"], domains=domains,
+                                           out=tmp_path / f"e{i}", limit=20))  # fmt: skip
+    recs = [[json.loads(x) for x in (tmp_path / f"e{i}" / "examples.jsonl").read_text().splitlines()]
+            for i in range(2)]  # fmt: skip
+    keys = [[(r["kind"], r.get("task") or r.get("domain"), r["doc_id"]) for r in rs] for rs in recs]
+    assert keys[0] == keys[1]
+    tasks = [r for r in recs[0] if r["kind"] == "task"]
+    assert {r["task"] for r in tasks} == set(TASKS) and len(tasks) == 60
+    for r in tasks:
+        assert r["acc"] in (0.0, 1.0)
+        assert r["gold_logprob_per_byte"] < 0
+    _check_gold_logprob(env, [r for r in tasks if r["task"] == "world_arith"][:5])
+    assert recs[0] != recs[1]  # different weights, different scores
+    agg = results[0]["results"]
+    assert set(agg["tasks"]) == set(TASKS) and agg["tasks"]["world_facts"]["acc"]["n"] == 20
+    assert agg["domains"]["web"]["bpb"]["mean"] > 0
+
+    # The same evaluation again is served from the cache without loading the model.
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("model loaded again"))
+    again = evaluation.evaluate(env["ckpts"][0], tasks=TASKS, include_path=env["tasks"], domains=domains,
+                                out=tmp_path / "e0", limit=20)  # fmt: skip
+    assert again == results[0]
+
+
+def _check_gold_logprob(env, recs):
+    """gold_logprob_per_byte = log P(" " + gold | prompt) / bytes, computed here directly."""
+    from midtrain.evaluation import load_model
+
+    model, tok = load_model(env["ckpts"][0])
+    items = [json.loads(x) for x in (env["tasks"] / "world_arith.jsonl").read_text().splitlines()]
+    for r in recs:
+        item = items[r["doc_id"]]
+        context = f"Question: {item['question']}\nAnswer:"
+        cont = " " + item["choices"][item["answer"]]
+        whole, ctx = tok(context + cont)["input_ids"], tok(context)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), -1)
+        ll = sum(lp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole)))
+        assert r["gold_logprob_per_byte"] == pytest.approx(ll / len(cont.encode()), rel=1e-4)
+
+
+def test_unknown_task_fails_before_model_load(env, tmp_path, monkeypatch):
+    from midtrain import evaluation
+
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(MidtrainError, match="'no_such_task' is not known"):
+        evaluation.evaluate(env["ckpts"][0], tasks=["no_such_task"], include_path=env["tasks"],
+                            out=tmp_path / "x")  # fmt: skip
+    assert not (tmp_path / "x").exists()
+    broken = tmp_path / "tasks"
+    broken.mkdir()
+    (broken / "t.yaml").write_text(
+        (env["tasks"] / "world_arith.yaml")
+        .read_text()
+        .replace("world_arith", "missing_data")
+        .replace(
+            "custom_dataset: !function world_data.load_test\n", ""
+        )  # plain json loader, no file
+    )
+    with pytest.raises(MidtrainError, match="'missing_data'"):
+        evaluation.validate_tasks(["missing_data"], broken)
+
+
+def test_trainer_checkpoint_loads_in_lm_eval_cli(env, tmp_path):
+    envv = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf")
+    )
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+           f"pretrained={env['ckpts'][1]}", "--tasks", "world_arith", "--include_path", str(env["tasks"]),
+           "--limit", "5", "--device", "cpu", "--batch_size", "4", "--output_path", str(tmp_path / "o")]  # fmt: skip
+    proc = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "world_arith" in proc.stdout and "acc" in proc.stdout
