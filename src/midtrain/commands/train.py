@@ -30,7 +30,7 @@ def anneal(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
 
 
 def pretrain(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
-    """Train a fresh [model] at a constant LR (the stable phase); saves its training state."""
+    """Train a fresh model (the model table) at a constant LR; saves its training state."""
     from midtrain import train
 
     _run(train.pretrain_config(train.load_run_config(config)), out, dry_run)
