@@ -20,6 +20,7 @@ the model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -46,11 +47,22 @@ def _offline() -> None:
 
 # ----------------------------------------------------------------------------- tasks: validation
 def _task_manager(include_path: Path | None):
+    """One TaskManager per include path and process: building one indexes every task (~5 s)."""
+    return _cached_task_manager(str(Path(include_path).resolve()) if include_path else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_task_manager(include_path: str | None):
     _offline()
+    import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
 
+    # simple_evaluate collects torch's environment report through subprocesses on every call
+    # (~0.5 s, and `git` noise on stderr); run directories record library versions already.
+    if hasattr(lm_eval.evaluator, "add_env_info"):
+        lm_eval.evaluator.add_env_info = lambda *a, **k: None
     with _quiet():
-        return TaskManager(include_path=str(include_path) if include_path else None)
+        return TaskManager(include_path=include_path)
 
 
 @contextlib.contextmanager
@@ -68,9 +80,13 @@ def _quiet():
             lg.setLevel(lv)
 
 
+_VALIDATED: set[tuple[tuple[str, ...], str | None]] = set()
+
+
 def validate_tasks(tasks: list[str], include_path: Path | None) -> None:
     """Every task must be known to lm-eval and its data loadable offline; checked before any model."""
-    if not tasks:
+    key = (tuple(sorted(tasks)), str(include_path) if include_path else None)
+    if not tasks or key in _VALIDATED:
         return
     if include_path is not None and not Path(include_path).is_dir():
         raise MidtrainError(f"--include-path {include_path} is not a folder of task YAMLs")
@@ -94,6 +110,7 @@ def validate_tasks(tasks: list[str], include_path: Path | None) -> None:
                 f"task {task!r}: its data could not be loaded offline ({type(e).__name__}: {reason}); "
                 "make the dataset available locally"
             ) from None
+    _VALIDATED.add(key)
 
 
 # ----------------------------------------------------------------------------- model loading
