@@ -134,10 +134,11 @@ def analyse_arm(
         seed_only.append(boot.draws(d, resample_examples=False))
         ex_only.append(boot.draws(d, resample_seeds=False))
         rec = _summary(d, draws, confidence)
-        acc = _matrix(arm_evals, ctrl_evals, "tasks", task, "acc")
-        if acc is not None:
-            rec["acc_delta"] = float(acc.mean())
-            rec["acc_ci"] = _ci(boot.draws(acc), confidence)
+        for metric in ("acc", "margin"):  # reported beside the primary metric
+            m = _matrix(arm_evals, ctrl_evals, "tasks", task, metric)
+            if m is not None:
+                rec[f"{metric}_delta"] = float(m.mean())
+                rec[f"{metric}_ci"] = _ci(boot.draws(m), confidence)
         rec["metric"] = primary
         out["tasks"][task] = rec
     for dom in domains:

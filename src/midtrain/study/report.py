@@ -19,13 +19,13 @@ from midtrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None:
+    if not isinstance(x, (int, float)):
         return "–"
     return f"{x:+.{digits}f}"
 
 
 def fmt_ci(ci: list[float] | None, digits: int = 3) -> str:
-    if not ci:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
         return "–"
     return f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
