@@ -218,7 +218,7 @@ def test_killed_study_resumes_to_identical_results(world, tmp_path):
     assert _comparable(resumed) == _comparable(ref)
 
 
-def test_ray_executor_runs_a_two_run_study(world, tmp_path):
+def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     pytest.importorskip("ray")
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
@@ -236,6 +236,12 @@ def test_ray_executor_runs_a_two_run_study(world, tmp_path):
         "done",
     ]
     assert _comparable(ray_res) == _comparable(local)
+    two = run_study(
+        load_study(study_file(world, tmp_path / "w", SMALL, seeds=(0,))),
+        tmp_path / "w" / "s",
+        workers=2,
+    )
+    assert _comparable(two) == _comparable(local)
     assert (
         read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"]
         == local["arms"][0]["verdict"]

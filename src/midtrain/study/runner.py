@@ -95,6 +95,7 @@ def run_study(
 ) -> dict[str, Any]:
     """Run (or resume) a study and write results.json + the report. Returns the results."""
     out = Path(out).resolve()
+    ex = _make_executor(executor, workers, address)
     plan = prepare(cfg, out)
     with study_lock(out):
         atomic_write_json(
@@ -118,7 +119,6 @@ def run_study(
         todo = [j for j in jobs if not _finished(j)]
         console.print(f"study {cfg.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done")
         if todo:
-            ex = _make_executor(executor, workers, address)
             ex.run(todo, lambda o: console.print(_outcome_line(o)))
         results = collect_results(plan)
         from midtrain.study.report import write_report
