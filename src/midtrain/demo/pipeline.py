@@ -44,7 +44,7 @@ class DemoSettings:
     micro_batch: int = 16
     base_tokens: int = 2_000_000
     base_lr: float = 3e-3
-    anneal_tokens: int = 320_000
+    anneal_tokens: int = 262_144  # 64 steps of 4096 tokens
     seeds: tuple[int, ...] = (0, 1)
     eval_limit: int = 200
     full_run_tokens: int = 2_400_000
