@@ -19,7 +19,7 @@ from midtrain.data.store import TokenStore, write_store
 from midtrain.io import library_versions
 from midtrain.mixture import MixComponent, MixtureSampler
 
-# ~8-13.5k tok/s: the trainer on this CPU (docs/STACK-NOTES), x1000 = "never a bottleneck"
+# ~8-13.5k tok/s: the trainer on this CPU (shared STACK-NOTES), x1000 = "never a bottleneck"
 TRAINER_TOKENS_PER_S = 13_500
 TARGET_FACTOR = 1000
 RATIOS = {"web": 0.5, "hq": 0.2, "flan": 0.15, "math": 0.1, "code": 0.05}

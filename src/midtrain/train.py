@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 FAILED_EXIT_CODE = 3  # a run that stopped on a non-finite loss (bad input stays 2)
 LOG_EVERY = {"cpu": 1, "cuda": 10}  # steps between log flushes (one host sync each)
-# Rough sustained training FLOP/s for the `--dry-run` time estimate (docs/train.md).
+# Rough sustained training FLOP/s for the `--dry-run` time estimate (README: "Training runs").
 CPU_FLOPS_PER_THREAD = 35e9
 CUDA_FLOPS = 150e12
 

@@ -15,7 +15,9 @@ from rich.console import Console
 
 console = Console()
 
-ConfigOpt = Annotated[Path, typer.Option("--config", help="Run config TOML (docs/train.md).")]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", help="Run config TOML (README: Training runs).")
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory (created; re-run to resume).")]
 DryOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved config, token table, FLOPs; no run.")

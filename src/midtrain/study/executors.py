@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,6 +29,7 @@ def run_job(job: Job, threads: int = 0) -> Outcome:
 
     from midtrain import evaluation, train
 
+    t0 = time.perf_counter()
     if threads > 0:
         torch.set_num_threads(threads)
     run_dir = Path(job["dir"])
@@ -49,7 +51,13 @@ def run_job(job: Job, threads: int = 0) -> Outcome:
         num_fewshot=ev["num_fewshot"],
         batch_size=ev["batch_size"],
     )
-    return {"name": job["name"], "dir": str(run_dir), "status": "done", "metrics": metrics}
+    return {
+        "name": job["name"],
+        "dir": str(run_dir),
+        "status": "done",
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _guarded(job: Job, threads: int, attempts: int = 2) -> Outcome:

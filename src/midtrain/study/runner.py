@@ -146,7 +146,8 @@ def _finished(job: dict[str, Any]) -> bool:
 
 def _outcome_line(o: dict[str, Any]) -> str:
     if o["status"] == "done":
-        return f"  [green]done[/] {o['name']}"
+        took = f" ({o['seconds']:.0f}s)" if o.get("seconds") is not None else ""
+        return f"  [green]done[/] {o['name']}{took}"
     return f"  [red]failed[/] {o['name']}: {o.get('error', '')}"
 
 
