@@ -28,19 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from midtrain.demo.pipeline import FULL as DEMO
 from midtrain.io import library_versions
 
-DEMO_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "intermediate_size": 512,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-}
-VOCAB, SEQ_LEN, BATCH, LR = 1024, 256, 16, 3e-3
+DEMO_MODEL = dict(DEMO.model)  # the demo's model, vocab, sequence length, batch and LR
+VOCAB, SEQ_LEN, BATCH, LR = DEMO.vocab_size, DEMO.seq_len, DEMO.micro_batch, DEMO.base_lr
 SGEMM_N = 4096
 
 
