@@ -127,6 +127,31 @@ def _check_gold_logprob(env, recs):
         assert r["gold_logprob_per_byte"] == pytest.approx(ll / len(cont.encode()), rel=1e-4)
 
 
+def test_per_task_settings_override_the_defaults(env, tmp_path):
+    """limit and num_fewshot per task: fewer examples for one task, few-shot prompts for another."""
+    from midtrain import evaluation
+
+    res = evaluation.evaluate(
+        env["ckpts"][0], tasks=TASKS, include_path=env["tasks"], out=tmp_path / "e", limit=12,
+        task_settings={"world_arith": {"limit": 5}, "world_code": {"num_fewshot": 2, "limit": 4}},
+    )  # fmt: skip
+    counts = {t: res["results"]["tasks"][t]["acc"]["n"] for t in TASKS}
+    assert counts == {"world_arith": 5, "world_code": 4, "world_facts": 12}
+    zero = evaluation.evaluate(env["ckpts"][0], tasks=["world_code"], include_path=env["tasks"],
+                               out=tmp_path / "z", limit=4)  # fmt: skip
+    recs = {
+        name: [json.loads(x) for x in (tmp_path / name / "examples.jsonl").read_text().splitlines()]
+        for name in ("e", "z")
+    }
+    code = [r for r in recs["e"] if r.get("task") == "world_code"]
+    assert [r["doc_id"] for r in code] == [r["doc_id"] for r in recs["z"]]
+    # two worked examples in the prompt change every choice's log-likelihood
+    assert [r["gold_logprob_per_byte"] for r in code] != [
+        r["gold_logprob_per_byte"] for r in recs["z"]
+    ]
+    assert zero["key"] != res["key"]
+
+
 def test_unknown_task_fails_before_model_load(env, tmp_path, monkeypatch):
     from midtrain import evaluation
 

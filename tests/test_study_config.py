@@ -84,6 +84,14 @@ BAD = {
     "train overrides a study field": (GOOD + "\n[train]\nseed = 3\n", "train"),
     "budget below one step": (GOOD.replace("tokens = 8192", "tokens = 100"), "tokens"),
     "not TOML": ("name = [", "not valid TOML"),
+    "task setting for a task not evaluated": (
+        GOOD + "\n[eval.task_settings.world_arith]\nlimit = 5\n",
+        "eval.task_settings.world_arith",
+    ),
+    "task setting out of range": (
+        GOOD + "\n[eval.task_settings.world_facts]\nnum_fewshot = -1\n",
+        "eval.task_settings.world_facts.num_fewshot",
+    ),
     "checkpoint missing on disk": (GOOD, "checkpoint:"),
 }
 
@@ -129,3 +137,18 @@ def test_plan_has_shared_controls_and_arm_mixes(tmp_path):
     assert plan.control(0).run_id != plan.control(1).run_id
     # arms of the same seed share one control (the plan holds exactly one per seed)
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
+    assert plan.runs[0].job()["eval"]["task_settings"] == {}
+
+
+def test_per_task_eval_settings_reach_every_job(tmp_path):
+    text = GOOD + "\n[eval.task_settings.world_facts]\nlimit = 50\nnum_fewshot = 3\n"
+    cfg = load_study(write(tmp_path, text))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    plan = make_plan(cfg, tmp_path / "out")
+    want = {"world_facts": {"limit": 50, "num_fewshot": 3}}
+    assert all(r.job()["eval"]["task_settings"] == want for r in plan.runs)
+    assert plan.base_eval["eval"]["task_settings"] == want
+    # eval settings do not change what a run trains: same run ids as without them
+    plain = make_plan(load_study(write(tmp_path, GOOD)), tmp_path / "out")
+    assert [r.run_id for r in plan.runs] == [r.run_id for r in plain.runs]

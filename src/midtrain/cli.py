@@ -17,8 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-if not sys.stdout.isatty():  # piped or logged: print tables at their width, not cut to 80 columns
-    os.environ.setdefault("COLUMNS", "200")
 
 app = typer.Typer(
     name="midtrain",
@@ -50,6 +48,8 @@ _register_all()
 
 
 def main() -> None:
+    if not sys.stdout.isatty():  # piped or logged: tables at their width, not cut to 80 columns
+        os.environ.setdefault("COLUMNS", "200")
     try:
         app()
     except MidtrainError as e:

@@ -63,6 +63,14 @@ class ScheduleSpec(_Strict):
     warmup_steps: int = Field(default=0, ge=0)
 
 
+class TaskSetting(_Strict):
+    """Per-task overrides of the [eval] defaults (limit, few-shot count, batch size)."""
+
+    limit: int | None = Field(default=None, gt=0)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, gt=0)
+
+
 class EvalSpec(_Strict):
     tasks: list[str] = []
     include_path: str | None = None
@@ -70,6 +78,7 @@ class EvalSpec(_Strict):
     limit: int | None = Field(default=None, gt=0)
     num_fewshot: int = Field(default=0, ge=0)
     batch_size: int = Field(default=32, gt=0)
+    task_settings: dict[str, TaskSetting] = {}  # [eval.task_settings.TASK]
 
 
 class AnalysisSpec(_Strict):
@@ -170,6 +179,11 @@ class StudyConfig(_Strict):
                 raise _FieldError(f"guards[{i}].domain", f"unknown store; use one of {_k(known)}")
             if g.task is not None and g.task not in self.eval.tasks:
                 raise _FieldError(f"guards[{i}].task", "not in eval.tasks; add it there first")
+        for t in self.eval.task_settings:
+            if t not in self.eval.tasks:
+                raise _FieldError(
+                    f"eval.task_settings.{t}", "not in eval.tasks; add it there first"
+                )
         for d in self.eval.domains or []:
             if d not in known:
                 raise _FieldError(f"eval.domains.{d}", f"unknown store; use one of {_k(known)}")

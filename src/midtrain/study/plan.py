@@ -134,6 +134,9 @@ def eval_spec(cfg: StudyConfig) -> dict[str, Any]:
         "limit": cfg.eval.limit,
         "num_fewshot": cfg.eval.num_fewshot,
         "batch_size": cfg.eval.batch_size,
+        "task_settings": {
+            t: ts.model_dump(exclude_none=True) for t, ts in sorted(cfg.eval.task_settings.items())
+        },
     }
 
 
