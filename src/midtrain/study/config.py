@@ -177,13 +177,11 @@ class StudyConfig(_Strict):
         for i, g in enumerate(self.guards):
             if g.domain is not None and g.domain not in known:
                 raise _FieldError(f"guards[{i}].domain", f"unknown store; use one of {_k(known)}")
-            if g.task is not None and g.task not in self.eval.tasks:
-                raise _FieldError(f"guards[{i}].task", "not in eval.tasks; add it there first")
-        for t in self.eval.task_settings:
-            if t not in self.eval.tasks:
-                raise _FieldError(
-                    f"eval.task_settings.{t}", "not in eval.tasks; add it there first"
-                )
+        task_refs = [(f"guards[{i}].task", g.task) for i, g in enumerate(self.guards) if g.task]
+        task_refs += [(f"eval.task_settings.{t}", t) for t in self.eval.task_settings]
+        for where, task in task_refs:
+            if task not in self.eval.tasks:
+                raise _FieldError(where, "not in eval.tasks; add it there first")
         for d in self.eval.domains or []:
             if d not in known:
                 raise _FieldError(f"eval.domains.{d}", f"unknown store; use one of {_k(known)}")

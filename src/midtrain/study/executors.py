@@ -50,7 +50,7 @@ def run_job(job: Job, threads: int = 0) -> Outcome:
         limit=ev["limit"],
         num_fewshot=ev["num_fewshot"],
         batch_size=ev["batch_size"],
-        task_settings=ev.get("task_settings") or None,
+        task_settings=ev["task_settings"],
     )
     return {
         "name": job["name"],
