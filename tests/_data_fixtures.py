@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from midtrain.data.store import TokenStore, write_store
+from midtrain.data.prepare import write_store
+from midtrain.data.store import TokenStore
 
 WORDS = "alpha beta gamma delta über naïve 東京 café the of and is 42 x=1+2 def f(): return".split()
 SRC_BASE = 10_000  # synthetic stores: token = SRC_BASE * (source index + 1) + window index

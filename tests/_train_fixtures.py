@@ -54,7 +54,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 def build_world(root: Path, vocab_size: int = 300) -> dict[str, Any]:
     """Tokenizer + stores `web` (sentences) and `math` (sums) under `root`."""
-    from midtrain.data.store import prepare_source
+    from midtrain.data.prepare import prepare_source
     from midtrain.data.tokenizer import train_tokenizer
 
     texts = {"web": sentences(600, 0), "math": sentences(400, 1, numbers=True)}

@@ -14,8 +14,9 @@ import pytest
 import torch
 from _train_fixtures import build_world, run_config, save_tiny_model
 
-from midtrain import checkpoint, train
+from midtrain import io, train
 from midtrain.io import read_json
+from midtrain.train import checkpoint
 
 
 def _toml(rc: dict) -> str:
@@ -33,9 +34,9 @@ def _toml(rc: dict) -> str:
 
 def cli(config: Path, out: Path, kill_at: str | None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.pop(checkpoint.KILL_ENV, None)
+    env.pop(io.KILL_ENV, None)
     if kill_at:
-        env[checkpoint.KILL_ENV] = kill_at
+        env[io.KILL_ENV] = kill_at
     cmd = [
         sys.executable,
         "-m",
@@ -97,27 +98,28 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
         (r["loss"], r["grad_norm"], r["lr"]) for r in ref_log
     ]
     metrics = read_json(out / "metrics.json")
-    assert metrics["final_loss"] == ref["final_loss"]
+    assert metrics["final_loss"] == ref.final_loss
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
 def test_recover_dir_keeps_the_last_complete_checkpoint(tmp_path):
     final = tmp_path / "state"
-    tmp, old = tmp_path / ".state.tmp", tmp_path / ".state.old"
+    tmp, old = tmp_path / ".state.k1x9.tmp", tmp_path / ".state.old"
     old.mkdir()
     (old / "weights").write_text("step 4")
     tmp.mkdir()
     (tmp / "weights").write_text("step 6, maybe partial")
-    checkpoint.recover_dir(final)  # killed between the renames: the old folder comes back
+    io.recover_dir(final)  # killed between the renames: the old folder comes back
     assert (final / "weights").read_text() == "step 4"
     assert not tmp.exists() and not old.exists()
 
-    with pytest.raises(RuntimeError), checkpoint.atomic_checkpoint_dir(final) as d:
+    with pytest.raises(RuntimeError), io.atomic_dir(final, fsync=True) as d:
         (d / "weights").write_text("half")
         raise RuntimeError("killed")
-    assert (final / "weights").read_text() == "step 4" and not tmp.exists()
+    assert (final / "weights").read_text() == "step 4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
 
-    with checkpoint.atomic_checkpoint_dir(final) as d:
+    with io.atomic_dir(final, fsync=True) as d:
         (d / "weights").write_text("step 8")
     assert (final / "weights").read_text() == "step 8" and not old.exists()
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,9 +52,10 @@ def env(tmp_path_factory):
 
 
 def test_bpb_matches_direct_computation(env):
-    from midtrain.evaluation import domain_records, load_model
+    from midtrain.eval.domains import domain_records
+    from midtrain.train.checkpoint import load_model
 
-    model, _ = load_model(env["ckpts"][0])
+    model = load_model(env["ckpts"][0]).eval()
     store = env["stores"]["web"]
     recs = domain_records(model, store, batch_size=7, max_len=48)  # forces windows + padding
     docs, nbytes = store.heldout_docs(), store.heldout_bytes()
@@ -66,9 +68,9 @@ def test_bpb_matches_direct_computation(env):
                 w = torch.tensor([ids[start : start + 48]])
                 lp = torch.log_softmax(model(input_ids=w).logits[0, :-1].double(), -1)
                 nll -= lp.gather(-1, w[0, 1:, None]).sum().item()
-        assert rec["tokens"] == len(doc) and rec["bytes"] == nb
-        assert rec["nll"] == pytest.approx(nll, rel=1e-4)
-        assert rec["bpb"] == pytest.approx(nll / (math.log(2) * nb), rel=1e-4)
+        assert rec.tokens == len(doc) and rec.bytes == nb and rec.domain == "web"
+        assert rec.nll == pytest.approx(nll, rel=1e-4)
+        assert rec.bpb == pytest.approx(nll / (math.log(2) * nb), rel=1e-4)
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def no_network(monkeypatch):
 
 
 def test_tasks_offline_records_pair_up_and_cache(env, no_network, tmp_path, monkeypatch):
-    from midtrain import evaluation
+    from midtrain.eval import api as evaluation
 
     domains = {"web": env["stores"]["web"].path, "code": env["stores"]["code"].path}
     results = []
@@ -99,12 +101,12 @@ def test_tasks_offline_records_pair_up_and_cache(env, no_network, tmp_path, monk
         assert r["gold_logprob_per_byte"] < 0
     _check_gold_logprob(env, [r for r in tasks if r["task"] == "world_arith"][:5])
     assert recs[0] != recs[1]  # different weights, different scores
-    agg = results[0]["results"]
-    assert set(agg["tasks"]) == set(TASKS) and agg["tasks"]["world_facts"]["acc"]["n"] == 20
-    assert agg["domains"]["web"]["bpb"]["mean"] > 0
+    agg = results[0].results
+    assert set(agg.tasks) == set(TASKS) and agg.tasks["world_facts"].acc.n == 20
+    assert agg.domains["web"].bpb.mean > 0
 
     # The same evaluation again is served from the cache without loading the model.
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("model loaded again"))
+    monkeypatch.setattr(evaluation, "_load", lambda *a, **k: pytest.fail("model loaded again"))
     again = evaluation.evaluate(env["ckpts"][0], tasks=TASKS, include_path=env["tasks"], domains=domains,
                                 out=tmp_path / "e0", limit=20)  # fmt: skip
     assert again == results[0]
@@ -112,9 +114,9 @@ def test_tasks_offline_records_pair_up_and_cache(env, no_network, tmp_path, monk
 
 def _check_gold_logprob(env, recs):
     """gold_logprob_per_byte = log P(" " + gold | prompt) / bytes, computed here directly."""
-    from midtrain.evaluation import load_model
+    from midtrain.eval.api import _load
 
-    model, tok = load_model(env["ckpts"][0])
+    model, tok = _load(env["ckpts"][0], "cpu")
     items = [json.loads(x) for x in (env["tasks"] / "world_arith.jsonl").read_text().splitlines()]
     for r in recs:
         item = items[r["doc_id"]]
@@ -129,13 +131,13 @@ def _check_gold_logprob(env, recs):
 
 def test_per_task_settings_override_the_defaults(env, tmp_path):
     """limit and num_fewshot per task: fewer examples for one task, few-shot prompts for another."""
-    from midtrain import evaluation
+    from midtrain.eval import api as evaluation
 
     res = evaluation.evaluate(
         env["ckpts"][0], tasks=TASKS, include_path=env["tasks"], out=tmp_path / "e", limit=12,
         task_settings={"world_arith": {"limit": 5}, "world_code": {"num_fewshot": 2, "limit": 4}},
     )  # fmt: skip
-    counts = {t: res["results"]["tasks"][t]["acc"]["n"] for t in TASKS}
+    counts = {t: res.results.tasks[t].acc.n for t in TASKS}
     assert counts == {"world_arith": 5, "world_code": 4, "world_facts": 12}
     zero = evaluation.evaluate(env["ckpts"][0], tasks=["world_code"], include_path=env["tasks"],
                                out=tmp_path / "z", limit=4)  # fmt: skip
@@ -149,13 +151,14 @@ def test_per_task_settings_override_the_defaults(env, tmp_path):
     assert [r["gold_logprob_per_byte"] for r in code] != [
         r["gold_logprob_per_byte"] for r in recs["z"]
     ]
-    assert zero["key"] != res["key"]
+    assert zero.key != res.key
 
 
 def test_unknown_task_fails_before_model_load(env, tmp_path, monkeypatch):
-    from midtrain import evaluation
+    from midtrain.eval import api as evaluation
+    from midtrain.eval.lmeval import validate_tasks
 
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(evaluation, "_load", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(MidtrainError, match="'no_such_task' is not known"):
         evaluation.evaluate(env["ckpts"][0], tasks=["no_such_task"], include_path=env["tasks"],
                             out=tmp_path / "x")  # fmt: skip
@@ -171,7 +174,7 @@ def test_unknown_task_fails_before_model_load(env, tmp_path, monkeypatch):
         )  # plain json loader, no file
     )
     with pytest.raises(MidtrainError, match="'missing_data'"):
-        evaluation.validate_tasks(["missing_data"], broken)
+        validate_tasks(["missing_data"], broken)
 
 
 def test_trainer_checkpoint_loads_in_lm_eval_cli(env, tmp_path):
@@ -184,3 +187,41 @@ def test_trainer_checkpoint_loads_in_lm_eval_cli(env, tmp_path):
     proc = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "world_arith" in proc.stdout and "acc" in proc.stdout
+
+
+def test_lm_eval_glue_checks_its_version_and_patches(env):
+    import lm_eval.evaluator
+    import lm_eval.utils
+
+    from midtrain.eval import lmeval
+
+    for bad in ("0.4.4", "0.5.0", "1.0"):
+        with pytest.raises(MidtrainError, match="midtrain supports lm-eval >=0.4.5,<0.5"):
+            lmeval.check_version(bad)
+    assert lmeval.check_version("0.4.13") == "0.4.13"
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'"lm-eval[hf]{lmeval.SUPPORTED_RANGE}"' in pyproject  # one range, stated twice
+    lmeval.task_manager(env["tasks"])  # applies the patches
+    assert lm_eval.utils.env.from_string("{{x}}") is lm_eval.utils.env.from_string("{{x}}")
+    assert lm_eval.evaluator.get_git_commit_hash() is None  # no `git` subprocess per eval
+    assert lm_eval.evaluator.add_env_info({}) is None
+
+
+def test_domains_are_labelled_by_their_name_and_need_the_checkpoints_tokenizer(env, tmp_path):
+    from midtrain.eval import evaluate
+
+    res = evaluate(env["ckpts"][0], domains={"held": env["stores"]["web"].path}, out=tmp_path / "e")
+    assert list(res.results.domains) == ["held"]
+    recs = [json.loads(x) for x in (tmp_path / "e" / "examples.jsonl").read_text().splitlines()]
+    assert {r["domain"] for r in recs} == {"held"}
+    other = tmp_path / "other"
+    from _data_fixtures import make_docs, train_tiny_tokenizer
+
+    from midtrain.data.prepare import prepare_source
+
+    src = tmp_path / "o.txt"
+    src.write_text("\n".join(make_docs(20)))
+    prepare_source("o", [src], other, str(train_tiny_tokenizer(tmp_path / "tok")))
+    with pytest.raises(MidtrainError, match="domains.o: .* another tokenizer"):
+        evaluate(env["ckpts"][0], domains={"o": other}, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,35 +1,83 @@
-"""Executors retry a failed job once and keep going; the study lock admits one driver."""
+"""Jobs, stages and executors: a new stage plugs in without touching the runner or executors;
+a failed job is retried once and reported while the rest go on; the study lock admits one driver."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from _toy_stage import ToyResult, ToySpec
 
 from midtrain.errors import MidtrainError
-from midtrain.study import executors
+from midtrain.jobs import Job, get_stage, pending, run_chain
+from midtrain.study.executors import LocalExecutor, make_executor
 from midtrain.study.runner import study_lock
 
 
-def test_failed_job_is_retried_once_then_reported_and_the_rest_go_on(monkeypatch):
-    calls: dict[str, int] = {}
+def toy(tmp_path, name, value, fail_times=0):
+    return Job.of("toy", name, tmp_path / name, ToySpec(value=value, fail_times=fail_times))
 
-    def fake_run_job(job, threads=0):
-        calls[job["name"]] = calls.get(job["name"], 0) + 1
-        if job["name"] == "flaky" and calls["flaky"] == 1:
-            raise RuntimeError("worker hiccup")
-        if job["name"] == "broken":
-            raise RuntimeError("loss is nan")
-        return {"name": job["name"], "dir": job["dir"], "status": "done"}
 
-    monkeypatch.setattr(executors, "run_job", fake_run_job)
-    jobs = [{"name": n, "dir": f"/tmp/{n}"} for n in ("ok", "flaky", "broken", "after")]
+def test_a_registered_toy_stage_runs_through_the_unchanged_executor(tmp_path):
+    chains = [[toy(tmp_path, "a", 1)], [toy(tmp_path, "b", 2), toy(tmp_path, "b2", 3)]]
+    outcomes = LocalExecutor().run(chains, lambda o: None)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert get_stage("toy").cached(ToySpec(value=3), tmp_path / "b2") == ToyResult(doubled=6)
+    assert not any(pending(c) for c in chains)  # the cache now answers for every job
+    assert int((tmp_path / "a" / "tries").read_text()) == 1
+    LocalExecutor().run(chains, lambda o: None)  # a second run computes nothing again
+    assert int((tmp_path / "a" / "tries").read_text()) == 1
+
+
+def test_job_round_trips_through_json_with_its_typed_spec(tmp_path):
+    job = toy(tmp_path, "a", 5)
+    back = Job.model_validate(json.loads(job.model_dump_json()))
+    assert back == job and isinstance(back.spec, ToySpec)
+    with pytest.raises(TypeError, match="takes a ToySpec"):
+        Job.of("toy", "x", tmp_path, ToyResult(doubled=1))
+    with pytest.raises(MidtrainError, match="stage 'nope' is unknown"):
+        get_stage("nope")
+
+
+def test_failed_job_is_retried_once_then_reported_and_the_rest_go_on(tmp_path):
+    chains = [
+        [toy(tmp_path, "ok", 1)],
+        [toy(tmp_path, "flaky", 2, fail_times=1)],
+        [toy(tmp_path, "broken", 3, fail_times=5), toy(tmp_path, "never", 4)],
+        [toy(tmp_path, "after", 5)],
+    ]
     seen = []
-    outcomes = executors.LocalExecutor().run(jobs, seen.append)
-    by = {o["name"]: o for o in outcomes}
-    assert calls == {"ok": 1, "flaky": 2, "broken": 2, "after": 1}
-    assert by["flaky"]["status"] == "done" and by["flaky"]["attempts"] == 2
-    assert by["broken"]["status"] == "failed" and "loss is nan" in by["broken"]["error"]
-    assert by["after"]["status"] == "done"
-    assert [o["name"] for o in seen] == ["ok", "flaky", "broken", "after"]
+    outcomes = LocalExecutor().run(chains, seen.append)
+    by = {o.name: o for o in outcomes}
+    assert by["flaky"].status == "done" and by["flaky"].attempts == 2
+    broken = by["never"]  # a chain is named by its last job and fails at its first failure
+    assert broken.status == "failed" and broken.stage == "toy" and "toy failure 2" in broken.error
+    assert broken.dir == str(tmp_path / "broken") and broken.attempts == 2
+    assert not (tmp_path / "never").exists()  # the rest of a failed chain does not run
+    assert by["after"].status == "done"
+    assert [o.name for o in seen] == ["ok", "flaky", "never", "after"]
+
+
+def test_bad_input_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def bad(self, spec, out):
+        calls.append(spec.value)
+        raise MidtrainError("tokens: must be > 0; raise it")
+
+    monkeypatch.setattr(type(get_stage("toy")), "run", bad)
+    out = run_chain([toy(tmp_path, "bad", 1)])
+    assert out.status == "failed" and out.error == "tokens: must be > 0; raise it"
+    assert calls == [1]
+
+
+def test_worker_processes_run_the_toy_stage(tmp_path):
+    chains = [[toy(tmp_path, f"w{i}", i)] for i in range(3)]
+    outcomes = LocalExecutor(workers=2).run(chains, lambda o: None)
+    assert sorted(o.status for o in outcomes) == ["done"] * 3
+    assert [get_stage("toy").cached(ToySpec(value=i), tmp_path / f"w{i}") for i in range(3)] == [
+        ToyResult(doubled=2 * i) for i in range(3)
+    ]
 
 
 def test_study_lock_admits_one_driver(tmp_path):
@@ -42,7 +90,7 @@ def test_study_lock_admits_one_driver(tmp_path):
 
 
 def test_unknown_executor_is_a_one_line_error():
-    from midtrain.study.runner import _make_executor
-
     with pytest.raises(MidtrainError, match="--executor 'slurm' is unknown"):
-        _make_executor("slurm", 1, None)
+        make_executor("slurm", 1, None)
+    with pytest.raises(MidtrainError, match="--workers 0"):
+        make_executor("local", 0, None)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from midtrain.data.store import TokenStore
 from midtrain.errors import MidtrainError
-from midtrain.mixture import MixComponent, MixtureSampler, allocate, validate_mix
+from midtrain.mix import MixComponent, MixtureSampler, allocate, validate_mix
 
 SEQ = 8
 NAMES = ["web", "hq", "flan", "math", "code"]
@@ -62,8 +62,8 @@ def test_exact_ratios_over_the_budget(stores, ratios, total):
     assert sum(got.values()) == total
     for src, r in ratios.items():
         assert abs(got[src] * SEQ - r * total * SEQ) < SEQ  # within one sequence of tokens
-        row = next(p for p in s.plan() if p["source"] == src)
-        assert row["sequences"] == got[src]
+        row = next(p for p in s.plan() if p.source == src)
+        assert row.sequences == got[src]
     # the ratio holds along the run too: every prefix is within a few sequences of its share
     labels = np.array(sources_of(s.sequences(0, total)))
     for src, r in ratios.items():
@@ -129,8 +129,8 @@ def test_token_table_shows_requested_available_and_epochs(stores):
     console.print(s.token_table())
     text = console.export_text()
     assert "code" in text and "web" in text
-    code = next(r for r in s.plan() if r["source"] == "code")
-    assert code["tokens_requested"] == 80 * SEQ and code["tokens_available"] == 60 * SEQ
+    code = next(r for r in s.plan() if r.source == "code")
+    assert code.tokens_requested == 80 * SEQ and code.tokens_available == 60 * SEQ
     assert f"{80 / 60:.3f}" in text
 
 
@@ -176,7 +176,7 @@ def test_source_too_small_unless_repetition_covers_it(stores):
     with pytest.raises(MidtrainError, match=r"mix\[1\]\.max_repetition.*'code'"):
         MixtureSampler(stores, mix_of({"web": 0.5, "code": 0.5}, rep=1.0), SEQ, 200, seed=0)
     ok = MixtureSampler(stores, mix_of({"web": 0.5, "code": 0.5}, rep=2.0), SEQ, 200, seed=0)
-    assert next(r for r in ok.plan() if r["source"] == "code")["epochs"] == pytest.approx(100 / 60)
+    assert next(r for r in ok.plan() if r.source == "code").epochs == pytest.approx(100 / 60)
 
 
 def test_empty_source_and_tokenizer_mismatch(stores, tmp_path):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from midtrain.eval.results import DomainExample, EvalResult, TaskExample, summarise, to_json_line
 from midtrain.io import atomic_write_json
+from midtrain.report import write_report
 from midtrain.study.config import parse_study
-from midtrain.study.plan import make_plan
-from midtrain.study.report import write_report
-from midtrain.study.runner import collect_results
+from midtrain.study.plan import StudyPlan, make_plan
+from midtrain.study.runner import collect
+from midtrain.train.rundir import RunResult
 
 EVIL = "<script>alert(1)</script>"
 
@@ -38,44 +40,36 @@ def fake_world(tmp: Path) -> dict:
     }
 
 
-def write_run(d: Path, shift: float, seed: int, n: int = 80) -> None:
+def write_run(plan: StudyPlan, d: Path, shift: float, seed: int, n: int = 80, ckpt=None) -> None:
+    """A finished run directory as the train and eval stages write it (no training)."""
     rng = np.random.default_rng(seed * 7 + int(shift * 100))
     base = np.random.default_rng(1).normal(-2, 0.5, size=n)
-    recs = []
+    recs: list = []
     for t in ("t1", "t2"):
         for i in range(n):
             v = base[i] + shift + rng.normal(0, 0.05)
-            recs.append(
-                {
-                    "kind": "task",
-                    "task": t,
-                    "doc_id": i,
-                    "acc": float(v > -2),
-                    "acc_norm": None,
-                    "gold_logprob_per_byte": float(v),
-                    "margin": float(v + 2),
-                }
-            )
+            recs.append(TaskExample(task=t, doc_id=i, acc=float(v > -2), gold_logprob_per_byte=v,
+                                    margin=v + 2))  # fmt: skip
     for dom in ("web", "math"):
         for i in range(30):
-            recs.append(
-                {
-                    "kind": "domain",
-                    "domain": dom,
-                    "doc_id": i,
-                    "bpb": 3.0 + rng.normal(0, 0.01),
-                    "nll": 1.0,
-                    "tokens": 10,
-                    "bytes": 40,
-                }
-            )
+            recs.append(DomainExample(domain=dom, doc_id=i, bpb=3.0 + rng.normal(0, 0.01),
+                                      nll=1.0, tokens=10, bytes=40))  # fmt: skip
+    ev = plan.eval_job
     (d / "eval").mkdir(parents=True)
-    (d / "eval" / "examples.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    atomic_write_json(d / "eval" / "eval.json", {})
+    (d / "eval" / "examples.jsonl").write_text("".join(to_json_line(r) for r in recs))
+    result = EvalResult(
+        key="k", checkpoint=str(ckpt or d / "final"), tasks=ev.settings.tasks, include_path=None,
+        domains=ev.domains, settings=ev.settings.hashed(), results=summarise(recs), seconds=1.0,
+        timing={},
+    )  # fmt: skip
+    atomic_write_json(d / "eval" / "eval.json", result)
+    if ckpt is not None:  # the start checkpoint: evaluated, not trained
+        return
     atomic_write_json(d / "status.json", {"status": "done"})
-    atomic_write_json(
-        d / "metrics.json", {"tokens": 8192, "flops": 1e12, "wall_s": 3.0, "final_loss": 2.0}
-    )
+    run = RunResult(steps=2, tokens=8192, final_loss=2.0, mean_loss_last_10pct=2.0, first_loss=3.0,
+                    start_lr=1e-3, final_lr=0.0, wall_s=3.0, tokens_per_s=2730.0, flops=1e12,
+                    final_checkpoint=str(d / "final"))  # fmt: skip
+    atomic_write_json(d / "metrics.json", run)
     d.joinpath("log.jsonl").write_text(
         "\n".join(
             json.dumps({"step": s, "tokens": 4096 * s, "loss": 3 - 0.1 * s}) for s in range(1, 3)
@@ -89,10 +83,10 @@ def test_results_and_report_from_run_dirs(tmp_path):
     plan = make_plan(cfg, out)
     shifts = {"control": 0.0, "good@0.3": 0.3, f"{EVIL}@0.3": 0.0}
     for r in plan.runs:
-        write_run(r.dir, shifts[r.arm], r.seed)
-    write_run(Path(plan.base_eval["dir"]), -0.5, 9)
-    results = collect_results(plan)
-    paths = write_report(results, plan, out)
+        write_run(plan, r.dir, shifts[r.arm], r.seed)
+    write_run(plan, plan.start_dir, -0.5, 9, ckpt=cfg.checkpoint)
+    results = collect(plan)
+    paths = write_report(results, plan.config, out)
 
     saved = json.loads(paths["results"].read_text())
     arms = {a["name"]: a for a in saved["arms"]}
@@ -125,6 +119,7 @@ def test_results_and_report_from_run_dirs(tmp_path):
     assert html.count("data:image/png;base64,") == 3
     md = paths["md"].read_text()
     assert "| good@0.3 |" in md and "**include**" in md
+    assert saved["format"] == "midtrain-study/2"
     for png in ("deltas", "loss", "domains"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     assert EVIL not in md and "&lt;script&gt;" in md

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from midtrain.errors import MidtrainError
-from midtrain.schedules import SCHEDULES, make_schedule, resolve_final_lr
+from midtrain.train.schedules import SCHEDULES, make_schedule, resolve_final_lr
 
 START, FINAL, N = 1e-3, 1e-4, 10
 

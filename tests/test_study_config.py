@@ -114,7 +114,7 @@ def test_missing_study_file(tmp_path, capsys):
     code, err = run_cli(
         ["study", "run", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")], capsys
     )
-    assert code == 2 and "not found" in err
+    assert code == 2 and "no such file" in err
 
 
 def test_plan_has_shared_controls_and_arm_mixes(tmp_path):
@@ -127,17 +127,22 @@ def test_plan_has_shared_controls_and_arm_mixes(tmp_path):
     assert arms == ["math@0.3", "hq+flan@0.3", "hq+flan@0.5"]
     assert [r.seed for r in plan.runs if r.arm == CONTROL] == [0, 1]
     assert len(plan.runs) == 2 * (1 + 3)
-    hqflan = {m["source"]: m["ratio"] for m in arm_mix(cfg, cfg.candidates[1], 0.3)}
+    hqflan = {m.source: m.ratio for m in arm_mix(cfg, cfg.candidates[1], 0.3)}
     assert hqflan == pytest.approx({"web": 0.7, "hq": 0.15, "flan": 0.15})
     control = plan.control(0)
-    assert control.mix == [{"source": "web", "ratio": 1.0, "max_repetition": 1.0}]
+    assert [m.model_dump() for m in control.mix] == [
+        {"source": "web", "ratio": 1.0, "max_repetition": 1.0}
+    ]
     # same inputs, same ids; a different seed gives a different run
     again = make_plan(cfg, tmp_path / "out")
     assert [r.run_id for r in again.runs] == [r.run_id for r in plan.runs]
     assert plan.control(0).run_id != plan.control(1).run_id
     # arms of the same seed share one control (the plan holds exactly one per seed)
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
-    assert plan.runs[0].job()["eval"]["task_settings"] == {}
+    train_job, eval_job = plan.runs[0].chain(plan.eval_job)
+    assert train_job.stage == "train" and train_job.spec.seed == 0
+    assert eval_job.spec.checkpoint == str(plan.runs[0].dir / "final")
+    assert eval_job.spec.settings.task_settings == {}
 
 
 def test_per_task_eval_settings_reach_every_job(tmp_path):
@@ -147,8 +152,9 @@ def test_per_task_eval_settings_reach_every_job(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     plan = make_plan(cfg, tmp_path / "out")
     want = {"world_facts": {"limit": 50, "num_fewshot": 3}}
-    assert all(r.job()["eval"]["task_settings"] == want for r in plan.runs)
-    assert plan.base_eval["eval"]["task_settings"] == want
+    chains = plan.chains()
+    assert all(c[-1].spec.settings.hashed()["task_settings"] == want for c in chains)
+    assert chains[0][0].spec.checkpoint == cfg.checkpoint  # the start checkpoint is evaluated too
     # eval settings do not change what a run trains: same run ids as without them
     plain = make_plan(load_study(write(tmp_path, GOOD)), tmp_path / "out")
     assert [r.run_id for r in plan.runs] == [r.run_id for r in plain.runs]

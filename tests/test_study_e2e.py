@@ -38,7 +38,7 @@ def world(tmp_path_factory):
     import torch
 
     from midtrain import train
-    from midtrain.data.store import prepare_source
+    from midtrain.data.prepare import prepare_source
     from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
 
     torch.set_num_threads(1)
@@ -46,11 +46,10 @@ def world(tmp_path_factory):
     s = DemoSettings(scale=0.1, vocab_size=512)
     ctx = build_world_and_stores(root, s)
     # Positive control: the tasks' own items written as "question answer" text.
-    items = []
-    for yaml in sorted((ctx["world_dir"] / "tasks").glob("*.jsonl")):
-        for line in yaml.read_text().splitlines():
-            items.append(json.loads(line))
-    texts = [_render(it) for it in items]
+    texts = []
+    for data in sorted((ctx["world_dir"] / "tasks").glob("*.jsonl")):
+        for line in data.read_text().splitlines():
+            texts.append(_render(data.stem, json.loads(line)))
     pos = root / "taskitems.jsonl"
     pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 3))
     from midtrain.data.tokenizer import load_tokenizer
@@ -78,7 +77,7 @@ def world(tmp_path_factory):
         "schedule": {"name": "constant", "start_lr": 3e-3, "warmup_steps": 5},
         "checkpoint_every": 0,
     }
-    train.run(train.load_run_config(rc), root / "base", progress=False)
+    train.run(rc, root / "base", progress=False)
     return {
         "root": root,
         "base": root / "base" / "final",
@@ -87,14 +86,11 @@ def world(tmp_path_factory):
     }
 
 
-def _render(item: dict) -> str:
-    """A task item with its gold answer, in the task's own prompt format (see world tasks/*.yaml)."""
-    ans = item["choices"][item["answer"]]
-    if "program" in item:
-        return (
-            f"Program:\n{item['program']}\nQuestion: What does this program print?\nAnswer: {ans}"
-        )
-    return f"Question: {item['question']}\nAnswer: {ans}"
+def _render(task: str, item: dict) -> str:
+    """A task item with its gold answer, exactly as lm-eval scores it (the task's own prompt)."""
+    from midtrain.demo.world import task_prompt
+
+    return f"{task_prompt(task, item)} {item['choices'][item['answer']]}"
 
 
 def study_file(w, out: Path, candidates: str, seeds=(0, 1), tokens=8192, extra="") -> Path:
@@ -154,13 +150,16 @@ def test_quick_study_verdicts(world, tmp_path):
 
     path = study_file(world, tmp_path, CANDS)
     results = run_study(load_study(path), tmp_path / "study")
-    arms = {a["name"]: a for a in results["arms"]}
+    arms = {a.name: a for a in results.arms}
     same = arms["same-as-control"]
-    assert same["verdict"] == "inconclusive"
-    assert same["primary"]["ci"][0] <= 0 <= same["primary"]["ci"][1]
+    assert same.verdict == "inconclusive"
+    assert same.primary.ci[0] <= 0 <= same.primary.ci[1]
     pos = arms["task-items"]
-    assert pos["verdict"] == "include", pos["primary"]
-    assert arms["math"]["verdict"] in {"include", "reject", "inconclusive"}
+    assert pos.verdict == "include", pos.primary
+    # the tasks' own items, in their own prompt format, raise the gold answers' log-probability
+    # where the format is what the base lacks (arithmetic, program output)
+    assert pos.tasks["world_arith"].ci[0] > 0 and pos.tasks["world_code"].ci[0] > 0, pos.tasks
+    assert arms["math"].primary is not None and arms["math"].seeds == [0, 1]
     for f in ("report.md", "report.html", "results.json", "plots/deltas.png", "plots/loss.png"):
         assert (tmp_path / "study" / f).is_file()
     # Re-running a finished study only re-renders: no run directory changes.
@@ -169,7 +168,7 @@ def test_quick_study_verdicts(world, tmp_path):
     }
     again = run_study(load_study(path), tmp_path / "study")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert [a["primary"] for a in again["arms"]] == [a["primary"] for a in results["arms"]]
+    assert [a.primary for a in again.arms] == [a.primary for a in results.arms]
 
 
 SMALL = """
@@ -180,10 +179,8 @@ max_repetition = 50.0
 """
 
 
-def _comparable(results: dict) -> list:
-    return [
-        (a["arm"], a["verdict"], a["primary"], a["tasks"], a["domains"]) for a in results["arms"]
-    ]
+def _comparable(results) -> list:
+    return [(a.arm, a.verdict, a.primary, a.tasks, a.domains) for a in results.arms]
 
 
 def test_killed_study_resumes_to_identical_results(world, tmp_path):
@@ -231,10 +228,7 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
         tmp_path / "r" / "s",
         executor="ray",
     )
-    assert [r["status"] for r in ray_res["control"]["runs"] + ray_res["arms"][0]["runs"]] == [
-        "done",
-        "done",
-    ]
+    assert [r.status for r in ray_res.control.runs + ray_res.arms[0].runs] == ["done", "done"]
     assert _comparable(ray_res) == _comparable(local)
     two = run_study(
         load_study(study_file(world, tmp_path / "w", SMALL, seeds=(0,))),
@@ -244,5 +238,5 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     assert _comparable(two) == _comparable(local)
     assert (
         read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"]
-        == local["arms"][0]["verdict"]
+        == local.arms[0].verdict
     )

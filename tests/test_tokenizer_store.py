@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from _data_fixtures import big_vocab_tokenizer, make_docs, train_tiny_tokenizer
 
-from midtrain.data import store as store_mod
-from midtrain.data.store import TokenStore, heldout_count, prepare_source
+from midtrain.data import prepare as store_mod
+from midtrain.data.prepare import prepare_source
+from midtrain.data.store import TokenStore, heldout_count
 from midtrain.data.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 
 DOCS = make_docs(60, seed=1)

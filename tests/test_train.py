@@ -18,6 +18,7 @@ from _train_fixtures import (
 from midtrain import train
 from midtrain.errors import MidtrainError
 from midtrain.io import read_json
+from midtrain.train.optim import lm_loss
 
 LOG_KEYS = ["step", "tokens", "lr", "loss", "grad_norm", "tok_s"]
 
@@ -44,7 +45,7 @@ def mix_loss(model_dir: Path, rc: dict, n: int = 16) -> float:
     ids = torch.from_numpy(train.plan_run(train.load_run_config(rc)).sampler.sequences(0, n))
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        return float(train.lm_loss(model, ids)) / (ids.numel() - n)
+        return float(lm_loss(model, ids)) / (ids.numel() - n)
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -61,7 +62,7 @@ def test_pretrain_writes_a_self_describing_run_dir(world):
     rows = log_rows(out)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(list(r) == LOG_KEYS for r in rows)
-    assert rows[-1]["tokens"] == m["tokens"] == 8 * 128
+    assert rows[-1]["tokens"] == m.tokens == 8 * 128
     cfg = read_json(out / "config.json")
     assert cfg["resolved"]["steps"] == 8 and cfg["resolved"]["grad_accumulation"] == 2
     inputs = read_json(out / "inputs.json")
@@ -75,8 +76,8 @@ def test_pretrain_writes_a_self_describing_run_dir(world):
     state = read_json(final / "midtrain_state" / "trainer.json")
     assert state["lr"] == 1e-2 and state["tokens_seen"] == 1024 and state["steps"] == 8
     assert (final / "midtrain_state" / "optimizer.pt").is_file()
-    assert m["final_loss"] < rows[0]["loss"]
-    assert m["final_checkpoint"] == str(final)
+    assert m.final_loss < rows[0]["loss"]
+    assert m.final_checkpoint == str(final)
 
 
 def test_anneal_continues_the_checkpoint_lr_and_lowers_loss_on_its_mix(world, tmp_path):
@@ -86,10 +87,10 @@ def test_anneal_continues_the_checkpoint_lr_and_lowers_loss_on_its_mix(world, tm
     rows = log_rows(tmp_path / "anneal")
     assert rows[0]["lr"] == 1e-2  # first step at the checkpoint's LR: no jump
     assert rows[-1]["lr"] == pytest.approx(1e-2 / 12)
-    assert m["warnings"] == []
+    assert m.warnings == []
     state = read_json(tmp_path / "anneal" / "final" / "midtrain_state" / "trainer.json")
     assert state["lr"] == 0.0 and state["steps"] == 8 + 12 and state["tokens_seen"] == 20 * 128
-    final = Path(m["final_checkpoint"])
+    final = Path(m.final_checkpoint)
     assert mix_loss(final, rc) < mix_loss(base, rc) - 0.1
 
 
@@ -98,7 +99,7 @@ def test_a_start_lr_other_than_the_checkpoints_warns_with_the_jump(world, tmp_pa
     rc = run_config(world, init=str(base), schedule={"name": "cosine", "start_lr": 5e-3})
     m = train.run(rc, tmp_path / "jump", progress=False)
     assert log_rows(tmp_path / "jump")[0]["lr"] == 5e-3
-    assert len(m["warnings"]) == 1 and "x0.5 jump" in m["warnings"][0]
+    assert len(m.warnings) == 1 and "x0.5 jump" in m.warnings[0]
     assert "warning: first step LR 0.005 differs from the checkpoint's LR 0.01" in (
         capsys.readouterr().err
     )
@@ -111,7 +112,7 @@ def test_warm_start_from_other_architectures(world, tmp_path, kind):
     init = save_tiny_model(tmp_path, kind, world["tokenizer"])
     rc = run_config(world, init=str(init), tokens=4 * 128, checkpoint_every=0)
     m = train.run(rc, tmp_path / "run", progress=False)
-    final = Path(m["final_checkpoint"])
+    final = Path(m.final_checkpoint)
     model = AutoModelForCausalLM.from_pretrained(final)
     assert model.config.model_type == kind
     before, after = weights(init), weights(final)
@@ -127,7 +128,7 @@ def test_gradient_accumulation_equals_one_big_batch(world, tmp_path):
     acc = train.run(run_config(world, micro_batch=1, **common), tmp_path / "acc", progress=False)
     a, b = log_rows(tmp_path / "one"), log_rows(tmp_path / "acc")
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
-    wa, wb = weights(Path(one["final_checkpoint"])), weights(Path(acc["final_checkpoint"]))
+    wa, wb = weights(Path(one.final_checkpoint)), weights(Path(acc.final_checkpoint))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
@@ -181,7 +182,7 @@ def _bad(world, tmp_path, case):
         ("unknown-schedule", "schedule.name: unknown schedule 'wsd'"),
         ("tiny-budget", "tokens: 100 is less than one optimizer step"),
         ("exp-to-zero", "schedule.final_lr: 'exp'"),
-        ("unknown-field", "run config field learning_rate"),
+        ("unknown-field", "run config: learning_rate: is not a known field"),
         ("unknown-source", "mix\\[0\\].source: unknown source 'code'"),
         ("seq-too-long", "seq_len: 128 is longer than the model's max_position_embeddings 64"),
         ("other-tokenizer", "stores.web: tokenised with tokenizer .* re-prepare the store"),
@@ -212,11 +213,12 @@ def test_dry_run_and_toml_paths_relative_to_the_file(world, tmp_path):
     )
     cfg = train.load_run_config(toml)
     assert cfg.init == str(world["base_dir"] / "final")
-    est = train.dry_run(cfg)
-    assert est["steps"] == 8 and est["flops"] > 0 and est["seconds"] > 0
-    assert est["config"]["resolved"]["schedule"]["final_lr"] == pytest.approx(1e-3)
-    assert est["config"]["resolved"]["start_lr_source"] == "checkpoint"
-    assert [r["source"] for r in est["mix"]] == ["web", "math"]
+    plan = train.plan_run(cfg)
+    est = train.estimate(plan)
+    assert est.steps == 8 and est.flops > 0 and est.seconds > 0
+    assert plan.resolved()["resolved"]["schedule"]["final_lr"] == pytest.approx(1e-3)
+    assert plan.resolved()["resolved"]["start_lr_source"] == "checkpoint"
+    assert [r.source for r in plan.sampler.plan()] == ["web", "math"]
     out = tmp_path / "dry"
     res = CliRunner().invoke(app, ["anneal", "--config", str(toml), "--out", str(out), "--dry-run"])
     assert res.exit_code == 0, res.output

@@ -1,3 +1,3 @@
 """midtrain: microanneal studies for deciding what data belongs in midtraining."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,12 +11,10 @@ import sys
 
 import typer
 
+from midtrain import __version__, env
 from midtrain.errors import MidtrainError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+env.setup()
 
 app = typer.Typer(
     name="midtrain",
@@ -31,16 +29,32 @@ GROUPS: dict[str, typer.Typer] = {
         "data": "Prepare token stores from text, jsonl, parquet, HF datasets or .npy tokens.",
         "study": "Run and analyse microanneal studies defined in one TOML file.",
         "bench": "Benchmarks that report ratios measured in one process.",
+        "config": "The config schema: docs/config.md.",
     }.items()
 }
 for _name, _group in GROUPS.items():
     app.add_typer(_group, name=_name)
 
 
-def _register_all() -> None:
-    from midtrain.commands import data, demo, evaluate, study, train
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"midtrain {__version__}")
+        raise typer.Exit()
 
-    for module in (data, train, evaluate, study, demo):
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Microanneal studies: which data belongs in the final phase of pretraining?"""
+
+
+def _register_all() -> None:
+    from midtrain.commands import config, data, demo, evaluate, study, train
+
+    for module in (data, train, evaluate, study, demo, config):
         module.register(app, GROUPS)
 
 

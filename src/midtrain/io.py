@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
@@ -66,6 +69,8 @@ def _json_default(o: Any) -> Any:
         return o.tolist()
     if hasattr(o, "model_dump"):
         return o.model_dump(mode="json")
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
@@ -74,34 +79,77 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+KILL_ENV = "MIDTRAIN_TEST_KILL"  # "point:step": SIGKILL this process there (resume tests)
+
+
+def fault_point(point: str, step: int) -> None:
+    """Test hook: die by SIGKILL at `point` of `step` when MIDTRAIN_TEST_KILL names it."""
+    if os.environ.get(KILL_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _old_sibling(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_dir(final: str | Path) -> None:
+    """Undo what a killed `atomic_dir` left: keep the last complete folder, drop temporaries.
+
+    Call it only where one process owns `final` (a run directory under its lock).
+    """
+    final = Path(final)
+    old = _old_sibling(final)
+    if not final.exists() and old.exists():
+        os.replace(old, final)  # killed between the two renames: the old one is complete
+    shutil.rmtree(old, ignore_errors=True)
+    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
+def atomic_dir(final: str | Path, *, fsync: bool = False, step: int = -1) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place on success.
 
     On any exception the temporary directory is removed, so `final` never holds a half-written
-    result. An existing `final` is replaced only after the new one is complete.
+    result. An existing `final` is replaced only after the new one is complete: it is renamed to
+    `.NAME.old`, the new one renamed in, the old one removed; `recover_dir` repairs a process
+    killed between the two renames. `fsync` flushes every file first (checkpoints); `step` only
+    feeds the `swap:NAME` test hook.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    old = _old_sibling(final)
+    if not final.exists() and old.exists():
+        os.replace(old, final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        _settle_tree(tmp, fsync)
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+            fault_point(f"swap:{final.name}", step)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _settle_tree(root: Path, fsync: bool) -> None:
+    """Give every file the umask's mode (some writers make 0600); flush it when `fsync`."""
+    mode = 0o666 & ~_umask()
+    for p in root.rglob("*"):
+        if p.is_file():
+            p.chmod(mode)
+            if fsync:
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
 
 
 def hash_obj(obj: Any) -> str:

@@ -45,7 +45,7 @@ def prepare(
     ] = None,
 ) -> None:
     """Tokenise INPUT... into the token store OUT/NAME (atomic; same inputs, same bytes)."""
-    from midtrain.data.store import prepare_data
+    from midtrain.data.prepare import prepare_data
 
     if train_tokenizer != (vocab_size is not None):
         raise MidtrainError("--train-tokenizer and --vocab-size N go together; pass both")
@@ -86,7 +86,7 @@ def mix(
 ) -> None:
     """Check a mix against its stores and print the token table (nothing is trained)."""
     from midtrain.data.store import TokenStore
-    from midtrain.mixture import MixtureSampler, validate_mix
+    from midtrain.mix import MixtureSampler, validate_mix
 
     if not stores.is_dir():
         raise MidtrainError(f"--stores {stores}: no such folder; run `midtrain data prepare`")
@@ -119,7 +119,7 @@ def bench_mix(
     seed: Annotated[int, typer.Option(help="Seed of data and sampler.")] = 0,
 ) -> None:
     """Mixer throughput on a generated multi-source mix of memmapped stores."""
-    from midtrain.bench_mix import run_bench
+    from midtrain.bench.mix import run_bench
 
     result = run_bench(tokens=tokens, seq_len=seq_len, batch=batch, seed=seed)
     if as_json:

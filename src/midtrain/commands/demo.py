@@ -31,7 +31,7 @@ def demo(
     if ctx.invoked_subcommand is not None:
         return
     from midtrain.demo.pipeline import run_demo
-    from midtrain.study.report import verdict_table
+    from midtrain.report import verdict_table
 
     results = run_demo(out, quick=quick, workers=workers, cache=cache)
     console.print(verdict_table(results))

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from midtrain.console import safe
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.eval.results import EvalResult, MetricSummary
 
 console = Console()
 
 
 def _domains(spec: str | None) -> dict[str, Path]:
-    """NAME=STORE_DIR pairs, or bare store dirs (named by their manifest)."""
-    from midtrain.data.store import TokenStore
+    """NAME=STORE_DIR pairs (rows are labelled NAME), or bare store dirs (named by their manifest)."""
+    from midtrain.data.store import open_store
 
     out: dict[str, Path] = {}
-    for item in filter(None, (spec or "").split(",")):
-        name, _, path = item.partition("=")
-        if not path:
-            path, name = name, TokenStore.open(name).name
-        out[name.strip()] = Path(path.strip())
+    for item in filter(None, (x.strip() for x in (spec or "").split(","))):
+        name, sep, path = (x.strip() for x in item.partition("="))
+        if not sep:
+            path, name = name, open_store(name, f"--domains {name}").name
+        if not name or not path:
+            raise MidtrainError(f"--domains: {item!r} is not NAME=STORE_DIR or STORE_DIR")
+        if name in out:
+            raise MidtrainError(
+                f"--domains: the label {name!r} is used twice; label each store once"
+            )
+        out[name] = Path(path)
     return out
 
 
@@ -41,7 +51,7 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Evaluate a checkpoint on tasks and per-domain loss; cached by content hash."""
-    from midtrain.evaluation import evaluate
+    from midtrain.eval import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     doms = _domains(domains)
@@ -50,34 +60,28 @@ def eval_cmd(
     res = evaluate(checkpoint, tasks=names, include_path=include_path, domains=doms, out=out,
                    limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device)  # fmt: skip
     console.print(results_table(res))
-    console.print(f"{out / 'eval.json'}  ·  {out / 'examples.jsonl'}  ({res['seconds']:.1f}s)")
+    console.print(
+        f"{safe(out / 'eval.json')}  ·  {safe(out / 'examples.jsonl')}  ({res.seconds:.1f}s)"
+    )
 
 
-def results_table(res: dict) -> Table:
-    t = Table(title=f"eval of {res['checkpoint']}")
+def results_table(res: EvalResult) -> Table:
+    t = Table(title=f"eval of {safe(res.checkpoint)}")
     for col in ("what", "n", "acc", "acc_norm", "gold logprob/byte", "margin", "bpb", "loss/token"):
         t.add_column(col)
 
-    def f(x: dict | None) -> str:
-        if not x or x.get("mean") is None:
+    def f(x: MetricSummary) -> str:
+        if x.mean is None:
             return "–"
-        se = f" ± {x['stderr']:.3f}" if x.get("stderr") is not None else ""
-        return f"{x['mean']:.3f}{se}"
+        se = f" ± {x.stderr:.3f}" if x.stderr is not None else ""
+        return f"{x.mean:.3f}{se}"
 
-    for name, m in res["results"]["tasks"].items():
-        t.add_row(name, str(m["acc"]["n"]), f(m["acc"]), f(m["acc_norm"]),
-                  f(m["gold_logprob_per_byte"]), f(m["margin"]), "", "")  # fmt: skip
-    for name, d in res["results"]["domains"].items():
-        t.add_row(
-            f"domain {name}",
-            str(d["docs"]),
-            "",
-            "",
-            "",
-            "",
-            f(d["bpb"]),
-            f"{d['loss_per_token']:.3f}",
-        )
+    for name, m in res.results.tasks.items():
+        t.add_row(safe(name), str(m.acc.n), f(m.acc), f(m.acc_norm),
+                  f(m.gold_logprob_per_byte), f(m.margin), "", "")  # fmt: skip
+    for name, d in res.results.domains.items():
+        loss = f"{d.loss_per_token:.3f}" if d.loss_per_token is not None else "–"
+        t.add_row(f"domain {safe(name)}", str(d.docs), "", "", "", "", f(d.bpb), loss)
     return t
 
 

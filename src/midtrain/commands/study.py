@@ -1,8 +1,10 @@
-"""`midtrain study run|show`: run a study from one TOML file, or print a finished study's verdicts."""
+"""`midtrain study run|show|init`: run a study from one TOML file, print its verdicts, start one.
+
+Exit codes: 0 every run finished, 1 some runs failed (the report is still written), 2 bad input.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
 
 console = Console()
+FAILED_RUNS_EXIT = 1
 
 
 def study_run(
@@ -30,47 +34,58 @@ def study_run(
     ] = None,
 ) -> None:
     """Run a microanneal study: control + arms, evaluation, analysis, report."""
+    from midtrain.report import verdict_table
     from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
 
     cfg = load_study(study)
     if dry_run:
         print_plan(cfg, out)
         return
-    from midtrain.study.report import verdict_table
-    from midtrain.study.runner import run_study
-
     results = run_study(cfg, out, executor=executor, workers=workers, address=address)
     console.print(verdict_table(results))
-    console.print(f"report: {Path(out) / 'report.md'}  ·  {Path(out) / 'report.html'}")
+    console.print(f"report: {safe(Path(out) / 'report.md')}  ·  {safe(Path(out) / 'report.html')}")
+    exit_on_failed_runs(results, Path(out))
+
+
+def exit_on_failed_runs(results, out: Path) -> None:
+    """One line per run that did not finish, with its log; then exit code 1."""
+    failed = results.failed_runs
+    for r in failed:
+        log = out / r.dir / "log.jsonl"
+        err_console.print(
+            f"failed run {safe(r.name)} ({r.status}): {safe(r.error or 'see its log')}; "
+            f"log {safe(log)}",
+            highlight=False,
+        )
+    if failed:
+        raise typer.Exit(FAILED_RUNS_EXIT)
 
 
 def print_plan(cfg, out: Path) -> None:
-    from midtrain.study.runner import dry_run_rows, prepare
+    """The runs, their mixes, FLOPs and time estimates, and one token table per distinct mix."""
+    from midtrain.study.runner import prepare
+    from midtrain.train.plan import estimate, plan_run
 
     plan = prepare(cfg, Path(out).resolve())
-    rows = dry_run_rows(plan)
-    t = Table(title=f"study {cfg.name}: {len(rows)} runs + 1 eval of the start checkpoint")
+    t = Table(
+        title=f"study {safe(cfg.name)}: {len(plan.runs)} runs + 1 eval of the start checkpoint"
+    )
     for col in ("run", "mix", "tokens", "est. FLOPs", "est. seconds", "share of full run"):
         t.add_column(col)
-    for r in rows:
-        share = f"{r['share_of_full_run']:.3%}" if r["share_of_full_run"] is not None else "–"
-        t.add_row(
-            r["run"],
-            " / ".join(f"{k} {v:.0%}" for k, v in r["mix"].items()),
-            f"{r['tokens']:,}",
-            f"{r['flops']:.3g}" if r["flops"] else "–",
-            f"{r['seconds']:.0f}" if r["seconds"] else "–",
-            share,
-        )
+    tables, total_f, total_s = {}, 0.0, 0.0
+    for r in plan.runs:
+        run_plan = plan_run(r.run_config)
+        est = estimate(run_plan)
+        total_f, total_s = total_f + est.flops, total_s + est.seconds
+        share = f"{cfg.tokens / cfg.full_run_tokens:.3%}" if cfg.full_run_tokens else "–"
+        mix = " / ".join(f"{m.source} {m.ratio:.0%}" for m in r.mix)
+        t.add_row(safe(r.name), safe(mix), f"{cfg.tokens:,}", f"{est.flops:.3g}",
+                  f"{est.seconds:.0f}", share)  # fmt: skip
+        tables.setdefault(mix, run_plan.sampler.token_table())
     console.print(t)
-    shown: set[str] = set()
-    for r in rows:
-        key = json.dumps(r["mix"], sort_keys=True)
-        if key not in shown and r.get("token_table") is not None:
-            shown.add(key)
-            console.print(r["token_table"])
-    total_f = sum(r["flops"] or 0 for r in rows)
-    total_s = sum(r["seconds"] or 0 for r in rows)
+    for table in tables.values():
+        console.print(table)
     console.print(
         f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
     )
@@ -78,16 +93,47 @@ def print_plan(cfg, out: Path) -> None:
 
 def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory.")]) -> None:
     """Print the verdict table of a finished study."""
-    from midtrain.study.report import verdict_table
+    from pydantic import ValidationError
+
+    from midtrain.report import verdict_table
+    from midtrain.study.results import StudyResult
 
     p = Path(study_dir) / "results.json"
     if not p.is_file():
         raise MidtrainError(
             f"{p} not found; run `midtrain study run STUDY.toml --out {study_dir}` first"
         )
-    console.print(verdict_table(json.loads(p.read_text())))
+    try:
+        results = StudyResult.load(p)
+    except (ValueError, ValidationError) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise MidtrainError(
+            f"{p}: not a results.json of this midtrain version ({reason}); re-run the study"
+        ) from None
+    console.print(verdict_table(results))
+
+
+def study_init(
+    checkpoint: Annotated[Path, typer.Argument(help="HF causal-LM folder to anneal from.")],
+    stores: Annotated[
+        list[str], typer.Option("--store", help="NAME=STORE_DIR, repeated (midtrain data prepare).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The study file to write (must not exist).")],
+    base: Annotated[
+        str | None, typer.Option(help="The store that is the normal mix (default: the first).")
+    ] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")] = "",
+) -> None:
+    """Write a commented starter study for a checkpoint and its token stores."""
+    from midtrain.study.init import write_starter
+
+    path = write_starter(checkpoint, stores, out, base=base, tasks=tasks)
+    console.print(
+        f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out DIR --dry-run`"
+    )
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["study"].command("run")(study_run)
     groups["study"].command("show")(study_show)
+    groups["study"].command("init")(study_init)

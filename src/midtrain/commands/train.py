@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from midtrain.console import safe
+
 console = Console()
 
 ConfigOpt = Annotated[
@@ -44,26 +46,26 @@ def _run(cfg: Any, out: Path, dry_run: bool) -> None:
     if dry_run:
         print_dry_run(cfg)
         return
-    metrics = train.run(cfg, out)
-    keys = ("steps", "tokens", "final_loss", "mean_loss_last_10pct", "tokens_per_s", "wall_s")
-    console.print({k: metrics[k] for k in keys})
-    console.print(f"final checkpoint: {metrics['final_checkpoint']}")
+    result = train.run(cfg, out)
+    keys = {"steps", "tokens", "final_loss", "mean_loss_last_10pct", "tokens_per_s", "wall_s"}
+    console.print(result.model_dump(include=keys))
+    console.print(f"final checkpoint: {safe(result.final_checkpoint)}")
 
 
 def print_dry_run(cfg: Any) -> None:
     from midtrain import train
 
     plan = train.plan_run(cfg)
-    est = train.dry_run(plan)
-    console.print_json(json.dumps(est["config"]))
+    est = train.estimate(plan)
+    console.print_json(json.dumps(plan.resolved()))
     console.print(plan.sampler.token_table())
     console.print(
-        f"{est['steps']:,} steps x {plan.tokens_per_step:,} tokens = {est['tokens']:,} tokens; "
-        f"N = {est['params_flops']:,} params (non-embedding + head); "
-        f"~{est['flops']:.3g} FLOPs, ~{est['seconds']:.0f} s on {plan.device} (rough)"
+        f"{est.steps:,} steps x {plan.tokens_per_step:,} tokens = {est.tokens:,} tokens; "
+        f"N = {est.params:,} params (non-embedding + head); "
+        f"~{est.flops:.3g} FLOPs, ~{est.seconds:.0f} s on {plan.device} (rough)"
     )
-    for w in est["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}")
+    for w in est.warnings:
+        console.print(f"[yellow]warning:[/] {safe(w)}")
 
 
 def bench_train(
@@ -76,7 +78,7 @@ def bench_train(
     threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
 ) -> None:
     """Our loop vs transformers.Trainer on the demo-size model, and utilization vs sgemm."""
-    from midtrain.bench_train import run_bench
+    from midtrain.bench.train import run_bench
 
     result = run_bench(steps=steps, rounds=rounds, compile=compile, threads=threads)
     if as_json:

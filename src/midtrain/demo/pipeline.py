@@ -12,9 +12,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from midtrain.study.results import StudyResult
 
 from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json
 
@@ -70,7 +73,8 @@ def default_cache() -> Path:
 
 def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> dict[str, Any]:
     """World, tokenizer and one token store per source (each skipped when already there)."""
-    from midtrain.data.store import TokenStore, prepare_source
+    from midtrain.data.prepare import prepare_source
+    from midtrain.data.store import TokenStore
     from midtrain.data.tokenizer import load_tokenizer, train_tokenizer
     from midtrain.demo.world import generate_world
 
@@ -137,55 +141,48 @@ def pretrain_base(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
         console.print(
             f"base model: pretraining {s.base_tokens:,} tokens on web (constant LR) -> {run_dir}"
         )
-        train.run(train.load_run_config(rc), run_dir, progress=None)
+        train.run(rc, run_dir, progress=None)
     return run_dir / "final"
 
 
-def study_toml(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> str:
-    """The demo's study file (paths relative to it, so the folder can be moved)."""
+def study_file(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> dict[str, Any]:
+    """The demo's study as data (paths relative to the study file, so the folder can be moved)."""
 
     def rel(p: Path) -> str:
         return os.path.relpath(Path(p).resolve(), out.resolve())
 
-    stores = "\n".join(f'{n} = "{rel(st.path)}"' for n, st in sorted(ctx["stores"].items()))
-    tasks = sorted(ctx["world"]["tasks"])  # the task names (world.yaml is their group)
-    cands = "\n".join(
-        f'[[candidates]]\nname = "{name}"\nmix = {{ {", ".join(f"{k} = {v}" for k, v in mix.items())} }}\n'
-        f"max_repetition = 8.0\n"
-        for name, mix in CANDIDATES
-    )
-    return f"""# The midtrain demo study: written by `midtrain demo`, runnable with `midtrain study run`.
-name = "demo"
-checkpoint = "{Path(base).resolve()}"
-tokens = {s.anneal_tokens}
-seq_len = {s.seq_len}
-batch_tokens = {s.batch_tokens}
-micro_batch = {s.micro_batch}
-seeds = {list(s.seeds)}
-fractions = [0.3]
-full_run_tokens = {s.full_run_tokens}
-base_max_repetition = 4.0
+    return {
+        "name": "demo",
+        "checkpoint": str(Path(base).resolve()),
+        "tokens": s.anneal_tokens,
+        "seq_len": s.seq_len,
+        "batch_tokens": s.batch_tokens,
+        "micro_batch": s.micro_batch,
+        "seeds": list(s.seeds),
+        "fractions": [0.3],
+        "full_run_tokens": s.full_run_tokens,
+        "base_max_repetition": 4.0,
+        "stores": {n: rel(st.path) for n, st in sorted(ctx["stores"].items())},
+        "base": {"web": 1.0},
+        "schedule": {"name": "linear", "final_lr_fraction": 0.0},
+        "eval": {
+            "tasks": sorted(ctx["world"]["tasks"]),  # the task names (world.yaml is their group)
+            "include_path": rel(ctx["world_dir"] / "tasks"),
+            "limit": s.eval_limit,
+        },
+        "guards": [{"domain": "web", "tolerance": 0.05}],
+        "candidates": [
+            {"name": name, "mix": mix, "max_repetition": 8.0} for name, mix in CANDIDATES
+        ],
+    }
 
-[stores]
-{stores}
 
-[base]
-web = 1.0
+def study_toml(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> str:
+    """The demo's study file, written by a TOML library (runnable with `midtrain study run`)."""
+    import tomli_w
 
-[schedule]
-name = "linear"
-final_lr_fraction = 0.0
-
-[eval]
-tasks = {tasks!r}
-include_path = "{rel(ctx["world_dir"] / "tasks")}"
-limit = {s.eval_limit}
-
-[[guards]]
-domain = "web"
-tolerance = 0.05
-
-{cands}"""
+    head = "# The midtrain demo study: written by `midtrain demo`, runnable with `midtrain study run`.\n"
+    return head + tomli_w.dumps(study_file(ctx, base, s, out))
 
 
 def run_demo(
@@ -195,7 +192,7 @@ def run_demo(
     workers: int = 1,
     cache: Path | None = None,
     settings: DemoSettings | None = None,
-) -> dict[str, Any]:
+) -> StudyResult:
     """Run the whole demo into `out`; returns the study results."""
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
@@ -214,6 +211,5 @@ def run_demo(
     atomic_write_text(study_path, study_toml(ctx, base, s, out))
     atomic_write_json(out / "demo-settings.json", asdict(s))
     results = run_study(load_study(study_path), out / "study", workers=workers)
-    results["demo_wall_s"] = round(time.time() - t0, 1)
     console.print(f"demo finished in {time.time() - t0:.0f}s")
     return results

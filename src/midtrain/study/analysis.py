@@ -3,65 +3,46 @@
 For every task and domain the unit of analysis is the per-example delta (arm - control) on the same
 eval example, for each seed. Confidence intervals come from a bootstrap that resamples seeds and
 eval examples together (paired: the same examples for arm and control), so both sources of noise
-are in the interval. The verdict follows the rules in the README ("Reading the verdict").
+are in the interval. The verdict follows the rules in docs/studies.md ("Reading the verdict").
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
-TASK_METRICS = ("gold_logprob_per_byte", "acc", "acc_norm", "margin")
-
-
-@dataclass
-class RunEval:
-    """Per-example eval records of one run: {task: {doc_id: {metric: value}}} and domains."""
-
-    tasks: dict[str, dict[Any, dict[str, float]]]
-    domains: dict[str, dict[Any, dict[str, float]]]
-
-    @classmethod
-    def load(cls, eval_dir: Path) -> RunEval:
-        tasks: dict[str, dict[Any, dict[str, float]]] = {}
-        domains: dict[str, dict[Any, dict[str, float]]] = {}
-        with open(Path(eval_dir) / "examples.jsonl", encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec.get("kind") == "task":
-                    tasks.setdefault(rec["task"], {})[rec["doc_id"]] = rec
-                elif rec.get("kind") == "domain":
-                    domains.setdefault(rec["domain"], {})[rec["doc_id"]] = rec
-        return cls(tasks, domains)
-
-    def score(self, task: str, metric: str) -> float:
-        vals = [r[metric] for r in self.tasks[task].values() if r.get(metric) is not None]
-        return float(np.mean(vals)) if vals else float("nan")
+from midtrain.eval.results import Examples
+from midtrain.study.config import Guard
+from midtrain.study.results import (
+    ArmAnalysis,
+    DomainDelta,
+    GuardResult,
+    NoiseFloor,
+    PrimaryResult,
+    TaskDelta,
+    TaskNoise,
+)
 
 
 def _matrix(
-    arms: list[RunEval], ctrls: list[RunEval], group: str, key: str, metric: str
-) -> np.ndarray | None:
+    arms: list[Examples], ctrls: list[Examples], group: Literal["tasks", "domains"], key: str,
+    metric: str,
+) -> np.ndarray | None:  # fmt: skip
     """Per-seed, per-example deltas [n_seeds, n_examples] over examples present in every run."""
-    tables = [getattr(r, group).get(key) for r in arms + ctrls]
+    tables = [r.values(group, key, metric) for r in arms + ctrls]
     if any(t is None for t in tables):
         return None
-    ids = set.intersection(
-        *({d for d, rec in t.items() if rec.get(metric) is not None} for t in tables)
-    )
+    ids = set.intersection(*(set(t) for t in tables))
     if not ids:
         return None
     order = sorted(ids, key=lambda x: (str(type(x)), x))
     n = len(arms)
     arm_t, ctl_t = tables[:n], tables[n:]
     return np.array(
-        [[a[d][metric] - c[d][metric] for d in order] for a, c in zip(arm_t, ctl_t, strict=True)],
+        [[a[d] - c[d] for d in order] for a, c in zip(arm_t, ctl_t, strict=True)],
         dtype=np.float64,
     )
 
@@ -92,15 +73,6 @@ def _ci(draws: np.ndarray, confidence: float) -> list[float]:
     return [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
 
 
-def _summary(d: np.ndarray, draws: np.ndarray, confidence: float) -> dict[str, Any]:
-    return {
-        "delta": float(d.mean()),
-        "ci": _ci(draws, confidence),
-        "n_examples": int(d.shape[1]),
-        "n_seeds": int(d.shape[0]),
-    }
-
-
 def mde(ci: list[float], confidence: float, power: float = 0.8) -> float:
     """Minimum detectable effect at this noise: (z_{1-a/2} + z_power) x standard error."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -109,20 +81,20 @@ def mde(ci: list[float], confidence: float, power: float = 0.8) -> float:
 
 
 def analyse_arm(
-    arm_evals: list[RunEval],
-    ctrl_evals: list[RunEval],
+    arm_evals: list[Examples],
+    ctrl_evals: list[Examples],
     *,
     tasks: list[str],
     domains: list[str],
     primary: str,
     candidate_sources: list[str],
-    guards: list[dict[str, Any]],
+    guards: list[Guard],
     iters: int,
     confidence: float,
-) -> dict[str, Any]:
+) -> ArmAnalysis:
     """Deltas, CIs, guards, flags and the verdict for one arm (runs paired by seed)."""
     boot = PairedBootstrap(len(arm_evals), iters)
-    out: dict[str, Any] = {"tasks": {}, "domains": {}, "flags": []}
+    task_deltas: dict[str, TaskDelta] = {}
     primary_draws, primary_mats, seed_only, ex_only = [], [], [], []
     for task in tasks:
         d = _matrix(arm_evals, ctrl_evals, "tasks", task, primary)
@@ -133,126 +105,111 @@ def analyse_arm(
         primary_mats.append(d)
         seed_only.append(boot.draws(d, resample_examples=False))
         ex_only.append(boot.draws(d, resample_seeds=False))
-        rec = _summary(d, draws, confidence)
+        rec = TaskDelta(delta=float(d.mean()), ci=_ci(draws, confidence), n_examples=d.shape[1],
+                        n_seeds=d.shape[0], metric=primary)  # fmt: skip
         for metric in ("acc", "margin"):  # reported beside the primary metric
             m = _matrix(arm_evals, ctrl_evals, "tasks", task, metric)
             if m is not None:
-                rec[f"{metric}_delta"] = float(m.mean())
-                rec[f"{metric}_ci"] = _ci(boot.draws(m), confidence)
-        rec["metric"] = primary
-        out["tasks"][task] = rec
+                setattr(rec, f"{metric}_delta", float(m.mean()))
+                setattr(rec, f"{metric}_ci", _ci(boot.draws(m), confidence))
+        task_deltas[task] = rec
+    domain_deltas: dict[str, DomainDelta] = {}
     for dom in domains:
         d = _matrix(arm_evals, ctrl_evals, "domains", dom, "bpb")
-        if d is None:
-            continue
-        s = _summary(d, boot.draws(d), confidence)
-        out["domains"][dom] = {"delta_bpb": s["delta"], "ci": s["ci"], "n_docs": s["n_examples"]}
-
+        if d is not None:
+            ci = _ci(boot.draws(d), confidence)
+            domain_deltas[dom] = DomainDelta(delta_bpb=float(d.mean()), ci=ci, n_docs=d.shape[1])
+    out = ArmAnalysis(verdict="no-verdict", reason="", tasks=task_deltas, domains=domain_deltas)
     if not tasks:
-        out["verdict"] = "no-verdict"
-        out["flags"].append("perplexity-only")
-        out["reason"] = "no downstream task is configured; per-domain loss alone cannot decide"
-        out["primary"] = None
+        out.flags.append("perplexity-only")
+        out.reason = "no downstream task is configured; per-domain loss alone cannot decide"
         _disagreement(out, candidate_sources, None)
         return out
     if not primary_draws:
-        out["verdict"] = "no-verdict"
-        out["reason"] = "no task results were available for this arm"
-        out["primary"] = None
+        out.reason = "no task results were available for this arm"
         return out
-
-    p_draws = np.mean(primary_draws, axis=0)
-    p = {
-        "delta": float(np.mean([m.mean() for m in primary_mats])),
-        "ci": _ci(p_draws, confidence),
-        "metric": primary,
-        "seed_ci": _ci(np.mean(seed_only, axis=0), confidence),
-        "example_ci": _ci(np.mean(ex_only, axis=0), confidence),
-    }
-    p["mde"] = mde(p["ci"], confidence)
-    out["primary"] = p
-    out["guards"] = [_check_guard(g, out) for g in guards]
+    p = PrimaryResult(
+        delta=float(np.mean([m.mean() for m in primary_mats])),
+        ci=_ci(np.mean(primary_draws, axis=0), confidence),
+        metric=primary,
+        seed_ci=_ci(np.mean(seed_only, axis=0), confidence),
+        example_ci=_ci(np.mean(ex_only, axis=0), confidence),
+        mde=0.0,
+    )
+    p.mde = mde(p.ci, confidence)
+    out.primary = p
+    out.guards = [check_guard(g, out) for g in guards]
     _disagreement(out, candidate_sources, p)
     _verdict(out, p)
     return out
 
 
-def _check_guard(g: dict[str, Any], arm: dict[str, Any]) -> dict[str, Any]:
+def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
     """broken: the CI lies wholly beyond the tolerance; at-risk: the point estimate does."""
-    if g.get("task"):
-        rec, sign, key = arm["tasks"].get(g["task"]), 1.0, "delta"
-        target = f"task {g['task']}"
+    if g.task:
+        rec = arm.tasks.get(g.task)
+        sign, target = 1.0, f"task {g.task}"
+        delta = rec.delta if rec else None
     else:
-        rec, sign, key = arm["domains"].get(g["domain"]), -1.0, "delta_bpb"
-        target = f"domain {g['domain']}"
-    res = {"target": target, "tolerance": g["tolerance"], "status": "missing"}
-    if rec is None:
-        return res
+        rec = arm.domains.get(g.domain or "")
+        sign, target = -1.0, f"domain {g.domain}"
+        delta = rec.delta_bpb if rec else None
+    if rec is None or delta is None:
+        return GuardResult(target=target, tolerance=g.tolerance, status="missing")
     # In "higher is better" units: for bpb, lower is better, so flip the sign.
-    delta, ci = sign * rec[key], sorted(sign * c for c in rec["ci"])
-    res.update(delta=rec[key], ci=rec["ci"])
-    if ci[1] < -g["tolerance"]:
-        res["status"] = "broken"
-    elif delta < -g["tolerance"]:
-        res["status"] = "at-risk"
-    else:
-        res["status"] = "ok"
-    return res
+    signed, ci = sign * delta, sorted(sign * c for c in rec.ci)
+    status = "broken" if ci[1] < -g.tolerance else "at-risk" if signed < -g.tolerance else "ok"
+    return GuardResult(target=target, tolerance=g.tolerance, status=status, delta=delta, ci=rec.ci)
 
 
-def _disagreement(out: dict[str, Any], sources: list[str], p: dict[str, Any] | None) -> None:
+def _disagreement(out: ArmAnalysis, sources: list[str], p: PrimaryResult | None) -> None:
     """Flag the Marin HQ finding: own-domain loss improves significantly, tasks do not."""
-    own = [out["domains"][s] for s in sources if s in out["domains"]]
-    if own and all(d["ci"][1] < 0 for d in own) and (p is None or p["ci"][0] <= 0):
-        out["flags"].append("loss-task-disagreement")
+    own = [out.domains[s] for s in sources if s in out.domains]
+    if own and all(d.ci[1] < 0 for d in own) and (p is None or p.ci[0] <= 0):
+        out.flags.append("loss-task-disagreement")
 
 
-def _verdict(out: dict[str, Any], p: dict[str, Any]) -> None:
-    statuses = {g["status"] for g in out["guards"]}
-    lo, hi = p["ci"]
+def _verdict(out: ArmAnalysis, p: PrimaryResult) -> None:
+    statuses = {g.status for g in out.guards}
+    lo, hi = p.ci
     if "broken" in statuses:
-        broken = [g["target"] for g in out["guards"] if g["status"] == "broken"]
-        out["verdict"], out["reason"] = "reject", f"guard broken: {', '.join(broken)}"
+        broken = [g.target for g in out.guards if g.status == "broken"]
+        out.verdict, out.reason = "reject", f"guard broken: {', '.join(broken)}"
     elif hi < 0:
-        out["verdict"], out["reason"] = "reject", "primary score worse with CI below 0"
+        out.verdict, out.reason = "reject", "primary score worse with CI below 0"
     elif lo > 0 and not statuses & {"at-risk", "missing"}:
-        out["verdict"], out["reason"] = (
-            "include",
-            "primary score better with CI above 0, guards hold",
-        )
+        out.verdict, out.reason = "include", "primary score better with CI above 0, guards hold"
     else:
-        out["verdict"] = "inconclusive"
+        out.verdict = "inconclusive"
         if lo > 0:
-            out["reason"] = "primary better, but a guard may regress beyond its tolerance"
+            out.reason = "primary better, but a guard may regress beyond its tolerance"
         else:
-            out["reason"] = f"CI contains 0; minimum detectable effect {p['mde']:.3g}"
-        out["suggestion"] = _suggest(p)
+            out.reason = f"CI contains 0; minimum detectable effect {p.mde:.3g}"
+        out.suggestion = _suggest(p)
 
 
-def _suggest(p: dict[str, Any]) -> str:
-    seed_w = p["seed_ci"][1] - p["seed_ci"][0]
-    ex_w = p["example_ci"][1] - p["example_ci"][0]
+def _suggest(p: PrimaryResult) -> str:
+    seed_w = p.seed_ci[1] - p.seed_ci[0]
+    ex_w = p.example_ci[1] - p.example_ci[0]
     if seed_w >= ex_w:
         return "seed-to-seed noise dominates: add seeds (or anneal tokens, which also averages it)"
     return "eval-example noise dominates: evaluate more examples (raise eval.limit or add tasks)"
 
 
-def noise_floor(ctrls: list[RunEval], tasks: list[str], primary: str) -> dict[str, Any]:
+def noise_floor(ctrls: list[Examples], tasks: list[str], primary: str) -> NoiseFloor:
     """Seed-to-seed spread of the control: the smallest effect a single seed could show."""
     per_task = {}
     for t in tasks:
         vals = [c.score(t, primary) for c in ctrls if t in c.tasks]
-        per_task[t] = {"scores": vals, "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
-    prim = (
-        [float(np.mean([c.score(t, primary) for t in tasks if t in c.tasks])) for c in ctrls]
-        if tasks
-        else []
-    )
+        per_task[t] = TaskNoise(
+            scores=vals, sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        )
+    prim = [primary_score(c, tasks, primary) for c in ctrls] if tasks else []
     sd = float(np.std(prim, ddof=1)) if len(prim) > 1 else None
-    return {"metric": primary, "control_scores": prim, "primary_sd": sd, "tasks": per_task}
+    return NoiseFloor(metric=primary, control_scores=prim, primary_sd=sd, tasks=per_task)
 
 
-def primary_score(ev: RunEval, tasks: list[str], metric: str) -> float:
+def primary_score(ev: Examples, tasks: list[str], metric: str) -> float:
     vals = [ev.score(t, metric) for t in tasks if t in ev.tasks]
     return float(np.mean(vals)) if vals else float("nan")
 

@@ -2,51 +2,58 @@
 
 Validated with pydantic; every error becomes one line naming the field and the fix. Paths are
 relative to the study file's folder. Config content is data only: nothing in it is executed.
+A study validates itself (`check_inputs` looks at the files it names); each run of it is
+validated by the run's own planner when the study is prepared.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from midtrain.errors import MidtrainError
+from midtrain.eval.api import EvalSettings
+from midtrain.mix.spec import check_ratios
+from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.train.config import ScheduleConfig
 
-RATIO_TOL = 1e-6
+CONTROL = "control"
+RUN_OWNED = ("init", "model", "stores", "mix", "tokens", "seed", "schedule")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Candidate(_Strict):
+class Candidate(Strict):
     """A candidate: one source or a small mix of sources, mixed into the base at `fractions`."""
 
-    name: str
-    mix: dict[str, float]
-    fractions: list[float] | None = None
-    max_repetition: float = Field(default=1.0, ge=1.0)
+    name: str = field(description="The arm's name in tables and folders (not 'control').")
+    mix: dict[str, float] = field(
+        description="{source = ratio}: the candidate's own sources; ratios sum to 1."
+    )
+    fractions: list[float] | None = field(
+        None, description="Shares of the anneal mix given to the candidate (default: the study's).",
+        unit="fraction",
+    )  # fmt: skip
+    max_repetition: float = field(
+        1.0, ge=1.0, description="Most epochs of each candidate source's tokens per run.",
+        unit="epochs",
+    )  # fmt: skip
 
     @field_validator("mix")
     @classmethod
     def _mix_sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
-        if not v:
-            raise ValueError("is empty; name at least one source, e.g. mix = {math = 1.0}")
-        if any(r < 0 for r in v.values()):
-            raise ValueError("has a negative ratio; ratios must be >= 0")
-        if abs(sum(v.values()) - 1.0) > RATIO_TOL:
-            raise ValueError(f"ratios sum to {sum(v.values()):.6g}; make them sum to 1")
+        check_ratios(v)
         return v
 
 
-class Guard(_Strict):
+class Guard(Strict):
     """A guarded task or domain: the arm may not regress beyond `tolerance` on it."""
 
-    task: str | None = None
-    domain: str | None = None
-    tolerance: float = Field(default=0.0, ge=0.0)
+    task: str | None = field(None, description="A task of eval.tasks (primary metric).")
+    domain: str | None = field(None, description="A store name (held-out bits per byte).")
+    tolerance: float = field(
+        0.0, ge=0.0, description="Allowed regression (primary-metric units or bits per byte)."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Guard:
@@ -55,59 +62,74 @@ class Guard(_Strict):
         return self
 
 
-class ScheduleSpec(_Strict):
-    name: str = "linear"
-    start_lr: float | None = Field(default=None, gt=0)
-    final_lr: float | None = Field(default=None, ge=0)
-    final_lr_fraction: float | None = Field(default=None, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0)
+class EvalSpec(EvalSettings):
+    """The study's [eval]: lm-eval tasks and which stores' held-out splits to score."""
+
+    domains: list[str] | None = field(
+        None, description="Stores whose held-out bits per byte are measured (default: all)."
+    )
 
 
-class TaskSetting(_Strict):
-    """Per-task overrides of the [eval] defaults (limit, few-shot count, batch size)."""
+class AnalysisSpec(Strict):
+    """How arms are compared with the control and decided."""
 
-    limit: int | None = Field(default=None, gt=0)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    batch_size: int | None = Field(default=None, gt=0)
-
-
-class EvalSpec(_Strict):
-    tasks: list[str] = []
-    include_path: str | None = None
-    domains: list[str] | None = None  # default: every store
-    limit: int | None = Field(default=None, gt=0)
-    num_fewshot: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=32, gt=0)
-    task_settings: dict[str, TaskSetting] = {}  # [eval.task_settings.TASK]
-
-
-class AnalysisSpec(_Strict):
-    primary: Literal["gold_logprob_per_byte", "acc", "acc_norm", "margin"] = "gold_logprob_per_byte"
-    bootstrap: int = Field(default=2000, ge=100)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    min_checkpoint_progress: float = Field(default=0.5, ge=0, le=1)
+    primary: Literal["gold_logprob_per_byte", "acc", "acc_norm", "margin"] = field(
+        "gold_logprob_per_byte",
+        description="Per-example task metric averaged over tasks into the primary score.",
+    )
+    bootstrap: int = field(2000, ge=100, description="Bootstrap resamples per interval.")
+    confidence: float = field(
+        0.95, gt=0.5, lt=1.0, description="Confidence of intervals and verdicts.", unit="fraction"
+    )
+    min_checkpoint_progress: float = field(
+        0.5, ge=0, le=1,
+        description="checkpoint-too-early when checkpoint_tokens / full_run_tokens is below this.",
+        unit="fraction",
+    )  # fmt: skip
 
 
-class StudyConfig(_Strict):
-    name: str = "study"
-    checkpoint: str
-    stores: dict[str, str]
-    base: dict[str, float]
-    base_max_repetition: float = Field(default=1.0, ge=1.0)
-    candidates: list[Candidate]
-    fractions: list[float] = [0.3]
-    seeds: list[int] = [0, 1]
-    tokens: int = Field(gt=0)
-    seq_len: int = Field(default=256, gt=1)
-    batch_tokens: int = Field(default=4096, gt=0)
-    micro_batch: int = Field(default=16, gt=0)
-    schedule: ScheduleSpec = ScheduleSpec()
-    eval: EvalSpec = EvalSpec()
-    analysis: AnalysisSpec = AnalysisSpec()
-    guards: list[Guard] = []
-    full_run_tokens: int | None = Field(default=None, gt=0)
-    checkpoint_tokens: int | None = Field(default=None, ge=0)
-    train: dict[str, Any] = {}
+class StudyConfig(Strict):
+    """A microanneal study: a control plus candidate arms from one checkpoint."""
+
+    name: str = field("study", description="The study's name in reports.")
+    checkpoint: str = field(description="HF causal-LM folder the anneals start from.")
+    stores: dict[str, str] = field(description="Token store folders by source name.")
+    base: dict[str, float] = field(
+        description="{source = ratio}: the normal pretraining mix; the control trains on it alone."
+    )
+    base_max_repetition: float = field(
+        1.0, ge=1.0, description="Most epochs of each base source's tokens per run.", unit="epochs"
+    )
+    candidates: list[Candidate] = field(description="[[candidates]]: the data under test.")
+    fractions: list[float] = field(
+        [0.3], description="Default shares of the anneal mix given to a candidate.", unit="fraction"
+    )
+    seeds: list[int] = field(
+        [0, 1], description="Data-order seeds: one control and one run per arm each (or a count)."
+    )
+    tokens: int = field(gt=0, description="Anneal tokens per run.", unit="tokens")
+    seq_len: int = field(256, gt=1, description="Tokens per training sequence.", unit="tokens")
+    batch_tokens: int = field(4096, gt=0, description="Tokens per optimizer step.", unit="tokens")
+    micro_batch: int = field(
+        16, gt=0, description="Sequences per forward/backward.", unit="sequences"
+    )
+    schedule: ScheduleConfig = field(ScheduleConfig(), description="The cooldown's LR schedule.")
+    eval: EvalSpec = field(EvalSpec(), description="Tasks and domains every run is scored on.")
+    analysis: AnalysisSpec = field(AnalysisSpec(), description="Statistics and verdict rules.")
+    guards: list[Guard] = field(
+        [], description="[[guards]]: tasks or domains that may not regress."
+    )
+    full_run_tokens: int | None = field(
+        None, gt=0, description="Tokens of the full training run (for cost shares).", unit="tokens"
+    )
+    checkpoint_tokens: int | None = field(
+        None, ge=0,
+        description="Tokens the checkpoint has seen (default: its midtrain_state).",
+        unit="tokens",
+    )  # fmt: skip
+    train: dict[str, Any] = field(
+        {}, description="Other run-config fields for every run (e.g. threads, compile)."
+    )
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -130,61 +152,27 @@ class StudyConfig(_Strict):
     @field_validator("fractions")
     @classmethod
     def _fractions_in_range(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0.0 < f <= 1.0 for f in v):
-            raise ValueError("must be a non-empty list of values in (0, 1], e.g. [0.3]")
+        _check_fractions(v)
         return v
 
     @field_validator("base")
     @classmethod
     def _base_sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
-        return Candidate._mix_sums_to_one(v)
+        check_ratios(v)
+        return v
 
     @field_validator("train")
     @classmethod
     def _train_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
-        owned = {"init", "model", "stores", "mix", "tokens", "seed", "schedule"}
-        clash = sorted(owned & set(v))
+        clash = sorted(set(RUN_OWNED) & set(v))
         if clash:
             raise ValueError(f"may not set {clash[0]!r}; the study sets it for every run")
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:
-        known = set(self.stores)
-        for i, cand in enumerate(self.candidates):
-            for f in cand.fractions or []:
-                if not 0.0 < f <= 1.0:
-                    raise _FieldError(f"candidates[{i}].fractions", "values must be in (0, 1]")
-            for src in cand.mix:
-                if src not in known:
-                    raise _FieldError(
-                        f"candidates[{i}].mix.{src}",
-                        f"unknown source; add it to [stores] ({_k(known)})",
-                    )
-        for src in self.base:
-            if src not in known:
-                raise _FieldError(
-                    f"base.{src}", f"unknown source; add it to [stores] ({_k(known)})"
-                )
-        names = [c.name for c in self.candidates]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise _FieldError(
-                "candidates.name", f"{sorted(dup)[0]!r} is used twice; names must be unique"
-            )
-        if "control" in names:
-            raise _FieldError("candidates.name", "'control' is reserved for the matched control")
-        for i, g in enumerate(self.guards):
-            if g.domain is not None and g.domain not in known:
-                raise _FieldError(f"guards[{i}].domain", f"unknown store; use one of {_k(known)}")
-        task_refs = [(f"guards[{i}].task", g.task) for i, g in enumerate(self.guards) if g.task]
-        task_refs += [(f"eval.task_settings.{t}", t) for t in self.eval.task_settings]
-        for where, task in task_refs:
-            if task not in self.eval.tasks:
-                raise _FieldError(where, "not in eval.tasks; add it there first")
-        for d in self.eval.domains or []:
-            if d not in known:
-                raise _FieldError(f"eval.domains.{d}", f"unknown store; use one of {_k(known)}")
+        _check_names(self)
+        _check_references(self)
         if self.tokens < self.batch_tokens:
             raise _FieldError(
                 "tokens",
@@ -203,38 +191,52 @@ class StudyConfig(_Strict):
 class _FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-        self.field = field
 
 
-def _k(names: set[str]) -> str:
-    return ", ".join(sorted(names))
+def _check_fractions(v: list[float], where: str = "") -> None:
+    if not v or any(not 0.0 < f <= 1.0 for f in v):
+        msg = "must be a non-empty list of values in (0, 1], e.g. [0.3]"
+        raise _FieldError(where, msg) if where else ValueError(msg)
 
 
-def _format_validation_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if err["type"] == "missing":
-        msg = "is required; add it to the study file"
-    elif err["type"] == "extra_forbidden":
-        msg = "is not a known field; check its spelling (see README: Study file)"
-    where = f"{source}: " if source else ""
-    return f"{where}{loc + ': ' if loc else ''}{msg}"
+def _check_names(cfg: StudyConfig) -> None:
+    names = [c.name for c in cfg.candidates]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise _FieldError(
+            "candidates.name", f"{sorted(dup)[0]!r} is used twice; names must be unique"
+        )
+    if CONTROL in names:
+        raise _FieldError("candidates.name", f"{CONTROL!r} is reserved for the matched control")
+
+
+def _check_references(cfg: StudyConfig) -> None:
+    """Every source, store, guard and task a field names must exist."""
+    known = set(cfg.stores)
+    have = ", ".join(sorted(known))
+    refs = [(f"base.{s}", s) for s in cfg.base]
+    for i, cand in enumerate(cfg.candidates):
+        if cand.fractions is not None:
+            _check_fractions(cand.fractions, f"candidates[{i}].fractions")
+        refs += [(f"candidates[{i}].mix.{s}", s) for s in cand.mix]
+    refs += [(f"guards[{i}].domain", g.domain) for i, g in enumerate(cfg.guards) if g.domain]
+    refs += [(f"eval.domains.{d}", d) for d in cfg.eval.domains or []]
+    for where, name in refs:
+        if name not in known:
+            raise _FieldError(where, f"unknown source {name!r}; add it to [stores] ({have})")
+    task_refs = [(f"guards[{i}].task", g.task) for i, g in enumerate(cfg.guards) if g.task]
+    task_refs += [(f"eval.task_settings.{t}", t) for t in cfg.eval.task_settings]
+    for where, task in task_refs:
+        if task not in cfg.eval.tasks:
+            raise _FieldError(where, "not in eval.tasks; add it there first")
 
 
 def parse_study(
     data: dict[str, Any], source: str = "", base_dir: Path | None = None
 ) -> StudyConfig:
     """Validate a study dict; paths are resolved against `base_dir` (the study file's folder)."""
-    try:
-        cfg = StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise MidtrainError(_format_validation_error(e, source)) from None
-    if base_dir is not None:
-        cfg = _resolve_paths(cfg, base_dir)
-    return cfg
+    cfg = validate(StudyConfig, data, source=source)
+    return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
 
 def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
@@ -252,22 +254,15 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study TOML file (one-line MidtrainError on any problem)."""
     path = Path(path)
-    if not path.is_file():
-        raise MidtrainError(f"study file {path} not found; pass the path of a .toml study file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise MidtrainError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+    data = load_toml(path, "study file")
     return parse_study(data, source=path.name, base_dir=path.parent.resolve())
 
 
-def check_inputs_exist(cfg: StudyConfig) -> None:
-    """Check that the checkpoint, stores and include path exist (before anything is created)."""
-    if not (Path(cfg.checkpoint) / "config.json").is_file():
-        raise MidtrainError(
-            f"checkpoint: {cfg.checkpoint} is not a HF model folder (no config.json); "
-            "point it at a folder saved with save_pretrained"
-        )
+def check_inputs(cfg: StudyConfig) -> None:
+    """The checkpoint, stores and include path exist (before anything is created)."""
+    from midtrain.train.checkpoint import check_hf_folder
+
+    check_hf_folder(cfg.checkpoint, "checkpoint")
     for name, p in cfg.stores.items():
         if not (Path(p) / "manifest.json").is_file():
             raise MidtrainError(

@@ -2,23 +2,28 @@
 
 Each run is content-addressed: its id hashes the resolved run config with the *content* hashes of
 the checkpoint and stores (not their paths), so the same inputs always map to the same directory.
+Each run becomes a chain of jobs (train, then evaluate its final checkpoint); the start checkpoint
+is evaluated too (the "before" point of every cooldown).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
+from midtrain.eval.stage import EvalJob
 from midtrain.io import hash_obj, hash_tree, read_json
-from midtrain.study.config import Candidate, StudyConfig
+from midtrain.jobs import Chain, Job
+from midtrain.mix.spec import MixComponent
+from midtrain.study.config import CONTROL, Candidate, StudyConfig
+from midtrain.train.config import RunConfig, load_run_config
 
-CONTROL = "control"
+EVAL_DIR = "eval"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
     """One training run of a study (the control or an arm) and the evaluation of its result."""
 
@@ -26,24 +31,26 @@ class RunSpec:
     candidate: str | None
     fraction: float
     seed: int
-    mix: list[dict[str, Any]]
-    run_config: dict[str, Any]
+    mix: list[MixComponent]
+    run_config: RunConfig
     run_id: str
     dir: Path
-    eval_spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f"{self.arm}/s{self.seed}"
 
-    def job(self) -> dict[str, Any]:
-        """The picklable description an executor runs (see study.executors.run_job)."""
-        return {
-            "name": self.name,
-            "train": self.run_config,
-            "dir": str(self.dir),
-            "eval": self.eval_spec,
-        }
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / EVAL_DIR
+
+    def chain(self, ev: EvalJob) -> Chain:
+        """Train, then evaluate the final checkpoint."""
+        spec = ev.model_copy(update={"checkpoint": str(self.dir / "final")})
+        return [
+            Job.of("train", self.name, self.dir, self.run_config),
+            Job.of("eval", self.name, self.eval_dir, spec),
+        ]
 
 
 @dataclass
@@ -51,20 +58,27 @@ class StudyPlan:
     config: StudyConfig
     out: Path
     runs: list[RunSpec]
-    base_eval: dict[str, Any]  # job evaluating the start checkpoint itself (the "before" point)
+    eval_job: EvalJob  # what every run's final checkpoint is scored on
+    start_dir: Path  # where the start checkpoint's own evaluation goes
 
     def control(self, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.arm == CONTROL and r.seed == seed)
 
+    def controls(self) -> list[RunSpec]:
+        return [r for r in self.runs if r.arm == CONTROL]
+
     def arms(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.runs:
-            if r.arm != CONTROL:
-                seen.setdefault(r.arm, None)
-        return list(seen)
+        return list(dict.fromkeys(r.arm for r in self.runs if r.arm != CONTROL))
 
     def arm_runs(self, arm: str) -> list[RunSpec]:
         return [r for r in self.runs if r.arm == arm]
+
+    def start_chain(self) -> Chain:
+        spec = self.eval_job.model_copy(update={"checkpoint": self.config.checkpoint})
+        return [Job.of("eval", "start checkpoint", self.start_dir / EVAL_DIR, spec)]
+
+    def chains(self) -> list[Chain]:
+        return [self.start_chain()] + [r.chain(self.eval_job) for r in self.runs]
 
 
 @cache
@@ -77,7 +91,7 @@ def content_hash(path: str) -> str:
     return hash_tree(path)
 
 
-def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[dict[str, Any]]:
+def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[MixComponent]:
     """The arm's mixture: (1 - f) x base + f x candidate, ratios merged per source."""
     ratios: dict[str, float] = {}
     reps: dict[str, float] = {}
@@ -92,7 +106,7 @@ def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[d
             reps[src] = max(reps.get(src, 1.0), rep)
     total = sum(ratios.values())
     return [
-        {"source": s, "ratio": round(r / total, 12), "max_repetition": reps[s]}
+        MixComponent(source=s, ratio=round(r / total, 12), max_repetition=reps[s])
         for s, r in sorted(ratios.items())
     ]
 
@@ -101,12 +115,12 @@ def arm_name(cand: Candidate, fraction: float) -> str:
     return f"{cand.name}@{fraction:g}"
 
 
-def _run_config(cfg: StudyConfig, mix: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    used = {m["source"] for m in mix}
-    rc: dict[str, Any] = {
+def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int) -> dict:
+    used = {m.source for m in mix}
+    rc = {
         "init": cfg.checkpoint,
         "stores": {k: v for k, v in cfg.stores.items() if k in used},
-        "mix": mix,
+        "mix": [m.model_dump() for m in mix],
         "tokens": cfg.tokens,
         "seq_len": cfg.seq_len,
         "batch_tokens": cfg.batch_tokens,
@@ -118,7 +132,7 @@ def _run_config(cfg: StudyConfig, mix: list[dict[str, Any]], seed: int) -> dict[
     return rc
 
 
-def _run_id(rc: dict[str, Any]) -> str:
+def _run_id(rc: dict) -> str:
     keyed = dict(rc)
     keyed["init"] = content_hash(rc["init"])
     keyed["stores"] = {k: content_hash(v) for k, v in rc["stores"].items()}
@@ -126,24 +140,23 @@ def _run_id(rc: dict[str, Any]) -> str:
     return hash_obj(keyed)
 
 
-def eval_spec(cfg: StudyConfig) -> dict[str, Any]:
-    return {
-        "tasks": list(cfg.eval.tasks),
-        "include_path": cfg.eval.include_path,
-        "domains": {d: cfg.stores[d] for d in cfg.domain_names},
-        "limit": cfg.eval.limit,
-        "num_fewshot": cfg.eval.num_fewshot,
-        "batch_size": cfg.eval.batch_size,
-        "task_settings": {
-            t: ts.model_dump(exclude_none=True) for t, ts in sorted(cfg.eval.task_settings.items())
-        },
-    }
+def slug(name: str) -> str:
+    """A folder-safe form of an arm name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_"))
+
+
+def eval_job(cfg: StudyConfig) -> EvalJob:
+    settings = cfg.eval.model_dump(exclude={"domains"})
+    return EvalJob(
+        checkpoint=cfg.checkpoint,
+        settings=settings,
+        domains={d: cfg.stores[d] for d in cfg.domain_names},
+    )
 
 
 def make_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
     """Expand the study: a control per seed (always), then candidates x fractions x seeds."""
     out = Path(out)
-    ev = eval_spec(cfg)
     arms: list[tuple[str, Candidate | None, float]] = [(CONTROL, None, 0.0)]
     for cand in cfg.candidates:
         arms += [(arm_name(cand, f), cand, f) for f in cfg.fractions_for(cand)]
@@ -153,17 +166,8 @@ def make_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
             mix = arm_mix(cfg, cand, frac)
             rc = _run_config(cfg, mix, seed)
             rid = _run_id(rc)
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", arm.replace("@", "-").replace("+", "_"))
-            run_dir = out / "runs" / f"{slug}-s{seed}-{rid[:10]}"
-            runs.append(
-                RunSpec(arm, cand.name if cand else None, frac, seed, mix, rc, rid, run_dir, ev)
-            )
-    base_id = content_hash(cfg.checkpoint)[:10]
-    base_eval = {
-        "name": "start checkpoint",
-        "train": None,
-        "dir": str(out / "runs" / f"start-{base_id}"),
-        "checkpoint": cfg.checkpoint,
-        "eval": ev,
-    }
-    return StudyPlan(cfg, out, runs, base_eval)
+            run_dir = out / "runs" / f"{slug(arm)}-s{seed}-{rid[:10]}"
+            cand_name = cand.name if cand else None
+            runs.append(RunSpec(arm, cand_name, frac, seed, mix, load_run_config(rc), rid, run_dir))
+    start_dir = out / "runs" / f"start-{content_hash(cfg.checkpoint)[:10]}"
+    return StudyPlan(cfg, out, runs, eval_job(cfg), start_dir)

@@ -30,6 +30,7 @@ import numpy as np
 
 from midtrain.demo.pipeline import FULL as DEMO
 from midtrain.io import library_versions
+from midtrain.train.log import read_log
 
 DEMO_MODEL = dict(DEMO.model)  # the demo's model, vocab, sequence length, batch and LR
 VOCAB, SEQ_LEN, BATCH, LR = DEMO.vocab_size, DEMO.seq_len, DEMO.micro_batch, DEMO.base_lr
@@ -52,7 +53,7 @@ def sgemm_gflops(n: int = SGEMM_N, reps: int = 3) -> float:
 
 def _world(root: Path, n_tokens: int) -> tuple[Path, Path]:
     """A BPE tokenizer of VOCAB ids and one store of random ids tagged with its hash."""
-    from midtrain.data.store import write_store
+    from midtrain.data.prepare import write_store
     from midtrain.data.tokenizer import tokenizer_hash, train_tokenizer
 
     rng = np.random.default_rng(0)
@@ -88,15 +89,9 @@ def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
     from midtrain import train
 
     train.run(rc, out, progress=False)
-    rows = [r for r in _jsonl(out / "log.jsonl") if r["step"] > warmup]
+    rows = [r for r in read_log(out / "log.jsonl") if r["step"] > warmup]
     tps = BATCH * SEQ_LEN
     return len(rows) * tps / sum(tps / r["tok_s"] for r in rows)
-
-
-def _jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(x) for x in path.read_text().splitlines() if x]
 
 
 def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int) -> float:
@@ -164,7 +159,8 @@ def run_bench(
     import torch
 
     from midtrain import train
-    from midtrain.checkpoint import quiet_transformers
+    from midtrain.env import quiet_transformers
+    from midtrain.train.plan import model_flops_per_token
 
     if threads:
         torch.set_num_threads(threads)
@@ -181,7 +177,7 @@ def run_bench(
                 series[f"ours_{mode}"].append(ours_tokens_per_s(rc, root / f"{mode}-{r}", warmup))
             series["hf"].append(hf_tokens_per_s(rc, root / f"hf-{r}", total, warmup))
         plan = train.plan_run(train.load_run_config(rc))
-    per_token, n = train.model_flops_per_token(plan.model_config, SEQ_LEN)
+    per_token, n = model_flops_per_token(plan.model_config, SEQ_LEN)
     med = {k: statistics.median(v) for k, v in series.items() if v}
     tok_s = med["ours_compiled" if compile else "ours_eager"]
     step_gflops = per_token * tok_s / 1e9

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from midtrain.data.store import TokenStore, write_store
+from midtrain.data.prepare import write_store
+from midtrain.data.store import TokenStore
 from midtrain.io import library_versions
-from midtrain.mixture import MixComponent, MixtureSampler
+from midtrain.mix import MixComponent, MixtureSampler
 
 # ~8-13.5k tok/s: the trainer on this CPU (shared STACK-NOTES), x1000 = "never a bottleneck"
 TRAINER_TOKENS_PER_S = 13_500

@@ -21,77 +21,32 @@ import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from midtrain.data.store import TokenStore
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_obj
+from midtrain.mix.spec import MixComponent, validate_mix
 
-RATIO_TOL = 1e-6
 _PERM_CACHE = 8  # cached per-epoch window permutations (4 bytes per window each)
 
 
-class MixComponent(BaseModel):
-    """One source in a mix. `validate_mix` checks values and names the offending field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class MixRow:
+    """One source of a planned mix: what the run asks of it and what the store holds."""
 
     source: str
     ratio: float
-    max_repetition: float = 1.0
-
-
-def parse_mix(items: Sequence[MixComponent | Mapping[str, Any]]) -> list[MixComponent]:
-    """Components from dicts (TOML/JSON) or models; type errors become `mix[i].field` errors."""
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, MixComponent):
-            out.append(item)
-            continue
-        if isinstance(item, BaseModel):  # another module's model of the same fields
-            item = item.model_dump()
-        try:
-            out.append(MixComponent.model_validate(item))
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            raise MidtrainError(f"mix[{i}].{loc}: {err['msg']}") from None
-    return out
-
-
-def validate_mix(
-    components: Sequence[MixComponent | Mapping[str, Any]], available: set[str]
-) -> list[MixComponent]:
-    """Check sources, ratios and caps; raise a one-line `MidtrainError` naming the field."""
-    mix = parse_mix(components)
-    if not mix:
-        raise MidtrainError("mix: empty; add at least one {source, ratio} entry")
-    seen: dict[str, int] = {}
-    for i, c in enumerate(mix):
-        if c.source not in available:
-            have = ", ".join(sorted(available)) or "none"
-            raise MidtrainError(f"mix[{i}].source: unknown source {c.source!r}; available: {have}")
-        if c.source in seen:
-            raise MidtrainError(
-                f"mix[{i}].source: {c.source!r} is already mix[{seen[c.source]}]; merge the two"
-            )
-        seen[c.source] = i
-        if not (math.isfinite(c.ratio) and c.ratio >= 0):
-            raise MidtrainError(f"mix[{i}].ratio: {c.ratio} is negative; ratios must be >= 0")
-        if not (math.isfinite(c.max_repetition) and c.max_repetition >= 1):
-            raise MidtrainError(
-                f"mix[{i}].max_repetition: {c.max_repetition} < 1; use 1 (one epoch) or more"
-            )
-    total = sum(c.ratio for c in mix)
-    if abs(total - 1.0) > RATIO_TOL:
-        raise MidtrainError(
-            f"mix[*].ratio: ratios sum to {total:.6g}, not 1 (tolerance {RATIO_TOL}); rescale them"
-        )
-    return mix
+    sequences: int
+    tokens_requested: int
+    tokens_available: int
+    epochs: float
+    max_repetition: float
 
 
 def allocate(ratios: Sequence[float], total: int) -> list[int]:
@@ -134,22 +89,20 @@ class MixtureSampler:
 
     # -- planning ---------------------------------------------------------------------------------
 
-    def plan(self) -> list[dict[str, Any]]:
+    def plan(self) -> list[MixRow]:
         """One row per source: requested vs available tokens and the planned epochs."""
-        rows = []
-        for c, n, w in zip(self.components, self.counts, self.n_windows, strict=True):
-            rows.append(
-                {
-                    "source": c.source,
-                    "ratio": c.ratio,
-                    "sequences": n,
-                    "tokens_requested": n * self.seq_len,
-                    "tokens_available": w * self.seq_len,
-                    "epochs": n / w if w else 0.0,
-                    "max_repetition": c.max_repetition,
-                }
-            )
-        return rows
+        return [
+            MixRow(
+                c.source,
+                c.ratio,
+                n,
+                n * self.seq_len,
+                w * self.seq_len,
+                n / w if w else 0.0,
+                c.max_repetition,
+            )  # fmt: skip
+            for c, n, w in zip(self.components, self.counts, self.n_windows, strict=True)
+        ]
 
     def token_table(self) -> Table:
         table = Table(
@@ -159,13 +112,13 @@ class MixtureSampler:
             table.add_column(col, justify="left" if col == "source" else "right")
         for r in self.plan():
             table.add_row(
-                r["source"],
-                f"{r['ratio']:.4g}",
-                f"{r['sequences']:,}",
-                f"{r['tokens_requested']:,}",
-                f"{r['tokens_available']:,}",
-                f"{r['epochs']:.3f}",
-                f"{r['max_repetition']:g}",
+                escape(r.source),
+                f"{r.ratio:.4g}",
+                f"{r.sequences:,}",
+                f"{r.tokens_requested:,}",
+                f"{r.tokens_available:,}",
+                f"{r.epochs:.3f}",
+                f"{r.max_repetition:g}",
             )
         return table
 
@@ -180,9 +133,6 @@ class MixtureSampler:
                 "stores": {name: s.content_hash for name, s in self.stores.items()},
             }
         )
-
-    def __len__(self) -> int:
-        return self.total_sequences
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -200,12 +150,6 @@ class MixtureSampler:
             k = glob[rows] - self._offsets[s]
             out[rows] = self._grids[s][self._windows(int(s), k)]
         return out
-
-    def source_of(self, start: int, count: int) -> list[str]:
-        """Source name of each position (for logging and tests)."""
-        glob = self._order[start : start + count]
-        src = np.searchsorted(self._offsets, glob, side="right") - 1
-        return [self.components[i].source for i in src]
 
     # -- internals --------------------------------------------------------------------------------
 

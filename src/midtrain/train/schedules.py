@@ -1,6 +1,6 @@
 """Learning-rate schedules: a cooldown from a start LR to a final LR, with optional (re-)warmup.
 
-A schedule is a registered `Schedule` (a name and a decay formula of the progress `p` in [0, 1]).
+A schedule is a registered `Schedule` (a name and a decay shape of the progress `p` in [0, 1]).
 `make_schedule(...)` binds it to a run: step `s` (0-based) trains at `lr_at(s)`, and `lr_at(total)`
 is the LR the *next* step would use, which is what a checkpoint records as "the LR it was trained
 at". So the first step of a run trains at the start LR and the run ends exactly at the final LR:
@@ -28,7 +28,6 @@ class Schedule:
     """A named decay shape. `default_final_fraction` applies when no final LR is configured."""
 
     name: str
-    formula: str
     shape: Shape
     default_final_fraction: float = 0.0
     needs_positive_final: bool = False
@@ -42,23 +41,18 @@ def _blend(factor: float, start: float, final: float) -> float:
 SCHEDULES: dict[str, Schedule] = {
     s.name: s
     for s in (
-        Schedule("constant", "start", lambda p, a, b: a),
-        Schedule(
-            "linear", "final + (start - final) * (1 - p)", lambda p, a, b: _blend(1 - p, a, b)
-        ),
+        Schedule("constant", lambda p, a, b: a),
+        Schedule("linear", lambda p, a, b: _blend(1 - p, a, b)),
         Schedule(
             "cosine",
-            "final + (start - final) * (1 + cos(pi p)) / 2",
             lambda p, a, b: _blend(0.5 * (1 + math.cos(math.pi * p)), a, b),
         ),
         Schedule(
             "1-sqrt",
-            "final + (start - final) * (1 - sqrt(p))",
             lambda p, a, b: _blend(1 - math.sqrt(p), a, b),
         ),
         Schedule(
             "exp",
-            "start * (final / start) ** p",
             lambda p, a, b: a * (b / a) ** p,
             default_final_fraction=0.01,
             needs_positive_final=True,

@@ -1,0 +1,327 @@
+"""Writing token stores: `midtrain data prepare` (text, jsonl, parquet, HF datasets, .npy tokens).
+
+Every input is validated before anything is written; a store is built in a temporary folder and
+renamed into place (see `data/store.py` for the layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from rich.progress import Progress
+
+from midtrain.console import progress as progress_bar
+from midtrain.console import unit_column
+from midtrain.data import readers
+from midtrain.data.store import (
+    DTYPES,
+    FORMAT,
+    NAME_RE,
+    TokenStore,
+    content_hash_of,
+    dtype_for_vocab,
+    heldout_mask,
+)
+from midtrain.data.tokenizer import (
+    encode_docs,
+    load_tokenizer,
+    tokenizer_hash,
+    vocab_size,
+)
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_dir, atomic_write_json, library_versions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+ENCODE_BATCH_DOCS = 512
+ENCODE_BATCH_CHARS = 4 << 20
+
+
+class StoreWriter:
+    """Appends training ids to train.bin and held-out documents to heldout.bin, hashing as it goes.
+
+    Also used by `midtrain bench mix` and the tests to build stores from generated ids.
+    """
+
+    def __init__(self, root: Path, dtype: np.dtype, eos_id: int, *, train_file: bool = True):
+        self.root, self.dtype, self.eos_id = root, dtype, eos_id
+        self._train: IO[bytes] | None = open(root / "train.bin", "wb") if train_file else None
+        self._heldout = open(root / "heldout.bin", "wb")
+        self.train_sha = hashlib.sha256()
+        self.heldout_offsets: list[int] = [0]
+        self.heldout_nbytes: list[int] = []
+        self.n_train_tokens = self.n_train_docs = 0
+
+    def add_train(self, ids: np.ndarray, n_docs: int) -> None:
+        """Append a flat run of ids (EOS already after each of its `n_docs` documents)."""
+        assert self._train is not None
+        data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
+        self._train.write(data)
+        self.train_sha.update(data)
+        self.n_train_tokens += len(ids)
+        self.n_train_docs += n_docs
+
+    def add_heldout(self, doc: np.ndarray, n_bytes: int) -> None:
+        self._heldout.write(np.append(doc, self.eos_id).astype(self.dtype).tobytes())
+        self.heldout_offsets.append(self.heldout_offsets[-1] + len(doc) + 1)
+        self.heldout_nbytes.append(n_bytes)
+
+    def finish(self, manifest: dict[str, Any], train: dict[str, Any] | None = None) -> None:
+        """Close the files and write heldout_*.npy and manifest.json (with the content hash)."""
+        if self._train is not None:
+            self._train.close()
+        self._heldout.close()
+        np.save(self.root / "heldout_docs.npy", np.asarray(self.heldout_offsets, dtype=np.int64))
+        np.save(self.root / "heldout_bytes.npy", np.asarray(self.heldout_nbytes, dtype=np.int64))
+        train = train or {
+            "file": "train.bin",
+            "offset": 0,
+            "n_tokens": self.n_train_tokens,
+            "n_docs": self.n_train_docs,
+            "sha256": self.train_sha.hexdigest(),
+        }
+        man = {
+            **manifest,
+            "format": FORMAT,
+            "dtype": self.dtype.name,
+            "eos_id": self.eos_id,
+            "train": train,
+            "heldout": {
+                "n_docs": len(self.heldout_nbytes),
+                "n_tokens": self.heldout_offsets[-1] - len(self.heldout_nbytes),
+                "n_bytes": int(sum(self.heldout_nbytes)),
+            },
+            "versions": library_versions(),
+        }
+        man["content_hash"] = content_hash_of(self.root, man)
+        atomic_write_json(self.root / "manifest.json", man)
+
+
+def prepare_progress(unit: str, enabled: bool) -> Progress:
+    return progress_bar(*unit_column(unit), enabled=enabled)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    heldout_fraction: float = 0.01
+    seed: int = 0
+    text_field: str = "text"
+    npy_dtype: str | None = None  # "uint16" | "uint32" | None (header, else inferred from vocab)
+    progress: bool = True
+
+
+def prepare_source(
+    name: str,
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    tokenizer: PreTrainedTokenizerFast | str | Path,
+    *,
+    heldout_fraction: float = 0.01,
+    seed: int = 0,
+    text_field: str = "text",
+    npy_dtype: str | None = None,
+    progress: bool = True,
+) -> TokenStore:
+    """Tokenise `inputs` into a token store at `out` (written atomically) and open it.
+
+    Every input is validated (a full read) before anything is written.
+    """
+    opts = PrepareOptions(heldout_fraction, seed, text_field, npy_dtype, progress)
+    _check_options(name, opts)
+    tok = tokenizer if not isinstance(tokenizer, str | Path) else load_tokenizer(tokenizer)
+    resolved = readers.resolve_inputs(list(inputs))
+    kinds = {i.kind for i in resolved}
+    if "npy" in kinds:
+        if len(resolved) != 1:
+            raise MidtrainError(
+                f"source {name!r}: a .npy token file must be the only input of its source "
+                f"(got {len(resolved)} inputs); prepare each file as its own source"
+            )
+        from midtrain.data.npy import prepare_npy
+
+        return prepare_npy(name, resolved[0].path, Path(out), tok, opts)
+    return _prepare_text(name, resolved, Path(out), tok, opts)
+
+
+def _check_options(name: str, opts: PrepareOptions) -> None:
+    if not NAME_RE.match(name) or name == "tokenizer":
+        raise MidtrainError(
+            f"--name {name!r}: use letters, digits, '_', '.', '-' (not 'tokenizer'), e.g. web"
+        )
+    if not 0.0 <= opts.heldout_fraction < 1.0:
+        raise MidtrainError(
+            f"--heldout-fraction {opts.heldout_fraction}: must be in [0, 1), e.g. 0.01"
+        )
+    if opts.npy_dtype not in (None, *DTYPES):
+        raise MidtrainError(f"--npy-dtype {opts.npy_dtype!r}: use uint16 or uint32")
+
+
+def base_manifest(name: str, tok: Any, opts: PrepareOptions, input_hash: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vocab_size": vocab_size(tok),
+        "tokenizer_hash": tokenizer_hash(tok),
+        "input_hash": input_hash,
+        "seed": opts.seed,
+        "heldout_fraction": opts.heldout_fraction,
+    }
+
+
+def empty_source_error(name: str, what: str) -> MidtrainError:
+    return MidtrainError(f"source {name!r}: {what}; check the INPUT paths and --text-field")
+
+
+def _prepare_text(
+    name: str, inputs: list[readers.Input], out: Path, tok: Any, opts: PrepareOptions
+) -> TokenStore:
+    with prepare_progress("docs", opts.progress) as bar:
+        task = bar.add_task(f"reading {name}", total=None)
+        scan = readers.scan_inputs(inputs, opts.text_field, lambda n: bar.advance(task, n))
+    if scan.n_docs == 0:
+        raise empty_source_error(name, "the inputs hold no documents")
+    n_vocab, eos = vocab_size(tok), tok.eos_token_id
+    mask = heldout_mask(scan.n_docs, opts.heldout_fraction, opts.seed)
+    man = base_manifest(name, tok, opts, scan.input_hash)
+    man["text_field"] = opts.text_field
+    with atomic_dir(out) as tmp, prepare_progress("docs", opts.progress) as bar:
+        task = bar.add_task(f"tokenising {name}", total=scan.n_docs)
+        w = StoreWriter(tmp, dtype_for_vocab(n_vocab), eos)
+        i = 0
+        for texts in _batches(readers.iter_texts(inputs, opts.text_field)):
+            docs = encode_docs(tok, texts)
+            held = mask[i : i + len(docs)]
+            train = [np.append(d, eos) for d, h in zip(docs, held, strict=True) if not h]
+            if train:
+                w.add_train(np.concatenate(train), len(train))
+            for d, t, h in zip(docs, texts, held, strict=True):
+                if h:
+                    w.add_heldout(d, len(t.encode("utf-8")))
+            i += len(docs)
+            bar.advance(task, len(docs))
+        w.finish(man)
+    return TokenStore.open(out)
+
+
+def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
+    """Groups of documents for encode_batch, bounded in count and characters (streaming)."""
+    batch: list[str] = []
+    chars = 0
+    for t in texts:
+        batch.append(t)
+        chars += len(t)
+        if len(batch) >= ENCODE_BATCH_DOCS or chars >= ENCODE_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+# ------------------------------------------------------------------------------------------------
+# `midtrain data prepare` and generated stores
+
+
+def prepare_data(
+    inputs: list[str | Path],
+    *,
+    name: str,
+    out: str | Path,
+    tokenizer: str | Path | None = None,
+    train_vocab_size: int | None = None,
+    tokenizer_out: str | Path | None = None,
+    heldout_fraction: float = 0.01,
+    seed: int = 0,
+    text_field: str = "text",
+    npy_dtype: str | None = None,
+    progress: bool = True,
+) -> TokenStore:
+    """The API of `midtrain data prepare`: the store goes to OUT/NAME.
+
+    With `train_vocab_size`, a byte-level BPE is first trained on the inputs and saved to
+    `tokenizer_out` (default OUT/tokenizer). Inputs are validated before anything is written, and
+    a failure removes what this call created.
+    """
+    from midtrain.data.tokenizer import train_tokenizer
+
+    out = Path(out)
+    if (tokenizer is None) == (train_vocab_size is None):
+        raise MidtrainError(
+            "pass either --tokenizer DIR (an existing HF tokenizer) or --train-tokenizer "
+            "--vocab-size N"
+        )
+    _check_options(name, PrepareOptions(heldout_fraction, seed, text_field, npy_dtype))
+    out_existed, tok_dir = out.exists(), None
+    tok: Any = tokenizer
+    if train_vocab_size is not None:
+        tok_dir = Path(tokenizer_out) if tokenizer_out else out / "tokenizer"
+        if tok_dir.exists():
+            raise MidtrainError(
+                f"{tok_dir} already exists; reuse it with --tokenizer {tok_dir} or pick "
+                "another --tokenizer-out"
+            )
+        resolved = readers.resolve_inputs(inputs)
+        if any(i.kind == "npy" for i in resolved):
+            raise MidtrainError(
+                "--train-tokenizer needs text inputs; .npy files are already tokens "
+                "(pass the --tokenizer they were made with)"
+            )
+        readers.scan_inputs(resolved, text_field)  # validate before writing the tokenizer
+        tok = train_tokenizer(readers.iter_texts(resolved, text_field), train_vocab_size, tok_dir)
+    try:
+        return prepare_source(
+            name,
+            inputs,
+            out / name,
+            tok,
+            heldout_fraction=heldout_fraction,
+            seed=seed,
+            text_field=text_field,
+            npy_dtype=npy_dtype,
+            progress=progress,
+        )
+    except BaseException:
+        if tok_dir is not None:
+            shutil.rmtree(tok_dir, ignore_errors=True)
+        if not out_existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def write_store(
+    out: str | Path,
+    name: str,
+    train_chunks: Iterable[np.ndarray],
+    *,
+    vocab_size: int,
+    eos_id: int,
+    tokenizer_hash: str,
+    heldout: Iterable[tuple[np.ndarray, int]] = (),
+    input_hash: str = "generated",
+) -> TokenStore:
+    """A store from ids made elsewhere (benchmarks, tests): flat chunks with EOS after each doc.
+
+    `heldout` yields (ids without EOS, UTF-8 byte count) per held-out document.
+    """
+    dtype = dtype_for_vocab(vocab_size)
+    with atomic_dir(out) as tmp:
+        w = StoreWriter(Path(tmp), dtype, eos_id)
+        for chunk in train_chunks:
+            w.add_train(chunk, int(np.count_nonzero(chunk == eos_id)))
+        for doc, n_bytes in heldout:
+            w.add_heldout(np.asarray(doc), n_bytes)
+        man = {
+            "name": name,
+            "vocab_size": vocab_size,
+            "tokenizer_hash": tokenizer_hash,
+            "input_hash": input_hash,
+            "seed": 0,
+            "heldout_fraction": 0.0,
+        }
+        w.finish(man)
+    return TokenStore.open(out)

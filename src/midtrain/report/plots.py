@@ -1,0 +1,120 @@
+"""The report's plots, as PNG bytes (embedded in report.html, written to plots/*.png).
+
+One style for all: `figure()` opens an Agg figure, `png()` renders and closes it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from midtrain.study.results import StudyResult
+from midtrain.train.log import read_log
+
+DPI = 110
+
+
+@contextmanager
+def figure(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """`plt.subplots(*args, **kwargs)` on the Agg backend; the figure is closed afterwards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+    finally:
+        plt.close(fig)
+
+
+def png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_deltas(r: StudyResult) -> bytes:
+    """Primary, per-task and per-domain deltas of every arm with their intervals."""
+    tasks, domains = r.eval.tasks, r.eval.domains
+    height = 0.5 + 0.45 * max(1, len(r.arms)) * max(1, len(tasks) + 1)
+    with figure(1, 2, figsize=(12, height)) as (fig, axes):
+        for ax, keys, title in (
+            (axes[0], ["primary", *tasks], f"task Δ ({r.eval.primary_metric})"),
+            (axes[1], domains, "domain Δ bits-per-byte (lower is better)"),
+        ):
+            labels, vals, lo, hi = [], [], [], []
+            for arm in r.arms:
+                for k in keys:
+                    point = _point(arm, k)
+                    if point is None:
+                        continue
+                    value, ci = point
+                    labels.append(f"{arm.arm} · {k}")
+                    vals.append(value)
+                    lo.append(value - ci[0])
+                    hi.append(ci[1] - value)
+            y = list(range(len(labels)))[::-1]
+            ax.errorbar(vals, y, xerr=[lo, hi], fmt="o", capsize=3)
+            ax.axvline(0, color="grey", lw=1)
+            ax.set_yticks(y, labels, fontsize=8)
+            ax.set_title(title, fontsize=10)
+        return png(fig)
+
+
+def _point(arm: Any, key: str) -> tuple[float, list[float]] | None:
+    if key == "primary":
+        return (arm.primary.delta, arm.primary.ci) if arm.primary else None
+    if key in arm.tasks:
+        return arm.tasks[key].delta, arm.tasks[key].ci
+    if key in arm.domains:
+        return arm.domains[key].delta_bpb, arm.domains[key].ci
+    return None
+
+
+def plot_loss(r: StudyResult, out: Path) -> bytes:
+    """Training loss against tokens of every run (solid: the first seed, dashed: the others)."""
+    runs = r.control.runs + [run for a in r.arms for run in a.runs]
+    first_seed = min((run.seed for run in runs), default=0)
+    colors: dict[str, str] = {}
+    with figure(figsize=(8, 4.5)) as (fig, ax):
+        for run in runs:
+            rows = [x for x in read_log(out / run.dir / "log.jsonl") if x.get("loss") is not None]
+            if not rows:
+                continue
+            new = run.arm not in colors
+            c = colors.setdefault(run.arm, f"C{len(colors) % 10}")
+            ax.plot(
+                [x["tokens"] for x in rows], [x["loss"] for x in rows], color=c, lw=1,
+                ls="-" if run.seed == first_seed else "--", label=run.arm if new else None,
+            )  # fmt: skip
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("training loss (on each run's own mix)")
+        ax.legend(fontsize=8)
+        return png(fig)
+
+
+def plot_domains(r: StudyResult) -> bytes:
+    """Held-out bits per byte per domain: the control's mean, and each arm's (control + Δ)."""
+    import numpy as np
+
+    domains = r.eval.domains
+    ctrl = [float(np.mean(r.control.domains.get(d) or [np.nan])) for d in domains]
+    series = [("control", ctrl)]
+    for arm in r.arms:
+        deltas = [arm.domains[d].delta_bpb if d in arm.domains else np.nan for d in domains]
+        series.append((arm.arm, [c + dl for c, dl in zip(ctrl, deltas, strict=True)]))
+    with figure(figsize=(max(6, 1.6 * len(domains)), 4)) as (fig, ax):
+        w = 0.8 / len(series)
+        x = np.arange(len(domains))
+        for i, (name, vals) in enumerate(series):
+            ax.bar(x + i * w, vals, w, label=name)
+        ax.set_xticks(x + 0.4 - w / 2, domains)
+        ax.set_ylabel("held-out bits per byte (mean over docs and seeds)")
+        ax.legend(fontsize=8)
+        return png(fig)

@@ -1,0 +1,117 @@
+"""The study report: results.json, report.md, a self-contained report.html and PNG plots.
+
+Everything is written atomically; data text (names, task ids, reasons) is escaped: in the HTML by
+jinja2's autoescape, in Markdown by the `md` filter, in the terminal by `console.safe`.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from rich.table import Table
+
+from midtrain.console import safe
+from midtrain.io import atomic_write_bytes, atomic_write_text
+from midtrain.mix.spec import MixComponent
+from midtrain.report import plots
+from midtrain.study.config import StudyConfig
+from midtrain.study.results import StudyResult
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if not isinstance(x, (int, float)):
+        return "–"
+    return f"{x:+.{digits}f}"
+
+
+def fmt_ci(ci: list[float] | None, digits: int = 3) -> str:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return "–"
+    return f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def mix_label(mix: list[MixComponent]) -> str:
+    return " / ".join(f"{m.source} {m.ratio:.0%}" for m in mix)
+
+
+def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
+    """One row of display strings per arm (shared by the terminal, Markdown and HTML tables)."""
+    rows = []
+    for arm in r.arms:
+        p = arm.primary
+        acc = [t.acc_delta for t in arm.tasks.values() if t.acc_delta is not None]
+        rows.append(
+            {
+                "arm": arm.arm,
+                "mix": mix_label(arm.mix),
+                "verdict": arm.verdict,
+                "delta": fmt(p.delta if p else None),
+                "ci": fmt_ci(p.ci if p else None),
+                "acc": fmt(sum(acc) / len(acc)) if acc else "–",
+                "flags": ", ".join(arm.flags) or "–",
+                "reason": arm.reason,
+                "suggestion": arm.suggestion or "",
+            }
+        )
+    return rows
+
+
+def verdict_table(r: StudyResult) -> Table:
+    metric = r.eval.primary_metric
+    t = Table(title=f"study {safe(r.study)}: arm − control, primary = mean {metric}")
+    for col in ("arm", "mix", "verdict", "Δ primary", f"{r.confidence:.0%} CI", "Δ acc", "flags"):
+        t.add_column(col)
+    style = {"include": "green", "reject": "red", "inconclusive": "yellow"}
+    for row in verdict_rows(r):
+        v = f"[{style.get(row['verdict'], 'white')}]{row['verdict']}[/]"
+        cells = (row["arm"], row["mix"], v, row["delta"], row["ci"], row["acc"], row["flags"])
+        t.add_row(*(c if c is v else safe(c) for c in cells))
+    return t
+
+
+def md_escape(text: object) -> str:
+    """Escape data text for a Markdown table cell (no raw HTML, no stray column breaks)."""
+    out = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    out = out.replace("\\", "\\\\")
+    for ch in "|*_`[]#":
+        out = out.replace(ch, "\\" + ch)
+    return " ".join(out.splitlines())
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("midtrain", "report/templates"),
+        autoescape=select_autoescape(["html", "html.j2"], default_for_string=False, default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["md"] = md_escape
+    return env
+
+
+def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]:
+    """Write results.json, plots/*.png, report.md and report.html into `out` (each atomically)."""
+    out = Path(out)
+    r.save(out / "results.json")
+    images = {
+        "deltas": plots.plot_deltas(r),
+        "loss": plots.plot_loss(r, out),
+        "domains": plots.plot_domains(r),
+    }
+    for name, data in images.items():
+        atomic_write_bytes(out / "plots" / f"{name}.png", data)
+    ctx = {
+        "r": r,
+        "cfg": cfg,
+        "rows": verdict_rows(r),
+        "fmt": fmt,
+        "fmt_ci": fmt_ci,
+        "mix_label": mix_label,
+        "images": {k: base64.b64encode(v).decode() for k, v in images.items()},
+    }
+    env = _env()
+    atomic_write_text(out / "report.md", env.get_template("report.md.j2").render(**ctx))
+    atomic_write_text(out / "report.html", env.get_template("report.html.j2").render(**ctx))
+    return {"results": out / "results.json", "md": out / "report.md", "html": out / "report.html"}

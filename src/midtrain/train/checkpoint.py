@@ -1,0 +1,150 @@
+"""Checkpoints: HF causal-LM folders, plus our training state when we wrote them.
+
+```
+CKPT/config.json, model.safetensors, tokenizer files   # loads with AutoModelForCausalLM / lm-eval
+CKPT/midtrain_state/trainer.json    lr (the LR the next step would use), tokens_seen, steps, schedule
+CKPT/midtrain_state/optimizer.pt    AdamW state_dict (torch.load(weights_only=True))
+CKPT/midtrain_state/rng.pt          RNG states (run-directory `state/` only, for exact resume)
+```
+
+Writes are atomic (`io.atomic_dir` with fsync): a reader finds either the previous complete
+checkpoint or the new one, and `io.recover_dir` repairs a swap a killed process left half done.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from midtrain import env
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_dir, atomic_write_json, fault_point
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+STATE_DIR = "midtrain_state"
+STATE_FORMAT = "midtrain-state/1"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class RunPosition(BaseModel):
+    """Where a run directory's own `state/` stands (for resume)."""
+
+    step: int
+    position: int  # sampler position (sequences consumed)
+    wall_s: float
+    config_hash: str
+
+
+class TrainerState(BaseModel):
+    """`midtrain_state/trainer.json`: what a next run continues from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str = STATE_FORMAT
+    lr: float
+    tokens_seen: int = 0
+    steps: int = 0
+    schedule: dict[str, Any] | None = None  # BoundSchedule.to_dict() of the run that wrote it
+    run: RunPosition | None = None
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def check_hf_folder(path: str | Path, field: str = "init") -> Path:
+    """A folder with config.json and weights, else a one-line error naming `field`."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MidtrainError(
+            f"{field}: {path} is not a HF model folder (no config.json); "
+            "pass a folder saved with save_pretrained"
+        )
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise MidtrainError(
+            f"{field}: {path} has no model.safetensors; save the model with save_pretrained"
+        )
+    return path
+
+
+def read_trainer_state(path: str | Path) -> TrainerState | None:
+    """`CKPT/midtrain_state/trainer.json`, or None when the checkpoint has none."""
+    f = Path(path) / STATE_DIR / "trainer.json"
+    if not f.is_file():
+        return None
+    try:
+        return TrainerState.model_validate(json.loads(f.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise MidtrainError(
+            f"{f} is corrupt ({reason}); delete {f.parent} to start fresh"
+        ) from None
+
+
+def load_model(path: str | Path, device: str = "cpu", field: str = "init") -> PreTrainedModel:
+    """Any AutoModelForCausalLM folder in fp32 on `device` (training and evaluation)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    env.setup()
+    env.quiet_transformers()
+    check_hf_folder(path, field)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds of error
+        reason = " ".join(str(e).split())[:160]
+        raise MidtrainError(
+            f"{field}: cannot load the model in {path} ({type(e).__name__}: {reason}); "
+            "check that its weights are complete"
+        ) from None
+    return model.to(device)
+
+
+def load_optimizer_state(path: str | Path) -> dict[str, Any] | None:
+    import torch
+
+    f = Path(path) / STATE_DIR / "optimizer.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+def load_rng_state(path: str | Path) -> dict[str, Any] | None:
+    import torch
+
+    f = Path(path) / STATE_DIR / "rng.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: TrainerState,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: dict[str, Any] | None = None,
+    step: int = -1,
+) -> Path:
+    """Write a HF folder + `midtrain_state/` atomically. `step` only feeds the test hooks."""
+    import torch
+
+    env.quiet_transformers()
+    path = Path(path)
+    with atomic_dir(path, fsync=True, step=step) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        fault_point(f"save:{path.name}", step)  # weights written, optimizer state not yet
+        sdir = tmp / STATE_DIR
+        sdir.mkdir()
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), sdir / "optimizer.pt")
+        if rng is not None:
+            torch.save(rng, sdir / "rng.pt")
+        atomic_write_json(sdir / "trainer.json", state.model_dump(mode="json", exclude_none=True))
+    return path

@@ -1,0 +1,169 @@
+"""The run config: one typed tree for a cooldown (`anneal`) or a constant-LR pretrain.
+
+A TOML file and a dict (the Python API, a study's jobs) are two ways of writing it. Paths in a TOML
+file are relative to the file; in a dict, to the working directory. `docs/config.md` is generated
+from these models (`midtrain config docs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from midtrain.errors import MidtrainError
+from midtrain.mix.spec import MixComponent
+from midtrain.schema import Strict, field, load_toml, validate
+
+
+class ScheduleConfig(Strict):
+    """The LR schedule of a run (docs/runs.md: Schedules). The study file's [schedule] too."""
+
+    name: str = field(
+        "linear", description="Shape: constant, linear, cosine, 1-sqrt (Hägele et al.), exp."
+    )
+    start_lr: float | None = field(
+        None,
+        gt=0,
+        description="LR of the first step; omitted: the `lr` in the checkpoint's midtrain_state.",
+        unit="LR",
+    )
+    final_lr: float | None = field(
+        None,
+        ge=0,
+        description="LR the run ends at (absolute). Give this or final_lr_fraction.",
+        unit="LR",
+    )
+    final_lr_fraction: float | None = field(
+        None,
+        ge=0,
+        le=1,
+        description="Final LR as a fraction of start_lr (default 0; `exp`: 0.01).",
+        unit="fraction",
+    )
+    warmup_steps: int = field(
+        0,
+        ge=0,
+        description="Linear (re-)warmup to start_lr over the first steps (WSD-S).",
+        unit="steps",
+    )
+
+
+class OptimizerConfig(Strict):
+    """AdamW; the LR comes from the schedule."""
+
+    weight_decay: float = field(
+        0.1, ge=0, description="AdamW decay on matrices (biases and norms: 0)."
+    )
+    betas: tuple[float, float] = field((0.9, 0.95), description="AdamW betas.")
+    eps: float = field(1e-8, gt=0, description="AdamW epsilon.")
+    grad_clip: float = field(
+        1.0, ge=0, description="Global grad-norm clip (0 = none; the norm is logged either way)."
+    )
+    load_state: bool = field(
+        True,
+        description="Load AdamW moments from the init checkpoint's midtrain_state when present.",
+    )
+
+
+class RunConfig(Strict):
+    """One training run: a warm start from `init` (anneal) or a fresh `[model]` (pretrain)."""
+
+    init: str | None = field(
+        None, description="HF causal-LM folder to warm-start from. Exactly one of init and [model]."
+    )
+    tokenizer: str | None = field(
+        None, description="HF tokenizer folder (default: the init folder's); required with [model]."
+    )
+    model: dict[str, Any] | None = field(
+        None,
+        description="A fresh model: model_type (default llama) plus HF config kwargs; "
+        "vocab_size and special ids default to the tokenizer's.",
+    )
+    stores: dict[str, str] = field(description="Token store folders by source name.")
+    mix: list[MixComponent] = field(description="The run's sources, ratios and repetition caps.")
+    tokens: int = field(
+        gt=0,
+        description="Token budget; the run trains tokens // batch_tokens steps.",
+        unit="tokens",
+    )
+    seq_len: int = field(256, gt=1, description="Tokens per training sequence.", unit="tokens")
+    batch_tokens: int = field(
+        4096, gt=0, description="Tokens per optimizer step; a multiple of seq_len.", unit="tokens"
+    )
+    micro_batch: int = field(
+        16,
+        gt=0,
+        description="Sequences per forward/backward (gradient accumulation).",
+        unit="sequences",
+    )
+    seed: int = field(0, description="Data order, fresh-model init and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = field(
+        "auto", description="auto = cuda when available."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", description="auto = fp32 on CPU, bf16 autocast on CUDA; master weights stay fp32."
+    )
+    checkpoint_every: int = field(
+        50,
+        ge=0,
+        description="Steps between resumable saves to OUT/state (0 = final only).",
+        unit="steps",
+    )
+    compile: bool = field(False, description="torch.compile the model and loss.")
+    threads: int = field(
+        0, ge=0, description="torch threads (0 = torch's default); not part of the run's identity."
+    )
+    schedule: ScheduleConfig = field(ScheduleConfig(), description="The LR schedule.")
+    optimizer: OptimizerConfig = field(OptimizerConfig(), description="AdamW settings.")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change what a run computes (threads only change its speed)."""
+        return identity(self.model_dump(mode="json"))
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A dumped run config without the fields that do not change what it computes."""
+    return {k: v for k, v in config.items() if k not in ("threads", "resolved")}
+
+
+def load_run_config(src: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:
+    """A RunConfig from a TOML file (paths relative to it) or a dict (paths relative to cwd)."""
+    if isinstance(src, RunConfig):
+        return src
+    base = Path.cwd()
+    if isinstance(src, str | Path):
+        path = Path(src)
+        src = load_toml(path, "--config")
+        base = path.resolve().parent
+    cfg = validate(RunConfig, dict(src), source="run config")
+    return _absolute_paths(cfg, base)
+
+
+def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    def absolute(p: str | None) -> str | None:
+        return None if p is None else str((base / Path(p).expanduser()).resolve())
+
+    return cfg.model_copy(
+        update={
+            "init": absolute(cfg.init),
+            "tokenizer": absolute(cfg.tokenizer),
+            "stores": {k: absolute(v) for k, v in cfg.stores.items()},
+        }
+    )
+
+
+def pretrain_config(cfg: RunConfig) -> RunConfig:
+    """`midtrain pretrain`: a fresh [model] on the `constant` schedule (the WSD stable phase)."""
+    if cfg.model is None or cfg.init is not None:
+        raise MidtrainError(
+            "pretrain trains a fresh [model]: set [model] and remove init (use `anneal` to start "
+            "from a checkpoint)"
+        )
+    if "name" in cfg.schedule.model_fields_set and cfg.schedule.name != "constant":
+        raise MidtrainError(
+            f"schedule.name: pretrain uses 'constant', not {cfg.schedule.name!r}; "
+            "use `midtrain anneal` for a cooldown"
+        )
+    schedule = cfg.schedule.model_copy(update={"name": "constant"})
+    return cfg.model_copy(update={"schedule": schedule})

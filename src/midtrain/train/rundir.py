@@ -1,0 +1,151 @@
+"""The run directory: self-describing, content-checked, resumable.
+
+```
+OUT/config.json    the resolved config (every field, absolute paths, derived steps and LRs)
+OUT/inputs.json    hashes of the start checkpoint, tokenizer and stores; library versions
+OUT/log.jsonl      one line per optimizer step: step, tokens, lr, loss, grad_norm, tok_s
+OUT/state/         the latest resumable state (HF folder + optimizer, RNG, position); removed when done
+OUT/final/         the final HF checkpoint + midtrain_state/ (a next run can start from it)
+OUT/metrics.json   RunResult;  OUT/status.json  RunStatus: running | failed | interrupted | done
+```
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_write_json, hash_obj, hash_tree, library_versions, read_json
+from midtrain.train.config import RunConfig, identity
+from midtrain.train.plan import RunPlan
+
+RESULT_FORMAT = "midtrain-run/1"
+
+
+class RunStatus(BaseModel):
+    """OUT/status.json."""
+
+    status: Literal["running", "failed", "interrupted", "done"]
+    step: int | None = None
+    from_step: int | None = None
+    pid: int | None = None
+    time: float | None = None
+    reason: str | None = None
+    last_good: dict[str, Any] | None = None  # the last finite log line before a divergence
+
+
+class RunResult(BaseModel):
+    """OUT/metrics.json: what a finished run reports (the `train` stage's result)."""
+
+    format: str = RESULT_FORMAT
+    status: Literal["done"] = "done"
+    steps: int
+    tokens: int
+    final_loss: float
+    mean_loss_last_10pct: float
+    first_loss: float
+    start_lr: float
+    final_lr: float
+    wall_s: float
+    tokens_per_s: float | None
+    flops: float
+    final_checkpoint: str
+    warnings: list[str] = []
+
+
+def read_status(out: Path) -> RunStatus | None:
+    f = out / "status.json"
+    return RunStatus.model_validate(read_json(f)) if f.is_file() else None
+
+
+def write_status(out: Path, status: str, **info: Any) -> None:
+    atomic_write_json(
+        out / "status.json", RunStatus(status=status, **info).model_dump(exclude_none=True)
+    )
+
+
+def finished(out: Path) -> RunResult | None:
+    """The result of a finished run in `out`, or None."""
+    status = read_status(out)
+    if status is None or status.status != "done" or not (out / "metrics.json").is_file():
+        return None
+    return RunResult.model_validate(read_json(out / "metrics.json"))
+
+
+def check_existing(out: Path, cfg: RunConfig) -> None:
+    """`out` must be new, empty, or a run of the same config (which is then resumed)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass a folder")
+    if not (out / "config.json").is_file():
+        if not any(out.iterdir()):
+            return
+        raise MidtrainError(f"--out {out} exists and is not a run directory; use a new folder")
+    if identity(read_json(out / "config.json")) != cfg.identity():
+        raise MidtrainError(
+            f"--out {out} holds a run of another config; use another --out (or delete it)"
+        )
+
+
+def check_inputs_unchanged(out: Path, plan: RunPlan) -> None:
+    f = out / "inputs.json"
+    if f.is_file() and read_json(f).get("mix_fingerprint") != plan.sampler.fingerprint():
+        raise MidtrainError(
+            f"--out {out}: its stores or mix changed since the run started; use another --out"
+        )
+
+
+def start(out: Path, plan: RunPlan, from_step: int) -> None:
+    """Create the directory (config.json and inputs.json on first start); status running."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "inputs.json").is_file():
+        atomic_write_json(out / "config.json", plan.resolved())
+        atomic_write_json(out / "inputs.json", _inputs(plan))
+    write_status(out, "running", pid=os.getpid(), from_step=from_step, time=time.time())
+
+
+def _inputs(plan: RunPlan) -> dict[str, Any]:
+    cfg = plan.cfg
+    state = plan.init_state.model_dump(mode="json") if plan.init_state else None
+    return {
+        "init": {"path": cfg.init, "hash": hash_tree(cfg.init)} if cfg.init else None,
+        "init_state": state,
+        "tokenizer": {"path": cfg.tokenizer or cfg.init, "hash": plan.tokenizer_hash},
+        "stores": {
+            n: {"path": str(s.path), "content_hash": s.content_hash} for n, s in plan.stores.items()
+        },
+        "mix_fingerprint": plan.sampler.fingerprint(),
+        "config_hash": hash_obj(cfg.identity()),
+        "versions": library_versions(),
+    }
+
+
+def finish(
+    out: Path, plan: RunPlan, log: list[dict[str, Any]], wall_s: float, flops: float
+) -> RunResult:
+    """Write metrics.json and status done."""
+    tail = log[-max(1, math.ceil(len(log) / 10)) :]
+    result = RunResult(
+        steps=plan.steps,
+        tokens=plan.tokens,
+        final_loss=log[-1]["loss"],
+        mean_loss_last_10pct=sum(r["loss"] for r in tail) / len(tail),
+        first_loss=log[0]["loss"],
+        start_lr=plan.schedule.start_lr,
+        final_lr=plan.schedule.final_lr,
+        wall_s=wall_s,
+        tokens_per_s=plan.tokens / wall_s if wall_s > 0 else None,
+        flops=flops,
+        final_checkpoint=str(out / "final"),
+        warnings=plan.warnings,
+    )
+    atomic_write_json(out / "metrics.json", result.model_dump(mode="json"))
+    write_status(out, "done", step=plan.steps)
+    return result
