@@ -28,32 +28,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from midtrain.data.tokenizer import train_tokenizer  # noqa: E402
 from midtrain.demo.world import TASKS, generate_world, task_prompt  # noqa: E402
 
-EOS = "<|endoftext|>"
 MIX = {"web": 0.5, "hq": 0.125, "flan": 0.125, "math": 0.125, "code": 0.125}
 
 
 def read_texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
-
-
-def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS
-    )
 
 
 def encode_source(tok, texts: list[str]) -> np.ndarray:
@@ -148,7 +130,7 @@ def main() -> None:
     info = generate_world(args.world, seed=args.seed, scale=args.scale)
     texts = {n: read_texts(p) for n, p in info["source_paths"].items()}
     t0 = time.time()
-    tok = train_tokenizer([t for v in texts.values() for t in v], 1024)
+    tok = train_tokenizer([t for v in texts.values() for t in v], 1024, args.world / "tokenizer")
     streams = {n: encode_source(tok, v) for n, v in texts.items()}
     n_bytes = {n: info["sources"][n]["bytes"] for n in streams}
     print(f"tokenizer+encode {time.time() - t0:.1f}s; tokens per source:", file=sys.stderr)

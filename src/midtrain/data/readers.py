@@ -48,7 +48,6 @@ class Scan:
 
     inputs: list[Input]
     n_docs: int
-    n_bytes: int
     input_hash: str
 
 
@@ -220,11 +219,10 @@ def input_hash(inputs: list[Input], text_field: str | None) -> str:
 def scan_inputs(
     inputs: list[Input], text_field: str, advance: Callable[[int], None] | None = None
 ) -> Scan:
-    """Read every document once: validates the inputs and counts documents and bytes."""
-    n_docs = n_bytes = 0
-    for text in iter_texts(inputs, text_field):
+    """Read every document once: validates the inputs and counts the documents."""
+    n_docs = 0
+    for _ in iter_texts(inputs, text_field):
         n_docs += 1
-        n_bytes += len(text.encode("utf-8"))
         if advance and n_docs % 1024 == 0:
             advance(1024)
-    return Scan(inputs, n_docs, n_bytes, input_hash(inputs, text_field))
+    return Scan(inputs, n_docs, input_hash(inputs, text_field))
