@@ -1,4 +1,4 @@
-"""Paired bootstrap, verdicts, guards and flags on synthetic per-example records."""
+"""Verdicts, guards, flags, screening and corrections on synthetic per-example records."""
 
 from __future__ import annotations
 
@@ -6,154 +6,170 @@ import numpy as np
 import pytest
 
 from midtrain.eval.results import DomainExample, Examples, TaskExample
-from midtrain.study.analysis import PairedBootstrap, analyse_arm, mde
-from midtrain.study.config import Guard
+from midtrain.study import analysis
+from midtrain.study.config import parse_study
 
 TASKS = ["t1", "t2"]
 DOMAINS = ["web", "math"]
+N = 150
 
 
-def make_eval(rng, task_shift=0.0, dom_shift=None, n=150, base=None):
-    """Per-example values = a fixed per-example difficulty + seed noise + a shift."""
+def make_eval(rng, task_shift=0.0, dom_shift=None, run_sd=0.02, acc_p=0.5, start=False):
+    """Per-example values = a fixed per-example difficulty + run noise + example noise + a shift."""
     dom_shift = dom_shift or {}
-    base = base if base is not None else np.random.default_rng(123)
-    diff_t = base.normal(-2.0, 0.5, size=n)
-    diff_d = base.normal(3.0, 0.3, size=n)
-    recs = [
-        TaskExample(
-            task=t,
-            doc_id=i,
-            gold_logprob_per_byte=float(diff_t[i] + task_shift + rng.normal(0, 0.05)),
-            acc=float(rng.random() < 0.25 + task_shift),
-        )
-        for t in TASKS
-        for i in range(n)
-    ]
-    recs += [
-        DomainExample(
-            domain=d,
-            doc_id=i,
-            nll=1.0,
-            tokens=1,
-            bytes=1,
-            bpb=float(diff_d[i] + dom_shift.get(d, 0.0) + rng.normal(0, 0.01)),
-        )  # fmt: skip
-        for d in DOMAINS
-        for i in range(n)
-    ]
+    base = np.random.default_rng(123)
+    diff_t, diff_d = base.normal(-2.0, 0.5, size=N), base.normal(3.0, 0.3, size=N)
+    u = rng.normal(0, run_sd)  # the run's own offset: its data order
+    recs = []
+    for t in TASKS:
+        shift = task_shift.get(t, 0.0) if isinstance(task_shift, dict) else task_shift
+        for i in range(N):
+            v = diff_t[i] + shift + u + rng.normal(0, 0.05)
+            recs.append(TaskExample(task=t, doc_id=i, gold_logprob_per_byte=float(v), choices=4,
+                                    acc=float(rng.random() < acc_p + shift)))  # fmt: skip
+    for d in DOMAINS:
+        for i in range(N):
+            bpb = diff_d[i] + dom_shift.get(d, 0.0) + u / 10 + rng.normal(0, 0.01)
+            recs.append(DomainExample(domain=d, doc_id=i, nll=1, tokens=1, bytes=1, bpb=float(bpb)))
     return Examples(recs)
 
 
-def analyse(arms, ctrls, guards=(), sources=("math",), tasks=TASKS):
-    return analyse_arm(
-        arms,
-        ctrls,
-        tasks=list(tasks),
-        domains=DOMAINS,
-        primary="gold_logprob_per_byte",
-        candidate_sources=list(sources),
-        guards=list(guards),
-        iters=1000,
-        confidence=0.95,
-    )
+def study(guards="", extra="", tasks=TASKS):
+    text = {
+        "checkpoint": "ckpt", "tokens": 8192, "stores": {d: d for d in DOMAINS},
+        "base": {"web": 1.0}, "eval": {"tasks": list(tasks)},
+        "candidates": [{"name": "arm", "mix": {"math": 1.0}}],
+    }  # fmt: skip
+    if guards:
+        text["guards"] = guards
+    text.update(extra or {})
+    return parse_study(text)
 
 
-def pair(shift=0.0, dom_shift=None, seeds=(0, 1)):
-    ctrls = [make_eval(np.random.default_rng(10 + s)) for s in seeds]
-    arms = [make_eval(np.random.default_rng(20 + s), shift, dom_shift) for s in seeds]
-    return arms, ctrls
+def data(arm_kw=None, seeds=2, start=None, other_arms=None, seed0=0):
+    rng = np.random.default_rng(seed0)
+    groups = {
+        "control": [make_eval(rng) for _ in range(seeds)],
+        "arm@0.3": [make_eval(rng, **(arm_kw or {})) for _ in range(seeds)],
+    }
+    for name, kw in (other_arms or {}).items():
+        groups[name] = [make_eval(rng, **kw) for _ in range(seeds)]
+    return analysis.StudyData(groups, start)
 
 
-def test_arm_identical_to_control_is_inconclusive_with_ci_around_zero():
-    ctrls = [make_eval(np.random.default_rng(s)) for s in (0, 1)]
-    arms = [make_eval(np.random.default_rng(s)) for s in (0, 1)]  # same data, same noise
-    res = analyse(arms, ctrls)
+def run(d, cfg=None, arm="arm@0.3", correction="none"):
+    cfg = cfg or study()
+    arms = {
+        g: analysis.analyse_arm(d, g, cfg, list(cfg.eval.tasks), ["math"], 0.95)
+        for g in d.groups
+        if g != "control"
+    }
+    analysis.decide(list(arms.values()), correction, 0.05)
+    return arms[arm]
+
+
+def test_arm_identical_to_control_is_inconclusive_with_interval_around_zero():
+    same = [make_eval(np.random.default_rng(s)) for s in (0, 1)]
+    d = analysis.StudyData({"control": same, "arm@0.3": same}, None)
+    res = run(d)
     assert res.verdict == "inconclusive"
-    lo, hi = res.primary.ci
-    assert lo <= 0.0 <= hi
     assert res.primary.delta == pytest.approx(0.0, abs=1e-12)
-    assert res.primary.mde >= 0.0
-
-
-def test_pure_noise_arm_is_inconclusive_and_reports_mde():
-    res = analyse(*pair(0.0))
-    assert res.verdict == "inconclusive"
-    assert res.primary.ci[0] < 0 < res.primary.ci[1]
-    assert res.primary.mde > 0
-    assert res.suggestion
+    assert res.primary.ci[0] < 0 < res.primary.ci[1] and res.primary.mde > 0
 
 
 def test_clear_improvement_is_included_and_clear_harm_rejected():
-    better = analyse(*pair(+0.2))
-    assert better.verdict == "include"
-    assert better.primary.ci[0] > 0
-    worse = analyse(*pair(-0.2))
-    assert worse.verdict == "reject"
-    assert worse.primary.ci[1] < 0
+    better = run(data({"task_shift": 0.2}))
+    assert better.verdict == "include" and better.primary.ci[0] > 0
+    assert better.primary.p < 0.05 and len(better.primary.run_scores) == 2
+    worse = run(data({"task_shift": -0.2}))
+    assert worse.verdict == "reject" and worse.primary.ci[1] < 0
 
 
 def test_verdict_flips_with_the_size_of_the_effect():
-    verdicts = [analyse(*pair(s)).verdict for s in (-0.3, 0.0, 0.3)]
+    verdicts = [run(data({"task_shift": s})).verdict for s in (-0.3, 0.0, 0.3)]
     assert verdicts == ["reject", "inconclusive", "include"]
 
 
+def test_one_seed_gives_no_verdict_and_says_why():
+    res = run(data({"task_shift": 0.5}, seeds=1))
+    assert res.verdict == "no-verdict" and "no run-to-run noise estimate" in res.reason
+    assert res.primary.p is None
+
+
+def test_run_noise_widens_the_interval_where_seeds_agree_by_chance():
+    """Two seeds whose deltas agree in sign are not evidence by themselves: the interval is a
+    t-interval on per-run scores, not the range of two deltas."""
+    quiet = run(data({"task_shift": 0.02}, seed0=3))
+    noisy_data = data({"task_shift": 0.02}, seed0=3)
+    for runs in noisy_data.groups.values():
+        for k, ex in enumerate(runs):
+            for t in TASKS:
+                for rec in ex.tasks[t].values():
+                    rec.gold_logprob_per_byte += 0.3 * (k - 0.5)  # large run-to-run spread
+    noisy = run(noisy_data)
+    assert noisy.primary.ci[1] - noisy.primary.ci[0] > 3 * (
+        quiet.primary.ci[1] - quiet.primary.ci[0]
+    )
+    assert noisy.verdict == "inconclusive" and "seeds" in noisy.suggestion
+
+
 def test_broken_guard_rejects_an_otherwise_good_arm():
-    arms, ctrls = pair(+0.2, dom_shift={"web": 0.2})
-    res = analyse(arms, ctrls, guards=[Guard(domain="web", tolerance=0.05)])
-    assert res.guards[0].status == "broken"
-    assert res.verdict == "reject"
-    ok = analyse(arms, ctrls, guards=[Guard(domain="web", tolerance=0.5)])
-    assert ok.guards[0].status == "ok"
-    assert ok.verdict == "include"
+    d = data({"task_shift": 0.2, "dom_shift": {"web": 0.2}})
+    res = run(d, study(guards=[{"domain": "web", "tolerance": 0.05}]))
+    assert res.guards[0].status == "broken" and res.verdict == "reject"
+    ok = run(d, study(guards=[{"domain": "web", "tolerance": 0.5}]))
+    assert ok.guards[0].status == "ok" and ok.verdict == "include"
 
 
 def test_task_guard_uses_higher_is_better():
-    # t1 improves a lot, t2 regresses a little: overall better, but t2 is guarded with 0 tolerance.
-    ctrls = [make_eval(np.random.default_rng(10 + s)) for s in (0, 1)]
-    arms = [make_eval(np.random.default_rng(20 + s), 0.0) for s in (0, 1)]
-    for a in arms:
-        for rec in a.tasks["t1"].values():
-            rec.gold_logprob_per_byte += 0.5
-        for rec in a.tasks["t2"].values():
-            rec.gold_logprob_per_byte -= 0.1
-    res = analyse(arms, ctrls, guards=[Guard(task="t2", tolerance=0.0)])
+    d = data({"task_shift": {"t1": 0.5, "t2": -0.1}})
+    res = run(d, study(guards=[{"task": "t2", "tolerance": 0.0}]))
     assert res.primary.ci[0] > 0
-    assert res.guards[0].status == "broken"
-    assert res.verdict == "reject"
+    assert res.guards[0].status == "broken" and res.verdict == "reject"
 
 
 def test_loss_task_disagreement_flag():
-    arms, ctrls = pair(0.0, dom_shift={"math": -0.3})
-    res = analyse(arms, ctrls)
-    assert res.domains["math"].ci[1] < 0
-    assert "loss-task-disagreement" in res.flags
-    agree = analyse(*pair(+0.2, dom_shift={"math": -0.3}))
+    res = run(data({"dom_shift": {"math": -0.3}}))
+    assert res.domains["math"].ci[1] < 0 and "loss-task-disagreement" in res.flags
+    agree = run(data({"task_shift": 0.2, "dom_shift": {"math": -0.3}}))
     assert "loss-task-disagreement" not in agree.flags
 
 
 def test_no_tasks_refuses_a_verdict():
-    res = analyse(*pair(0.2), tasks=[])
-    assert res.verdict == "no-verdict"
-    assert "perplexity-only" in res.flags
+    res = run(data({"task_shift": 0.2}), study(tasks=[]))
+    assert res.verdict == "no-verdict" and "perplexity-only" in res.flags
 
 
 def test_pairing_uses_only_examples_present_everywhere():
-    arms, ctrls = pair(0.1)
-    del arms[0].tasks["t1"][0]
-    res = analyse(arms, ctrls)
-    assert res.tasks["t1"].n_examples == 149
-    assert res.tasks["t2"].n_examples == 150
+    d = data({"task_shift": 0.1})
+    del d.groups["arm@0.3"][0].tasks["t1"][0]
+    res = run(d)
+    assert res.tasks["t1"].n_examples == N - 1 and res.tasks["t2"].n_examples == N
 
 
-def test_bootstrap_with_one_seed_only_resamples_examples():
-    boot = PairedBootstrap(1, 500)
-    d = np.random.default_rng(0).normal(1.0, 1.0, size=(1, 400))
-    draws = boot.draws(d)
-    assert abs(draws.mean() - d.mean()) < 0.05
-    se = d.std() / np.sqrt(400)
-    assert draws.std() == pytest.approx(se, rel=0.2)
+def test_holm_and_bh_corrections_turn_a_marginal_include_among_nine_arms_inconclusive():
+    arms = {f"a{i}@0.3": {"task_shift": 0.0} for i in range(8)}
+    d = data({"task_shift": 0.04}, other_arms=arms, seed0=12)
+    plain = run(d)
+    assert plain.verdict == "include" and plain.primary.p == pytest.approx(0.0312, abs=1e-3)
+    assert plain.primary.p_adjusted == pytest.approx(plain.primary.p)
+    for method in ("holm", "bh"):
+        res = run(d, correction=method)
+        assert res.primary.p_adjusted > 0.05 and res.verdict == "inconclusive"
+        assert method in res.reason
 
 
-def test_mde_scales_with_ci_width():
-    assert mde([-0.1, 0.1], 0.95) == pytest.approx(2 * mde([-0.05, 0.05], 0.95))
-    assert mde([-0.1, 0.1], 0.95) == pytest.approx((1.959964 + 0.841621) * 0.1 / 1.959964, rel=1e-4)
+def test_screening_flags_saturated_and_low_snr_tasks():
+    rng = np.random.default_rng(2)
+    start = make_eval(rng, task_shift={"t1": 0.5}, acc_p=0.5)
+    for rec in start.tasks["t1"].values():
+        rec.acc = 1.0  # t1 at ceiling on the start checkpoint
+    d = data({"task_shift": {"t2": 0.3}}, start=start)
+    cfg = study(extra={"eval": {"tasks": TASKS, "select": "snr"}})
+    noise = analysis.pooled_noise(d, TASKS, "gold_logprob_per_byte", 0.95)
+    screen = {s.task: s for s in analysis.screen_tasks(d, cfg, noise)}
+    assert screen["t1"].saturated == "ceiling" and not screen["t1"].in_primary
+    assert "saturated" in screen["t1"].reason
+    assert screen["t2"].in_primary and screen["t2"].snr > 1 and screen["t2"].chance == 0.25
+    keep_all = {s.task: s for s in analysis.screen_tasks(d, study(), noise)}
+    assert all(s.in_primary for s in keep_all.values()) and keep_all["t1"].saturated == "ceiling"

@@ -186,3 +186,27 @@ def test_empty_source_and_tokenizer_mismatch(stores, tmp_path):
     other = synthetic_store(tmp_path, "other", 1, 50, SEQ, tokenizer_hash="different")
     with pytest.raises(MidtrainError, match=r"mix\[1\]\.source.*another tokenizer"):
         MixtureSampler({**stores, "other": other}, mix_of({"web": 0.5, "other": 0.5}), SEQ, 10, 0)
+
+
+def test_shards_are_disjoint_whole_documents_covering_the_store(tmp_path):
+    from midtrain.data.prepare import shard_store, write_store
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 500, size=int(rng.integers(3, 40))) for _ in range(101)]
+    flat = np.concatenate([np.append(d, 0) for d in docs])
+    store = write_store(tmp_path / "web", "web", [flat[:700], flat[700:]], vocab_size=512,
+                        eos_id=0, tokenizer_hash="t")  # fmt: skip
+    shards = shard_store(store, 3, tmp_path / "shards")
+    assert [s.name for s in shards] == ["web-shard0", "web-shard1", "web-shard2"]
+    assert [s.n_train_docs for s in shards] == [34, 34, 33]
+    got = [
+        tuple(d)
+        for s in shards
+        for d in np.split(s.train_tokens(), np.flatnonzero(s.train_tokens() == 0) + 1)
+        if len(d)
+    ]
+    assert sorted(got) == sorted(tuple(np.append(d, 0)) for d in docs)  # each document once
+    assert all(s.tokenizer_hash == "t" and s.eos_id == 0 for s in shards)
+    assert len({s.content_hash for s in shards}) == 3
+    with pytest.raises(MidtrainError, match="cannot make 200 shards"):
+        shard_store(store, 200, tmp_path / "many")

@@ -240,3 +240,66 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
         read_json(tmp_path / "r" / "s" / "results.json")["arms"][0]["verdict"]
         == local.arms[0].verdict
     )
+
+
+NULL = """
+[[candidates]]
+name = "null"
+mix = { "web-shard0" = 1.0 }
+max_repetition = 50.0
+
+[[candidates]]
+name = "task-items"
+mix = { taskitems = 1.0 }
+fractions = [0.5]
+max_repetition = 50.0
+"""
+
+
+def _with_shards(world, text_path: Path) -> None:
+    """Add two document shards of web to a study file's [stores] (A/A candidates)."""
+    from midtrain.data.prepare import shard_store
+    from midtrain.data.store import TokenStore
+
+    root = world["root"] / "shards"
+    if not (root / "web-shard1" / "manifest.json").is_file():
+        shard_store(TokenStore.open(world["root"] / "stores" / "web"), 2, root)
+    text = text_path.read_text().replace(
+        "[stores]\n", f'[stores]\n"web-shard0" = "{root / "web-shard0"}"\n', 1
+    )
+    text_path.write_text(text)
+
+
+def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path):
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    path = study_file(world, tmp_path, NULL, seeds=(0, 1), extra="")
+    path.write_text(
+        path.read_text().replace("seeds = [0, 1]", 'seeds = "auto"')
+        + "\n[analysis]\nmax_seeds = 3\n"
+    )
+    _with_shards(world, path)
+    res = run_study(load_study(path), tmp_path / "study")
+    arms = {a.name: a for a in res.arms}
+    assert res.method.confidence == pytest.approx(1 - 0.05 / 2)  # two looks allowed
+    assert arms["task-items"].verdict == "include" and arms["task-items"].seeds == [0, 1]
+    assert arms["null"].verdict == "inconclusive" and arms["null"].seeds == [0, 1, 2]
+    assert res.control.seeds == [0, 1, 2] and res.method.looks == 2
+    assert (
+        "| null@0.3 | web 70% / web-shard0 30% | 3 |"
+        in (tmp_path / "study" / "report.md").read_text()
+    )
+
+
+def test_calibration_counts_null_arms_on_a_users_study(world, tmp_path):
+    from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+
+    path = study_file(world, tmp_path, SMALL, seeds=(0, 1))
+    res = run_calibration(tmp_path / "cal", CalibrationSettings(studies=1, shards=2), study=path)
+    assert res.null_arms == 2 and res.studies == 1 and res.nominal == pytest.approx(0.05)
+    assert res.false_decisions == res.false_include + res.false_reject
+    assert res.coverage.n == 2 and res.task_coverage.n == 6 and res.domain_coverage.n > 0
+    assert res.run_sd[0] is not None and res.run_sd[0] > 0
+    shards = sorted(p.name for p in (tmp_path / "cal" / "shards" / "web").iterdir())
+    assert shards == ["web-shard0", "web-shard1"]

@@ -52,9 +52,9 @@ def _main(
 
 
 def _register_all() -> None:
-    from midtrain.commands import config, data, demo, evaluate, study, train
+    from midtrain.commands import config, data, demo, evaluate, study, train, trust
 
-    for module in (data, train, evaluate, study, demo, config):
+    for module in (data, train, evaluate, study, demo, config, trust):
         module.register(app, GROUPS)
 
 

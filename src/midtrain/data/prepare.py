@@ -35,13 +35,14 @@ from midtrain.data.tokenizer import (
     vocab_size,
 )
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_dir, atomic_write_json, library_versions
+from midtrain.io import atomic_dir, atomic_write_json, hash_obj, library_versions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 ENCODE_BATCH_DOCS = 512
 ENCODE_BATCH_CHARS = 4 << 20
+SCAN_TOKENS = 1 << 24  # tokens read at a time when splitting a store into documents
 
 
 class StoreWriter:
@@ -325,3 +326,33 @@ def write_store(
         }
         w.finish(man)
     return TokenStore.open(out)
+
+
+def shard_store(store: TokenStore, k: int, out_root: str | Path) -> list[TokenStore]:
+    """`k` disjoint shards of a store's training documents (document j goes to shard j mod k).
+
+    Each shard is distributed like the whole store, so a shard mixed into a run of its own source
+    is a candidate whose true effect is zero (an A/A check). Shards have no held-out split.
+    """
+    toks, eos = store.train_tokens(), store.eos_id
+    ends = np.concatenate([
+        np.flatnonzero(np.asarray(toks[a : a + SCAN_TOKENS]) == eos) + a + 1
+        for a in range(0, len(toks), SCAN_TOKENS)
+    ] or [np.zeros(0, dtype=np.int64)])  # fmt: skip
+    starts = np.concatenate([[0], ends[:-1]])
+    if len(ends) < k:
+        raise MidtrainError(f"{store.path}: {len(ends)} documents cannot make {k} shards")
+    out = []
+    for i in range(k):
+        name = f"{store.name}-shard{i}"
+        docs = range(i, len(ends), k)
+        chunks = (
+            np.concatenate([toks[starts[j] : ends[j]] for j in docs[b : b + 4096]])
+            for b in range(0, len(docs), 4096)
+        )
+        out.append(write_store(
+            Path(out_root) / name, name, chunks, vocab_size=store.vocab_size, eos_id=eos,
+            tokenizer_hash=store.tokenizer_hash,
+            input_hash=hash_obj({"shard_of": store.content_hash, "k": k, "i": i}),
+        ))  # fmt: skip
+    return out

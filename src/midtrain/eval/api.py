@@ -210,8 +210,9 @@ def task_example(task: str, s: dict[str, Any]) -> TaskExample:
         wrong = [v for i, v in enumerate(per_byte) if i != gold]
         rec["gold_logprob_per_byte"] = per_byte[gold]
         rec["margin"] = per_byte[gold] - max(wrong)
+        rec["choices"] = len(args)
     for k, v in s.items():  # other output types: keep lm-eval's own per-sample metrics
-        skip = ("doc_id", "gold_logprob_per_byte", "margin", "kind", "task")
+        skip = ("doc_id", "gold_logprob_per_byte", "margin", "kind", "task", "choices")
         if k not in rec and k not in skip and isinstance(v, (int, float)):
             rec[k] = float(v)
     return TaskExample.model_validate(rec)

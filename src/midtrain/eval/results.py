@@ -37,6 +37,7 @@ class TaskExample(BaseModel):
     acc_norm: float | None = None
     gold_logprob_per_byte: float | None = None  # log p(gold continuation) / its UTF-8 bytes
     margin: float | None = None  # gold per-byte log-prob minus the best wrong choice's
+    choices: int | None = None  # number of choices (multiple choice): chance is 1 / choices
 
 
 class DomainExample(BaseModel):

@@ -27,9 +27,41 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 
 def fmt_ci(ci: list[float] | None, digits: int = 3) -> str:
-    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or any(c != c for c in ci):
         return "–"
     return f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "–"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def method_text(r: StudyResult) -> str:
+    """One paragraph saying how the intervals and verdicts were made."""
+    m = r.method
+    if m is None:
+        return ""
+    text = (
+        f"Intervals: {m.confidence * 100:.4g}% t-intervals with the training run as the unit of "
+        "replication: the run-to-run variance of per-run scores is pooled over every run of the "
+        "study (control and arms), plus the effect's example-to-example variation "
+        '(docs/studies.md, "How the intervals are made").'
+    )
+    if m.correction != "none":
+        name = {"holm": "Holm (family-wise)", "bh": "Benjamini-Hochberg (false discovery)"}
+        text += f" Verdicts use {name[m.correction]}-adjusted p-values over the arms."
+    if m.looks > 1 or m.confidence < r.confidence - 1e-12:
+        text += (
+            f" Seeds were added to inconclusive arms after each analysis ({m.looks} so far); "
+            "every analysis uses the error rate split over the most analyses allowed."
+        )
+    return text
 
 
 def mix_label(mix: list[MixComponent]) -> str:
@@ -42,13 +74,16 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
     for arm in r.arms:
         p = arm.primary
         acc = [t.acc_delta for t in arm.tasks.values() if t.acc_delta is not None]
+        p_value = (p.p_adjusted if p.p_adjusted is not None else p.p) if p else None
         rows.append(
             {
                 "arm": arm.arm,
                 "mix": mix_label(arm.mix),
+                "seeds": str(len(arm.seeds)),
                 "verdict": arm.verdict,
                 "delta": fmt(p.delta if p else None),
                 "ci": fmt_ci(p.ci if p else None),
+                "p": fmt_p(p_value),
                 "acc": fmt(sum(acc) / len(acc)) if acc else "–",
                 "flags": ", ".join(arm.flags) or "–",
                 "reason": arm.reason,
@@ -61,12 +96,24 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
 def verdict_table(r: StudyResult) -> Table:
     metric = r.eval.primary_metric
     t = Table(title=f"study {safe(r.study)}: arm − control, primary = mean {metric}")
-    for col in ("arm", "mix", "verdict", "Δ primary", f"{r.confidence:.0%} CI", "Δ acc", "flags"):
+    cols = (
+        "arm",
+        "mix",
+        "seeds",
+        "verdict",
+        "Δ primary",
+        f"{r.confidence * 100:.4g}% CI",
+        "p",
+        "Δ acc",
+        "flags",
+    )
+    for col in cols:
         t.add_column(col)
     style = {"include": "green", "reject": "red", "inconclusive": "yellow"}
     for row in verdict_rows(r):
         v = f"[{style.get(row['verdict'], 'white')}]{row['verdict']}[/]"
-        cells = (row["arm"], row["mix"], v, row["delta"], row["ci"], row["acc"], row["flags"])
+        cells = (row["arm"], row["mix"], row["seeds"], v, row["delta"], row["ci"], row["p"],
+                 row["acc"], row["flags"])  # fmt: skip
         t.add_row(*(c if c is v else safe(c) for c in cells))
     return t
 
@@ -108,6 +155,8 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "rows": verdict_rows(r),
         "fmt": fmt,
         "fmt_ci": fmt_ci,
+        "num": num,
+        "method_text": method_text(r),
         "mix_label": mix_label,
         "images": {k: base64.b64encode(v).decode() for k, v in images.items()},
     }

@@ -1,151 +1,277 @@
-"""Paired statistics for a study: each arm against the control of the same seed.
+"""Decide each arm against the control: pooled-run intervals, guards, flags, task screening.
 
-For every task and domain the unit of analysis is the per-example delta (arm - control) on the same
-eval example, for each seed. Confidence intervals come from a bootstrap that resamples seeds and
-eval examples together (paired: the same examples for arm and control), so both sources of noise
-are in the interval. The verdict follows the rules in docs/studies.md ("Reading the verdict").
+The statistics are in `study/stats.py` (the training run is the unit of replication; the model and
+the formula are in its docstring and in docs/studies.md). This module builds the per-group
+matrices from the runs' per-example records, screens tasks, and turns intervals into verdicts:
+
+- **include**: the primary score's interval lies above 0 and no guard is at risk;
+- **reject**: the interval lies below 0, or a guard is broken (its interval lies wholly beyond
+  the tolerance);
+- **inconclusive**: the interval contains 0 (or a guard may regress), with the minimum detectable
+  effect and how many seeds a detection would need;
+- **no-verdict**: no task, or no run-to-run noise estimate (one run per group).
+
+With a multiple-testing correction the include/reject decisions use the adjusted p-values.
 """
 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from midtrain.eval.results import Examples
-from midtrain.study.config import Guard
+from midtrain.study import stats
+from midtrain.study.config import CONTROL, Guard, StudyConfig
 from midtrain.study.results import (
     ArmAnalysis,
     DomainDelta,
     GuardResult,
     NoiseFloor,
     PrimaryResult,
+    StartPoint,
     TaskDelta,
     TaskNoise,
+    TaskScreen,
 )
 
-
-def _matrix(
-    arms: list[Examples], ctrls: list[Examples], group: Literal["tasks", "domains"], key: str,
-    metric: str,
-) -> np.ndarray | None:  # fmt: skip
-    """Per-seed, per-example deltas [n_seeds, n_examples] over examples present in every run."""
-    tables = [r.values(group, key, metric) for r in arms + ctrls]
-    if any(t is None for t in tables):
-        return None
-    ids = set.intersection(*(set(t) for t in tables))
-    if not ids:
-        return None
-    order = sorted(ids, key=lambda x: (str(type(x)), x))
-    n = len(arms)
-    arm_t, ctl_t = tables[:n], tables[n:]
-    return np.array(
-        [[a[d] - c[d] for d in order] for a, c in zip(arm_t, ctl_t, strict=True)],
-        dtype=np.float64,
-    )
+CEILING = 0.95  # start accuracy at or above this: the task cannot show a gain
 
 
-class PairedBootstrap:
-    """Joint bootstrap over seeds and examples with shared seed draws across all quantities."""
+@dataclass
+class StudyData:
+    """The finished runs' per-example records by group ("control" and each arm)."""
 
-    def __init__(self, n_seeds: int, iters: int, rng_seed: int = 0):
-        self.rng = np.random.default_rng(rng_seed)
-        self.iters = iters
-        self.seed_w = self.rng.multinomial(n_seeds, [1.0 / n_seeds] * n_seeds, size=iters) / n_seeds
+    groups: dict[str, list[Examples]]
+    start: Examples | None
 
-    def draws(
-        self, d: np.ndarray, resample_seeds: bool = True, resample_examples: bool = True
-    ) -> np.ndarray:
-        """Bootstrap distribution of the mean delta of `d` [n_seeds, n_examples]."""
-        n_s, n_e = d.shape
-        sw = self.seed_w if resample_seeds else np.full((self.iters, n_s), 1.0 / n_s)
-        if resample_examples:
-            ew = self.rng.multinomial(n_e, [1.0 / n_e] * n_e, size=self.iters) / n_e
-        else:
-            ew = np.full((self.iters, n_e), 1.0 / n_e)
-        return np.einsum("bs,se,be->b", sw, d, ew)
-
-
-def _ci(draws: np.ndarray, confidence: float) -> list[float]:
-    a = (1 - confidence) / 2
-    return [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
-
-
-def mde(ci: list[float], confidence: float, power: float = 0.8) -> float:
-    """Minimum detectable effect at this noise: (z_{1-a/2} + z_power) x standard error."""
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    se = (ci[1] - ci[0]) / (2 * z)
-    return (z + NormalDist().inv_cdf(power)) * se
+    def quantity(
+        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
+    ) -> stats.Quantity | None:
+        """[runs, examples] per group on the examples every run of these groups has."""
+        tables = {g: [ex.values(kind, key, metric) for ex in self.groups[g]] for g in groups}
+        flat = [t for ts in tables.values() for t in ts]
+        if not flat or any(t is None for t in flat):
+            return None
+        ids = set.intersection(*(set(t) for t in flat))
+        if not ids:
+            return None
+        order = sorted(ids, key=lambda x: (str(type(x)), x))
+        return stats.Quantity(
+            {
+                g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
+                for g, ts in tables.items()
+            }  # fmt: skip
+        )
 
 
-def analyse_arm(
-    arm_evals: list[Examples],
-    ctrl_evals: list[Examples],
-    *,
-    tasks: list[str],
-    domains: list[str],
-    primary: str,
-    candidate_sources: list[str],
-    guards: list[Guard],
-    iters: int,
-    confidence: float,
-) -> ArmAnalysis:
-    """Deltas, CIs, guards, flags and the verdict for one arm (runs paired by seed)."""
-    boot = PairedBootstrap(len(arm_evals), iters)
-    task_deltas: dict[str, TaskDelta] = {}
-    primary_draws, primary_mats, seed_only, ex_only = [], [], [], []
-    for task in tasks:
-        d = _matrix(arm_evals, ctrl_evals, "tasks", task, primary)
-        if d is None:
+def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:
+    """Run-to-run noise of the primary (mean over `tasks`) and of each task, pooled over groups."""
+    groups = list(data.groups)
+    per_task: dict[str, TaskNoise] = {}
+    run_scores: dict[str, np.ndarray] = {}
+    for t in tasks:
+        q = data.quantity("tasks", t, metric, groups)
+        if q is None:
             continue
-        draws = boot.draws(d)
-        primary_draws.append(draws)
-        primary_mats.append(d)
-        seed_only.append(boot.draws(d, resample_examples=False))
-        ex_only.append(boot.draws(d, resample_seeds=False))
-        rec = TaskDelta(delta=float(d.mean()), ci=_ci(draws, confidence), n_examples=d.shape[1],
-                        n_seeds=d.shape[0], metric=primary)  # fmt: skip
-        for metric in ("acc", "margin"):  # reported beside the primary metric
-            m = _matrix(arm_evals, ctrl_evals, "tasks", task, metric)
-            if m is not None:
-                setattr(rec, f"{metric}_delta", float(m.mean()))
-                setattr(rec, f"{metric}_ci", _ci(boot.draws(m), confidence))
-        task_deltas[task] = rec
-    domain_deltas: dict[str, DomainDelta] = {}
-    for dom in domains:
-        d = _matrix(arm_evals, ctrl_evals, "domains", dom, "bpb")
-        if d is not None:
-            ci = _ci(boot.draws(d), confidence)
-            domain_deltas[dom] = DomainDelta(delta_bpb=float(d.mean()), ci=ci, n_docs=d.shape[1])
-    out = ArmAnalysis(verdict="no-verdict", reason="", tasks=task_deltas, domains=domain_deltas)
-    if not tasks:
-        out.flags.append("perplexity-only")
-        out.reason = "no downstream task is configured; per-domain loss alone cannot decide"
-        _disagreement(out, candidate_sources, None)
-        return out
-    if not primary_draws:
-        out.reason = "no task results were available for this arm"
-        return out
-    p = PrimaryResult(
-        delta=float(np.mean([m.mean() for m in primary_mats])),
-        ci=_ci(np.mean(primary_draws, axis=0), confidence),
-        metric=primary,
-        seed_ci=_ci(np.mean(seed_only, axis=0), confidence),
-        example_ci=_ci(np.mean(ex_only, axis=0), confidence),
-        mde=0.0,
-    )
-    p.mde = mde(p.ci, confidence)
-    out.primary = p
-    out.guards = [check_guard(g, out) for g in guards]
-    _disagreement(out, candidate_sources, p)
-    _verdict(out, p)
+        scores = q.run_scores()
+        pool = stats.pooled(list(scores.values()))
+        per_task[t] = TaskNoise(scores=list(scores[CONTROL]), sd=_finite(pool.sd))
+        for g, s in scores.items():
+            run_scores[g] = run_scores.get(g, 0) + s / len(tasks)
+    if len(per_task) < len(tasks) or not run_scores:
+        return NoiseFloor(metric=metric, control_scores=[], primary_sd=None, tasks=per_task)
+    pool = stats.pooled(list(run_scores.values()))
+    return NoiseFloor(
+        metric=metric, control_scores=[float(x) for x in run_scores[CONTROL]],
+        primary_sd=_finite(pool.sd), sd_ci=list(pool.sd_interval(confidence)) if pool.df else None,
+        df=pool.df, tasks=per_task,
+    )  # fmt: skip
+
+
+def screen_tasks(data: StudyData, cfg: StudyConfig, noise: NoiseFloor) -> list[TaskScreen]:
+    """Signal (spread of the start, control and arm means), noise, SNR and saturation per task.
+
+    With `[eval] select = "snr"`, saturated tasks and tasks with SNR below `analysis.min_snr` leave
+    the primary score (each with its reason); otherwise every task stays in.
+    """
+    metric, select = cfg.analysis.primary, cfg.eval.select
+    out = []
+    for t in cfg.eval.tasks:
+        means = [
+            float(np.mean([ex.score(t, metric) for ex in runs])) for runs in data.groups.values()
+        ]
+        if data.start is not None and t in data.start.tasks:
+            means.append(data.start.score(t, metric))
+        means = [m for m in means if math.isfinite(m)]
+        signal = float(np.std(means, ddof=1)) if len(means) > 1 else None
+        noise_sd = noise.tasks[t].sd if t in noise.tasks else None
+        snr = signal / noise_sd if signal is not None and noise_sd else None
+        start_acc, chance = _start_acc(data.start, t)
+        sat = _saturation(start_acc, chance)
+        reason, keep = "", True
+        if select == "snr" and sat:
+            keep, reason = False, f"saturated at {sat} (start acc {start_acc:.3f})"
+        elif select == "snr" and snr is not None and snr < cfg.analysis.min_snr:
+            keep, reason = False, f"SNR {snr:.2f} < min_snr {cfg.analysis.min_snr:g}"
+        out.append(TaskScreen(task=t, signal=signal, noise=noise_sd, snr=snr, start_acc=start_acc,
+                              chance=chance, saturated=sat, in_primary=keep, reason=reason))  # fmt: skip
+    if out and not any(s.in_primary for s in out):  # never drop every task: keep them all
+        for s in out:
+            s.in_primary, s.reason = True, s.reason + "; kept: every task was screened out"
     return out
 
 
+def _start_acc(start: Examples | None, task: str) -> tuple[float | None, float | None]:
+    if start is None or task not in start.tasks:
+        return None, None
+    recs = list(start.tasks[task].values())
+    acc = [r.acc for r in recs if r.acc is not None]
+    n = [r.choices for r in recs if r.choices]
+    chance = float(np.mean([1.0 / c for c in n])) if n else None
+    return (float(np.mean(acc)) if acc else None), chance
+
+
+def _saturation(acc: float | None, chance: float | None) -> str | None:
+    if acc is None:
+        return None
+    if acc >= CEILING:
+        return "ceiling"
+    if chance is not None and acc <= chance + 0.02:
+        return "chance"
+    return None
+
+
+def analyse_arm(
+    data: StudyData, arm: str, cfg: StudyConfig, primary_tasks: list[str], sources: list[str],
+    confidence: float,
+) -> ArmAnalysis:  # fmt: skip
+    """Deltas and intervals of one arm on the primary, every task and every domain; guards."""
+    groups, metric = list(data.groups), cfg.analysis.primary
+    tasks, task_qs = {}, {}
+    for t in cfg.eval.tasks:
+        q = data.quantity("tasks", t, metric, groups)
+        if q is None:
+            continue
+        task_qs[t] = q
+        c = stats.contrast(q, arm, CONTROL, confidence)
+        rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, n_examples=q.n_examples,
+                        n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
+        for m in ("acc", "margin"):  # reported beside the primary metric
+            qm = data.quantity("tasks", t, m, groups)
+            if qm is not None:
+                cm = stats.contrast(qm, arm, CONTROL, confidence)
+                setattr(rec, f"{m}_delta", cm.delta)
+                setattr(rec, f"{m}_ci", cm.ci)
+        tasks[t] = rec
+    domains = {}
+    for d in cfg.domain_names:
+        q = data.quantity("domains", d, "bpb", groups)
+        if q is not None:
+            c = stats.contrast(q, arm, CONTROL, confidence)
+            domains[d] = DomainDelta(
+                delta_bpb=c.delta, ci=c.ci, se=_finite(c.se), n_docs=q.n_examples
+            )
+    out = ArmAnalysis(verdict="no-verdict", reason="", tasks=tasks, domains=domains)
+    chosen = [task_qs[t] for t in primary_tasks if t in task_qs]
+    if not cfg.eval.tasks:
+        out.flags.append("perplexity-only")
+        out.reason = "no downstream task is configured; per-domain loss alone cannot decide"
+    elif not chosen:
+        out.reason = "no task results were available for this arm"
+    else:
+        out.primary = _primary(chosen, arm, primary_tasks, metric, confidence, len(groups))
+        out.guards = [check_guard(g, out) for g in cfg.guards]
+    _disagreement(out, sources)
+    return out
+
+
+def _primary(
+    qs: list[stats.Quantity],
+    arm: str,
+    tasks: list[str],
+    metric: str,
+    confidence: float,
+    groups: int,
+) -> PrimaryResult:
+    c = stats.contrast(qs, arm, CONTROL, confidence)
+    scores = sum(q.run_scores()[arm] for q in qs) / len(qs)
+    var = c.run_var + c.example_var if c.decidable else math.nan
+    return PrimaryResult(
+        delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p), metric=metric,
+        tasks=tasks, mde=_finite(c.mde()),
+        seeds_needed=stats.seeds_needed(c, abs(c.delta), groups) if c.decidable else None,
+        run_share=_finite(c.run_var / var) if c.decidable and var > 0 else None,
+        run_scores=[float(x) for x in scores],
+    )  # fmt: skip
+
+
+def decide(arms: list[ArmAnalysis], correction: str, alpha: float) -> None:
+    """Verdicts for every arm (after the multiple-testing correction of their primary p-values)."""
+    decidable = [a for a in arms if a.primary is not None and a.primary.p is not None]
+    for a, p_adj in zip(decidable, stats.adjust([a.primary.p for a in decidable], correction),
+                        strict=True):  # fmt: skip
+        a.primary.p_adjusted = _finite(p_adj)
+    for a in arms:
+        if a.primary is None:
+            continue
+        if a.primary.p is None:
+            a.verdict = "no-verdict"
+            a.reason = (
+                "no run-to-run noise estimate (one finished run per group); "
+                "add seeds: seeds = [0, 1] or more"
+            )
+            continue
+        _verdict(a, correction, alpha)
+
+
+def _verdict(out: ArmAnalysis, correction: str, alpha: float) -> None:
+    p = out.primary
+    statuses = {g.status for g in out.guards}
+    lo, hi = p.ci
+    if correction == "none":
+        better, worse = lo > 0, hi < 0
+    else:
+        better = worse = p.p_adjusted is not None and p.p_adjusted < alpha
+        better, worse = better and p.delta > 0, worse and p.delta < 0
+    tag = "" if correction == "none" else f" (adjusted p {p.p_adjusted:.3g}, {correction})"
+    if "broken" in statuses:
+        broken = [g.target for g in out.guards if g.status == "broken"]
+        out.verdict, out.reason = "reject", f"guard broken: {', '.join(broken)}"
+    elif worse:
+        out.verdict, out.reason = "reject", f"primary score worse, interval below 0{tag}"
+    elif better and not statuses & {"at-risk", "missing"}:
+        out.verdict, out.reason = (
+            "include",
+            f"primary score better, interval above 0{tag}; guards hold",
+        )
+    else:
+        out.verdict = "inconclusive"
+        if better:
+            out.reason = "primary better, but a guard may regress beyond its tolerance"
+        else:
+            out.reason = f"interval contains 0{tag}; minimum detectable effect {p.mde:.3g}"
+        out.suggestion = _suggest(p)
+
+
+def _suggest(p: PrimaryResult) -> str:
+    if p.run_share is not None and p.run_share < 0.5:
+        return (
+            "eval-example noise dominates: evaluate more examples (raise eval.limit or add tasks)"
+        )
+    need = (
+        f"about {p.seeds_needed} seeds per arm would detect an effect of {abs(p.delta):.3g}"
+        if p.seeds_needed
+        else "even many more seeds would not resolve an effect this small"
+    )
+    return f"run-to-run noise dominates: {need} (or anneal more tokens)"
+
+
 def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
-    """broken: the CI lies wholly beyond the tolerance; at-risk: the point estimate does."""
+    """broken: the interval lies wholly beyond the tolerance; at-risk: the point estimate does."""
     if g.task:
         rec = arm.tasks.get(g.task)
         sign, target = 1.0, f"task {g.task}"
@@ -154,59 +280,40 @@ def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
         rec = arm.domains.get(g.domain or "")
         sign, target = -1.0, f"domain {g.domain}"
         delta = rec.delta_bpb if rec else None
-    if rec is None or delta is None:
-        return GuardResult(target=target, tolerance=g.tolerance, status="missing")
+    if rec is None or delta is None or not all(math.isfinite(x) for x in rec.ci):
+        return GuardResult(target=target, tolerance=g.tolerance, status="missing", delta=delta)
     # In "higher is better" units: for bpb, lower is better, so flip the sign.
     signed, ci = sign * delta, sorted(sign * c for c in rec.ci)
     status = "broken" if ci[1] < -g.tolerance else "at-risk" if signed < -g.tolerance else "ok"
     return GuardResult(target=target, tolerance=g.tolerance, status=status, delta=delta, ci=rec.ci)
 
 
-def _disagreement(out: ArmAnalysis, sources: list[str], p: PrimaryResult | None) -> None:
+def _disagreement(out: ArmAnalysis, sources: list[str]) -> None:
     """Flag the Marin HQ finding: own-domain loss improves significantly, tasks do not."""
     own = [out.domains[s] for s in sources if s in out.domains]
-    if own and all(d.ci[1] < 0 for d in own) and (p is None or p.ci[0] <= 0):
+    p = out.primary
+    if own and all(d.ci[1] < 0 for d in own) and (p is None or not p.ci[0] > 0):
         out.flags.append("loss-task-disagreement")
 
 
-def _verdict(out: ArmAnalysis, p: PrimaryResult) -> None:
-    statuses = {g.status for g in out.guards}
-    lo, hi = p.ci
-    if "broken" in statuses:
-        broken = [g.target for g in out.guards if g.status == "broken"]
-        out.verdict, out.reason = "reject", f"guard broken: {', '.join(broken)}"
-    elif hi < 0:
-        out.verdict, out.reason = "reject", "primary score worse with CI below 0"
-    elif lo > 0 and not statuses & {"at-risk", "missing"}:
-        out.verdict, out.reason = "include", "primary score better with CI above 0, guards hold"
-    else:
-        out.verdict = "inconclusive"
-        if lo > 0:
-            out.reason = "primary better, but a guard may regress beyond its tolerance"
-        else:
-            out.reason = f"CI contains 0; minimum detectable effect {p.mde:.3g}"
-        out.suggestion = _suggest(p)
+def start_point(data: StudyData, tasks: list[str], metric: str, noise: NoiseFloor,
+                confidence: float) -> StartPoint:  # fmt: skip
+    """The start checkpoint's scores and the control's gain over it, with an interval."""
+    from scipy import stats as sps
 
-
-def _suggest(p: PrimaryResult) -> str:
-    seed_w = p.seed_ci[1] - p.seed_ci[0]
-    ex_w = p.example_ci[1] - p.example_ci[0]
-    if seed_w >= ex_w:
-        return "seed-to-seed noise dominates: add seeds (or anneal tokens, which also averages it)"
-    return "eval-example noise dominates: evaluate more examples (raise eval.limit or add tasks)"
-
-
-def noise_floor(ctrls: list[Examples], tasks: list[str], primary: str) -> NoiseFloor:
-    """Seed-to-seed spread of the control: the smallest effect a single seed could show."""
-    per_task = {}
-    for t in tasks:
-        vals = [c.score(t, primary) for c in ctrls if t in c.tasks]
-        per_task[t] = TaskNoise(
-            scores=vals, sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        )
-    prim = [primary_score(c, tasks, primary) for c in ctrls] if tasks else []
-    sd = float(np.std(prim, ddof=1)) if len(prim) > 1 else None
-    return NoiseFloor(metric=primary, control_scores=prim, primary_sd=sd, tasks=per_task)
+    if data.start is None or not tasks:
+        return StartPoint()
+    s = primary_score(data.start, tasks, metric)
+    ctrl = noise.control_scores
+    gain = float(np.mean(ctrl)) - s if ctrl else None
+    ci = None
+    if gain is not None and noise.primary_sd is not None and noise.df > 0:
+        h = sps.t.ppf(0.5 + confidence / 2, noise.df) * noise.primary_sd / math.sqrt(len(ctrl))
+        ci = [gain - h, gain + h]
+    return StartPoint(
+        primary=s, control_gain=gain, control_gain_ci=ci,
+        tasks={t: data.start.score(t, metric) for t in tasks if t in data.start.tasks},
+    )  # fmt: skip
 
 
 def primary_score(ev: Examples, tasks: list[str], metric: str) -> float:
@@ -214,5 +321,5 @@ def primary_score(ev: Examples, tasks: list[str], metric: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None

@@ -68,6 +68,11 @@ class EvalSpec(EvalSettings):
     domains: list[str] | None = field(
         None, description="Stores whose held-out bits per byte are measured (default: all)."
     )
+    select: Literal["all", "snr"] = field(
+        "all",
+        description="Tasks in the primary score: all, or snr (drop saturated and low-SNR tasks; "
+        "the screening table is always reported).",
+    )
 
 
 class AnalysisSpec(Strict):
@@ -77,9 +82,21 @@ class AnalysisSpec(Strict):
         "gold_logprob_per_byte",
         description="Per-example task metric averaged over tasks into the primary score.",
     )
-    bootstrap: int = field(2000, ge=100, description="Bootstrap resamples per interval.")
     confidence: float = field(
         0.95, gt=0.5, lt=1.0, description="Confidence of intervals and verdicts.", unit="fraction"
+    )
+    correction: Literal["none", "holm", "bh"] = field(
+        "none",
+        description="Multiple-testing correction over the arms' primary p-values: holm "
+        "(family-wise error) or bh (false discovery rate).",
+    )
+    max_seeds: int = field(
+        5, ge=2, le=64, description='With seeds = "auto": the most seeds an arm may get.'
+    )
+    min_snr: float = field(
+        1.0,
+        ge=0,
+        description='With eval.select = "snr": tasks below this signal/noise leave the primary.',
     )
     min_checkpoint_progress: float = field(
         0.5, ge=0, le=1,
@@ -104,8 +121,10 @@ class StudyConfig(Strict):
     fractions: list[float] = field(
         [0.3], description="Default shares of the anneal mix given to a candidate.", unit="fraction"
     )
-    seeds: list[int] = field(
-        [0, 1], description="Data-order seeds: one control and one run per arm each (or a count)."
+    seeds: list[int] | Literal["auto"] = field(
+        [0, 1],
+        description='Data-order seeds: one control and one run per arm each (or a count); "auto" '
+        "starts with 2 and adds seeds to inconclusive arms up to analysis.max_seeds.",
     )
     tokens: int = field(gt=0, description="Anneal tokens per run.", unit="tokens")
     seq_len: int = field(256, gt=1, description="Tokens per training sequence.", unit="tokens")
@@ -134,6 +153,8 @@ class StudyConfig(Strict):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f'{v!r}: give a list of seeds, a count, or "auto"')
         if isinstance(v, int) and not isinstance(v, bool):
             if v < 1:
                 raise ValueError("must be >= 1 (a count) or a list of seeds")
@@ -142,7 +163,9 @@ class StudyConfig(Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+    def _distinct_seeds(cls, v: list[int] | str) -> list[int] | str:
+        if v == "auto":
+            return v
         if not v:
             raise ValueError("is empty; give at least one seed, e.g. seeds = [0, 1]")
         if len(set(v)) != len(v):
@@ -182,6 +205,21 @@ class StudyConfig(Strict):
 
     def fractions_for(self, cand: Candidate) -> list[float]:
         return cand.fractions or self.fractions
+
+    @property
+    def first_seeds(self) -> list[int]:
+        """The seeds every arm starts with (seeds = "auto": 0 and 1)."""
+        return [0, 1] if self.seeds == "auto" else list(self.seeds)
+
+    @property
+    def looks(self) -> int:
+        """How many times the arms may be analysed: 1, or with "auto" one per seed from 2 on."""
+        return self.analysis.max_seeds - 1 if self.seeds == "auto" else 1
+
+    @property
+    def interval_confidence(self) -> float:
+        """The confidence of each interval: alpha is split over the looks (Bonferroni)."""
+        return 1 - (1 - self.analysis.confidence) / self.looks
 
     @property
     def domain_names(self) -> list[str]:

@@ -146,7 +146,7 @@ def slug(name: str) -> str:
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:
-    settings = cfg.eval.model_dump(exclude={"domains"})
+    settings = cfg.eval.model_dump(exclude={"domains", "select"})
     return EvalJob(
         checkpoint=cfg.checkpoint,
         settings=settings,
@@ -154,15 +154,24 @@ def eval_job(cfg: StudyConfig) -> EvalJob:
     )
 
 
-def make_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
-    """Expand the study: a control per seed (always), then candidates x fractions x seeds."""
+def arm_names(cfg: StudyConfig) -> list[str]:
+    """The control and every (candidate, fraction) arm, in the study file's order."""
+    return [CONTROL] + [arm_name(c, f) for c in cfg.candidates for f in cfg.fractions_for(c)]
+
+
+def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = None) -> StudyPlan:
+    """Expand the study: a control per seed (always), then candidates x fractions x seeds.
+
+    `seeds` gives an arm's own seeds (seeds = "auto" adds seeds to inconclusive arms only);
+    by default every arm and the control run the study's first seeds.
+    """
     out = Path(out)
     arms: list[tuple[str, Candidate | None, float]] = [(CONTROL, None, 0.0)]
     for cand in cfg.candidates:
         arms += [(arm_name(cand, f), cand, f) for f in cfg.fractions_for(cand)]
     runs = []
     for arm, cand, frac in arms:
-        for seed in cfg.seeds:
+        for seed in (seeds or {}).get(arm, cfg.first_seeds):
             mix = arm_mix(cfg, cand, frac)
             rc = _run_config(cfg, mix, seed)
             rid = _run_id(rc)

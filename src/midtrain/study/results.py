@@ -45,17 +45,34 @@ class Cost(BaseModel):
 
 
 class TaskNoise(BaseModel):
-    scores: list[float]
-    sd: float | None
+    scores: list[float]  # the control's score per finished seed
+    sd: float | None  # run-to-run sd of the task score, pooled over all groups
 
 
 class NoiseFloor(BaseModel):
-    """Seed-to-seed spread of the control's scores."""
+    """Run-to-run noise of the primary score, pooled over every group of the study (control and
+    arms), with its degrees of freedom and a chi-square interval."""
 
     metric: str
     control_scores: list[float]
     primary_sd: float | None
+    sd_ci: Interval | None = None
+    df: int = 0
     tasks: dict[str, TaskNoise]
+
+
+class TaskScreen(BaseModel):
+    """Whether a task can inform a decision: signal, noise, saturation."""
+
+    task: str
+    signal: float | None  # sd of the group means (start, control, arms)
+    noise: float | None  # pooled run-to-run sd
+    snr: float | None
+    start_acc: float | None
+    chance: float | None
+    saturated: str | None  # "ceiling" | "chance" | None
+    in_primary: bool
+    reason: str = ""
 
 
 class ControlResult(BaseModel):
@@ -72,12 +89,15 @@ class StartPoint(BaseModel):
 
     primary: float | None = None
     control_gain: float | None = None  # mean control primary minus the start's
+    control_gain_ci: Interval | None = None  # with the pooled run-to-run noise
     tasks: dict[str, float] = {}
 
 
 class TaskDelta(BaseModel):
     delta: float
     ci: Interval
+    se: float | None = None
+    df: float | None = None
     n_examples: int
     n_seeds: int
     metric: str
@@ -90,6 +110,7 @@ class TaskDelta(BaseModel):
 class DomainDelta(BaseModel):
     delta_bpb: float
     ci: Interval
+    se: float | None = None
     n_docs: int
 
 
@@ -102,12 +123,20 @@ class GuardResult(BaseModel):
 
 
 class PrimaryResult(BaseModel):
+    """The arm's effect on the primary score (mean over `tasks` of `metric`)."""
+
     delta: float
     ci: Interval
+    se: float | None
+    df: float
+    p: float | None
+    p_adjusted: float | None = None  # after the study's multiple-testing correction
     metric: str
-    seed_ci: Interval
-    example_ci: Interval
-    mde: float
+    tasks: list[str]
+    mde: float | None  # the effect detectable with 80% power at this noise
+    seeds_needed: int | None = None  # seeds per arm to detect an effect of |delta| (80% power)
+    run_share: float | None = None  # share of the variance that is run-to-run noise
+    run_scores: list[float] = []  # the arm's primary score per finished seed
 
 
 class ArmAnalysis(BaseModel):
@@ -146,6 +175,16 @@ class EvalInfo(BaseModel):
     num_fewshot: int
 
 
+class Method(BaseModel):
+    """How the arms were decided (stated in the report)."""
+
+    interval: str = "pooled-run t"
+    confidence: float  # of each interval (lower than the study's with sequential looks)
+    correction: str = "none"  # none | holm | bh, over the arms' primary p-values
+    looks: int = 1  # seeds = "auto": analyses so far; each used alpha / max looks
+    primary_tasks: list[str] = []
+
+
 class StudyResult(BaseModel):
     format: str = FORMAT
     study: str
@@ -155,6 +194,8 @@ class StudyResult(BaseModel):
     eval: EvalInfo
     confidence: float
     study_flags: list[str]
+    method: Method | None = None
+    screen: list[TaskScreen] = []
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:

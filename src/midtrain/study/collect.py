@@ -1,0 +1,169 @@
+"""Collect a study's typed results: finished runs in, `StudyResult` (results.json) out.
+
+Each run's `RunResult` and per-example records come back through its own jobs (`Job.cached()`),
+never by reading another stage's files. Every finished run counts: the analysis is unpaired (an
+arm and its control see different data streams), so an arm whose control seed failed still
+uses its other runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from midtrain.eval.results import Examples
+from midtrain.study import analysis
+from midtrain.study.config import CONTROL, StudyConfig
+from midtrain.study.plan import RunSpec, StudyPlan
+from midtrain.study.results import (
+    ArmAnalysis,
+    ArmResult,
+    ControlResult,
+    Cost,
+    EvalInfo,
+    Method,
+    NoiseFloor,
+    RunRecord,
+    StartPoint,
+    StudyResult,
+)
+from midtrain.train.checkpoint import read_trainer_state
+from midtrain.train.rundir import RunResult, read_status
+
+
+class Finished:
+    """The typed results of each run's chain (train, eval), read back through its jobs."""
+
+    def __init__(self, plan: StudyPlan, errors: dict[str, str] | None = None):
+        self.plan, self.errors = plan, errors or {}
+        self.train: dict[str, RunResult | None] = {}
+        self.evals: dict[str, Examples | None] = {}
+        for r in plan.runs:
+            train_job, eval_job = r.chain(plan.eval_job)
+            self.train[r.name] = train_job.cached()  # type: ignore[assignment]
+            ev = eval_job.cached() if self.train[r.name] else None
+            self.evals[r.name] = Examples.load(r.eval_dir) if ev is not None else None
+        start = plan.start_chain()[0]
+        self.start = Examples.load(Path(start.dir)) if start.cached() is not None else None
+
+    def done(self, r: RunSpec) -> bool:
+        return self.evals[r.name] is not None
+
+    def record(self, r: RunSpec) -> RunRecord:
+        res, out, ok = self.train[r.name], self.plan.out, self.done(r)
+        status = read_status(r.dir)
+        if ok:
+            state = "done"
+        elif status is not None and status.status != "done":
+            state = status.status  # failed (diverged), interrupted, running
+        else:
+            state = "failed" if r.name in self.errors or res is not None else "missing"
+        error = self.errors.get(r.name) or (status.reason if status else None)
+        return RunRecord(
+            name=r.name, arm=r.arm, seed=r.seed, run_id=r.run_id, dir=str(r.dir.relative_to(out)),
+            status=state, error=None if ok else error,
+            checkpoint=str((r.dir / "final").relative_to(out)) if ok else None,
+            tokens=res.tokens if res else None, flops=res.flops if res else None,
+            wall_s=res.wall_s if res else None, final_loss=res.final_loss if res else None,
+        )  # fmt: skip
+
+    def data(self) -> analysis.StudyData:
+        """Finished runs by group; groups without a finished run are left out."""
+        groups: dict[str, list[Examples]] = {}
+        for r in self.plan.runs:
+            if self.done(r):
+                groups.setdefault(r.arm, []).append(self.evals[r.name])
+        return analysis.StudyData(groups, self.start)
+
+
+def cost(records: list[RunRecord], full: int | None) -> Cost:
+    tok = sum(r.tokens or 0 for r in records)
+    return Cost(
+        runs=len(records), tokens=tok, flops=sum(r.flops or 0 for r in records),
+        wall_s=round(sum(r.wall_s or 0 for r in records), 2),
+        share_of_full_run=tok / full if full else None,
+    )  # fmt: skip
+
+
+def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1) -> StudyResult:
+    """Analyse every arm against the control (the content of results.json).
+
+    `errors` maps a run's name to why its chain failed in this invocation; `look` counts the
+    analyses of a seeds = "auto" study so far.
+    """
+    cfg, f = plan.config, Finished(plan, errors)
+    metric, conf = cfg.analysis.primary, cfg.interval_confidence
+    data = f.data()
+    ready = CONTROL in data.groups and cfg.eval.tasks
+    screen = (
+        analysis.screen_tasks(data, cfg, analysis.pooled_noise(data, cfg.eval.tasks, metric, conf))
+        if ready
+        else []
+    )
+    primary_tasks = [s.task for s in screen if s.in_primary] or list(cfg.eval.tasks)
+    noise = (
+        analysis.pooled_noise(data, primary_tasks, metric, conf) if CONTROL in data.groups else None
+    )
+    start = (
+        analysis.start_point(data, primary_tasks, metric, noise, conf) if noise else StartPoint()
+    )
+    flags = _study_flags(cfg, start, noise)
+    arms = [_arm(plan, f, data, arm, primary_tasks, flags) for arm in plan.arms()]
+    analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
+                    1 - cfg.interval_confidence)  # fmt: skip
+    return StudyResult(
+        study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
+        eval=EvalInfo(include_path=cfg.eval.include_path, tasks=list(cfg.eval.tasks),
+                      domains=cfg.domain_names, primary_metric=metric, limit=cfg.eval.limit,
+                      num_fewshot=cfg.eval.num_fewshot),
+        confidence=conf, study_flags=flags, screen=screen,
+        method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
+                      primary_tasks=primary_tasks),
+    )  # fmt: skip
+
+
+def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
+             noise: NoiseFloor | None) -> ControlResult:  # fmt: skip
+    cfg = plan.config
+    done = data.groups.get(CONTROL, [])
+    records = [f.record(r) for r in plan.controls()]
+    return ControlResult(
+        seeds=[r.seed for r in plan.controls() if f.done(r)], runs=records, noise_floor=noise,
+        scores={t: [e.score(t, cfg.analysis.primary) for e in done] for t in cfg.eval.tasks},
+        domains={d: [e.domain_bpb(d) for e in done if d in e.domains] for d in cfg.domain_names},
+        cost=cost(records, cfg.full_run_tokens),
+    )  # fmt: skip
+
+
+def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
+         primary_tasks: list[str], study_flags: list[str]) -> ArmResult:  # fmt: skip
+    cfg = plan.config
+    runs = plan.arm_runs(arm)
+    cand = next(c for c in cfg.candidates if c.name == runs[0].candidate)
+    records = [f.record(r) for r in runs]
+    if arm in data.groups and CONTROL in data.groups:
+        result = analysis.analyse_arm(data, arm, cfg, primary_tasks, sorted(cand.mix),
+                                      cfg.interval_confidence)  # fmt: skip
+        result.flags += study_flags
+    else:
+        why = "no run of this arm finished" if arm not in data.groups else "no control run finished"
+        result = ArmAnalysis(verdict="failed", reason=why)
+    return ArmResult(
+        **result.model_dump(), name=cand.name, arm=arm, mix=runs[0].mix, candidate_mix=cand.mix,
+        fraction=runs[0].fraction, seeds=[r.seed for r in runs if f.done(r)], runs=records,
+        checkpoints=[rec.checkpoint for rec in records if rec.checkpoint], cost=cost(records, cfg.full_run_tokens),
+    )  # fmt: skip
+
+
+def _study_flags(cfg: StudyConfig, start: StartPoint, noise: NoiseFloor | None) -> list[str]:
+    flags = []
+    seen = cfg.checkpoint_tokens
+    if seen is None and (state := read_trainer_state(cfg.checkpoint)) is not None:
+        seen = state.tokens_seen
+    if cfg.full_run_tokens and seen is not None:
+        if seen / cfg.full_run_tokens < cfg.analysis.min_checkpoint_progress:
+            flags.append("checkpoint-too-early")
+    if noise is not None and noise.df == 0:
+        flags.append("no-seed-noise")
+    elif start.control_gain_ci is not None and not start.control_gain_ci[0] > 0:
+        flags.append("anneal-too-short")  # the cooldown did not measurably raise the control
+    return flags
