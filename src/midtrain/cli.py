@@ -14,6 +14,9 @@ import typer
 from midtrain import __version__, env
 from midtrain.errors import MidtrainError
 
+# Bad options and arguments: typer's BadParameter derives from its click's UsageError.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
 env.setup()
 
 app = typer.Typer(
@@ -61,14 +64,33 @@ def _register_all() -> None:
 _register_all()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: every error is one line on stderr (`error: <where>: <what>; <fix>`).
+
+    Exit codes: 0 done, 1 some runs of a study failed, 2 bad input, 3 a run diverged.
+    """
     if not sys.stdout.isatty():  # piped or logged: tables at their width, not cut to 80 columns
         os.environ.setdefault("COLUMNS", "200")
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)  # an Exit comes back as its code
     except MidtrainError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _fail(str(e), e.exit_code)
+    except typer.Exit as e:
         sys.exit(e.exit_code)
+    except UsageError as e:  # bad options, missing arguments, bad values
+        where = " ".join(e.ctx.command_path.split()[1:]) if e.ctx else "midtrain"
+        fix = f"see `{e.ctx.command_path if e.ctx else 'midtrain'} --help`"
+        _fail(
+            f"{where or 'midtrain'}: {' '.join(e.format_message().split()).rstrip('.')}; {fix}", 2
+        )
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted; run the same command again to resume", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,12 @@ def mix(
 
     if not stores.is_dir():
         raise MidtrainError(f"--stores {stores}: no such folder; run `midtrain data prepare`")
+    if seq_len < 1:
+        raise MidtrainError(f"--seq-len {seq_len}: must be >= 1, e.g. 256")
+    if tokens < seq_len:
+        raise MidtrainError(
+            f"--tokens {tokens}: less than one sequence of --seq-len {seq_len} tokens; raise it"
+        )
     found = {p.name: p for p in sorted(stores.iterdir()) if (p / "manifest.json").is_file()}
     parsed = validate_mix([_parse_component(i, c) for i, c in enumerate(components)], set(found))
     opened = {c.source: TokenStore.open(found[c.source]) for c in parsed}

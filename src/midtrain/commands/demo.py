@@ -31,6 +31,12 @@ def demo(
     if ctx.invoked_subcommand is not None:
         return
     from midtrain.demo.pipeline import run_demo
+    from midtrain.errors import MidtrainError
+
+    if workers < 1:
+        raise MidtrainError(f"--workers {workers}: must be >= 1")
+    if out.exists() and not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass a folder for the demo")
     from midtrain.report import verdict_table
 
     results = run_demo(out, quick=quick, workers=workers, cache=cache)
@@ -49,9 +55,17 @@ def world(
 ) -> None:
     """Write the demo world's sources (jsonl) and lm-eval tasks (YAML + JSONL)."""
     from midtrain.demo.world import generate_world
+    from midtrain.errors import MidtrainError
+    from midtrain.io import to_json
 
+    if not 0 < scale <= 100:
+        raise MidtrainError(f"--scale {scale}: must be in (0, 100], e.g. 1.0")
+    if seed < 0:
+        raise MidtrainError(f"--seed {seed}: must be >= 0")
+    if out.exists() and not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass a folder for the world")
     info = generate_world(out, seed=seed, scale=scale)
-    console.print_json(data=info)
+    console.print_json(to_json(info))
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

@@ -251,6 +251,8 @@ def prepare_data(
     from midtrain.data.tokenizer import train_tokenizer
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass the data folder the store goes into")
     if (tokenizer is None) == (train_vocab_size is None):
         raise MidtrainError(
             "pass either --tokenizer DIR (an existing HF tokenizer) or --train-tokenizer "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +199,15 @@ def iter_texts(inputs: list[Input], text_field: str) -> Iterator[str]:
         read = READERS[inp.kind].read
         if read is None:
             raise MidtrainError(f"{inp.path}: holds tokens, not text; prepare it as its own source")
-        for text in read(inp.path, text_field):
-            if text.strip():
-                yield text
+        try:
+            for text in read(inp.path, text_field):
+                if text.strip():
+                    yield text
+        except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt (gzip) file
+            raise MidtrainError(
+                f"{inp.path}: cannot be read to the end ({type(e).__name__}: {e}); "
+                "the file is truncated or corrupt: copy it again"
+            ) from None
 
 
 def input_hash(inputs: list[Input], text_field: str | None) -> str:

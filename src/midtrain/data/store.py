@@ -194,7 +194,10 @@ def open_store(path: str | Path, field: str) -> TokenStore:
     """Open a store named by a config field; a one-line error naming the field."""
     if not Path(path).is_dir():
         raise MidtrainError(f"{field}: {path} is not a folder; run `midtrain data prepare`")
-    return TokenStore.open(path)
+    try:
+        return TokenStore.open(path)
+    except MidtrainError as e:
+        raise MidtrainError(f"{field}: {e}") from None
 
 
 def content_hash_of(root: Path, man: dict[str, Any]) -> str:

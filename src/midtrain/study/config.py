@@ -196,6 +196,7 @@ class StudyConfig(Strict):
     def _cross_checks(self) -> StudyConfig:
         _check_names(self)
         _check_references(self)
+        _check_not_base(self)
         if self.tokens < self.batch_tokens:
             raise _FieldError(
                 "tokens",
@@ -235,6 +236,19 @@ def _check_fractions(v: list[float], where: str = "") -> None:
     if not v or any(not 0.0 < f <= 1.0 for f in v):
         msg = "must be a non-empty list of values in (0, 1], e.g. [0.3]"
         raise _FieldError(where, msg) if where else ValueError(msg)
+
+
+def _check_not_base(cfg: StudyConfig) -> None:
+    """A candidate whose mix is the base mix would only retrain the control."""
+    base = {k: v for k, v in cfg.base.items() if v > 0}
+    for i, cand in enumerate(cfg.candidates):
+        mix = {k: v for k, v in cand.mix.items() if v > 0}
+        if mix.keys() == base.keys() and all(abs(mix[k] - base[k]) < 1e-9 for k in mix):
+            raise _FieldError(
+                f"candidates[{i}].mix",
+                "equals the base mix, so every arm of it would retrain the control; "
+                "name other sources (for an A/A check use `midtrain bench calibrate`)",
+            )
 
 
 def _check_names(cfg: StudyConfig) -> None:
@@ -301,11 +315,9 @@ def check_inputs(cfg: StudyConfig) -> None:
     from midtrain.train.checkpoint import check_hf_folder
 
     check_hf_folder(cfg.checkpoint, "checkpoint")
+    from midtrain.data.store import open_store
+
     for name, p in cfg.stores.items():
-        if not (Path(p) / "manifest.json").is_file():
-            raise MidtrainError(
-                f"stores.{name}: {p} is not a token store (no manifest.json); "
-                "create it with `midtrain data prepare`"
-            )
+        open_store(p, f"stores.{name}")  # reads and checks the manifest and the files
     if cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
         raise MidtrainError(f"eval.include_path: {cfg.eval.include_path} is not a folder")

@@ -130,4 +130,4 @@ def _outcome_line(o: Outcome) -> str:
     if o.status == "done":
         took = f" ({o.seconds:.0f}s)" if o.seconds is not None else ""
         return f"  [green]done[/] {safe(o.name)}{took}"
-    return f"  [red]failed[/] {safe(o.name)} ({o.stage}): {safe(o.error or '')}  [{safe(o.dir)}]"
+    return f"  [red]failed[/] {safe(o.name)} ({o.stage}): {safe(o.error or '')} (in {safe(o.dir)})"

@@ -69,7 +69,22 @@ def check_hf_folder(path: str | Path, field: str = "init") -> Path:
         raise MidtrainError(
             f"{field}: {path} has no model.safetensors; save the model with save_pretrained"
         )
+    check_weights(path, field)
     return path
+
+
+def check_weights(path: Path, field: str) -> None:
+    """Every safetensors file of the folder has a complete header and covers its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise MidtrainError(
+                f"{field}: {f} is not a complete safetensors file ({e}); restore or re-save it"
+            ) from None
 
 
 def read_trainer_state(path: str | Path) -> TrainerState | None:

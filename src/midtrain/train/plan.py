@@ -136,9 +136,36 @@ def _model_config(cfg: RunConfig, tok: Any) -> Any:
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     kwargs = {"vocab_size": vocab_size(tok), **ids, "pad_token_id": tok.pad_token_id, **kwargs}
     try:
-        return AutoConfig.for_model(model_type, **kwargs)
-    except (ValueError, TypeError, KeyError) as e:
-        raise MidtrainError(f"model.model_type: {model_type!r}: {e}") from None
+        config = AutoConfig.for_model(model_type, **kwargs)
+    except ValueError as e:
+        if "Unrecognized model identifier" in str(e):
+            raise MidtrainError(f"model.model_type: {model_type!r} is not a model type "
+                                "transformers knows; use e.g. 'llama'") from None  # fmt: skip
+        raise _bad_model(model_type, e) from None
+    except Exception as e:  # noqa: BLE001 - config classes validate in many ways
+        raise _bad_model(model_type, e) from None
+    _check_buildable(config, model_type)
+    return config
+
+
+def _bad_model(model_type: str, e: Exception) -> MidtrainError:
+    reason = " ".join(str(e).split())[:200]
+    return MidtrainError(
+        f"model: a {model_type!r} model cannot be built from [model] ({type(e).__name__}: "
+        f"{reason}); fix the sizes in [model]"
+    )
+
+
+def _check_buildable(config: Any, model_type: str) -> None:
+    """Build the fresh model on the meta device (no memory, no weights): shapes must be valid."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001 - any failure means the [model] table is wrong
+        raise _bad_model(model_type, e) from None
 
 
 def _check_stores(stores: dict[str, TokenStore], tok_hash: str, tok_path: str, vocab: int) -> None:

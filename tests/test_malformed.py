@@ -1,0 +1,223 @@
+"""Every bad input, on every command: one line on stderr naming the field, exit code 2, and the
+file system exactly as it was (no folder, lock or partial file; inputs untouched)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _train_fixtures import build_world, other_tokenizer, save_tiny_model
+
+from midtrain.cli import main
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("malformed")
+    world = build_world(root)
+    world["ckpt"] = save_tiny_model(root, "llama", world["tokenizer"])
+    world["other"] = other_tokenizer(root)
+    from midtrain.data.prepare import prepare_source
+
+    src = root / "raw" / "web.jsonl"
+    prepare_source("alien", [src], root / "stores" / "alien", str(world["other"]), progress=False)
+    return world
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for root in roots
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["midtrain", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err
+
+
+def study_text(w: dict, **top) -> str:
+    """A valid study file as TOML text; `top` replaces top-level values (already TOML)."""
+    fields = {
+        "name": '"s"', "checkpoint": f'"{w["ckpt"]}"', "tokens": "256", "seq_len": "32",
+        "batch_tokens": "128", "micro_batch": "2", "seeds": "[0, 1]",
+    }  # fmt: skip
+    fields.update(top)
+    head = "".join(f"{k} = {v}\n" for k, v in fields.items())
+    stores = "".join(f'{k} = "{v}"\n' for k, v in w["stores"].items())
+    return (
+        f"{head}[stores]\n{stores}[base]\nweb = 1.0\n[schedule]\nstart_lr = 1e-3\n"
+        '[[candidates]]\nname = "math"\nmix = { math = 1.0 }\nmax_repetition = 50.0\n'
+    )
+
+
+def run_toml(w: dict, **over) -> str:
+    rc = {
+        "init": f'"{w["ckpt"]}"', "tokens": "256", "seq_len": "32", "batch_tokens": "128",
+        "micro_batch": "2", "threads": "1",
+        "stores": "{ " + ", ".join(f'{k} = "{v}"' for k, v in w["stores"].items()) + " }",
+        "mix": '[{ source = "web", ratio = 1.0, max_repetition = 50.0 }]',
+    }  # fmt: skip
+    rc.update(over)
+    sched = rc.pop("schedule", "[schedule]\nstart_lr = 1e-3\n")
+    return "".join(f"{k} = {v}\n" for k, v in rc.items()) + sched
+
+
+def write(tmp: Path, name: str, text: str | bytes) -> Path:
+    p = tmp / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def corrupt_ckpt(w: dict, tmp: Path) -> Path:
+    import shutil
+
+    bad = tmp / "ckpt"
+    shutil.copytree(w["ckpt"], bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return bad
+
+
+def corrupt_store(w: dict, tmp: Path) -> Path:
+    import shutil
+
+    bad = tmp / "web"
+    shutil.copytree(w["stores"]["web"], bad)
+    (bad / "manifest.json").write_text('{"format": "midtrain-store/1", "name": ')
+    return bad
+
+
+Case = Callable[[dict, Path], tuple[list, str]]  # (world, tmp) -> (argv, text the line must name)
+
+
+def prep(w, tmp, inp, *extra):
+    return ["data", "prepare", inp, "--name", "src", "--out", tmp / "data",
+            "--tokenizer", w["tokenizer"], *extra]  # fmt: skip
+
+
+def mix(w, *extra, tokens="1600"):
+    stores = Path(w["stores"]["web"]).parent
+    return ["data", "mix", "--stores", stores, "--tokens", tokens, *extra]
+
+
+def anneal(w, tmp, text, *extra):
+    return ["anneal", "--config", write(tmp, "run.toml", text), "--out", tmp / "run", *extra]
+
+
+def pretrain(w, tmp, model):
+    text = run_toml(w, init=None, tokenizer=f'"{w["tokenizer"]}"').replace("init = None\n", "")
+    text = text.replace("[schedule]", f"[model]\n{model}\n[schedule]")
+    return ["pretrain", "--config", write(tmp, "pre.toml", text), "--out", tmp / "run"]
+
+
+def study(w, tmp, text, *extra):
+    return ["study", "run", write(tmp, "study.toml", text), "--out", tmp / "out", *extra]
+
+
+def ev(w, tmp, *extra, ckpt=None):
+    return ["eval", ckpt or w["ckpt"], "--out", tmp / "ev",
+            "--domains", f"web={w['stores']['web']}", *extra]  # fmt: skip
+
+
+JSONL = '{"text": "a"}\n{"text": "b"}\n'
+CASES: dict[str, Case] = {
+    # data prepare
+    "prepare: missing input": lambda w, t: (prep(w, t, t / "nope.jsonl"), "nope.jsonl"),
+    "prepare: bad name": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:3] + ["--name", "a b", "--out", t / "d", "--tokenizer", w["tokenizer"]], "--name"),
+    "prepare: heldout > 1": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL), "--heldout-fraction", "1.5"), "--heldout-fraction"),
+    "prepare: heldout nan": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL), "--heldout-fraction", "nan"), "--heldout-fraction"),
+    "prepare: vocab without training": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL), "--vocab-size", "300"), "--train-tokenizer"),
+    "prepare: truncated gzip": lambda w, t: (prep(w, t, write(t, "a.jsonl.gz", gzip.compress(JSONL.encode() * 50)[:-20])), "a.jsonl.gz"),
+    "prepare: a line that is not JSON": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL + "{oops\n")), "a.jsonl"),
+    "prepare: --out is a file": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:-4] + ["--out", write(t, "f", "x"), "--tokenizer", w["tokenizer"]], "--out"),
+    "prepare: tokenizer not a folder": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:-1] + [t / "none"], "none"),
+    "prepare: text field missing": lambda w, t: (prep(w, t, write(t, "a.jsonl", '{"body": "a"}\n')), "text"),
+    # data mix
+    "mix: seq-len 0": lambda w, t: (mix(w, "--mix", "web=1", "--seq-len", "0"), "--seq-len"),
+    "mix: fewer tokens than a sequence": lambda w, t: (mix(w, "--mix", "web=1", tokens="10"), "--tokens"),
+    "mix: tokens not a number": lambda w, t: (mix(w, "--mix", "web=1", tokens="lots"), "--tokens"),
+    "mix: negative tokens": lambda w, t: (mix(w, "--mix", "web=1", tokens="-5"), "--tokens"),
+    "mix: ratio not a number": lambda w, t: (mix(w, "--mix", "web=abc"), "mix[0]"),
+    "mix: unknown source": lambda w, t: (mix(w, "--mix", "nope=1"), "mix[0].source"),
+    "mix: ratios not summing to 1": lambda w, t: (mix(w, "--mix", "web=0.5", "--mix", "math=0.2"), "ratio"),
+    "mix: stores folder missing": lambda w, t: (["data", "mix", "--stores", t / "none", "--mix", "web=1", "--tokens", "99"], "--stores"),
+    # pretrain / anneal
+    "pretrain: hidden not divisible by heads": lambda w, t: (pretrain(w, t, 'model_type = "llama"\nhidden_size = 30\nnum_attention_heads = 4\nnum_hidden_layers = 1\nintermediate_size = 8\nmax_position_embeddings = 64'), "model"),
+    "pretrain: negative size": lambda w, t: (pretrain(w, t, 'model_type = "llama"\nhidden_size = -32\nnum_attention_heads = 2\nnum_hidden_layers = 1\nintermediate_size = 8'), "model"),
+    "pretrain: unknown architecture": lambda w, t: (pretrain(w, t, 'model_type = "nosuchnet"'), "model.model_type"),
+    "anneal: config file missing": lambda w, t: (["anneal", "--config", t / "no.toml", "--out", t / "run"], "--config"),
+    "anneal: not TOML": lambda w, t: (anneal(w, t, "tokens = [\n"), "not valid TOML"),
+    "anneal: unknown field": lambda w, t: (anneal(w, t, run_toml(w, learning_rate="1")), "learning_rate"),
+    "anneal: tokens a word": lambda w, t: (anneal(w, t, run_toml(w, tokens='"lots"')), "tokens"),
+    "anneal: negative tokens": lambda w, t: (anneal(w, t, run_toml(w, tokens="-1")), "tokens"),
+    "anneal: nan LR": lambda w, t: (anneal(w, t, run_toml(w, schedule="[schedule]\nstart_lr = nan\n")), "schedule.start_lr"),
+    "anneal: infinite LR": lambda w, t: (anneal(w, t, run_toml(w, schedule="[schedule]\nstart_lr = inf\n")), "schedule.start_lr"),
+    "anneal: corrupt weights": lambda w, t: (anneal(w, t, run_toml(w, init=f'"{corrupt_ckpt(w, t)}"')), "init"),
+    "anneal: --out is a file": lambda w, t: (["anneal", "--config", write(t, "r.toml", run_toml(w)), "--out", write(t, "f", "x")], "--out"),
+    "anneal: corrupt store manifest": lambda w, t: (anneal(w, t, run_toml(w, stores=f'{{ web = "{corrupt_store(w, t)}" }}')), "manifest.json"),
+    # eval
+    "eval: limit 0": lambda w, t: (ev(w, t, "--tasks", "x", "--limit", "0"), "limit"),
+    "eval: negative limit": lambda w, t: (ev(w, t, "--tasks", "x", "--limit", "-3"), "limit"),
+    "eval: batch size 0": lambda w, t: (ev(w, t, "--batch-size", "0"), "batch_size"),
+    "eval: negative few-shot": lambda w, t: (ev(w, t, "--tasks", "x", "--num-fewshot", "-1"), "num_fewshot"),
+    "eval: device tpu": lambda w, t: (ev(w, t, "--device", "tpu"), "--device"),
+    "eval: device cuda without a GPU": lambda w, t: (ev(w, t, "--device", "cuda"), "--device"),
+    "eval: corrupt checkpoint": lambda w, t: (ev(w, t, ckpt=corrupt_ckpt(w, t)), "checkpoint"),
+    "eval: --out is a file": lambda w, t: (ev(w, t)[:3] + [write(t, "f", "x")] + ev(w, t)[4:], "--out"),
+    "eval: domain of another tokenizer": lambda w, t: (ev(w, t)[:4] + ["--domains", f"alien={Path(w['stores']['web']).parent / 'alien'}"], "domains.alien"),
+    "eval: unknown task": lambda w, t: (ev(w, t, "--tasks", "no_such_task"), "no_such_task"),
+    # study run / show / init
+    "study: candidate equals the base": lambda w, t: (study(w, t, study_text(w).replace("mix = { math = 1.0 }", "mix = { web = 1.0 }")), "candidates[0]"),
+    "study: tokens a word": lambda w, t: (study(w, t, study_text(w, tokens='"lots"')), "tokens"),
+    "study: seeds a word": lambda w, t: (study(w, t, study_text(w, seeds='"many"')), "seeds"),
+    "study: nan fraction": lambda w, t: (study(w, t, study_text(w, fractions="[nan]")), "fractions"),
+    "study: corrupt store manifest": lambda w, t: (study(w, t, study_text(w).replace(f'web = "{w["stores"]["web"]}"', f'web = "{corrupt_store(w, t)}"')), "manifest.json"),
+    "study: corrupt checkpoint": lambda w, t: (study(w, t, study_text(w, checkpoint=f'"{corrupt_ckpt(w, t)}"')), "checkpoint"),
+    "study: --out is a file": lambda w, t: (["study", "run", write(t, "s.toml", study_text(w)), "--out", write(t, "f", "x")], "--out"),
+    "study: --workers 0": lambda w, t: (study(w, t, study_text(w), "--workers", "0"), "--workers"),
+    "study: unknown executor": lambda w, t: (study(w, t, study_text(w), "--executor", "slurm"), "--executor"),
+    "study show: corrupt results": lambda w, t: (["study", "show", write(t, "d/results.json", "{").parent], "results.json"),
+    "study init: bad --store": lambda w, t: (["study", "init", w["ckpt"], "--store", "web", "--store", "m=x", "--out", t / "s.toml"], "--store"),
+    "study init: --out exists": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", write(t, "s.toml", "x")], "--out"),
+    # demo, benchmarks, validate
+    "demo world: scale 0": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "0"], "--scale"),
+    "demo world: scale too big": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "500"], "--scale"),
+    "demo world: --out is a file": lambda w, t: (["demo", "world", "--out", write(t, "f", "x")], "--out"),
+    "demo: --workers 0": lambda w, t: (["demo", "--out", t / "demo", "--workers", "0"], "--workers"),
+    "bench calibrate: one seed": lambda w, t: (["bench", "calibrate", "--seeds", "1", "--out", t / "cal"], "--seeds"),
+    "validate: no study there": lambda w, t: (["validate", t / "none", "--reference", t / "none"], "results.json"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, w, tmp_path, monkeypatch, capsys):
+    argv, needle = CASES[case](w, tmp_path)
+    world_before, before = snapshot(w["root"]), snapshot(tmp_path)
+    code, err = run_cli(argv, monkeypatch, capsys)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2, (code, err[-1500:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-1500:]
+    assert needle in lines[0], lines[0]
+    assert snapshot(tmp_path) == before, "the command left files behind"
+    assert snapshot(w["root"]) == world_before, "the command changed its inputs"
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+    commands = {c.split(":")[0].split()[0] for c in CASES}
+    assert commands >= {"prepare", "mix", "pretrain", "anneal", "eval", "study", "demo"}
+
+
+def test_json_snapshot_helper_sees_a_new_file(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "x").write_text(json.dumps({}))
+    assert snapshot(tmp_path) != before
