@@ -173,3 +173,14 @@ def test_screening_flags_saturated_and_low_snr_tasks():
     assert screen["t2"].in_primary and screen["t2"].snr > 1 and screen["t2"].chance == 0.25
     keep_all = {s.task: s for s in analysis.screen_tasks(d, study(), noise)}
     assert all(s.in_primary for s in keep_all.values()) and keep_all["t1"].saturated == "ceiling"
+
+
+def test_non_finite_values_never_reach_a_statistic():
+    d = data({"task_shift": 0.2})
+    bad = d.groups["arm@0.3"][1].tasks["t1"]
+    for i in range(10):
+        bad[i].gold_logprob_per_byte = float("nan") if i % 2 else float("inf")
+    res = run(d)
+    assert res.tasks["t1"].n_examples == N - 10  # dropped from every run, not averaged in
+    assert all(np.isfinite(res.tasks["t1"].ci)) and np.isfinite(res.primary.delta)
+    assert res.verdict == "include"

@@ -3,8 +3,11 @@ file system exactly as it was (no folder, lock or partial file; inputs untouched
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -221,3 +224,77 @@ def test_json_snapshot_helper_sees_a_new_file(tmp_path):
     before = snapshot(tmp_path)
     (tmp_path / "x").write_text(json.dumps({}))
     assert snapshot(tmp_path) != before
+
+
+def _paths(d: dict, prefix=()) -> list[tuple]:
+    out = []
+    for k, v in d.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict):
+            out += _paths(v, (*prefix, k))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            out += _paths(v[0], (*prefix, k, 0))
+    return out
+
+
+def test_randomly_mutated_study_files_never_escape_as_a_traceback(w, tmp_path_factory):
+    """Property: any mutation of a valid study file ends in a plan (exit 0) or one error line
+    (exit 2); never a traceback, never a file written by --dry-run."""
+    import tomllib
+
+    import tomli_w
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    valid = tomllib.loads(study_text(w))
+    values = st.one_of(
+        st.integers(-(10**12), 10**12), st.floats(), st.text(max_size=20), st.booleans(),
+        st.lists(st.integers(-5, 5), max_size=3),
+        st.dictionaries(st.text(max_size=6), st.floats(), max_size=2),
+    )  # fmt: skip
+    ops = st.sampled_from(["delete", "set", "rename"])
+
+    @settings(
+        max_examples=int(os.environ.get("MIDTRAIN_PROPERTY_EXAMPLES", "40")),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(data=st.data())
+    def check(data):
+        import copy
+
+        doc = copy.deepcopy(valid)
+        for _ in range(data.draw(st.integers(1, 3))):
+            paths = _paths(doc)
+            if not paths:
+                break
+            path = data.draw(st.sampled_from(paths))
+            parent = doc
+            for p in path[:-1]:
+                parent = parent[p]
+            op, key = data.draw(ops), path[-1]
+            if op == "delete" and isinstance(parent, dict):
+                parent.pop(key)
+            elif op == "rename" and isinstance(parent, dict):
+                parent[data.draw(st.text(min_size=1, max_size=8))] = parent.pop(key)
+            else:
+                parent[key] = data.draw(values)
+        tmp = tmp_path_factory.mktemp("prop")
+        study = tmp / "study.toml"
+        study.write_text(tomli_w.dumps(doc))
+        before = snapshot(tmp, w["root"])
+        old, err = sys.argv, io.StringIO()
+        sys.argv = ["midtrain", "study", "run", str(study), "--out", str(tmp / "o"), "--dry-run"]
+        try:
+            with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stderr(err):
+                    main()
+        finally:
+            sys.argv = old
+        assert e.value.code in (0, 2), (e.value.code, err.getvalue()[-800:])
+        if e.value.code == 2:
+            lines = [x for x in err.getvalue().splitlines() if x.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()[-800:]
+        assert snapshot(tmp, w["root"]) == before
+
+    check()

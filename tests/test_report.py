@@ -11,9 +11,10 @@ import pytest
 from midtrain.eval.results import DomainExample, EvalResult, TaskExample, summarise, to_json_line
 from midtrain.io import atomic_write_json
 from midtrain.report import write_report
+from midtrain.study.collect import collect
 from midtrain.study.config import parse_study
 from midtrain.study.plan import StudyPlan, make_plan
-from midtrain.study.runner import collect
+from midtrain.study.results import StudyResult
 from midtrain.train.rundir import RunResult
 
 EVIL = "<script>alert(1)</script>"
@@ -154,3 +155,33 @@ def test_validate_counts_pairs_ordered_the_same_and_verdicts(tmp_path):
     assert flip.significant_pairs_kept == pytest.approx(2 / 3)
     assert [a.arm for a in flip.arms] == ["a@0.3", "b@0.3", "c@0.3"]
     assert flip.arms[1].reference_delta > flip.arms[0].reference_delta
+
+
+NAMES = ["web[v2]", "数学 / code", "x" * 300, "[bold]*_`|#<b>"]
+
+
+def test_any_name_works_in_folders_tables_markdown_and_html(tmp_path):
+    from rich.console import Console
+
+    from midtrain.report import verdict_table
+
+    data = fake_world(tmp_path)
+    data["name"] = "[study] " + "y" * 300
+    data["candidates"] = [{"name": n, "mix": {"math": 1.0}} for n in NAMES]
+    cfg = parse_study(data, base_dir=tmp_path)
+    out = tmp_path / "study"
+    plan = make_plan(cfg, out)
+    assert all(len(r.dir.name) <= 80 for r in plan.runs)
+    assert len({r.dir for r in plan.runs}) == len(plan.runs)
+    for r in plan.runs:
+        write_run(plan, r.dir, 0.3 if r.candidate == NAMES[0] else 0.0, r.seed)
+    results = collect(plan)
+    paths = write_report(results, plan.config, out)
+    console = Console(record=True, width=400)
+    console.print(verdict_table(results))  # markup in names must print as written
+    text = console.export_text()
+    assert "web[v2]@0.3" in text and "数学 / code@0.3" in text and "[bold]*_`|#<b>@0.3" in text
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    assert "<b>" not in md and "<b>" not in html and "&lt;b&gt;" in html
+    assert "| web\\[v2\\]@0.3 |" in md  # escaped in Markdown, shown as written once rendered
+    assert StudyResult.load(paths["results"]).arms[2].name == "x" * 300

@@ -303,3 +303,37 @@ def test_calibration_counts_null_arms_on_a_users_study(world, tmp_path):
     assert res.run_sd[0] is not None and res.run_sd[0] > 0
     shards = sorted(p.name for p in (tmp_path / "cal" / "shards" / "web").iterdir())
     assert shards == ["web-shard0", "web-shard1"]
+
+
+def test_failed_runs_are_reported_and_the_study_exits_1(world, tmp_path, monkeypatch, capsys):
+    """A run that crashes marks its arm failed with the reason; the report is still written; one
+    line per failed run with its log; exit code 1; the other arms are decided as usual."""
+    from midtrain.cli import main
+    from midtrain.train import stage
+
+    real = stage.TrainStage.run
+
+    def crash_math(self, spec, out):
+        if any(m.source == "math" for m in spec.mix) and spec.seed == 1:
+            raise RuntimeError("node lost")
+        return real(self, spec, out)
+
+    monkeypatch.setattr(stage.TrainStage, "run", crash_math)
+    path = study_file(world, tmp_path, SMALL + NULL.split('[[candidates]]\nname = "task-items"')[0])
+    _with_shards(world, path)
+    out = tmp_path / "study"
+    monkeypatch.setattr(sys, "argv", ["midtrain", "study", "run", str(path), "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    failed = [line for line in err.splitlines() if line.startswith("failed run")]
+    assert len(failed) == 1 and "math@0.3/s1" in failed[0] and "node lost" in failed[0]
+    assert "log.jsonl" in failed[0]
+    res = read_json(out / "results.json")
+    math = next(a for a in res["arms"] if a["name"] == "math")
+    assert [r["status"] for r in math["runs"]] == ["done", "failed"] and math["seeds"] == [0]
+    # still decided: its one finished run against the control, with the study's pooled noise
+    assert math["verdict"] != "failed" and math["primary"]["p"] is not None
+    null = next(a for a in res["arms"] if a["name"] == "null")
+    assert null["seeds"] == [0, 1] and (out / "report.md").is_file()

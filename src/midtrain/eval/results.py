@@ -182,7 +182,7 @@ class Examples:
         out = {}
         for d, rec in table.items():
             v = getattr(rec, metric, None)
-            if v is not None:
+            if v is not None and math.isfinite(v):  # NaN/inf never reach a statistic
                 out[d] = v
         return out
 

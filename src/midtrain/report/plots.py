@@ -6,6 +6,7 @@ One style for all: `figure()` opens an Agg figure, `png()` renders and closes it
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,9 @@ def figure(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
 
     fig, axes = plt.subplots(*args, **kwargs)
     try:
-        yield fig, axes
+        with warnings.catch_warnings():  # missing glyphs of a user's name, tight-layout advice
+            warnings.simplefilter("ignore", UserWarning)
+            yield fig, axes
     finally:
         plt.close(fig)
 
@@ -37,6 +40,11 @@ def png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
+
+
+def label(name: str, width: int = 40) -> str:
+    """A user's name shortened for an axis (the tables show it whole)."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def plot_deltas(r: StudyResult) -> bytes:
@@ -55,7 +63,7 @@ def plot_deltas(r: StudyResult) -> bytes:
                     if point is None:
                         continue
                     value, ci = point
-                    labels.append(f"{arm.arm} · {k}")
+                    labels.append(label(f"{arm.arm} · {k}", 60))
                     vals.append(value)
                     lo.append(value - ci[0])
                     hi.append(ci[1] - value)
@@ -91,7 +99,7 @@ def plot_loss(r: StudyResult, out: Path) -> bytes:
             c = colors.setdefault(run.arm, f"C{len(colors) % 10}")
             ax.plot(
                 [x["tokens"] for x in rows], [x["loss"] for x in rows], color=c, lw=1,
-                ls="-" if run.seed == first_seed else "--", label=run.arm if new else None,
+                ls="-" if run.seed == first_seed else "--", label=label(run.arm) if new else None,
             )  # fmt: skip
         ax.set_xlabel("tokens")
         ax.set_ylabel("training loss (on each run's own mix)")
@@ -108,7 +116,7 @@ def plot_domains(r: StudyResult) -> bytes:
     series = [("control", ctrl)]
     for arm in r.arms:
         deltas = [arm.domains[d].delta_bpb if d in arm.domains else np.nan for d in domains]
-        series.append((arm.arm, [c + dl for c, dl in zip(ctrl, deltas, strict=True)]))
+        series.append((label(arm.arm), [c + dl for c, dl in zip(ctrl, deltas, strict=True)]))
     with figure(figsize=(max(6, 1.6 * len(domains)), 4)) as (fig, ax):
         w = 0.8 / len(series)
         x = np.arange(len(domains))

@@ -140,9 +140,15 @@ def _run_id(rc: dict) -> str:
     return hash_obj(keyed)
 
 
+SLUG_MAX = 40
+
+
 def slug(name: str) -> str:
-    """A folder-safe form of an arm name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_"))
+    """A folder-safe, bounded form of an arm name (any Unicode name; the run id keeps it unique)."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_")).strip("._")
+    if len(s) > SLUG_MAX or not s:
+        s = f"{s[:SLUG_MAX]}-{hash_obj(name)[:8]}" if s else hash_obj(name)[:12]
+    return s
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:
