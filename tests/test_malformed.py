@@ -298,3 +298,30 @@ def test_randomly_mutated_study_files_never_escape_as_a_traceback(w, tmp_path_fa
         assert snapshot(tmp, w["root"]) == before
 
     check()
+
+
+def test_small_demo_world_is_written_and_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["midtrain", "demo", "world", "--out", str(tmp_path / "w"),
+                                      "--scale", "0.05"])  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["scale"] == 0.05
+    assert (tmp_path / "w" / "world.json").is_file()
+
+
+def test_dry_run_shows_any_name_as_written(w, tmp_path, monkeypatch, capsys):
+    names = ["web[v2]", "数学", "n" * 300, "[red]x[/red]"]
+    text = study_text(w, name='"[study]"').split("[[candidates]]")[0]
+    for n in names:
+        text += f"[[candidates]]\nname = {json.dumps(n)}\nmix = {{ math = 1.0 }}\nmax_repetition = 50.0\n"
+    monkeypatch.setattr(sys, "argv", ["midtrain", "study", "run", str(write(tmp_path, "s.toml", text)),
+                                      "--out", str(tmp_path / "o"), "--dry-run"])  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    for n in names:
+        assert f"{n}@0.3/s0" in out.out
+    assert not (tmp_path / "o").exists()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -47,11 +47,21 @@ class StudyData:
 
     groups: dict[str, list[Examples]]
     start: Examples | None
+    _cache: dict[tuple, stats.Quantity | None] = field(default_factory=dict, repr=False)
 
     def quantity(
         self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
     ) -> stats.Quantity | None:
-        """[runs, examples] per group on the examples every run of these groups has."""
+        """[runs, examples] per group on the examples every run of these groups has (built once
+        per study: every arm's contrasts share it)."""
+        k = (kind, key, metric, tuple(groups))
+        if k not in self._cache:
+            self._cache[k] = self._quantity(kind, key, metric, groups)
+        return self._cache[k]
+
+    def _quantity(
+        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
+    ) -> stats.Quantity | None:
         tables = {g: [ex.values(kind, key, metric) for ex in self.groups[g]] for g in groups}
         flat = [t for ts in tables.values() for t in ts]
         if not flat or any(t is None for t in flat):

@@ -93,19 +93,15 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     cfg, f = plan.config, Finished(plan, errors)
     metric, conf = cfg.analysis.primary, cfg.interval_confidence
     data = f.data()
-    ready = CONTROL in data.groups and cfg.eval.tasks
-    screen = (
-        analysis.screen_tasks(data, cfg, analysis.pooled_noise(data, cfg.eval.tasks, metric, conf))
-        if ready
-        else []
-    )
+    screen, noise, start = [], None, StartPoint()
+    if CONTROL in data.groups:
+        if cfg.eval.tasks:
+            every_task = analysis.pooled_noise(data, cfg.eval.tasks, metric, conf)
+            screen = analysis.screen_tasks(data, cfg, every_task)
     primary_tasks = [s.task for s in screen if s.in_primary] or list(cfg.eval.tasks)
-    noise = (
-        analysis.pooled_noise(data, primary_tasks, metric, conf) if CONTROL in data.groups else None
-    )
-    start = (
-        analysis.start_point(data, primary_tasks, metric, noise, conf) if noise else StartPoint()
-    )
+    if CONTROL in data.groups:
+        noise = analysis.pooled_noise(data, primary_tasks, metric, conf)
+        start = analysis.start_point(data, primary_tasks, metric, noise, conf)
     flags = _study_flags(cfg, start, noise)
     arms = [_arm(plan, f, data, arm, primary_tasks, flags) for arm in plan.arms()]
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
@@ -150,7 +146,8 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
     return ArmResult(
         **result.model_dump(), name=cand.name, arm=arm, mix=runs[0].mix, candidate_mix=cand.mix,
         fraction=runs[0].fraction, seeds=[r.seed for r in runs if f.done(r)], runs=records,
-        checkpoints=[rec.checkpoint for rec in records if rec.checkpoint], cost=cost(records, cfg.full_run_tokens),
+        checkpoints=[rec.checkpoint for rec in records if rec.checkpoint],
+        cost=cost(records, cfg.full_run_tokens),
     )  # fmt: skip
 
 
