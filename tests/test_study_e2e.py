@@ -128,8 +128,9 @@ threads = 1
 
 CANDS = """
 [[candidates]]
-name = "same-as-control"
-mix = { web = 1.0 }
+name = "null"
+mix = { "web-shard0" = 1.0 }
+max_repetition = 50.0
 
 [[candidates]]
 name = "task-items"
@@ -149,11 +150,12 @@ def test_quick_study_verdicts(world, tmp_path):
     from midtrain.study.runner import run_study
 
     path = study_file(world, tmp_path, CANDS)
+    _with_shards(world, path)
     results = run_study(load_study(path), tmp_path / "study")
     arms = {a.name: a for a in results.arms}
-    same = arms["same-as-control"]
-    assert same.verdict == "inconclusive"
-    assert same.primary.ci[0] <= 0 <= same.primary.ci[1]
+    null = arms["null"]  # web documents the control does not see: no effect to find
+    assert null.verdict == "inconclusive"
+    assert null.primary.ci[0] <= 0 <= null.primary.ci[1]
     pos = arms["task-items"]
     assert pos.verdict == "include", pos.primary
     # the tasks' own items, in their own prompt format, raise the gold answers' log-probability
