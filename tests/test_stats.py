@@ -14,21 +14,26 @@ from midtrain.study.stats import Quantity, adjust, contrast, pooled, seeds_neede
 EFFECTS = {"control": 0.0, "null": 0.0, "small": 0.05, "big": 0.3}
 
 
-def simulate(rng, seeds, n_ex=120, sigma_u=0.08, sigma_eps=0.4, sigma_ge=0.0, tasks=1):
+def simulate(rng, seeds, n_ex=120, sigma_u=0.08, sigma_eps=0.4, sigma_ge=0.0, tasks=1,
+             sigma_seed=0.2):  # fmt: skip
     """Per-task [runs, examples] matrices from the model in midtrain.study.stats.
 
-    The true effect of an arm is EFFECTS[arm] on the population of examples: the per-example
-    interaction (sigma_ge) averages to zero over the population, not over the examples drawn.
+    Runs of one seed share `sigma_seed` noise (the same start and data order); each run has its
+    own `sigma_u`. The true effect of an arm is EFFECTS[arm] on the population of examples: the
+    per-example interaction (sigma_ge) averages to zero over the population, not over the
+    examples drawn.
     """
     out = []
+    shared = rng.normal(0, sigma_seed, (seeds, 1))
+    own = {g: rng.normal(0, sigma_u, (seeds, 1)) for g in EFFECTS}
     for t in range(tasks):
         n = n_ex + 17 * t
         difficulty = rng.normal(0, 1.0, n)
         groups = {}
         for g, a in EFFECTS.items():
             inter = rng.normal(0, sigma_ge, n)
-            u = rng.normal(0, sigma_u, (seeds, 1))
-            groups[g] = a + u + difficulty + inter + rng.normal(0, sigma_eps, (seeds, n))
+            noise = rng.normal(0, sigma_eps, (seeds, n))
+            groups[g] = a + shared + own[g] + difficulty + inter + noise
         out.append(Quantity(groups))
     return out
 
@@ -69,6 +74,32 @@ def test_null_arms_with_two_seeds_are_decided_at_the_error_rate():
         n += 1
     rate = decided / n
     assert rate <= 0.05 + 2.6 * math.sqrt(0.05 * 0.95 / n), rate
+
+
+def test_blocking_by_seed_cancels_the_shared_noise_but_not_the_runs_own():
+    """With a large shared seed effect the interval stays as narrow as the runs' own noise allows;
+    with none it is as wide as that noise requires."""
+    rng = np.random.default_rng(3)
+    widths = {}
+    for shared in (0.0, 1.0):
+        w = [np.diff(contrast(simulate(rng, 3, sigma_seed=shared), "null", "control", 0.95).ci)[0]
+             for _ in range(50)]  # fmt: skip
+        widths[shared] = float(np.median(w))
+    assert widths[1.0] == pytest.approx(widths[0.0], rel=0.25)
+    assert 0.93 <= coverage(3, reps=300, sigma_seed=1.0, sigma_u=0.05) <= 0.975
+
+
+def test_missing_runs_are_allowed_and_seeds_still_align():
+    rng = np.random.default_rng(4)
+    qs = simulate(rng, 3)
+    q = qs[0]
+    groups = {g: (y[[0, 2]] if g == "big" else y) for g, y in q.groups.items()}
+    seeds = {g: ([0, 2] if g == "big" else [0, 1, 2]) for g in q.groups}
+    c = contrast(Quantity(groups, seeds), "big", "control", 0.95)
+    assert c.decidable and c.ci[0] < EFFECTS["big"] < c.ci[1]
+    disjoint = {g: ([7, 8] if g == "big" else [0, 1, 2]) for g in q.groups}
+    nope = contrast(Quantity(groups, disjoint), "big", "control", 0.95)
+    assert not nope.decidable  # no seed in common with the others: not estimable
 
 
 def test_one_run_per_group_gives_no_interval():

@@ -47,6 +47,7 @@ class StudyData:
 
     groups: dict[str, list[Examples]]
     start: Examples | None
+    seeds: dict[str, list[int]] | None = None  # each run's seed (default: k-th run, seed k)
     _cache: dict[tuple, stats.Quantity | None] = field(default_factory=dict, repr=False)
 
     def quantity(
@@ -70,35 +71,34 @@ class StudyData:
         if not ids:
             return None
         order = sorted(ids, key=lambda x: (str(type(x)), x))
-        return stats.Quantity(
-            {
-                g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
-                for g, ts in tables.items()
-            }  # fmt: skip
-        )
+        seeds = {g: self.seeds[g] for g in groups} if self.seeds else None
+        mats = {g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
+                for g, ts in tables.items()}  # fmt: skip
+        return stats.Quantity(mats, seeds)
 
 
 def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:
-    """Run-to-run noise of the primary (mean over `tasks`) and of each task, pooled over groups."""
+    """Run-to-run noise of the primary (mean over `tasks`) and of each task, pooled over groups:
+    the part seeds do not share (from the block fit; every interval uses it) and the total."""
     groups = list(data.groups)
     per_task: dict[str, TaskNoise] = {}
-    run_scores: dict[str, np.ndarray] = {}
+    qs = []
     for t in tasks:
         q = data.quantity("tasks", t, metric, groups)
         if q is None:
             continue
-        scores = q.run_scores()
-        pool = stats.pooled(list(scores.values()))
-        per_task[t] = TaskNoise(scores=list(scores[CONTROL]), sd=_finite(pool.sd))
-        for g, s in scores.items():
-            run_scores[g] = run_scores.get(g, 0) + s / len(tasks)
-    if len(per_task) < len(tasks) or not run_scores:
+        qs.append(q)
+        fit = stats.block_fit(q.run_scores(), q.run_seeds())
+        per_task[t] = TaskNoise(scores=list(q.run_scores()[CONTROL]), sd=_finite(fit.noise.sd))
+    if len(qs) < len(tasks) or not qs:
         return NoiseFloor(metric=metric, control_scores=[], primary_sd=None, tasks=per_task)
-    pool = stats.pooled(list(run_scores.values()))
+    scores = {g: sum(q.run_scores()[g] for q in qs) / len(qs) for g in groups}
+    noise = stats.block_fit(scores, qs[0].run_seeds()).noise
+    total = stats.pooled(list(scores.values()))
     return NoiseFloor(
-        metric=metric, control_scores=[float(x) for x in run_scores[CONTROL]],
-        primary_sd=_finite(pool.sd), sd_ci=list(pool.sd_interval(confidence)) if pool.df else None,
-        df=pool.df, tasks=per_task,
+        metric=metric, control_scores=[float(x) for x in scores[CONTROL]],
+        primary_sd=_finite(noise.sd), sd_ci=list(noise.sd_interval(confidence)) if noise.df else None,
+        df=noise.df, total_sd=_finite(total.sd), total_df=total.df, tasks=per_task,
     )  # fmt: skip
 
 
@@ -317,8 +317,8 @@ def start_point(data: StudyData, tasks: list[str], metric: str, noise: NoiseFloo
     ctrl = noise.control_scores
     gain = float(np.mean(ctrl)) - s if ctrl else None
     ci = None
-    if gain is not None and noise.primary_sd is not None and noise.df > 0:
-        h = sps.t.ppf(0.5 + confidence / 2, noise.df) * noise.primary_sd / math.sqrt(len(ctrl))
+    if gain is not None and noise.total_sd is not None and noise.total_df > 0:
+        h = sps.t.ppf(0.5 + confidence / 2, noise.total_df) * noise.total_sd / math.sqrt(len(ctrl))
         ci = [gain - h, gain + h]
     return StartPoint(
         primary=s, control_gain=gain, control_gain_ci=ci,

@@ -67,12 +67,14 @@ class Finished:
         )  # fmt: skip
 
     def data(self) -> analysis.StudyData:
-        """Finished runs by group; groups without a finished run are left out."""
+        """Finished runs by group (with their seeds); groups without a finished run are left out."""
         groups: dict[str, list[Examples]] = {}
+        seeds: dict[str, list[int]] = {}
         for r in self.plan.runs:
             if self.done(r):
                 groups.setdefault(r.arm, []).append(self.evals[r.name])
-        return analysis.StudyData(groups, self.start)
+                seeds.setdefault(r.arm, []).append(r.seed)
+        return analysis.StudyData(groups, self.start, seeds)
 
 
 def cost(records: list[RunRecord], full: int | None) -> Cost:

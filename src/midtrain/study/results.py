@@ -46,7 +46,7 @@ class Cost(BaseModel):
 
 class TaskNoise(BaseModel):
     scores: list[float]  # the control's score per finished seed
-    sd: float | None  # run-to-run sd of the task score, pooled over all groups
+    sd: float | None  # run-to-run sd of the task score not shared within a seed, pooled
 
 
 class NoiseFloor(BaseModel):
@@ -55,9 +55,11 @@ class NoiseFloor(BaseModel):
 
     metric: str
     control_scores: list[float]
-    primary_sd: float | None
+    primary_sd: float | None  # the noise seeds do not share (what every interval uses)
     sd_ci: Interval | None = None
     df: int = 0
+    total_sd: float | None = None  # within-group sd of per-run scores, the shared part included
+    total_df: int = 0
     tasks: dict[str, TaskNoise]
 
 
