@@ -185,3 +185,20 @@ def test_any_name_works_in_folders_tables_markdown_and_html(tmp_path):
     assert "<b>" not in md and "<b>" not in html and "&lt;b&gt;" in html
     assert "| web\\[v2\\]@0.3 |" in md  # escaped in Markdown, shown as written once rendered
     assert StudyResult.load(paths["results"]).arms[2].name == "x" * 300
+
+
+def test_dry_run_power_line_in_noise_units_then_measured(tmp_path):
+    from midtrain.commands.study import power_line
+
+    data = fake_world(tmp_path)
+    plan = make_plan(parse_study(data, base_dir=tmp_path), tmp_path / "study")
+    line = power_line(plan)
+    assert "3 groups x 2 seeds = 2 degrees of freedom" in line and "measured" not in line
+    factor = float(line.split("= ")[2].split(" x s")[0])
+    assert factor == pytest.approx(4.303 + 1.061, rel=0.01)  # (t_.975 + t_.8) at df 2, x sqrt(2/2)
+    for r in plan.runs:
+        write_run(plan, r.dir, 0.1, r.seed)
+    collect(plan).save(plan.out / "results.json")
+    assert "measured s = " in power_line(plan)
+    one = make_plan(parse_study({**data, "seeds": [0]}, base_dir=tmp_path), tmp_path / "s1")
+    assert "no verdict is possible" in power_line(one)

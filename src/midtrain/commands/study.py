@@ -89,6 +89,33 @@ def print_plan(cfg, out: Path) -> None:
     console.print(
         f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
     )
+    console.print(power_line(plan))
+
+
+def power_line(plan) -> str:
+    """The minimum detectable effect this plan can expect: measured when runs already finished
+    in OUT, otherwise in units of the run-to-run noise s it will measure."""
+    from midtrain.study.stats import mde_factor
+
+    cfg = plan.config
+    groups, seeds = len(plan.arms()) + 1, len(cfg.first_seeds)
+    factor = mde_factor(groups, seeds, cfg.interval_confidence)
+    if factor == float("inf"):
+        return (
+            f"power: {groups} groups x {seeds} seed(s) leave no degrees of freedom for the run "
+            "noise: no verdict is possible; use seeds >= 2"
+        )
+    text = (
+        f"power: {groups} groups x {seeds} seeds = {(groups - 1) * (seeds - 1)} degrees of freedom; "
+        f"minimum detectable effect (80% power) = {factor:.2f} x s, s = the run-to-run noise"
+    )
+    if (plan.out / "results.json").is_file():
+        from midtrain.study.results import StudyResult
+
+        nf = StudyResult.load(plan.out / "results.json").control.noise_floor
+        if nf is not None and nf.primary_sd is not None:
+            text += f"; measured s = {nf.primary_sd:.4f}, so about {factor * nf.primary_sd:.3g}"
+    return text + " (docs/studies.md: How the intervals are made)"
 
 
 def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory.")]) -> None:

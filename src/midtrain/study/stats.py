@@ -241,6 +241,16 @@ def seeds_needed(c: Contrast, effect: float, groups: int, limit: int = 64) -> in
     return None
 
 
+def mde_factor(groups: int, seeds: int, confidence: float, power: float = POWER) -> float:
+    """The minimum detectable effect of a complete-block study in units of the run noise s:
+    (t(df, 1-alpha/2) + t(df, power)) * sqrt(2 / seeds), df = (groups - 1)(seeds - 1)."""
+    df = (groups - 1) * (seeds - 1)
+    if df <= 0:
+        return math.inf
+    q = sps.t.ppf(0.5 + confidence / 2, df) + sps.t.ppf(power, df)
+    return float(q * math.sqrt(2 / seeds))
+
+
 def adjust(p: Sequence[float], method: str) -> list[float]:
     """Multiple-testing adjusted p-values: 'none', 'holm' (family-wise) or 'bh' (false discovery)."""
     p = np.asarray(p, dtype=float)
