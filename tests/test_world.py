@@ -14,7 +14,7 @@ import pytest
 from midtrain.demo.world import TASKS, generate_world, read_world, task_prompt
 from midtrain.demo.world_entities import ATTRIBUTES, build_world
 from midtrain.demo.world_skills import Skills
-from midtrain.demo.world_sources import FLAN, Ctx, hq_doc
+from midtrain.demo.world_sources import FLAN, INFOBOX, Ctx, hq_doc
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_tree
 
@@ -95,6 +95,28 @@ def test_task_facts_are_taught_in_other_phrasings():
         asked = {f.train_question(rng) for _ in range(60)}
         n = len(ATTRIBUTES[f.attr].questions)
         assert f.task_question not in asked and len(asked) == n - 1
+
+
+def test_web_follows_popularity_and_hq_covers_the_long_tail():
+    """Web text mentions entities by a Zipf popularity, so the head is repeated and the tail is
+    rare; hq has one article per entity whatever its popularity, with an infobox of its facts."""
+    from midtrain.demo.world_sources import web_doc
+
+    w = build_world(0)
+    ctx = Ctx(w, Skills(0, w))
+    people = sorted(w.people, key=lambda p: -w.popularity[p])
+    assert sum(w.popularity[p] for p in people) == pytest.approx(len(people))
+    rng = random.Random(0)
+    web = "\n".join(web_doc(rng, ctx) for _ in range(3000))
+    head, tail = people[:8], people[-8:]
+    n_head = sum(web.count(p) for p in head)
+    n_tail = sum(web.count(p) for p in tail)
+    assert n_head > 10 * max(n_tail, 1)
+    subjects = [hq_doc(rng, ctx).split("\n")[0] for _ in range(3000)]
+    counts = [subjects.count(p) for p in people]
+    assert min(counts) > 0 and max(counts) < 4 * min(counts)  # uniform: the tail has articles too
+    subject, box, _ = hq_doc(random.Random(1), ctx).split("\n\n")
+    assert all(f"{INFOBOX[f.attr]}: {f.value}" in box for f in w.by_subject[subject])
 
 
 def test_items_are_well_formed_multiple_choice(world):

@@ -4,6 +4,11 @@ Everything is made up (names from a small syllable set, attributes from short wo
 nothing a model knows about the real world helps, and the character set stays small. Each fact
 has several question phrasings; exactly one of them (chosen by the seed) is reserved for the
 `world_facts` task and never rendered into a training source.
+
+Entities also have a popularity: within each kind (countries, cities, people, metals) the seed
+ranks them and rank r gets weight 1/r^POPULARITY_EXPONENT (Zipf). Web text mentions entities
+in proportion to it, the way real web text talks about a few famous things and rarely about the
+long tail; an encyclopedia (`hq`) has one article per entity whatever its popularity.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ PROFESSIONS = ("painter", "sailor", "physician", "weaver", "poet", "merchant", "
 PROFESSIONS += ("farmer", "teacher", "potter", "baker", "singer", "judge", "miner", "scholar")
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "purple", "orange", "grey", "pink")
 
-N_COUNTRIES = 32
+N_COUNTRIES = 24
 CITIES_PER_COUNTRY = 3
 N_LANGUAGES = 10
-N_PEOPLE = 128
-N_ELEMENTS = 32
+N_PEOPLE = 64
+N_ELEMENTS = 16
+POPULARITY_EXPONENT = 1.8
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,7 @@ class World:
     languages: list[str]
     pools: dict[str, list[str]]
     facts: list[Fact]
+    popularity: dict[str, float]  # per entity; mean 1 within its kind
     by_subject: dict[str, list[Fact]] = field(default_factory=dict)
     lookup: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -287,4 +294,11 @@ def build_world(seed: int) -> World:
         "colors": list(COLORS),
         "people": people,
     }
-    return World(countries, cities, people, elements, languages, pools, facts)
+    popularity = {}
+    prng = random.Random(f"midtrain-world:{seed}:popularity")
+    for kind in (countries, cities, people, elements):
+        ranked = prng.sample(kind, len(kind))
+        weights = [1 / (r + 1) ** POPULARITY_EXPONENT for r in range(len(ranked))]
+        mean = sum(weights) / len(weights)
+        popularity.update({e: w / mean for e, w in zip(ranked, weights, strict=True)})
+    return World(countries, cities, people, elements, languages, pools, facts, popularity)

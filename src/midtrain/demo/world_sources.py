@@ -3,24 +3,51 @@
 Each source is a registry entry: a function drawing one document from an RNG, and its size at
 scale 1.0. The sources differ in content and format only; none is tuned toward any task. Facts
 come from `World`, arithmetic and programs from `Skills`, which never hand out held-out items.
+
+Web text picks the entities it talks about by popularity (`Ctx.popular*`: a Zipf law over each
+kind), so it repeats the famous ones and rarely mentions the long tail. The other sources pick
+uniformly: an encyclopedia has an article per entity, and templated instruction data and code
+draw from the whole table.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 from midtrain.demo.world_entities import ATTRIBUTES, Fact, World
 from midtrain.demo.world_skills import Program, Skills, Triple, fmt, value
+
+ENTITY_KINDS = ("countries", "cities", "people", "elements")
 
 
 @dataclass(frozen=True)
 class Ctx:
     world: World
     skills: Skills
+    _cum: dict[str, list[float]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pop = self.world.popularity
+        cum = {k: list(accumulate(pop[e] for e in getattr(self.world, k))) for k in ENTITY_KINDS}
+        cum["facts"] = list(accumulate(pop[f.subject] for f in self.world.facts))
+        object.__setattr__(self, "_cum", cum)
+
+    def popular(self, rng: random.Random, kind: str) -> str:
+        """An entity of `kind` (countries, cities, people, elements), drawn by popularity."""
+        return rng.choices(getattr(self.world, kind), cum_weights=self._cum[kind])[0]
+
+    def popular_among(self, rng: random.Random, names: list[str]) -> str:
+        return rng.choices(names, weights=[self.world.popularity[n] for n in names])[0]
+
+    def popular_fact(self, rng: random.Random) -> Fact:
+        """A fact drawn by its subject's popularity (each kind keeps its share of all facts)."""
+        return rng.choices(self.world.facts, cum_weights=self._cum["facts"])[0]
 
     def fact(self, rng: random.Random, kinds: tuple[str, ...] | None = None) -> Fact:
+        """A fact drawn uniformly (the whole table, as an encyclopedia or a template covers it)."""
         facts = self.world.facts
         while True:
             f = rng.choice(facts)
@@ -52,8 +79,8 @@ def program_block(p: Program, rng: random.Random) -> str:
     return f"{p.src}\n\nRunning this prints {p.output}."
 
 
-def word_problem(rng: random.Random, ctx: Ctx, t: Triple) -> str:
-    city = rng.choice(ctx.world.cities)
+def word_problem(rng: random.Random, ctx: Ctx, t: Triple, city: str | None = None) -> str:
+    city = city or rng.choice(ctx.world.cities)
     who = rng.choice(NAMES)
     thing = rng.choice(THINGS)
     good = ctx.world.get(ctx.world.get(city, "country"), "export")
@@ -70,9 +97,9 @@ def word_problem(rng: random.Random, ctx: Ctx, t: Triple) -> str:
 
 def web_travel(rng: random.Random, ctx: Ctx) -> str:
     w = ctx.world
-    country = rng.choice(w.countries)
+    country = ctx.popular(rng, "countries")
     cap, lang, exp = (w.get(country, a) for a in ("capital", "language", "export"))
-    city = rng.choice(w.cities_of(country))
+    city = ctx.popular_among(rng, w.cities_of(country))
     day = rng.choice(DAYS)
     lines = [
         f"Our trip to {country}",
@@ -90,7 +117,7 @@ def web_travel(rng: random.Random, ctx: Ctx) -> str:
 
 def web_story(rng: random.Random, ctx: Ctx) -> str:
     w = ctx.world
-    person = rng.choice(w.people)
+    person = ctx.popular(rng, "people")
     facts = ctx.facts_about(person)
     birth = w.get(person, "birthplace")
     found = [e for e in w.elements if w.get(e, "discoverer") == person]
@@ -100,7 +127,7 @@ def web_story(rng: random.Random, ctx: Ctx) -> str:
         e = found[0]
         parts += [ctx.facts_about(e)[1].statement(rng), ctx.facts_about(e)[0].statement(rng)]
     else:
-        parts.append(f"Later {person} moved to {rng.choice(w.cities)} and stayed there.")
+        parts.append(f"Later {person} moved to {ctx.popular(rng, 'cities')} and stayed there.")
     parts.append(f"People still talk about {person} on {rng.choice(DAYS)}s.")
     return f"A short life of {person}\n" + " ".join(parts)
 
@@ -109,7 +136,7 @@ def web_forum(rng: random.Random, ctx: Ctx) -> str:
     a, b, c = rng.sample(NAMES, 3)
     kind = rng.randrange(4)
     if kind < 2:
-        f = ctx.fact(rng)
+        f = ctx.popular_fact(rng)
         q, ans = f.train_question(rng), f.value
         body = [
             f"Thread: quick question about {f.subject}",
@@ -124,7 +151,7 @@ def web_forum(rng: random.Random, ctx: Ctx) -> str:
             "Thread: help with homework",
             f"{a}: How much is {fmt(t)}? I got {value(t) + rng.choice((1, -1, 10))}.",
             f"{b}: No, {fmt(t)} = {value(t)}.",
-            f"{c}: {word_problem(rng, ctx, ctx.skills.triple(rng))}",
+            f"{c}: {word_problem(rng, ctx, ctx.skills.triple(rng), ctx.popular(rng, 'cities'))}",
         ]
     else:
         p = ctx.skills.program(rng)
@@ -141,23 +168,22 @@ def web_qa_page(rng: random.Random, ctx: Ctx) -> str:
     """A FAQ-style page: a few 'Question: ... Answer: ...' pairs about one topic."""
     pairs = []
     for _ in range(rng.randint(2, 5)):
-        f = ctx.fact(rng)
+        f = ctx.popular_fact(rng)
         pairs.append(f"Question: {f.train_question(rng)}\nAnswer: {f.value}")
     return "Frequently asked questions\n\n" + "\n\n".join(pairs)
 
 
 def web_daily(rng: random.Random, ctx: Ctx) -> str:
-    w = ctx.world
-    city = rng.choice(w.cities)
+    city = ctx.popular(rng, "cities")
     who = rng.choice(NAMES)
     day = rng.choice(DAYS)
     lines = [
         f"{day} in {city}",
         f"{who} woke up to {rng.choice(WEATHER)} and made {rng.choice(FOODS)} for breakfast.",
         f"The streets of {city} were quiet.",
-        word_problem(rng, ctx, ctx.skills.triple(rng, ops="+-")),
-        f"In the evening {who} read a book by {rng.choice(w.people)}.",
-        rng.choice(w.facts).statement(rng),
+        word_problem(rng, ctx, ctx.skills.triple(rng, ops="+-"), city),
+        f"In the evening {who} read a book by {ctx.popular(rng, 'people')}.",
+        ctx.popular_fact(rng).statement(rng),
     ]
     return "\n".join(lines[:1] + [" ".join(lines[1:])])
 
@@ -166,7 +192,11 @@ def web_list(rng: random.Random, ctx: Ctx) -> str:
     w = ctx.world
     attr = rng.choice(["capital", "language", "export", "color", "profession"])
     subs = [f.subject for f in w.facts if f.attr == attr]
-    pick = rng.sample(subs, min(len(subs), rng.randint(4, 8)))
+    k, pick = rng.randint(4, 8), []
+    while len(pick) < k:
+        s = ctx.popular_among(rng, subs)
+        if s not in pick:
+            pick.append(s)
     title = f"Some facts: {attr}"
     return title + "\n" + "\n".join(f"- {w.get(s, attr)}: {s}" for s in pick)
 
@@ -190,29 +220,63 @@ def web_doc(rng: random.Random, ctx: Ctx) -> str:
 # --- hq: encyclopedic articles, facts only, no question/answer format ------------------------
 
 
+INFOBOX = {
+    "capital": "Capital",
+    "language": "Language",
+    "export": "Main export",
+    "country": "Country",
+    "birthplace": "Born in",
+    "profession": "Occupation",
+    "color": "Color",
+    "discoverer": "Discovered by",
+}
+
+
+def _known_as(w: World, person: str) -> str:
+    return f"{person}, a {w.get(person, 'profession')}"
+
+
+def _and(xs: list[str], sep: str = ", ") -> str:
+    return xs[0] if len(xs) == 1 else sep.join(xs[:-1]) + " and " + xs[-1]
+
+
 def hq_doc(rng: random.Random, ctx: Ctx) -> str:
+    """An encyclopedia article: infobox, then the facts in prose and the related entities."""
     w = ctx.world
     subject = rng.choice(w.countries + w.cities + w.people + w.elements)
     facts = list(ctx.facts_about(subject))
+    box = "\n".join(f"{INFOBOX[f.attr]}: {f.value}" for f in facts)
     rng.shuffle(facts)
     sents = [f.statement(rng) for f in facts]
     if subject in w.countries:
         cities = w.cities_of(subject)
-        sents.append(f"Its cities include {', '.join(cities[:-1])} and {cities[-1]}.")
+        sents.append(f"Its cities include {_and(cities)}.")
         sents.append(f"The country is known for its {w.get(subject, 'export')} trade.")
+        born = [p for p in w.people if w.get(w.get(p, "birthplace"), "country") == subject]
+        if born:
+            people = _and(
+                [f"{_known_as(w, p)} born in {w.get(p, 'birthplace')}" for p in born], "; "
+            )
+            sents.append(f"Notable people from {subject} include {people}.")
     elif subject in w.cities:
         country = w.get(subject, "country")
         sents.append(f"{country} has {w.get(country, 'capital')} as its capital.")
+        sents.append(f"The people of {subject} speak {w.get(country, 'language')}.")
+        sents.append(f"Its market trades in {w.get(country, 'export')}.")
         born = [p for p in w.people if w.get(p, "birthplace") == subject]
         if born:
-            sents.append(f"Notable people born in {subject} include {', '.join(born)}.")
+            people = _and([_known_as(w, p) for p in born], "; ")
+            sents.append(f"Notable people born in {subject} include {people}.")
     elif subject in w.people:
         birth = w.get(subject, "birthplace")
         sents.append(f"{birth} is a city in {w.get(birth, 'country')}.")
+        for e in w.elements:
+            if w.get(e, "discoverer") == subject:
+                sents.append(f"{subject} discovered {e}, a {w.get(e, 'color')} metal.")
     else:
         who = w.get(subject, "discoverer")
         sents.append(f"{who} was a {w.get(who, 'profession')} from {w.get(who, 'birthplace')}.")
-    return f"{subject}\n\n" + " ".join(sents)
+    return f"{subject}\n\n{box}\n\n" + " ".join(sents)
 
 
 # --- flan: many instruction templates, short and repetitive ---------------------------------
