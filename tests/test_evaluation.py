@@ -111,6 +111,25 @@ def test_tasks_offline_records_pair_up_and_cache(env, no_network, tmp_path, monk
                                 out=tmp_path / "e0", limit=20)  # fmt: skip
     assert again == results[0]
 
+    # A copied study folder (checkpoint and evaluation moved together) is still served from the
+    # cache, and the eval stage sees it as finished once the paths are recorded again.
+    import shutil
+
+    from midtrain.eval.api import EvalSettings
+    from midtrain.eval.stage import EvalJob, EvalStage
+
+    moved = tmp_path / "copy"
+    shutil.copytree(env["ckpts"][0], moved / "final")
+    shutil.copytree(tmp_path / "e0", moved / "eval")
+    settings = EvalSettings(tasks=TASKS, include_path=str(env["tasks"]), limit=20)
+    job = EvalJob(checkpoint=str(moved / "final"), settings=settings,
+                  domains={k: str(v) for k, v in domains.items()})  # fmt: skip
+    assert EvalStage().cached(job, moved / "eval") is None  # recorded paths are the old ones
+    res = evaluation.evaluate(moved / "final", tasks=TASKS, include_path=env["tasks"],
+                              domains=domains, out=moved / "eval", limit=20)  # fmt: skip
+    assert res.results == results[0].results and res.checkpoint == str(moved / "final")
+    assert EvalStage().cached(job, moved / "eval") == res
+
 
 def _check_gold_logprob(env, recs):
     """gold_logprob_per_byte = log P(" " + gold | prompt) / bytes, computed here directly."""

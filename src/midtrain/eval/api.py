@@ -75,6 +75,22 @@ def cache_key(
     })  # fmt: skip
 
 
+def _relocated(
+    res: EvalResult, out: Path, checkpoint: Path, s: EvalSettings, stores: dict[str, TokenStore]
+) -> EvalResult:
+    """A cached result whose inputs moved (a copied or renamed study folder): the key proves the
+    content is the same, so record the current paths, which `EvalStage.cached` compares."""
+    paths = {
+        "checkpoint": str(checkpoint), "include_path": s.include_path,
+        "domains": {n: str(st.path) for n, st in stores.items()},
+    }  # fmt: skip
+    if all(getattr(res, k) == v for k, v in paths.items()):
+        return res
+    res = res.model_copy(update=paths)
+    atomic_write_json(out / "eval.json", res)
+    return res
+
+
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -114,7 +130,7 @@ def evaluate(
     key = cache_key(checkpoint, s.tasks, inc, stores, settings)
     if (out / "examples.jsonl").is_file() and (out / "eval.json").is_file():
         if read_json(out / "eval.json").get("key") == key:
-            return EvalResult.load(out)
+            return _relocated(EvalResult.load(out), out, checkpoint, s, stores)
     lmeval.validate_tasks(s.tasks, inc)
     t0 = time.time()
     model, tok = _load(checkpoint, dev)

@@ -73,7 +73,10 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
     rows = []
     for arm in r.arms:
         p = arm.primary
-        acc = [t.acc_delta for t in arm.tasks.values() if t.acc_delta is not None]
+        in_primary = set(p.tasks) if p else set(arm.tasks)  # Δ acc over the primary's tasks
+        acc = [
+            t.acc_delta for n, t in arm.tasks.items() if n in in_primary and t.acc_delta is not None
+        ]
         p_value = (p.p_adjusted if p.p_adjusted is not None else p.p) if p else None
         rows.append(
             {

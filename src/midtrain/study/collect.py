@@ -58,6 +58,8 @@ class Finished:
         else:
             state = "failed" if r.name in self.errors or res is not None else "missing"
         error = self.errors.get(r.name) or (status.reason if status else None)
+        if error is None and res is not None and not ok:
+            error = "trained, but its evaluation did not finish; run the study again"
         return RunRecord(
             name=r.name, arm=r.arm, seed=r.seed, run_id=r.run_id, dir=str(r.dir.relative_to(out)),
             status=state, error=None if ok else error,
