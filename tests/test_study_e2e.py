@@ -244,18 +244,7 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     )
 
 
-NULL = """
-[[candidates]]
-name = "null"
-mix = { "web-shard0" = 1.0 }
-max_repetition = 50.0
-
-[[candidates]]
-name = "task-items"
-mix = { taskitems = 1.0 }
-fractions = [0.5]
-max_repetition = 50.0
-"""
+NULL = CANDS[: CANDS.index('[[candidates]]\nname = "math"')]  # the null and task-items arms
 
 
 def _with_shards(world, text_path: Path) -> None:
