@@ -44,7 +44,7 @@ def _rows(path: Path, n: int) -> Path:
     """Rows of random words whose prompts are far longer than the sequence (cut to fit)."""
     rng = np.random.default_rng(1)
     words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 6)) for _ in range(3000)]
-    rows = [{"prompt": " ".join(rng.choice(words, 400)), "response": " ".join(rng.choice(words, 60))}
+    rows = [{"prompt": " ".join(rng.choice(words, 400)), "response": " ".join(rng.choice(words, 30))}
             for _ in range(n)]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -24,10 +24,12 @@ def sft(
     checkpoint: Annotated[Path, typer.Argument(help="HF causal-LM folder to fine-tune.")],
     out: Annotated[Path, typer.Option("--out", help="SFT directory (re-run to resume).")],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Training rows (JSONL: prompt/response or messages).")
+        Path | None,
+        typer.Option("--data", help="Training rows (JSONL: prompt/response or messages)."),
     ] = None,
     val: Annotated[
-        Path | None, typer.Option("--val", help="Validation rows (default: val_fraction of --data).")
+        Path | None,
+        typer.Option("--val", help="Validation rows (default: val_fraction of --data)."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="SFT config TOML with any other fields.")
@@ -81,10 +83,10 @@ def print_dry_run(cfg: Any) -> None:
         f"epoch; {plan.steps:,} steps x {len(cfg.lrs)} LRs; padding {s.pad_fraction:.1%}"
     )
     for line in plan.fmt.warnings("sft data"):
-        console.print(f"[yellow]warning:[/] {safe(line)}")
+        console.print(f"[yellow]warning:[/] {safe(line)}", soft_wrap=True)
     for w in plan.warnings:
         if not w.startswith("sft data: chat special tokens"):
-            console.print(f"[yellow]warning:[/] {safe(w)}")
+            console.print(f"[yellow]warning:[/] {safe(w)}", soft_wrap=True)
 
 
 def check_format(
@@ -93,7 +95,8 @@ def check_format(
         Path | None, typer.Option("--tokenizer", help="Also look for this tokenizer's specials.")
     ] = None,
     text_field: Annotated[
-        str | None, typer.Option(help="Read this field only (default: every string of a JSONL row).")
+        str | None,
+        typer.Option(help="Read this field only (default: every string of a JSONL row)."),
     ] = None,
 ) -> None:
     """Count chat special tokens written as text (exit 1 when any is found)."""
@@ -111,7 +114,7 @@ def check_format(
         found += report.total
         lines = report.warnings(str(p)) or [f"{p}: {report.texts:,} texts, no chat special tokens"]
         for line in lines:
-            console.print(safe(line))
+            console.print(safe(line), soft_wrap=True)
     if found:
         raise typer.Exit(1)
 

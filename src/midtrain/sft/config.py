@@ -76,9 +76,7 @@ class SftConfig(Strict):
         unit="LR",
     )
     epochs: int = field(2, ge=1, description="Passes over the training rows.", unit="epochs")
-    batch_size: int = field(
-        16, gt=0, description="Examples per optimizer step.", unit="examples"
-    )
+    batch_size: int = field(16, gt=0, description="Examples per optimizer step.", unit="examples")
     micro_batch: int = field(
         8, gt=0, description="Examples per forward/backward (gradient accumulation).",
         unit="examples",

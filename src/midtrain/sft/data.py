@@ -40,7 +40,7 @@ class Examples:
     truncated: int = 0
     dropped: int = 0
     where: str = ""
-    sources: list[str] = field(default_factory=list)  # the rendered texts (format check)
+    sources: list[tuple[str, str]] = field(default_factory=list)  # (where, rendered text)
 
 
 def read_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -106,7 +106,7 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
     if key not in obj:
         raise MidtrainError(f'{where}: no "{key}" field; {ROW_FIX}')
     if not isinstance(obj[key], str):
-        raise MidtrainError(f'{where}: "{key}" is a {type(obj[key]).__name__}, not a string; '
+        raise MidtrainError(f'{where}: "{key}" must be a string, not {type(obj[key]).__name__}; '
                             "write it as a JSON string")  # fmt: skip
     return obj[key]
 
@@ -149,7 +149,7 @@ def load_examples(path: str, what: str, cfg: SftConfig, tok: Any) -> Examples:
     for where, row in read_rows(path, what):
         segs = render(row, where, cfg.template)
         out.rows += 1
-        out.sources.append("".join(s for s, _ in segs if s is not EOS))
+        out.sources.append((where, "".join(s for s, _ in segs if s is not EOS)))
         ex = tokenise(segs, tok)
         fitted = fit(ex, cfg.seq_len, cfg.overlong)
         if fitted is None:

@@ -43,8 +43,9 @@ def check_existing(out: Path, cfg: SftConfig) -> None:
         if not any(out.iterdir()):
             return
         raise MidtrainError(f"--out {out} exists and is not an SFT directory; use a new folder")
-    saved = {k: v for k, v in read_json(out / "config.json").items() if k not in ("threads",
-                                                                                   "resolved")}
+    saved = {
+        k: v for k, v in read_json(out / "config.json").items() if k not in ("threads", "resolved")
+    }
     if saved != cfg.identity():
         raise MidtrainError(
             f"--out {out} holds an SFT probe of another config; use another --out (or delete it)"

@@ -119,7 +119,7 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
 
 def _sources(train: data.Examples, val: data.Examples):  # noqa: ANN202 - an iterator of pairs
     for ex in (train, val):
-        yield from ((f"{ex.where} row {i}", s) for i, s in enumerate(ex.sources))
+        yield from ex.sources
 
 
 def _model_config(cfg: SftConfig) -> Any:

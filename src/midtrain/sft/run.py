@@ -135,8 +135,16 @@ def validate(model: Any, examples: list[Example], plan: SftPlan) -> tuple[ValSum
             sums = nll.sum(1).tolist()  # ignored positions are 0
             counts = (targets != -100).sum(1).tolist()
             for j, (e, s, c) in enumerate(zip(batch, sums, counts, strict=True)):
-                rows.append({"index": i + j, "tokens": c, "bytes": e.response_bytes, "nll": s,
-                             "loss": s / c, "bits_per_byte": s / math.log(2) / e.response_bytes})
+                rows.append(
+                    {
+                        "index": i + j,
+                        "tokens": c,
+                        "bytes": e.response_bytes,
+                        "nll": s,
+                        "loss": s / c,
+                        "bits_per_byte": s / math.log(2) / e.response_bytes,
+                    }
+                )
     model.train(was_training)
     return summarise(rows), rows
 
