@@ -95,7 +95,7 @@ class SftConfig(Strict):
     )
     optimizer: OptimizerConfig = field(
         OptimizerConfig(weight_decay=0.0, load_state=False),
-        description="AdamW settings (fresh moments by default: load_state = false).",
+        description="AdamW; SFT defaults: weight_decay = 0, load_state = false (fresh moments).",
     )
     seed: int = field(0, description="Data order, validation split and dropout.")
     device: Literal["auto", "cpu", "cuda"] = field(
