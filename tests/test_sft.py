@@ -180,6 +180,27 @@ def test_the_grid_choice_is_the_argmin_and_diverged_lrs_are_recorded():
         choose([GridPoint(lr=1.0, status="diverged", reason="nan", dir="x")])
 
 
+def test_a_diverged_lr_is_recorded_and_the_grid_goes_on(w, tmp_path, monkeypatch):
+    from midtrain.sft import run, run_sft
+
+    real, calls = run.sft_loss, []
+
+    def poisoned(model, micro):  # noqa: ANN001, ANN202 - the first micro batch's loss is NaN
+        calls.append(1)
+        loss = real(model, micro)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(run, "sft_loss", poisoned)
+    fields = {**FAST, "epochs": 1, "lrs": [1e-3, 1e-2], "checkpoint_every": 0}
+    res = run_sft({**fields, "checkpoint": str(w["neox"]), "data": str(w["train"])},
+                  tmp_path / "o", progress=False)  # fmt: skip
+    bad, good = res.grid
+    assert bad.status == "diverged" and "non-finite loss" in bad.reason and bad.val_loss is None
+    assert good.status == "done" and res.chosen_lr == 1e-2
+    assert read_json(tmp_path / "o" / "lr-0.001" / "status.json")["status"] == "failed"
+    assert not (tmp_path / "o" / "lr-0.001" / "final").exists()
+
+
 # -- resume --------------------------------------------------------------------------------------------
 
 
