@@ -4,6 +4,7 @@ Bad inputs of `midtrain sft` are in tests/test_malformed.py with every other com
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -269,6 +270,11 @@ def test_dry_run_and_check_format_warn_with_counts_and_write_nothing(w, tmp_path
     assert code == 1 and "'<|im_end|>' written as text 1 times in 31 texts" in out
     assert "120 texts, no chat special tokens" in out
     assert cli(["data", "check-format", w["train"]], monkeypatch, capsys)[0] == 0
+    gz = tmp_path / "folder" / "chat.jsonl.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(bad.read_bytes()))
+    code, out, _ = cli(["data", "check-format", gz.parent], monkeypatch, capsys)
+    assert code == 1 and "chat.jsonl.gz line 31" in out
 
 
 def write_cfg(tmp_path: Path) -> Path:

@@ -8,6 +8,7 @@ Bad rows are one-line errors naming the file and line; nothing is skipped silent
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ def read_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise MidtrainError(f"{what} {path}: no such file; pass a JSONL file of SFT rows")
-    with open(path, "rb") as f:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

@@ -92,22 +92,21 @@ def scan(texts: Iterable[tuple[str, str]], tokenizer: Any | None = None) -> Form
 
 
 def file_texts(path: str, text_field: str | None = None) -> Iterable[tuple[str, str]]:
-    """(where, text) of a data file: every string in each JSONL row (prompt, response, messages,
-    text...), or the documents any `data prepare` reader gives (with `text_field`)."""
+    """(where, text) of a data file or folder: every string of each JSONL row (prompt, response,
+    messages, text...), or with `text_field` and for other kinds the documents `data prepare`
+    would read."""
     from pathlib import Path
 
     from midtrain.data import readers
+    from midtrain.sft.data import read_rows
 
-    p = Path(path)
-    if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")) and text_field is None:
-        from midtrain.sft.data import read_rows
-
-        for where, row in read_rows(p, "check-format"):
-            yield where, "\n".join(_strings(row))
-        return
-    inputs = readers.resolve_inputs([p])
-    for i, text in enumerate(readers.iter_texts(inputs, text_field or "text")):
-        yield f"{p} document {i}", text
+    for inp in readers.resolve_inputs([Path(path)]):
+        if inp.kind == "jsonl" and text_field is None:
+            for where, row in read_rows(inp.path, "check-format"):
+                yield where, "\n".join(_strings(row))
+            continue
+        for i, text in enumerate(readers.iter_texts([inp], text_field or "text")):
+            yield f"{inp.path} document {i}", text
 
 
 def _strings(obj: Any) -> Iterable[str]:
