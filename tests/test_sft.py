@@ -277,6 +277,24 @@ def test_dry_run_and_check_format_warn_with_counts_and_write_nothing(w, tmp_path
     assert code == 1 and "chat.jsonl.gz line 31" in out
 
 
+def test_check_format_decodes_a_token_store_with_its_tokenizer(w, tmp_path, monkeypatch, capsys):
+    from midtrain.data.prepare import prepare_source
+
+    docs = sentences(40, 3) + [
+        "<|im_start|>user\nthe cat sees a dog<|im_end|>",
+        "[INST] hi [/INST]",
+    ]
+    src = write_rows(tmp_path / "web.jsonl", [{"text": d} for d in docs])
+    store = prepare_source("web", [src], tmp_path / "web", w["tok"], heldout_fraction=0.0,
+                           progress=False).path  # fmt: skip
+    code, out, _ = cli(["data", "check-format", store, "--tokenizer", w["root"] / "tok"],
+                       monkeypatch, capsys)  # fmt: skip
+    assert code == 1 and "in 42 texts" in out and "'<|im_end|>' written as text 1 times" in out
+    assert "'[INST]' written as text 1 times" in out and "document 40" in out
+    code, _, err = cli(["data", "check-format", store], monkeypatch, capsys)
+    assert code == 2 and "pass --tokenizer" in err
+
+
 def write_cfg(tmp_path: Path) -> Path:
     import tomli_w
 

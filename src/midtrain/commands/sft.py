@@ -90,16 +90,22 @@ def print_dry_run(cfg: Any) -> None:
 
 
 def check_format(
-    paths: Annotated[list[Path], typer.Argument(help="Data files or folders (any data input).")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Data files or folders (any data input), token stores.")
+    ],
     tokenizer: Annotated[
-        Path | None, typer.Option("--tokenizer", help="Also look for this tokenizer's specials.")
+        Path | None,
+        typer.Option("--tokenizer", help="Also look for its specials; decodes token stores."),
     ] = None,
     text_field: Annotated[
         str | None,
         typer.Option(help="Read this field only (default: every string of a JSONL row)."),
     ] = None,
 ) -> None:
-    """Count chat special tokens written as text (exit 1 when any is found)."""
+    """Count chat special tokens written as text (exit 1 when any is found).
+
+    A token store's first 100,000 training documents are decoded with --tokenizer and scanned.
+    """
     from midtrain.data.tokenizer import load_tokenizer
     from midtrain.errors import MidtrainError
     from midtrain.sft.formatcheck import file_texts, scan
@@ -110,7 +116,7 @@ def check_format(
             raise MidtrainError(f"{p}: no such file or folder; check the path")
     found = 0
     for p in paths:
-        report = scan(file_texts(str(p), text_field), tok)
+        report = scan(file_texts(str(p), text_field, tok), tok)
         found += report.total
         lines = report.warnings(str(p)) or [f"{p}: {report.texts:,} texts, no chat special tokens"]
         for line in lines:

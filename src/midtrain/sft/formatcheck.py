@@ -24,6 +24,7 @@ COMMON = (
 GENERIC = r"<\|[A-Za-z0-9_\-]{1,40}\|>"  # any other `<|name|>`
 MAX_EXAMPLES = 5
 SNIPPET = 40
+MAX_STORE_DOCS = 100_000  # documents decoded per token store
 
 
 @dataclass
@@ -91,15 +92,20 @@ def scan(texts: Iterable[tuple[str, str]], tokenizer: Any | None = None) -> Form
     return report
 
 
-def file_texts(path: str, text_field: str | None = None) -> Iterable[tuple[str, str]]:
+def file_texts(
+    path: str, text_field: str | None = None, tokenizer: Any | None = None
+) -> Iterable[tuple[str, str]]:
     """(where, text) of a data file or folder: every string of each JSONL row (prompt, response,
     messages, text...), or with `text_field` and for other kinds the documents `data prepare`
-    would read."""
+    would read; a token store's documents decoded with `tokenizer`."""
     from pathlib import Path
 
     from midtrain.data import readers
     from midtrain.sft.data import read_rows
 
+    if (Path(path) / "manifest.json").is_file():
+        yield from store_texts(path, tokenizer)
+        return
     for inp in readers.resolve_inputs([Path(path)]):
         if inp.kind == "jsonl" and text_field is None:
             for where, row in read_rows(inp.path, "check-format"):
@@ -107,6 +113,33 @@ def file_texts(path: str, text_field: str | None = None) -> Iterable[tuple[str, 
             continue
         for i, text in enumerate(readers.iter_texts([inp], text_field or "text")):
             yield f"{inp.path} document {i}", text
+
+
+def store_texts(
+    path: str, tokenizer: Any | None, max_docs: int = MAX_STORE_DOCS
+) -> Iterable[tuple[str, str]]:
+    """A token store's first `max_docs` training documents, decoded (stores keep no text).
+
+    A marker that the tokenizer maps to its EOS id (e.g. `<|endoftext|>` when it is the EOS)
+    cannot be told from a document boundary; every other marker decodes back to its text.
+    """
+    import numpy as np
+
+    from midtrain.data.store import open_store
+    from midtrain.data.tokenizer import tokenizer_hash
+    from midtrain.errors import MidtrainError
+
+    store = open_store(path, str(path))
+    if tokenizer is None or tokenizer_hash(tokenizer) != store.tokenizer_hash:
+        raise MidtrainError(f"{path}: a token store; pass --tokenizer, the tokenizer it was "
+                            f"prepared with (hash {store.tokenizer_hash[:12]}), to decode it")  # fmt: skip
+    ids, start, n = store.train_tokens(), 0, 0
+    for lo in range(0, len(ids), 1 << 22):
+        for end in np.flatnonzero(ids[lo : lo + (1 << 22)] == store.eos_id) + lo:
+            if n >= max_docs:
+                return
+            yield f"{path} document {n}", tokenizer.decode(ids[start:end].tolist())
+            start, n = int(end) + 1, n + 1
 
 
 def _strings(obj: Any) -> Iterable[str]:
