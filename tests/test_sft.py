@@ -202,6 +202,19 @@ def test_a_diverged_lr_is_recorded_and_the_grid_goes_on(w, tmp_path, monkeypatch
     assert not (tmp_path / "o" / "lr-0.001" / "final").exists()
 
 
+def test_a_probe_whose_data_changed_is_not_resumed(w, tmp_path):
+    from midtrain.errors import MidtrainError
+    from midtrain.sft import run_sft
+
+    data_file = write_rows(tmp_path / "train.jsonl", sums(40, 5))
+    cfg = {**FAST, "epochs": 1, "lrs": [1e-3], "checkpoint": str(w["neox"]), "data": str(data_file)}
+    run_sft(cfg, tmp_path / "o", progress=False)
+    (tmp_path / "o" / "status.json").write_text('{"status": "interrupted"}')  # as if killed
+    write_rows(data_file, sums(40, 6))
+    with pytest.raises(MidtrainError, match="changed since the probe started"):
+        run_sft(cfg, tmp_path / "o", progress=False)
+
+
 # -- resume --------------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_write_json, read_json
+from midtrain.io import atomic_write_json, hash_file, hash_tree, library_versions, read_json
 from midtrain.sft.config import SftConfig, load_sft_config
 from midtrain.sft.plan import SftPlan, plan_sft
 from midtrain.sft.results import GridPoint, SftResult, SftRunResult, ValSummary
@@ -52,6 +52,35 @@ def check_existing(out: Path, cfg: SftConfig) -> None:
         )
 
 
+def _inputs(plan: SftPlan) -> dict[str, Any]:
+    """inputs.json: content hashes of the checkpoint and the data; library versions."""
+    from midtrain.data.tokenizer import tokenizer_hash
+
+    c = plan.cfg
+    files = {k: hash_file(v) for k, v in (("data", c.data), ("val", c.val)) if v is not None}
+    return {
+        "checkpoint": {"path": c.checkpoint, "hash": hash_tree(c.checkpoint)},
+        "tokenizer_hash": tokenizer_hash(plan.tokenizer),
+        "files": files,
+        "versions": library_versions(),
+    }
+
+
+def check_inputs_unchanged(out: Path, inputs: dict[str, Any]) -> None:
+    f = out / "inputs.json"
+    if not f.is_file():
+        return
+    saved = read_json(f)
+    if (saved["checkpoint"]["hash"], saved["files"]) != (
+        inputs["checkpoint"]["hash"],
+        inputs["files"],
+    ):
+        raise MidtrainError(
+            f"--out {out}: its checkpoint or data changed since the probe started; "
+            "use another --out"
+        )
+
+
 def choose(grid: list[GridPoint]) -> GridPoint:
     """The LR with the lowest validation loss (ties: the first in grid order)."""
     done = [g for g in grid if g.status == "done" and g.val_loss is not None]
@@ -77,9 +106,13 @@ def run_sft(
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
     env.setup(cfg.threads)
+    inputs = _inputs(plan)
+    check_inputs_unchanged(out, inputs)
     before = val_before(plan)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", plan.resolved())
+    if not (out / "inputs.json").is_file():
+        atomic_write_json(out / "inputs.json", inputs)
     rundir.write_status(out, "running")
     grid, runs = [], {}
     for lr in cfg.lrs:

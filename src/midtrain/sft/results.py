@@ -2,6 +2,7 @@
 
 ```
 OUT/config.json          the resolved SftConfig (+ derived steps, data counts)
+OUT/inputs.json          content hashes of the checkpoint, tokenizer and data files; versions
 OUT/sft.json             SftResult: the grid, its validation losses, the chosen LR
 OUT/status.json          running | failed | interrupted | done
 OUT/lr-<LR>/             one fine-tune: config.json, log.jsonl, state/ (while running), final/,
