@@ -36,6 +36,16 @@ def sums(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def chats(n: int, seed: int) -> list[dict]:
+    """Two-turn `messages` rows of the same sums."""
+    a, b = sums(n, seed), sums(n, seed + 100)
+    return [{"messages": [{"role": "user", "content": x["prompt"]},
+                          {"role": "assistant", "content": x["response"]},
+                          {"role": "user", "content": y["prompt"]},
+                          {"role": "assistant", "content": y["response"]}]}
+            for x, y in zip(a, b, strict=True)]  # fmt: skip
+
+
 def write_rows(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -52,7 +62,7 @@ def w(tmp_path_factory) -> dict:
         "tok": tok,
         "neox": save_tiny_model(root, "gpt_neox", str(root / "tok")),
         "gpt2": save_tiny_model(root, "gpt2", str(root / "tok")),
-        "train": write_rows(root / "train.jsonl", sums(120, 0)),
+        "train": write_rows(root / "train.jsonl", sums(100, 0) + chats(20, 0)),
         "val": write_rows(root / "val.jsonl", sums(24, 1)),
     }
 
@@ -156,6 +166,7 @@ def test_neox_sft_lowers_the_validation_loss_and_picks_the_lr_by_it(w, tmp_path,
     assert res["chosen_lr"] == min(grid, key=grid.get) and res["val_loss"] == min(grid.values())
     assert res["val_loss"] < res["val_before"]["loss"] - 1.0, res
     assert res["data"]["val_examples"] == 24 and res["steps"] == 2 * 15
+    assert res["data"]["dropped"] == 0 and res["data"]["truncated"] == 0  # chats fit too
     run = out / f"lr-{res['chosen_lr']:g}"
     lines = (run / "val_examples.jsonl").read_text().splitlines()
     assert len(lines) == 24 and {"loss", "tokens", "bits_per_byte"} <= set(json.loads(lines[0]))
