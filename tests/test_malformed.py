@@ -227,6 +227,9 @@ CASES: dict[str, Case] = {
     "sft: negative LR": lambda w, t: (sft(w, t, SFT_ROWS, "--lr=-1"), "lrs"),
     "sft: unknown config field": lambda w, t: (sft(w, t, SFT_ROWS, cfg="learning_rate = 1\n"), "learning_rate"),
     "sft: bad template": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\n[template]\nprompt = "{nope}"\n'), "template.prompt"),
+    "sft: response placeholder in the prompt": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\n[template]\nprompt = "{prompt} {response}"\n'), "template.prompt"),
+    "sft: unknown schedule": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\nschedule = "wiggly"\n'), "schedule"),
+    "sft: exp schedule to zero": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\nschedule = "exp"\n'), "final_lr_fraction"),
     "sft: --out is a file": lambda w, t: (sft(w, t, SFT_ROWS)[:5] + [write(t, "f", "x")] + sft(w, t, SFT_ROWS)[6:], "--out"),
     "check-format: missing path": lambda w, t: (["data", "check-format", t / "nope.jsonl"], "nope.jsonl"),
     # demo, benchmarks, validate

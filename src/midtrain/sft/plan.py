@@ -21,7 +21,7 @@ from midtrain.sft.config import SftConfig
 from midtrain.sft.formatcheck import FormatReport, scan
 from midtrain.sft.results import DataSummary
 from midtrain.train import checkpoint as ckpt
-from midtrain.train.schedules import BoundSchedule, get_schedule, make_schedule
+from midtrain.train.schedules import SCHEDULES, BoundSchedule, make_schedule
 
 
 @dataclass
@@ -111,6 +111,8 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
     micro = min(cfg.micro_batch, cfg.batch_size)
     spe = math.ceil(len(train.examples) / cfg.batch_size)
     plan = SftPlan(cfg, device, precision, tok, model_config, train, val, spe, micro, fmt)
+    for lr in cfg.lrs:
+        plan.schedule(lr)  # the schedule's own checks (e.g. `exp` needs final_lr_fraction > 0)
     plan.warnings += [w for w in [fmt.summary("sft data")] if w] + _fit_warnings(plan)
     if precision == "bf16" and device == "cpu":
         plan.warnings.append("precision bf16 on CPU is much slower than fp32; use 'fp32'")
@@ -139,19 +141,27 @@ def _model_config(cfg: SftConfig) -> Any:
     return config
 
 
+TEMPLATE_KEYS = {"prompt": ("prompt",), "response": ("response",),
+                 "message": ("role", "content"), "assistant": ("role",)}  # fmt: skip
+
+
 def _check_settings(cfg: SftConfig) -> None:
-    get_schedule(cfg.schedule)
+    if cfg.schedule not in SCHEDULES:
+        raise MidtrainError(f"schedule: unknown schedule {cfg.schedule!r}; use one of "
+                            f"{', '.join(SCHEDULES)}")  # fmt: skip
+    if SCHEDULES[cfg.schedule].needs_positive_final and cfg.final_lr_fraction <= 0:
+        raise MidtrainError(f"final_lr_fraction: {cfg.schedule!r} decays geometrically and needs "
+                            "a final LR > 0; set final_lr_fraction = 0.01")  # fmt: skip
     if len(set(cfg.lrs)) != len(cfg.lrs) or any(not lr > 0 for lr in cfg.lrs):
         raise MidtrainError(f"lrs: {cfg.lrs} must be distinct positive LRs, e.g. [1e-5, 3e-5]")
-    t = cfg.template
-    for name, text, keys in (("prompt", t.prompt, "prompt"), ("response", t.response, "response"),
-                             ("message", t.message, "role, content"),
-                             ("assistant", t.assistant, "role")):  # fmt: skip
+    for name, keys in TEMPLATE_KEYS.items():
+        text = getattr(cfg.template, name)
         try:
-            text.format(prompt="", response="", role="", content="")
+            text.format(**dict.fromkeys(keys, ""))
         except (KeyError, IndexError, ValueError) as e:
+            fields = ", ".join(f"{{{k}}}" for k in keys)
             raise MidtrainError(f"template.{name}: {text!r} is not a valid template ({e}); use "
-                                f"only {{{keys}}} and write braces as {{{{ }}}}") from None  # fmt: skip
+                                f"only {fields} and write braces as {{{{ }}}}") from None  # fmt: skip
 
 
 def _fit_warnings(plan: SftPlan) -> list[str]:
