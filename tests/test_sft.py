@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _train_fixtures import save_tiny_model, sentences
@@ -130,6 +131,27 @@ def test_prompt_tokens_contribute_nothing_to_the_loss_or_its_gradient(w):
     # with the prompt trained, the prompt positions count too
     _, all_labels = data.collate(batch, tok.pad_token_id, train_on_prompt=True)
     assert sft_loss(model, (ids, all_labels)) > loss
+
+
+def test_a_step_is_cut_into_micro_batches_by_length_and_accumulates_to_one_batch(w, tmp_path):
+    from safetensors.torch import load_file
+
+    from midtrain.sft import run_sft
+
+    exs = [data.Example(np.arange(n), np.ones(n, bool), n) for n in (2, 9, 3, 8)]
+    assert [[len(e.ids) for e in b] for b in data.micro_batches(exs, 2)] == [[2, 3], [8, 9]]
+    assert data.pad_fraction(exs, 4, 2, seed=0) == pytest.approx(1 - 22 / 24)
+    fields = {**FAST, "epochs": 1, "lrs": [3e-3], "checkpoint_every": 0, "data": str(w["train"]),
+              "val": str(w["val"]), "checkpoint": str(w["neox"])}  # fmt: skip
+    weights, losses = [], []
+    for micro in (8, 2):  # one micro batch per step, or four
+        res = run_sft({**fields, "micro_batch": micro}, tmp_path / f"m{micro}", progress=False)
+        weights.append(load_file(Path(res.final_checkpoint) / "model.safetensors"))
+        log = (Path(res.final_checkpoint).parent / "log.jsonl").read_text().splitlines()
+        losses.append([json.loads(x)["loss"] for x in log])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # the mean over the step's targets
+    for k in weights[0]:  # 15 Adam steps amplify rounding in near-zero gradients a little
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-3, atol=1e-4)
 
 
 def test_overlong_examples_lose_their_prompt_from_the_left_or_are_dropped(w):

@@ -186,6 +186,28 @@ def split(ex: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]
     return train, Examples(val, n_val, where=f"{ex.where} (held out)")
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training examples in `epoch` (a seeded permutation per epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def micro_batches(batch: list[Example], micro: int) -> list[list[Example]]:
+    """A step's examples sorted by length, then cut into micro batches: less padding, and the
+    step's gradient is the same (a sum over its examples)."""
+    ordered = sorted(batch, key=lambda e: len(e.ids))
+    return [ordered[i : i + micro] for i in range(0, len(ordered), micro)]
+
+
+def pad_fraction(examples: list[Example], batch_size: int, micro: int, seed: int) -> float:
+    """Share of padding in the first epoch's micro batches."""
+    lens = np.array([len(e.ids) for e in examples])
+    order, padded = epoch_order(len(lens), seed, 0), 0
+    for k in range(0, len(order), batch_size):
+        step = np.sort(lens[order[k : k + batch_size]])
+        padded += sum(len(c) * int(c.max()) for c in np.split(step, range(micro, len(step), micro)))
+    return 1 - float(lens.sum()) / padded if padded else 0.0
+
+
 def collate(batch: list[Example], pad_id: int, train_on_prompt: bool) -> tuple[Any, Any]:
     """(ids, labels) tensors, right-padded to the longest example; labels -100 where untrained.
 

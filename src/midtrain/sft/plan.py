@@ -58,7 +58,7 @@ class SftPlan:
 
     @cached_property
     def data_summary(self) -> DataSummary:
-        t, v = self.train.examples, self.val.examples
+        t, v, c = self.train.examples, self.val.examples, self.cfg
         lens = np.array([len(e.ids) for e in t])
         return DataSummary(
             train_rows=self.train.rows, val_rows=self.val.rows,
@@ -66,8 +66,8 @@ class SftPlan:
             truncated=self.train.truncated + self.val.truncated,
             dropped=self.train.dropped + self.val.dropped,
             train_tokens=int(lens.sum()),
-            response_tokens=data.n_targets(t, self.cfg.train_on_prompt),
-            pad_fraction=round(_pad_fraction(lens, self.micro_batch), 4),
+            response_tokens=data.n_targets(t, c.train_on_prompt),
+            pad_fraction=round(data.pad_fraction(t, c.batch_size, self.micro_batch, c.seed), 4),
         )  # fmt: skip
 
     def resolved(self) -> dict[str, Any]:
@@ -81,13 +81,6 @@ class SftPlan:
                 "warnings": self.warnings,
             },
         }  # fmt: skip
-
-
-def _pad_fraction(lens: np.ndarray, micro: int) -> float:
-    """Padding share if micro batches were cut in file order (the order varies per epoch)."""
-    chunks = [lens[i : i + micro] for i in range(0, len(lens), micro)]
-    padded = sum(len(c) * int(c.max()) for c in chunks)
-    return 1 - float(lens.sum()) / padded if padded else 0.0
 
 
 def plan_sft(cfg: SftConfig) -> SftPlan:

@@ -67,7 +67,7 @@ class DataSummary(BaseModel):
     dropped: int  # examples that did not fit (train + val)
     train_tokens: int  # per epoch, real tokens
     response_tokens: int  # per epoch, trained tokens
-    pad_fraction: float  # share of the padded micro batches that is padding
+    pad_fraction: float  # share of padding in the first epoch's micro batches
 
 
 class SftResult(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json, recover_dir
-from midtrain.sft.data import Example, collate, n_targets
+from midtrain.sft.data import Example, collate, epoch_order, micro_batches, n_targets
 from midtrain.sft.plan import SftPlan
 from midtrain.sft.results import SftRunResult, ValSummary
 from midtrain.train import checkpoint as ckpt
@@ -43,20 +43,18 @@ def sft_loss(model: Any, micro: tuple[Any, Any]) -> Any:
     )
 
 
-def step_examples(plan: SftPlan, step: int) -> list[Example]:
-    """The examples of optimizer step `step`: a seeded permutation per epoch, cut in batches."""
-    epoch, k = divmod(step, plan.steps_per_epoch)
-    ex, b = plan.train.examples, plan.cfg.batch_size
-    order = np.random.default_rng([plan.cfg.seed, epoch]).permutation(len(ex))
-    return [ex[i] for i in order[k * b : (k + 1) * b]]
-
-
 def sft_batches(plan: SftPlan) -> Batches:
-    pad, top, m = plan.tokenizer.pad_token_id, plan.cfg.train_on_prompt, plan.micro_batch
+    """The step's examples (a seeded permutation per epoch, cut in batches), in micro batches."""
+    pad, top, c = plan.tokenizer.pad_token_id, plan.cfg.train_on_prompt, plan.cfg
+    orders: dict[int, np.ndarray] = {}
 
     def batches(step: int) -> tuple[Sequence[Any], int]:
-        picked = step_examples(plan, step)
-        micros = [collate(picked[i : i + m], pad, top) for i in range(0, len(picked), m)]
+        epoch, k = divmod(step, plan.steps_per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = epoch_order(len(plan.train.examples), c.seed, epoch)
+        picked = [plan.train.examples[i] for i in orders[epoch][k * c.batch_size :][: c.batch_size]]
+        micros = [collate(b, pad, top) for b in micro_batches(picked, plan.micro_batch)]
         micros = [(ids.to(plan.device), labels.to(plan.device)) for ids, labels in micros]
         return micros, n_targets(picked, top)
 
