@@ -192,6 +192,9 @@ def test_neox_sft_lowers_the_validation_loss_and_picks_the_lr_by_it(w, tmp_path,
     run = out / f"lr-{res['chosen_lr']:g}"
     lines = (run / "val_examples.jsonl").read_text().splitlines()
     assert len(lines) == 24 and {"loss", "tokens", "bits_per_byte"} <= set(json.loads(lines[0]))
+    before = [json.loads(x) for x in (out / "val_examples_before.jsonl").read_text().splitlines()]
+    mean_before = sum(r["loss"] for r in before) / len(before)
+    assert len(before) == 24 and mean_before == pytest.approx(res["val_before"]["loss"])
     assert [
         r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
     ] == list(range(1, 31))

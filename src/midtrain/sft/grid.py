@@ -7,13 +7,21 @@ A diverged LR is recorded and skipped; the probe fails only when every LR diverg
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_write_json, hash_file, hash_tree, library_versions, read_json
+from midtrain.io import (
+    atomic_write_json,
+    atomic_write_text,
+    hash_file,
+    hash_tree,
+    library_versions,
+    read_json,
+)
 from midtrain.sft.config import SftConfig, load_sft_config
 from midtrain.sft.plan import SftPlan, plan_sft
 from midtrain.sft.results import GridPoint, SftResult, SftRunResult, ValSummary
@@ -108,8 +116,9 @@ def run_sft(
     env.setup(cfg.threads)
     inputs = _inputs(plan)
     check_inputs_unchanged(out, inputs)
-    before = val_before(plan)
+    before, before_rows = val_before(plan)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "val_examples_before.jsonl", "".join(map(to_line, before_rows)))
     atomic_write_json(out / "config.json", plan.resolved())
     if not (out / "inputs.json").is_file():
         atomic_write_json(out / "inputs.json", inputs)
@@ -144,14 +153,17 @@ def grid_point(
     return GridPoint(lr=lr, status="done", val_loss=run.val.loss, dir=str(out)), run
 
 
-def val_before(plan: SftPlan) -> ValSummary:
-    """The checkpoint's own validation loss (what fine-tuning is measured against)."""
+def to_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def val_before(plan: SftPlan) -> tuple[ValSummary, list[dict[str, Any]]]:
+    """The checkpoint's own validation loss per example (what fine-tuning is measured against)."""
     from midtrain.sft.run import validate
     from midtrain.train.checkpoint import load_model
 
     model = load_model(plan.cfg.checkpoint, plan.device, "checkpoint")
-    summary, _ = validate(model, plan.val.examples, plan)
-    return summary
+    return validate(model, plan.val.examples, plan)
 
 
 def _write(

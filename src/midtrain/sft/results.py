@@ -4,6 +4,7 @@
 OUT/config.json          the resolved SftConfig (+ derived steps, data counts)
 OUT/inputs.json          content hashes of the checkpoint, tokenizer and data files; versions
 OUT/sft.json             SftResult: the grid, its validation losses, the chosen LR
+OUT/val_examples_before.jsonl   the checkpoint's own validation loss, one line per example
 OUT/status.json          running | failed | interrupted | done
 OUT/lr-<LR>/             one fine-tune: config.json, log.jsonl, state/ (while running), final/,
                          metrics.json (SftRunResult), val_examples.jsonl (one line per example)
