@@ -365,3 +365,11 @@ def test_sft_is_a_registered_stage_whose_jobs_round_trip(w, tmp_path):
     job = Job.of("sft", "probe", tmp_path / "p", spec)
     back = Job.model_validate_json(job.model_dump_json())
     assert back.spec == spec and isinstance(back.spec, SftConfig) and back.cached() is None
+
+
+def test_bench_sft_times_both_loops_on_the_same_unpadded_batches():
+    from midtrain.bench.sft import run_bench
+
+    res = run_bench(steps=1, rounds=1, threads=1, warmup=1)
+    assert res["sft_tokens_per_step"] == 16 * 256 and res["sft_pad_fraction"] == 0.0
+    assert res["ratio_sft_vs_anneal"] > 0 and len(res["rounds"]["sft"]) == 1
