@@ -40,6 +40,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/midtrain bench mix --json
 	$(BIN)/midtrain bench train --json
+	$(BIN)/midtrain bench sft --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -131,6 +131,27 @@ def ev(w, tmp, *extra, ckpt=None):
             "--domains", f"web={w['stores']['web']}", *extra]  # fmt: skip
 
 
+def no_eos_ckpt(w: dict, tmp: Path) -> Path:
+    """The checkpoint with a tokenizer that has no EOS token."""
+    import shutil
+
+    bad = tmp / "no-eos"
+    shutil.copytree(w["ckpt"], bad)
+    cfg = json.loads((bad / "tokenizer_config.json").read_text())
+    for k in ("eos_token", "bos_token", "pad_token", "unk_token"):
+        cfg.pop(k, None)
+    (bad / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return bad
+
+
+SFT_ROWS = '{"prompt": "1 plus 1", "response": "2"}\n' * 4
+
+
+def sft(w, tmp, rows, *extra, cfg="seq_len = 32\nthreads = 1\n", ckpt=None):
+    return ["sft", ckpt or w["ckpt"], "--data", write(tmp, "train.jsonl", rows), "--out",
+            tmp / "sft", "--config", write(tmp, "sft.toml", cfg), *extra]  # fmt: skip
+
+
 JSONL = '{"text": "a"}\n{"text": "b"}\n'
 CASES: dict[str, Case] = {
     # data prepare
@@ -191,6 +212,26 @@ CASES: dict[str, Case] = {
     "study show: corrupt results": lambda w, t: (["study", "show", write(t, "d/results.json", "{").parent], "results.json"),
     "study init: bad --store": lambda w, t: (["study", "init", w["ckpt"], "--store", "web", "--store", "m=x", "--out", t / "s.toml"], "--store"),
     "study init: --out exists": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", write(t, "s.toml", "x")], "--out"),
+    # sft, data check-format
+    "sft: row without prompt/response or messages": lambda w, t: (sft(w, t, SFT_ROWS + '{"text": "a"}\n'), "train.jsonl line 5"),
+    "sft: empty response": lambda w, t: (sft(w, t, SFT_ROWS + '{"prompt": "a", "response": " "}\n'), "empty response"),
+    "sft: response not a string": lambda w, t: (sft(w, t, '{"prompt": "a", "response": 3}\n'), '"response" must be a string'),
+    "sft: a line that is not JSON": lambda w, t: (sft(w, t, SFT_ROWS + "{oops\n"), "train.jsonl line 5"),
+    "sft: unknown role": lambda w, t: (sft(w, t, '{"messages": [{"role": "robot", "content": "x"}]}\n'), "unknown role"),
+    "sft: messages without an assistant": lambda w, t: (sft(w, t, '{"messages": [{"role": "user", "content": "x"}]}\n'), "no assistant"),
+    "sft: validation file with no rows": lambda w, t: (sft(w, t, SFT_ROWS, "--val", write(t, "val.jsonl", "\n")), "--val"),
+    "sft: data file missing": lambda w, t: (sft(w, t, SFT_ROWS)[:3] + [t / "none.jsonl"] + sft(w, t, SFT_ROWS)[4:], "--data"),
+    "sft: tokenizer without EOS": lambda w, t: (sft(w, t, SFT_ROWS, ckpt=no_eos_ckpt(w, t)), "no eos token"),
+    "sft: every example longer than seq_len": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 4\noverlong = "drop"\n'), "seq_len 4"),
+    "sft: seq_len beyond the model": lambda w, t: (sft(w, t, SFT_ROWS, cfg="seq_len = 128\n"), "max_position_embeddings"),
+    "sft: negative LR": lambda w, t: (sft(w, t, SFT_ROWS, "--lr=-1"), "lrs"),
+    "sft: unknown config field": lambda w, t: (sft(w, t, SFT_ROWS, cfg="learning_rate = 1\n"), "learning_rate"),
+    "sft: bad template": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\n[template]\nprompt = "{nope}"\n'), "template.prompt"),
+    "sft: response placeholder in the prompt": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\n[template]\nprompt = "{prompt} {response}"\n'), "template.prompt"),
+    "sft: unknown schedule": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\nschedule = "wiggly"\n'), "schedule"),
+    "sft: exp schedule to zero": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\nschedule = "exp"\n'), "final_lr_fraction"),
+    "sft: --out is a file": lambda w, t: (sft(w, t, SFT_ROWS)[:5] + [write(t, "f", "x")] + sft(w, t, SFT_ROWS)[6:], "--out"),
+    "check-format: missing path": lambda w, t: (["data", "check-format", t / "nope.jsonl"], "nope.jsonl"),
     # demo, benchmarks, validate
     "demo world: scale 0": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "0"], "--scale"),
     "demo world: scale too big": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "500"], "--scale"),
@@ -217,7 +258,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, w, tmp_path, monk
 def test_there_are_at_least_forty_cases():
     assert len(CASES) >= 40
     commands = {c.split(":")[0].split()[0] for c in CASES}
-    assert commands >= {"prepare", "mix", "pretrain", "anneal", "eval", "study", "demo"}
+    assert commands >= {"prepare", "mix", "pretrain", "anneal", "eval", "study", "demo", "sft"}
 
 
 def test_json_snapshot_helper_sees_a_new_file(tmp_path):

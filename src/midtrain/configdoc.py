@@ -25,18 +25,21 @@ source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
 - **Study file** (`midtrain study run FILE`): [StudyConfig](#studyconfig) with
   [Candidate](#candidate), [Guard](#guard), [EvalSpec](#evalspec) (with [TaskSetting](#tasksetting)),
   [AnalysisSpec](#analysisspec) and [ScheduleConfig](#scheduleconfig).
+- **SFT config** (`midtrain sft CKPT --config FILE`, the `sft` stage): [SftConfig](#sftconfig) with
+  [SftTemplate](#sfttemplate) and [OptimizerConfig](#optimizerconfig) (docs/sft.md).
 """
 
 
 def models() -> list[type[BaseModel]]:
     from midtrain.eval.api import TaskSetting
     from midtrain.mix.spec import MixComponent
+    from midtrain.sft.config import SftConfig, SftTemplate
     from midtrain.study.config import AnalysisSpec, Candidate, EvalSpec, Guard, StudyConfig
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
 
     return [
         RunConfig, ScheduleConfig, OptimizerConfig, MixComponent,
-        StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec,
+        StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftConfig, SftTemplate,
     ]  # fmt: skip
 
 

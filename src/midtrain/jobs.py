@@ -25,7 +25,11 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 from midtrain import env
 from midtrain.errors import MidtrainError
 
-BUILTIN_STAGES = {"train": "midtrain.train.stage", "eval": "midtrain.eval.stage"}
+BUILTIN_STAGES = {
+    "train": "midtrain.train.stage",
+    "eval": "midtrain.eval.stage",
+    "sft": "midtrain.sft.stage",
+}
 STAGES: dict[str, Stage] = {}
 
 

@@ -1,0 +1,180 @@
+"""An SFT probe: one fine-tune per LR of the grid, the LR with the lowest validation loss chosen.
+
+Liu, Neubig & Xiong (2025) pick each checkpoint's SFT LR from a small grid by validation loss;
+so does this. Every grid point, its loss (or why it diverged) and the choice go into OUT/sft.json.
+A diverged LR is recorded and skipped; the probe fails only when every LR diverges.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from midtrain.errors import MidtrainError
+from midtrain.io import (
+    atomic_write_json,
+    atomic_write_text,
+    hash_file,
+    hash_tree,
+    library_versions,
+    read_json,
+)
+from midtrain.sft.config import SftConfig, load_sft_config
+from midtrain.sft.plan import SftPlan, plan_sft
+from midtrain.sft.results import GridPoint, SftResult, SftRunResult, ValSummary
+from midtrain.train import rundir
+from midtrain.train.log import Diverged
+
+
+def lr_dir(out: Path, lr: float) -> Path:
+    return out / f"lr-{lr:g}"
+
+
+def finished(out: Path) -> SftResult | None:
+    """The result of a finished probe in `out`, or None."""
+    status = rundir.read_status(out)
+    if status is None or status.status != "done" or not (out / "sft.json").is_file():
+        return None
+    return SftResult.load(out)
+
+
+def check_existing(out: Path, cfg: SftConfig) -> None:
+    """`out` must be new, empty, or a probe of the same config (which is then resumed)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass a folder")
+    if not (out / "config.json").is_file():
+        if not any(out.iterdir()):
+            return
+        raise MidtrainError(f"--out {out} exists and is not an SFT directory; use a new folder")
+    saved = {
+        k: v for k, v in read_json(out / "config.json").items() if k not in ("threads", "resolved")
+    }
+    if saved != cfg.identity():
+        raise MidtrainError(
+            f"--out {out} holds an SFT probe of another config; use another --out (or delete it)"
+        )
+
+
+def _inputs(plan: SftPlan) -> dict[str, Any]:
+    """inputs.json: content hashes of the checkpoint and the data; library versions."""
+    from midtrain.data.tokenizer import tokenizer_hash
+
+    c = plan.cfg
+    files = {k: hash_file(v) for k, v in (("data", c.data), ("val", c.val)) if v is not None}
+    return {
+        "checkpoint": {"path": c.checkpoint, "hash": hash_tree(c.checkpoint)},
+        "tokenizer_hash": tokenizer_hash(plan.tokenizer),
+        "files": files,
+        "versions": library_versions(),
+    }
+
+
+def check_inputs_unchanged(out: Path, inputs: dict[str, Any]) -> None:
+    f = out / "inputs.json"
+    if not f.is_file():
+        return
+    saved = read_json(f)
+    if (saved["checkpoint"]["hash"], saved["files"]) != (
+        inputs["checkpoint"]["hash"],
+        inputs["files"],
+    ):
+        raise MidtrainError(
+            f"--out {out}: its checkpoint or data changed since the probe started; "
+            "use another --out"
+        )
+
+
+def choose(grid: list[GridPoint]) -> GridPoint:
+    """The LR with the lowest validation loss (ties: the first in grid order)."""
+    done = [g for g in grid if g.status == "done" and g.val_loss is not None]
+    if not done:
+        reasons = "; ".join(f"lr {g.lr:g}: {g.reason}" for g in grid)
+        raise Diverged(f"every LR of the grid diverged ({reasons}); lower lrs", {"reason": reasons})
+    return min(done, key=lambda g: g.val_loss)
+
+
+def run_sft(
+    cfg: SftConfig | Mapping[str, Any] | str | Path, out_dir: str | Path, *,
+    progress: bool | None = None,
+) -> SftResult:  # fmt: skip
+    """Fine-tune at every LR of the grid (resuming), choose by validation loss, write sft.json."""
+    from midtrain import env
+
+    cfg = load_sft_config(cfg)
+    out = Path(out_dir).resolve()
+    check_existing(out, cfg)
+    if (done := finished(out)) is not None:
+        return done
+    plan = plan_sft(cfg)  # every input check; nothing written yet
+    for w in plan.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    env.setup(cfg.threads)
+    inputs = _inputs(plan)
+    check_inputs_unchanged(out, inputs)
+    before, before_rows = val_before(plan)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "val_examples_before.jsonl", "".join(map(to_line, before_rows)))
+    atomic_write_json(out / "config.json", plan.resolved())
+    if not (out / "inputs.json").is_file():
+        atomic_write_json(out / "inputs.json", inputs)
+    rundir.write_status(out, "running")
+    grid, runs = [], {}
+    for lr in cfg.lrs:
+        point, run = grid_point(plan, lr, lr_dir(out, lr), progress)
+        grid.append(point)
+        if run is not None:
+            runs[lr] = run
+    try:
+        best = choose(grid)
+    except Diverged as e:
+        rundir.write_status(out, "failed", reason=str(e))
+        raise
+    return _write(out, plan, before, grid, runs[best.lr])
+
+
+def grid_point(
+    plan: SftPlan, lr: float, out: Path, progress: bool | None
+) -> tuple[GridPoint, SftRunResult | None]:
+    """One LR's fine-tune (cached, resumed or run); a diverged one is recorded, not raised."""
+    from midtrain.sft.run import run_one
+
+    status = rundir.read_status(out)
+    if status is not None and status.status == "failed":
+        return GridPoint(lr=lr, status="diverged", dir=str(out), reason=status.reason), None
+    try:
+        run = run_one(plan, lr, out, progress)
+    except Diverged as e:
+        return GridPoint(lr=lr, status="diverged", dir=str(out), reason=str(e)), None
+    return GridPoint(lr=lr, status="done", val_loss=run.val.loss, dir=str(out)), run
+
+
+def to_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def val_before(plan: SftPlan) -> tuple[ValSummary, list[dict[str, Any]]]:
+    """The checkpoint's own validation loss per example (what fine-tuning is measured against)."""
+    from midtrain.sft.run import validate
+    from midtrain.train.checkpoint import load_model
+
+    model = load_model(plan.cfg.checkpoint, plan.device, "checkpoint")
+    return validate(model, plan.val.examples, plan)
+
+
+def _write(
+    out: Path, plan: SftPlan, before: ValSummary, grid: list[GridPoint], best: SftRunResult
+) -> SftResult:
+    result = SftResult(
+        checkpoint=plan.cfg.checkpoint, chosen_lr=best.lr, val_loss=best.val.loss, val=best.val,
+        val_before=before, grid=grid, final_checkpoint=best.final_checkpoint, steps=plan.steps,
+        epochs=plan.cfg.epochs, data=plan.summary(), format_check=dict(plan.fmt.counts),
+        warnings=plan.warnings,
+    )  # fmt: skip
+    atomic_write_json(out / "sft.json", result.model_dump(mode="json"))
+    rundir.write_status(out, "done", step=plan.steps)
+    return result

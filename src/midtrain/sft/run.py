@@ -1,0 +1,202 @@
+"""One fine-tune at one peak LR: the anneal's `train_loop` with another batch source and loss.
+
+The same callbacks as an anneal (JSONL log with the non-finite guard, resumable `state/` with RNG,
+`final/`, the progress bar), so resume after SIGKILL ends bit-identical on CPU. The loss is the
+summed cross-entropy over the step's trained tokens (labels -100 elsewhere) divided by their count
+in the whole step: the mean over response tokens of the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json, recover_dir
+from midtrain.sft.data import Example, collate, epoch_order, micro_batches, n_targets
+from midtrain.sft.plan import SftPlan
+from midtrain.sft.results import SftRunResult, ValSummary
+from midtrain.train import checkpoint as ckpt
+from midtrain.train import optim, rundir
+from midtrain.train.log import Diverged, RunLog
+from midtrain.train.loop import Batches, Checkpoints, LogCallback, ProgressBar, Trainer, train_loop
+
+
+def sft_loss(model: Any, micro: tuple[Any, Any]) -> Any:
+    """Summed next-token cross-entropy over the trained tokens (labels != -100), fp32 logits."""
+    import torch.nn.functional as F
+
+    ids, labels = micro
+    logits = model(input_ids=ids, use_cache=False).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+
+
+def sft_batches(plan: SftPlan) -> Batches:
+    """The step's examples (a seeded permutation per epoch, cut in batches), in micro batches."""
+    pad, top, c = plan.tokenizer.pad_token_id, plan.cfg.train_on_prompt, plan.cfg
+    orders: dict[int, np.ndarray] = {}
+
+    def batches(step: int) -> tuple[Sequence[Any], int]:
+        epoch, k = divmod(step, plan.steps_per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = epoch_order(len(plan.train.examples), c.seed, epoch)
+        picked = [plan.train.examples[i] for i in orders[epoch][k * c.batch_size :][: c.batch_size]]
+        micros = [collate(b, pad, top) for b in micro_batches(picked, plan.micro_batch)]
+        micros = [(ids.to(plan.device), labels.to(plan.device)) for ids, labels in micros]
+        return micros, n_targets(picked, top)
+
+    return batches
+
+
+class SftCheckpoints(Checkpoints):
+    """`state/` every few steps and `final/` at the end, with this fine-tune's trainer state."""
+
+    def __init__(self, plan: SftPlan, lr: float, out: Path, log: RunLog):
+        self.plan, self.out, self.log, self.every = plan, out, log, plan.cfg.checkpoint_every
+        self.lr, self.sched = lr, plan.schedule(lr)
+
+    def state(self, done: int) -> ckpt.TrainerState:
+        p = self.plan
+        return ckpt.TrainerState(
+            lr=self.sched.lr_at(done),
+            tokens_seen=done * p.tokens_per_step,
+            steps=done,
+            schedule=self.sched.to_dict(),
+            run=ckpt.RunPosition(step=done, position=done, wall_s=self.log.wall_s,
+                                 config_hash=hash_obj(run_identity(p, self.lr))),
+        )  # fmt: skip
+
+
+def run_identity(plan: SftPlan, lr: float) -> dict[str, Any]:
+    return {**plan.cfg.identity(), "lr": lr}
+
+
+def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
+    """The trainer resumed from OUT/state, else from the checkpoint; and the wall time so far."""
+    import torch
+
+    cfg, resume = plan.cfg, out / "state"
+    recover_dir(resume)
+    recover_dir(out / "final")
+    torch.manual_seed(cfg.seed)
+    resuming = (resume / "config.json").is_file()
+    source = resume if resuming else Path(cfg.checkpoint)
+    model = ckpt.load_model(source, plan.device, "--out state" if resuming else "checkpoint")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optim.make_optimizer(params, cfg.optimizer)
+    step, wall = 0, 0.0
+    if resuming:
+        optim.load_optimizer(opt, resume)
+        position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
+        step, wall = (position.step, position.wall_s) if position else (0, 0.0)
+        optim.set_rng_state(ckpt.load_rng_state(resume))
+    elif cfg.optimizer.load_state and optim.load_optimizer(opt, source):
+        optim.set_hparams(opt, cfg.optimizer)
+    autocast = nullcontext
+    if plan.precision == "bf16":
+        autocast = partial(torch.autocast, device_type=plan.device, dtype=torch.bfloat16)
+    clip = cfg.optimizer.grad_clip or math.inf
+    t = Trainer(model, opt, params, partial(sft_loss, model), sft_batches(plan), plan.schedule(lr),
+                plan.steps, plan.tokens_per_step, clip, plan.device, autocast, step)  # fmt: skip
+    return t, wall
+
+
+def validate(model: Any, examples: list[Example], plan: SftPlan) -> tuple[ValSummary, list[dict]]:
+    """Per-example NLL of the response tokens (eval mode, no grad): records and their summary."""
+    import torch
+    import torch.nn.functional as F
+
+    pad, m, rows = plan.tokenizer.pad_token_id, plan.micro_batch, []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), m):
+            batch = examples[i : i + m]
+            ids, labels = collate(batch, pad, train_on_prompt=False)
+            logits = model(input_ids=ids.to(plan.device), use_cache=False).logits[:, :-1].float()
+            targets = labels[:, 1:].to(plan.device)
+            nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            sums = nll.sum(1).tolist()  # ignored positions are 0
+            counts = (targets != -100).sum(1).tolist()
+            for j, (e, s, c) in enumerate(zip(batch, sums, counts, strict=True)):
+                rows.append(
+                    {
+                        "index": i + j,
+                        "tokens": c,
+                        "bytes": e.response_bytes,
+                        "nll": s,
+                        "loss": s / c,
+                        "bits_per_byte": s / math.log(2) / e.response_bytes,
+                    }
+                )
+    model.train(was_training)
+    return summarise(rows), rows
+
+
+def summarise(rows: list[dict]) -> ValSummary:
+    nll, tokens, n_bytes = (sum(r[k] for r in rows) for k in ("nll", "tokens", "bytes"))
+    return ValSummary(examples=len(rows), loss=sum(r["loss"] for r in rows) / len(rows),
+                      token_loss=nll / tokens, bits_per_byte=nll / math.log(2) / n_bytes,
+                      tokens=tokens)  # fmt: skip
+
+
+def finished(out: Path) -> SftRunResult | None:
+    status = rundir.read_status(out)
+    if status is None or status.status != "done" or not (out / "metrics.json").is_file():
+        return None
+    return SftRunResult.model_validate(read_json(out / "metrics.json"))
+
+
+def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRunResult:
+    """Fine-tune at peak LR `lr` in `out` (resumed when it holds a state), then validate."""
+    if (done := finished(out)) is not None:
+        return done
+    t, wall = build(plan, lr, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {**plan.resolved(), "lr": lr})
+    rundir.write_status(out, "running", from_step=t.step)
+    log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
+    log.truncate(t.step)
+    checkpoints = SftCheckpoints(plan, lr, out, log)
+    bar = ProgressBar(progress is not False, plan.steps * plan.tokens_per_step)
+    log.sinks.append(bar)
+    try:
+        with bar.progress:
+            train_loop(t, [LogCallback(log, checkpoints), checkpoints])
+    except Diverged as e:
+        rundir.write_status(out, "failed", **e.info)
+        raise
+    except KeyboardInterrupt:
+        rundir.write_status(out, "interrupted", step=t.step)
+        raise
+    return _finish(plan, lr, out, t, log)
+
+
+def _finish(plan: SftPlan, lr: float, out: Path, t: Trainer, log: RunLog) -> SftRunResult:
+    val, rows = validate(t.model, plan.val.examples, plan)
+    atomic_write_text(out / "val_examples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    lines, tokens = log.read(), plan.summary().train_tokens * plan.cfg.epochs
+    result = SftRunResult(
+        lr=lr, steps=plan.steps, tokens=tokens, first_loss=lines[0]["loss"],
+        final_loss=lines[-1]["loss"], wall_s=log.wall_s,
+        tokens_per_s=tokens / log.wall_s if log.wall_s > 0 else None, val=val,
+        final_checkpoint=str(out / "final"),
+    )  # fmt: skip
+    atomic_write_json(out / "metrics.json", result.model_dump(mode="json"))
+    rundir.write_status(out, "done", step=plan.steps)
+    shutil.rmtree(out / "state", ignore_errors=True)
+    return result
