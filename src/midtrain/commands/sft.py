@@ -65,10 +65,15 @@ def sft(
         print_dry_run(cfg)
         return
     result = run_sft(cfg, out)
-    console.print(result.model_dump(include={"chosen_lr", "val_loss", "steps", "epochs"}))
+    b = result.val_before
+    console.print(f"validation loss per response token (mean over {b.examples} examples): "
+                  f"{b.loss:.4f} before fine-tuning")  # fmt: skip
     for g in result.grid:
-        console.print(f"lr {g.lr:g}: {g.status} val_loss {g.val_loss}")
-    console.print(f"final checkpoint: {safe(result.final_checkpoint)}")
+        mark = "  <- chosen" if g.lr == result.chosen_lr else ""
+        loss = f"{g.val_loss:.4f}" if g.val_loss is not None else safe(g.reason or "")
+        console.print(f"  lr {g.lr:g}: {g.status}, {loss}{mark}")
+    console.print(f"{result.steps} steps x {len(result.grid)} LRs; "
+                  f"checkpoint: {safe(result.final_checkpoint)}")  # fmt: skip
 
 
 def print_dry_run(cfg: Any) -> None:

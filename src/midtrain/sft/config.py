@@ -81,8 +81,10 @@ class SftConfig(Strict):
         8, gt=0, description="Examples per forward/backward (gradient accumulation).",
         unit="examples",
     )  # fmt: skip
-    seq_len: int = field(
-        512, gt=1, description="Longest example; each micro batch is padded to its longest.",
+    seq_len: int | None = field(
+        None, gt=1,
+        description="Longest example; each micro batch is padded to its longest. Default: the "
+        "model's max_position_embeddings, at most 2048.",
         unit="tokens",
     )  # fmt: skip
     warmup_fraction: float = field(

@@ -145,7 +145,7 @@ def fit(ex: Example, seq_len: int, policy: str) -> Example | None:
     return Example(ex.ids[cut:], ex.response[cut:], ex.response_bytes)
 
 
-def load_examples(path: str, what: str, cfg: SftConfig, tok: Any) -> Examples:
+def load_examples(path: str, what: str, cfg: SftConfig, tok: Any, seq_len: int) -> Examples:
     """Read, render, tokenise and fit every row of `path` (errors name the line)."""
     out = Examples([], 0, where=f"{what} {path}")
     for where, row in read_rows(path, what):
@@ -153,7 +153,7 @@ def load_examples(path: str, what: str, cfg: SftConfig, tok: Any) -> Examples:
         out.rows += 1
         out.sources.append((where, "".join(s for s, _ in segs if s is not EOS)))
         ex = tokenise(segs, tok)
-        fitted = fit(ex, cfg.seq_len, cfg.overlong)
+        fitted = fit(ex, seq_len, cfg.overlong)
         if fitted is None:
             out.dropped += 1
             continue
@@ -163,7 +163,7 @@ def load_examples(path: str, what: str, cfg: SftConfig, tok: Any) -> Examples:
         raise MidtrainError(f"{what} {path}: no rows; {ROW_FIX}")
     if not out.examples:
         raise MidtrainError(
-            f"{what} {path}: all {out.rows} rows are longer than seq_len {cfg.seq_len} "
+            f"{what} {path}: all {out.rows} rows are longer than seq_len {seq_len} "
             "(responses included); raise seq_len or shorten the rows"
         )
     return out

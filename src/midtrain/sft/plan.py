@@ -31,6 +31,7 @@ class SftPlan:
     precision: str
     tokenizer: Any
     model_config: Any
+    seq_len: int
     train: data.Examples
     val: data.Examples
     steps_per_epoch: int
@@ -74,7 +75,8 @@ class SftPlan:
         return {
             **self.cfg.model_dump(mode="json"),
             "resolved": {
-                "device": self.device, "precision": self.precision, "steps": self.steps,
+                "device": self.device, "precision": self.precision, "seq_len": self.seq_len,
+                "steps": self.steps,
                 "steps_per_epoch": self.steps_per_epoch, "micro_batch": self.micro_batch,
                 "model_type": self.model_config.model_type,
                 "data": self.summary().model_dump(), "format_check": dict(self.fmt.counts),
@@ -94,16 +96,17 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
     ckpt.check_hf_folder(cfg.checkpoint, "checkpoint")
     tok = load_tokenizer(cfg.checkpoint)
     model_config = _model_config(cfg)
+    seq_len = cfg.seq_len or min(_positions(model_config) or DEFAULT_SEQ_LEN, DEFAULT_SEQ_LEN)
     _check_settings(cfg)
-    examples = data.load_examples(cfg.data, "--data", cfg, tok)
+    examples = data.load_examples(cfg.data, "--data", cfg, tok, seq_len)
     if cfg.val is None:
         train, val = data.split(examples, cfg.val_fraction, cfg.seed)
     else:
-        train, val = examples, data.load_examples(cfg.val, "--val", cfg, tok)
+        train, val = examples, data.load_examples(cfg.val, "--val", cfg, tok, seq_len)
     fmt = scan(_sources(train, val), tok)
     micro = min(cfg.micro_batch, cfg.batch_size)
     spe = math.ceil(len(train.examples) / cfg.batch_size)
-    plan = SftPlan(cfg, device, precision, tok, model_config, train, val, spe, micro, fmt)
+    plan = SftPlan(cfg, device, precision, tok, model_config, seq_len, train, val, spe, micro, fmt)
     for lr in cfg.lrs:
         plan.schedule(lr)  # the schedule's own checks (e.g. `exp` needs final_lr_fraction > 0)
     plan.warnings += [w for w in [fmt.summary("sft data")] if w] + _fit_warnings(plan)
@@ -125,13 +128,21 @@ def _model_config(cfg: SftConfig) -> Any:
         config = AutoConfig.from_pretrained(cfg.checkpoint)
     except (OSError, ValueError, KeyError) as e:
         raise MidtrainError(f"checkpoint: cannot read {cfg.checkpoint}/config.json: {e}") from None
-    limit = getattr(config, "max_position_embeddings", None)
-    if isinstance(limit, int) and cfg.seq_len > limit:
+    limit = _positions(config)
+    if limit is not None and cfg.seq_len is not None and cfg.seq_len > limit:
         raise MidtrainError(
             f"seq_len: {cfg.seq_len} is longer than the model's max_position_embeddings "
             f"{limit}; lower seq_len"
         )
     return config
+
+
+DEFAULT_SEQ_LEN = 2048  # seq_len when not given: the model's positions, at most this
+
+
+def _positions(config: Any) -> int | None:
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 TEMPLATE_KEYS = {"prompt": ("prompt",), "response": ("response",),
