@@ -7,6 +7,7 @@ then runs a small study on it (a few optimizer steps per run, CPU, one thread pe
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -328,3 +329,83 @@ def test_failed_runs_are_reported_and_the_study_exits_1(world, tmp_path, monkeyp
     assert math["verdict"] != "failed" and math["primary"]["p"] is not None
     null = next(a for a in res["arms"] if a["name"] == "null")
     assert null["seeds"] == [0, 1] and (out / "report.md").is_file()
+
+
+def sft_rows(n: int, seed: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"What is {a} plus {b}?", "response": f"{a + b}"})
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+CPT = """
+[[candidates]]
+name = "task-items"
+mix = { taskitems = 1.0 }
+max_repetition = 50.0
+continued_pretraining = true
+"""
+
+
+def probe_study(world, tmp_path: Path, decide_on: str = "base") -> Path:
+    (tmp_path / "sft-train.jsonl").write_text(sft_rows(32, 0))
+    (tmp_path / "sft-val.jsonl").write_text(sft_rows(12, 1))
+    probe = f"""
+[analysis]
+decide_on = "{decide_on}"
+[sft_probe]
+lrs = [1e-3]
+epochs = 1
+batch_size = 8
+micro_batch = 8
+seq_len = 64
+checkpoint_every = 0
+[[sft_probe.sets]]
+name = "sums"
+train = "sft-train.jsonl"
+val = "sft-val.jsonl"
+"""
+    path = study_file(world, tmp_path, CPT + probe, extra="")
+    path.write_text(path.read_text().replace("limit = 60", "limit = 20"))
+    return path
+
+
+def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, monkeypatch):
+    """Every run (control, arm, CPT arm; 2 seeds) is fine-tuned on an SFT set and scored after
+    it; the deltas have intervals; a rerun is fully cached; decide_on = "sft" decides on it."""
+    from midtrain.jobs import Job
+    from midtrain.study.config import load_study
+    from midtrain.study.probe_analysis import SFT_METRIC
+    from midtrain.study.runner import run_study
+
+    out = tmp_path / "study"
+    res = run_study(load_study(probe_study(world, tmp_path)), out)
+    arms = {a.arm: a for a in res.arms}
+    assert set(arms) == {"task-items@0.3", "task-items@cpt"}
+    cpt = arms["task-items@cpt"]
+    assert cpt.cpt and [(m.source, m.ratio) for m in cpt.mix] == [("taskitems", 1.0)]
+    for a in arms.values():
+        s = a.probe.sets["sums"]
+        assert all(math.isfinite(x) for x in s.ci + s.forgetting.ci + s.forgetting_change.ci)
+        assert s.ci[0] <= s.delta_val_loss <= s.ci[1] and len(s.val_loss) == 2
+        assert set(s.domains) == {"web"} and s.forgetting.delta_bpb == s.domains["web"].delta_bpb
+        assert a.probe.primary.delta == pytest.approx(-s.delta_val_loss)
+        assert [p.status for p in a.probe.runs] == ["done", "done"] and a.decided_on == "base"
+    assert res.probe.sets == ["sums"] and len(res.probe.control["sums"]) == 2
+    report = (out / "report.md").read_text()
+    assert "## SFT probe" in report and "| task-items@cpt | sums |" in report
+
+    monkeypatch.setattr(Job, "run", lambda self: pytest.fail(f"{self.stage} ran again"))
+    again = run_study(load_study(probe_study(world, tmp_path)), out)
+    assert [a.probe for a in again.arms] == [a.probe for a in res.arms]
+    sft = run_study(load_study(probe_study(world, tmp_path, "sft")), out)  # the same runs
+    for a, b in zip(sft.arms, res.arms, strict=True):
+        assert a.decided_on == "sft" and a.primary.metric == SFT_METRIC
+        assert (a.primary.delta, a.primary.ci) == (b.probe.primary.delta, b.probe.primary.ci)
+        assert (a.base_primary.delta, a.base_primary.ci) == (b.primary.delta, b.primary.ci)
+        assert a.verdict in ("include", "reject", "inconclusive")
+    assert (out / "report.md").read_text().count("decided on the SFT probe") >= 1

@@ -29,6 +29,7 @@ BUILTIN_STAGES = {
     "train": "midtrain.train.stage",
     "eval": "midtrain.eval.stage",
     "sft": "midtrain.sft.stage",
+    "sft_eval": "midtrain.sft.stage",
 }
 STAGES: dict[str, Stage] = {}
 

@@ -58,7 +58,12 @@ def exit_on_failed_runs(results, out: Path) -> None:
             f"log {safe(log)}",
             highlight=False,
         )
-    if failed:
+    for p in results.missing_probes:
+        err_console.print(
+            f"SFT probe of {safe(p.run)} on {safe(p.set)} did not finish; see {safe(out / p.dir)}",
+            highlight=False,
+        )
+    if failed or results.missing_probes:
         raise typer.Exit(FAILED_RUNS_EXIT)
 
 
@@ -89,7 +94,30 @@ def print_plan(cfg, out: Path) -> None:
     console.print(
         f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
     )
+    if cfg.sft_probe is not None:
+        print_probes(plan)
     console.print(power_line(plan))
+
+
+def print_probes(plan) -> None:
+    """The SFT probe's jobs: one per run x set x SFT seed, with tokens and a time estimate."""
+    from midtrain.study.probe import plan_probes, probe_estimate
+
+    est = {name: probe_estimate(p) for name, p in plan_probes(plan.config).items()}
+    jobs = [(r.name, j) for r in plan.runs for j in r.probes]
+    jobs += [("start checkpoint", j) for j in plan.start_probes]
+    t = Table(title=f"SFT probe: {len(jobs)} fine-tunes (each: every LR of the grid), "
+                    "then the base domains scored after SFT")  # fmt: skip
+    for col in ("run", "set", "SFT seed", "tokens", "est. FLOPs", "est. seconds"):
+        t.add_column(col)
+    total_s = 0.0
+    for name, j in jobs:
+        tokens, flops, secs = est[j.set]
+        total_s += secs
+        t.add_row(safe(name), safe(j.set), str(j.seed), f"{tokens:,}", f"{flops:.3g}",
+                  f"{secs:.0f}")  # fmt: skip
+    console.print(t)
+    console.print(f"SFT probe total: ~{total_s / 60:.1f} min of fine-tuning (before evaluation)")
 
 
 def power_line(plan) -> str:

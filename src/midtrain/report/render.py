@@ -73,7 +73,9 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
     rows = []
     for arm in r.arms:
         p = arm.primary
-        in_primary = set(p.tasks) if p else set(arm.tasks)  # Δ acc over the primary's tasks
+        tasks_primary = arm.base_primary if arm.decided_on == "sft" else p
+        # Δ acc over the tasks' primary's tasks
+        in_primary = set(tasks_primary.tasks) if tasks_primary else set(arm.tasks)
         acc = [
             t.acc_delta for n, t in arm.tasks.items() if n in in_primary and t.acc_delta is not None
         ]
@@ -93,6 +95,36 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
                 "suggestion": arm.suggestion or "",
             }
         )
+    return rows
+
+
+def probe_rows(r: StudyResult) -> list[dict[str, str]]:
+    """The SFT probe: one row of display strings per arm and set."""
+    rows = []
+    for arm in r.arms:
+        for name, s in (arm.probe.sets if arm.probe else {}).items():
+            f, c = s.forgetting, s.forgetting_change
+            rows.append({
+                "arm": arm.arm, "set": name, "delta": fmt(s.delta_val_loss), "ci": fmt_ci(s.ci),
+                "forget": fmt(f.delta_bpb if f else None, 4), "forget_ci": fmt_ci(f.ci if f else None, 4),
+                "change": fmt(c.delta_bpb if c else None, 4), "change_ci": fmt_ci(c.ci if c else None, 4),
+                "seeds": str(len(s.val_loss)),
+            })  # fmt: skip
+    return rows
+
+
+def score_rows(r: StudyResult) -> list[dict[str, str]]:
+    """Both scores of every arm: the SFT score and the tasks' primary, and which one decides."""
+    rows = []
+    for arm in r.arms:
+        sft = arm.probe.primary if arm.probe else None
+        base = arm.base_primary if arm.decided_on == "sft" else arm.primary
+        rows.append({
+            "arm": arm.arm, "decides": arm.decided_on, "verdict": arm.verdict,
+            "sft": fmt(sft.delta if sft else None), "sft_ci": fmt_ci(sft.ci if sft else None),
+            "sft_p": fmt_p(sft.p if sft else None),
+            "base": fmt(base.delta if base else None), "base_ci": fmt_ci(base.ci if base else None),
+        })  # fmt: skip
     return rows
 
 
@@ -156,6 +188,9 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "r": r,
         "cfg": cfg,
         "rows": verdict_rows(r),
+        "probe_rows": probe_rows(r),
+        "score_rows": score_rows(r),
+        "decided_on_sft": any(a.decided_on == "sft" for a in r.arms),
         "fmt": fmt,
         "fmt_ci": fmt_ci,
         "num": num,

@@ -43,16 +43,9 @@ class SftTemplate(Strict):
     )
 
 
-class SftConfig(Strict):
-    """One SFT probe: a full fine-tune of `checkpoint` per LR of `lrs`, the best by val loss."""
+class SftSettings(Strict):
+    """How to fine-tune: the template, the LR grid, the batches (a study's [sft_probe] shares them)."""
 
-    checkpoint: str = field(description="HF causal-LM folder (weights + tokenizer) to fine-tune.")
-    data: str = field(
-        description='Training rows, JSONL: {"prompt", "response"} or {"messages": [...]}.'
-    )
-    val: str | None = field(
-        None, description="Validation rows (same format); omitted: val_fraction of `data`."
-    )
     val_fraction: float = field(
         0.1,
         gt=0,
@@ -99,15 +92,27 @@ class SftConfig(Strict):
         OptimizerConfig(weight_decay=0.0, load_state=False),
         description="AdamW; SFT defaults: weight_decay = 0, load_state = false (fresh moments).",
     )
-    seed: int = field(0, description="Data order, validation split and dropout.")
-    device: Literal["auto", "cpu", "cuda"] = field(
-        "auto", description="auto = cuda when available."
-    )
     precision: Literal["auto", "fp32", "bf16"] = field(
         "auto", description="auto = fp32 on CPU, bf16 autocast on CUDA; master weights stay fp32."
     )
     checkpoint_every: int = field(
         50, ge=0, description="Steps between resumable saves (0 = final only).", unit="steps"
+    )
+
+
+class SftConfig(SftSettings):
+    """One SFT probe: a full fine-tune of `checkpoint` per LR of `lrs`, the best by val loss."""
+
+    checkpoint: str = field(description="HF causal-LM folder (weights + tokenizer) to fine-tune.")
+    data: str = field(
+        description='Training rows, JSONL: {"prompt", "response"} or {"messages": [...]}.'
+    )
+    val: str | None = field(
+        None, description="Validation rows (same format); omitted: val_fraction of `data`."
+    )
+    seed: int = field(0, description="Data order, validation split and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = field(
+        "auto", description="auto = cuda when available."
     )
     threads: int = field(
         0, ge=0, description="torch threads (0 = torch's default); not part of the identity."

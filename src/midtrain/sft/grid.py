@@ -41,6 +41,12 @@ def finished(out: Path) -> SftResult | None:
     return SftResult.load(out)
 
 
+def chosen_val_losses(out: Path, res: SftResult) -> dict[int, float]:
+    """{validation example index: loss} of the chosen LR's fine-tune (per-token mean NLL)."""
+    rows = (lr_dir(out, res.chosen_lr) / "val_examples.jsonl").read_text().splitlines()
+    return {int(r["index"]): float(r["loss"]) for r in map(json.loads, rows)}
+
+
 def check_existing(out: Path, cfg: SftConfig) -> None:
     """`out` must be new, empty, or a probe of the same config (which is then resumed)."""
     if not out.exists():

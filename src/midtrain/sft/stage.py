@@ -1,15 +1,22 @@
-"""The `sft` stage: an SFT config (checkpoint included) in, an SFT directory and `SftResult` out.
+"""The `sft` stage: an SFT config (checkpoint included) in, an SFT directory and `SftResult` out;
+and the `sft_eval` stage: the eval stage applied to the checkpoint an SFT probe chose.
 
-A study can chain it after a train stage (an SFT probe of each run's final checkpoint).
+A study chains them after a run's train and eval stages (its SFT probe, docs/studies.md). The
+chosen LR is only known once the probe has finished, so `sft_eval` reads it from the probe's
+`SftResult` when it runs (and when it looks for its cached result).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from midtrain.jobs import Stage, register
+from midtrain.errors import MidtrainError
+from midtrain.eval.results import EvalResult
+from midtrain.eval.stage import EvalJob
+from midtrain.jobs import Stage, get_stage, register
+from midtrain.schema import Strict, field
 from midtrain.sft.config import SftConfig
-from midtrain.sft.grid import finished, run_sft
+from midtrain.sft.grid import finished, lr_dir, run_sft
 from midtrain.sft.results import SftResult
 
 
@@ -24,3 +31,37 @@ class SftStage(Stage):
 
     def cached(self, spec: SftConfig, out: Path) -> SftResult | None:
         return finished(out)
+
+
+class SftEvalJob(Strict):
+    """Evaluate the checkpoint an SFT probe chose (the LR with the lowest validation loss)."""
+
+    sft: str = field(description="The SFT probe's folder (its sft.json names the chosen LR).")
+    eval: EvalJob = field(description="What to score; its checkpoint is the probe's choice.")
+
+
+def chosen_eval(spec: SftEvalJob) -> EvalJob | None:
+    """The eval job of the chosen checkpoint (a path under the probe's folder), or None when the
+    probe has not finished."""
+    res = finished(Path(spec.sft))
+    if res is None:
+        return None
+    ckpt = lr_dir(Path(spec.sft), res.chosen_lr) / "final"
+    return spec.eval.model_copy(update={"checkpoint": str(ckpt)})
+
+
+@register
+class SftEvalStage(Stage):
+    name = "sft_eval"
+    Spec = SftEvalJob
+    Result = EvalResult
+
+    def run(self, spec: SftEvalJob, out: Path) -> EvalResult:
+        job = chosen_eval(spec)
+        if job is None:
+            raise MidtrainError(f"{spec.sft}: the SFT probe has not finished; run it first")
+        return get_stage("eval").run(job, out)
+
+    def cached(self, spec: SftEvalJob, out: Path) -> EvalResult | None:
+        job = chosen_eval(spec)
+        return None if job is None else get_stage("eval").cached(job, out)

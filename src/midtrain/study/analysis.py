@@ -64,17 +64,25 @@ class StudyData:
         self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
     ) -> stats.Quantity | None:
         tables = {g: [ex.values(kind, key, metric) for ex in self.groups[g]] for g in groups}
-        flat = [t for ts in tables.values() for t in ts]
-        if not flat or any(t is None for t in flat):
-            return None
-        ids = set.intersection(*(set(t) for t in flat))
-        if not ids:
-            return None
-        order = sorted(ids, key=lambda x: (str(type(x)), x))
         seeds = {g: self.seeds[g] for g in groups} if self.seeds else None
-        mats = {g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
-                for g, ts in tables.items()}  # fmt: skip
-        return stats.Quantity(mats, seeds)
+        return build_quantity(tables, seeds)
+
+
+def build_quantity(
+    tables: dict[str, list[dict | None]], seeds: dict[str, list[int]] | None
+) -> stats.Quantity | None:
+    """A Quantity from each group's runs' {example id: value} tables, on the examples every run
+    has (None when a run has no table or no example is common)."""
+    flat = [t for ts in tables.values() for t in ts]
+    if not flat or any(t is None for t in flat):
+        return None
+    ids = set.intersection(*(set(t) for t in flat))
+    if not ids:
+        return None
+    order = sorted(ids, key=lambda x: (str(type(x)), x))
+    mats = {g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
+            for g, ts in tables.items()}  # fmt: skip
+    return stats.Quantity(mats, seeds)
 
 
 def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:
@@ -193,13 +201,13 @@ def analyse_arm(
     elif not chosen:
         out.reason = "no task results were available for this arm"
     else:
-        out.primary = _primary(chosen, arm, primary_tasks, metric, confidence, len(groups))
+        out.primary = primary_result(chosen, arm, primary_tasks, metric, confidence, len(groups))
         out.guards = [check_guard(g, out) for g in cfg.guards]
     _disagreement(out, sources)
     return out
 
 
-def _primary(
+def primary_result(
     qs: list[stats.Quantity],
     arm: str,
     tasks: list[str],

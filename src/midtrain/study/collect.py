@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis
+from midtrain.study import analysis, probe_analysis
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import RunSpec, StudyPlan
 from midtrain.study.results import (
@@ -108,6 +108,11 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         start = analysis.start_point(data, primary_tasks, metric, noise, conf)
     flags = _study_flags(cfg, start, noise)
     arms = [_arm(plan, f, data, arm, primary_tasks, flags) for arm in plan.arms()]
+    probe = None
+    if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
+        probe_data = probe_analysis.load(plan, f)
+        probe_analysis.apply(arms, probe_data, cfg, conf)
+        probe = probe_analysis.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
                     1 - cfg.interval_confidence)  # fmt: skip
     return StudyResult(
@@ -115,7 +120,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         eval=EvalInfo(include_path=cfg.eval.include_path, tasks=list(cfg.eval.tasks),
                       domains=cfg.domain_names, primary_metric=metric, limit=cfg.eval.limit,
                       num_fewshot=cfg.eval.num_fewshot),
-        confidence=conf, study_flags=flags, screen=screen,
+        confidence=conf, study_flags=flags, screen=screen, probe=probe,
         method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
                       primary_tasks=primary_tasks),
     )  # fmt: skip
@@ -149,7 +154,7 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
         result = ArmAnalysis(verdict="failed", reason=why)
     return ArmResult(
         **result.model_dump(), name=cand.name, arm=arm, mix=runs[0].mix, candidate_mix=cand.mix,
-        fraction=runs[0].fraction, seeds=[r.seed for r in runs if f.done(r)], runs=records,
+        fraction=runs[0].fraction, cpt=runs[0].cpt, seeds=[r.seed for r in runs if f.done(r)], runs=records,
         checkpoints=[rec.checkpoint for rec in records if rec.checkpoint],
         cost=cost(records, cfg.full_run_tokens),
     )  # fmt: skip

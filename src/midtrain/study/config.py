@@ -17,6 +17,7 @@ from midtrain.errors import MidtrainError
 from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.study.probe_config import SftProbeSpec, check_probe_files
 from midtrain.train.config import ScheduleConfig
 
 CONTROL = "control"
@@ -38,6 +39,11 @@ class Candidate(Strict):
         1.0, ge=1.0, description="Most epochs of each candidate source's tokens per run.",
         unit="epochs",
     )  # fmt: skip
+    continued_pretraining: bool = field(
+        False,
+        description="Also run a continued-pretraining arm NAME@cpt: 100% candidate data (no base "
+        "mix), same tokens and schedule.",
+    )
 
     @field_validator("mix")
     @classmethod
@@ -103,6 +109,11 @@ class AnalysisSpec(Strict):
         description="checkpoint-too-early when checkpoint_tokens / full_run_tokens is below this.",
         unit="fraction",
     )  # fmt: skip
+    decide_on: Literal["base", "sft"] = field(
+        "base",
+        description="The score that decides the verdict: base (the tasks' primary score) or sft "
+        "(the SFT probe: mean over sets of minus the delta of SFT validation loss).",
+    )
 
 
 class StudyConfig(Strict):
@@ -146,6 +157,9 @@ class StudyConfig(Strict):
         description="Tokens the checkpoint has seen (default: its midtrain_state).",
         unit="tokens",
     )  # fmt: skip
+    sft_probe: SftProbeSpec | None = field(
+        None, description="[sft_probe]: fine-tune every run on SFT sets (docs/studies.md)."
+    )
     train: dict[str, Any] = field(
         {}, description="Other run-config fields for every run (e.g. threads, compile)."
     )
@@ -197,6 +211,7 @@ class StudyConfig(Strict):
         _check_names(self)
         _check_references(self)
         _check_not_base(self)
+        _check_probe(self)
         if self.tokens < self.batch_tokens:
             raise _FieldError(
                 "tokens",
@@ -251,6 +266,19 @@ def _check_not_base(cfg: StudyConfig) -> None:
             )
 
 
+def _check_probe(cfg: StudyConfig) -> None:
+    if cfg.analysis.decide_on == "sft" and cfg.sft_probe is None:
+        raise _FieldError(
+            "analysis.decide_on", '"sft" needs an [sft_probe] section; add one or decide on "base"'
+        )
+    for i, cand in enumerate(cfg.candidates):
+        if cand.continued_pretraining and 1.0 in cfg.fractions_for(cand):
+            raise _FieldError(
+                f"candidates[{i}].fractions",
+                "fraction 1.0 is the continued-pretraining arm already; drop 1.0 from fractions",
+            )
+
+
 def _check_names(cfg: StudyConfig) -> None:
     names = [c.name for c in cfg.candidates]
     dup = {n for n in names if names.count(n) > 1}
@@ -300,6 +328,8 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
     cfg.stores = {k: res(v) for k, v in cfg.stores.items()}
     if cfg.eval.include_path:
         cfg.eval.include_path = res(cfg.eval.include_path)
+    if cfg.sft_probe is not None:
+        cfg.sft_probe.resolve(res)
     return cfg
 
 
@@ -321,3 +351,5 @@ def check_inputs(cfg: StudyConfig) -> None:
         open_store(p, f"stores.{name}")  # reads and checks the manifest and the files
     if cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
         raise MidtrainError(f"eval.include_path: {cfg.eval.include_path} is not a folder")
+    if cfg.sft_probe is not None:
+        check_probe_files(cfg.sft_probe)

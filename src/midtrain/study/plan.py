@@ -2,14 +2,16 @@
 
 Each run is content-addressed: its id hashes the resolved run config with the *content* hashes of
 the checkpoint and stores (not their paths), so the same inputs always map to the same directory.
-Each run becomes a chain of jobs (train, then evaluate its final checkpoint); the start checkpoint
-is evaluated too (the "before" point of every cooldown).
+Each run becomes a chain of jobs (train, then evaluate its final checkpoint, then the SFT probe's
+jobs of `study/probe.py`); the start checkpoint is evaluated too (the "before" point of every
+cooldown). A candidate with `continued_pretraining = true` adds the arm `NAME@cpt`: 100% candidate
+data for the same tokens and schedule.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from midtrain.io import hash_obj, hash_tree, read_json
 from midtrain.jobs import Chain, Job
 from midtrain.mix.spec import MixComponent
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
+from midtrain.study.probe import ProbeJobs, probe_jobs
 from midtrain.train.config import RunConfig, load_run_config
 
 EVAL_DIR = "eval"
+CPT = "cpt"  # the arm suffix of continued pretraining: NAME@cpt
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RunSpec:
     run_config: RunConfig
     run_id: str
     dir: Path
+    probes: list[ProbeJobs] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -44,6 +49,10 @@ class RunSpec:
     def eval_dir(self) -> Path:
         return self.dir / EVAL_DIR
 
+    @property
+    def cpt(self) -> bool:
+        return self.arm.endswith("@" + CPT)
+
     def chain(self, ev: EvalJob) -> Chain:
         """Train, then evaluate the final checkpoint."""
         spec = ev.model_copy(update={"checkpoint": str(self.dir / "final")})
@@ -51,6 +60,10 @@ class RunSpec:
             Job.of("train", self.name, self.dir, self.run_config),
             Job.of("eval", self.name, self.eval_dir, spec),
         ]
+
+    def full_chain(self, ev: EvalJob) -> Chain:
+        """The chain, then each SFT probe and the evaluation after it."""
+        return self.chain(ev) + [j for p in self.probes for j in (p.sft, p.eval)]
 
 
 @dataclass
@@ -60,6 +73,7 @@ class StudyPlan:
     runs: list[RunSpec]
     eval_job: EvalJob  # what every run's final checkpoint is scored on
     start_dir: Path  # where the start checkpoint's own evaluation goes
+    start_probes: list[ProbeJobs] = field(default_factory=list)  # [sft_probe] start = true
 
     def control(self, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.arm == CONTROL and r.seed == seed)
@@ -78,7 +92,8 @@ class StudyPlan:
         return [Job.of("eval", "start checkpoint", self.start_dir / EVAL_DIR, spec)]
 
     def chains(self) -> list[Chain]:
-        return [self.start_chain()] + [r.chain(self.eval_job) for r in self.runs]
+        start = self.start_chain() + [j for p in self.start_probes for j in (p.sft, p.eval)]
+        return [start] + [r.full_chain(self.eval_job) for r in self.runs]
 
 
 @cache
@@ -113,6 +128,17 @@ def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[M
 
 def arm_name(cand: Candidate, fraction: float) -> str:
     return f"{cand.name}@{fraction:g}"
+
+
+def arm_list(cfg: StudyConfig) -> list[tuple[str, Candidate | None, float]]:
+    """(arm, candidate, fraction) of the control and every arm, in the study file's order; a
+    continued-pretraining arm is the candidate at fraction 1 (no base mix)."""
+    arms: list[tuple[str, Candidate | None, float]] = [(CONTROL, None, 0.0)]
+    for cand in cfg.candidates:
+        arms += [(arm_name(cand, f), cand, f) for f in cfg.fractions_for(cand)]
+        if cand.continued_pretraining:
+            arms.append((f"{cand.name}@{CPT}", cand, 1.0))
+    return arms
 
 
 def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int) -> dict:
@@ -162,7 +188,7 @@ def eval_job(cfg: StudyConfig) -> EvalJob:
 
 def arm_names(cfg: StudyConfig) -> list[str]:
     """The control and every (candidate, fraction) arm, in the study file's order."""
-    return [CONTROL] + [arm_name(c, f) for c in cfg.candidates for f in cfg.fractions_for(c)]
+    return [arm for arm, _, _ in arm_list(cfg)]
 
 
 def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = None) -> StudyPlan:
@@ -171,18 +197,22 @@ def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = 
     `seeds` gives an arm's own seeds (seeds = "auto" adds seeds to inconclusive arms only);
     by default every arm and the control run the study's first seeds.
     """
-    out = Path(out)
-    arms: list[tuple[str, Candidate | None, float]] = [(CONTROL, None, 0.0)]
-    for cand in cfg.candidates:
-        arms += [(arm_name(cand, f), cand, f) for f in cfg.fractions_for(cand)]
+    out, ev = Path(out), eval_job(cfg)
     runs = []
-    for arm, cand, frac in arms:
+    for arm, cand, frac in arm_list(cfg):
         for seed in (seeds or {}).get(arm, cfg.first_seeds):
             mix = arm_mix(cfg, cand, frac)
             rc = _run_config(cfg, mix, seed)
             rid = _run_id(rc)
             run_dir = out / "runs" / f"{slug(arm)}-s{seed}-{rid[:10]}"
+            name = f"{arm}/s{seed}"
+            probes = probe_jobs(cfg, name, str(run_dir / "final"), run_dir, seed, ev)
             cand_name = cand.name if cand else None
-            runs.append(RunSpec(arm, cand_name, frac, seed, mix, load_run_config(rc), rid, run_dir))
+            runs.append(RunSpec(arm, cand_name, frac, seed, mix, load_run_config(rc), rid, run_dir,
+                                probes))  # fmt: skip
     start_dir = out / "runs" / f"start-{content_hash(cfg.checkpoint)[:10]}"
-    return StudyPlan(cfg, out, runs, eval_job(cfg), start_dir)
+    start_probes = []
+    if cfg.sft_probe is not None and cfg.sft_probe.start:
+        first = cfg.first_seeds[0]
+        start_probes = probe_jobs(cfg, "start checkpoint", cfg.checkpoint, start_dir, first, ev)
+    return StudyPlan(cfg, out, runs, ev, start_dir, start_probes)

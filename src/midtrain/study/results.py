@@ -141,6 +141,42 @@ class PrimaryResult(BaseModel):
     run_scores: list[float] = []  # the arm's primary score per finished seed
 
 
+class ProbeRun(BaseModel):
+    """One SFT probe of one run on one set (one SFT seed)."""
+
+    run: str
+    set: str
+    seed: int
+    status: Literal["done", "missing"]
+    dir: str  # relative to the study directory
+    chosen_lr: float | None = None
+    val_loss: float | None = None  # the chosen LR's in-domain SFT validation loss
+    val_before: float | None = None  # the run's own checkpoint, before SFT
+
+
+class SftSetDelta(BaseModel):
+    """One SFT set: the arm minus the control after SFT (the run is the unit of replication)."""
+
+    delta_val_loss: float  # in-domain SFT validation loss (nats per token); lower is better
+    ci: Interval
+    se: float | None = None
+    n_examples: int
+    val_loss: list[float] = []  # the arm's per finished run (mean over SFT seeds)
+    forgetting: DomainDelta | None = None  # mean bpb over the base mix's domains after SFT
+    forgetting_change: DomainDelta | None = None  # the same of (after SFT - before SFT) per run
+    domains: dict[str, DomainDelta] = {}  # each base domain after SFT
+    domains_change: dict[str, DomainDelta] = {}  # each base domain, after - before SFT
+    tasks: dict[str, TaskDelta] = {}  # task scores after SFT ([sft_probe] tasks = true)
+
+
+class ArmProbe(BaseModel):
+    """An arm's SFT probe: per set, and the SFT score (higher is better)."""
+
+    primary: PrimaryResult | None = None  # mean over sets of minus the delta of SFT val loss
+    sets: dict[str, SftSetDelta] = {}
+    runs: list[ProbeRun] = []
+
+
 class ArmAnalysis(BaseModel):
     """The statistics of one arm against the control of the same seeds."""
 
@@ -148,10 +184,13 @@ class ArmAnalysis(BaseModel):
     reason: str
     suggestion: str | None = None
     flags: list[str] = []
-    primary: PrimaryResult | None = None
+    primary: PrimaryResult | None = None  # the score that decides (see decided_on)
+    decided_on: Literal["base", "sft"] = "base"
+    base_primary: PrimaryResult | None = None  # the tasks' primary, when the SFT probe decides
     tasks: dict[str, TaskDelta] = {}
     domains: dict[str, DomainDelta] = {}
     guards: list[GuardResult] = []
+    probe: ArmProbe | None = None
 
 
 class ArmResult(ArmAnalysis):
@@ -162,6 +201,7 @@ class ArmResult(ArmAnalysis):
     mix: list[MixComponent]
     candidate_mix: dict[str, float]
     fraction: float
+    cpt: bool = False  # continued pretraining: 100% candidate data, no base mix
     seeds: list[int]  # seeds whose arm and control runs both finished
     runs: list[RunRecord]
     checkpoints: list[str]
@@ -187,6 +227,21 @@ class Method(BaseModel):
     primary_tasks: list[str] = []
 
 
+class ProbeInfo(BaseModel):
+    """The study's SFT probe: settings, the control's and the start checkpoint's values."""
+
+    sets: list[str]
+    lrs: list[float]
+    epochs: int
+    seeds: list[int] | None  # SFT seeds per run (None: the run's own seed)
+    tasks: bool
+    domains: list[str]  # the base mix's held-out domains scored after SFT
+    decide_on: Literal["base", "sft"]
+    control: dict[str, list[float]] = {}  # per set: the control's SFT val loss per finished run
+    start: dict[str, float] = {}  # per set: the start checkpoint's, after SFT ([sft_probe] start)
+    runs: list[ProbeRun] = []  # the control's and the start checkpoint's probes
+
+
 class StudyResult(BaseModel):
     format: str = FORMAT
     study: str
@@ -198,6 +253,7 @@ class StudyResult(BaseModel):
     study_flags: list[str]
     method: Method | None = None
     screen: list[TaskScreen] = []
+    probe: ProbeInfo | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
@@ -210,3 +266,13 @@ class StudyResult(BaseModel):
     def failed_runs(self) -> list[RunRecord]:
         runs = self.control.runs + [r for a in self.arms for r in a.runs]
         return [r for r in runs if r.status != "done"]
+
+    @property
+    def missing_probes(self) -> list[ProbeRun]:
+        """SFT probes of finished runs that did not finish."""
+        done = {r.name for r in self.control.runs + [r for a in self.arms for r in a.runs]
+                if r.status == "done"}  # fmt: skip
+        runs = (self.probe.runs if self.probe else []) + [
+            r for a in self.arms if a.probe for r in a.probe.runs
+        ]
+        return [r for r in runs if r.status != "done" and r.run in done]

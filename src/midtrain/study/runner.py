@@ -20,6 +20,7 @@ from midtrain.study.collect import collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
 from midtrain.study.plan import StudyPlan, arm_names, make_plan
+from midtrain.study.probe import plan_probes
 from midtrain.study.results import (
     StudyResult,
 )
@@ -58,6 +59,7 @@ def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
         if (key := hash_obj([m.model_dump() for m in r.mix])) not in checked:
             checked.add(key)
             plan_run(r.run_config)
+    plan_probes(cfg)  # each SFT set: rows, template, seq_len (on the start checkpoint)
     return plan
 
 
