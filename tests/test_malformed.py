@@ -153,6 +153,17 @@ def sft(w, tmp, rows, *extra, cfg="seq_len = 32\nthreads = 1\n", ckpt=None):
 
 
 JSONL = '{"text": "a"}\n{"text": "b"}\n'
+
+
+def probe_study(w, tmp, sets: str, probe: str = "seq_len = 32\n", **top):
+    """A study with an [sft_probe] (its train file written); `sets` are [[sft_probe.sets]] tables."""
+    write(tmp, "sft.jsonl", SFT_ROWS)
+    text = study_text(w, **top) + f"[sft_probe]\n{probe}{sets}"
+    return study(w, tmp, text)
+
+
+SET = '[[sft_probe.sets]]\nname = "sums"\ntrain = "sft.jsonl"\n'
+CPT_SMALL = "max_repetition = 1.0\ncontinued_pretraining = true\n"
 CASES: dict[str, Case] = {
     # data prepare
     "prepare: missing input": lambda w, t: (prep(w, t, t / "nope.jsonl"), "nope.jsonl"),
@@ -209,6 +220,13 @@ CASES: dict[str, Case] = {
     "study: --out is a file": lambda w, t: (["study", "run", write(t, "s.toml", study_text(w)), "--out", write(t, "f", "x")], "--out"),
     "study: --workers 0": lambda w, t: (study(w, t, study_text(w), "--workers", "0"), "--workers"),
     "study: unknown executor": lambda w, t: (study(w, t, study_text(w), "--executor", "slurm"), "--executor"),
+    "study: SFT set file missing": lambda w, t: (probe_study(w, t, SET.replace("sft.jsonl", "none.jsonl")), "sft_probe.sets[0].train"),
+    "study: SFT set with an empty name": lambda w, t: (probe_study(w, t, SET.replace('"sums"', '" "')), "sft_probe.sets"),
+    "study: two SFT sets of one name": lambda w, t: (probe_study(w, t, SET + SET), "used twice"),
+    "study: SFT seq_len beyond the model": lambda w, t: (probe_study(w, t, SET, "seq_len = 128\n"), "sft_probe.sets[0] (sums): seq_len"),
+    "study: decide_on sft without a probe": lambda w, t: (study(w, t, study_text(w) + '[analysis]\ndecide_on = "sft"\n'), "analysis.decide_on"),
+    "study: CPT arm and fraction 1.0": lambda w, t: (study(w, t, study_text(w, fractions="[0.3, 1.0]").replace("max_repetition = 50.0\n", "continued_pretraining = true\n")), "candidates[0].fractions"),
+    "study: CPT arm beyond max_repetition": lambda w, t: (study(w, t, study_text(w, tokens="10240").replace("max_repetition = 50.0\n", CPT_SMALL)), "arm math@cpt: mix[0].max_repetition"),
     "study show: corrupt results": lambda w, t: (["study", "show", write(t, "d/results.json", "{").parent], "results.json"),
     "study init: bad --store": lambda w, t: (["study", "init", w["ckpt"], "--store", "web", "--store", "m=x", "--out", t / "s.toml"], "--store"),
     "study init: --out exists": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", write(t, "s.toml", "x")], "--out"),

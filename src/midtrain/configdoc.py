@@ -24,7 +24,8 @@ source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
   [MixComponent](#mixcomponent).
 - **Study file** (`midtrain study run FILE`): [StudyConfig](#studyconfig) with
   [Candidate](#candidate), [Guard](#guard), [EvalSpec](#evalspec) (with [TaskSetting](#tasksetting)),
-  [AnalysisSpec](#analysisspec) and [ScheduleConfig](#scheduleconfig).
+  [AnalysisSpec](#analysisspec), [ScheduleConfig](#scheduleconfig) and
+  [SftProbeSpec](#sftprobespec) (with [SftSet](#sftset); its settings are [SftConfig](#sftconfig)'s).
 - **SFT config** (`midtrain sft CKPT --config FILE`, the `sft` stage): [SftConfig](#sftconfig) with
   [SftTemplate](#sfttemplate) and [OptimizerConfig](#optimizerconfig) (docs/sft.md).
 """
@@ -35,11 +36,13 @@ def models() -> list[type[BaseModel]]:
     from midtrain.mix.spec import MixComponent
     from midtrain.sft.config import SftConfig, SftTemplate
     from midtrain.study.config import AnalysisSpec, Candidate, EvalSpec, Guard, StudyConfig
+    from midtrain.study.probe_config import SftProbeSpec, SftSet
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
 
     return [
         RunConfig, ScheduleConfig, OptimizerConfig, MixComponent,
-        StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftConfig, SftTemplate,
+        StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftProbeSpec, SftSet,
+        SftConfig, SftTemplate,
     ]  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def print_probes(plan) -> None:
         tokens, flops, secs = est[j.set]
         total_s += secs
         t.add_row(safe(name), safe(j.set), str(j.seed), f"{tokens:,}", f"{flops:.3g}",
-                  f"{secs:.0f}")  # fmt: skip
+                  f"{secs:.1f}")  # fmt: skip
     console.print(t)
     console.print(f"SFT probe total: ~{total_s / 60:.1f} min of fine-tuning (before evaluation)")
 

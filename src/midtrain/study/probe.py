@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
 from midtrain.io import hash_file, hash_obj
 from midtrain.jobs import Job
@@ -60,11 +61,11 @@ def sft_config(cfg: StudyConfig, s: SftSet, checkpoint: str, seed: int) -> SftCo
     )  # fmt: skip
 
 
-def probe_key(spec: SftConfig) -> str:
+def probe_key(spec: SftConfig, name: str) -> str:
     """What a probe computes, apart from the checkpoint (the run's folder is content-addressed)."""
     ident = {k: v for k, v in spec.identity().items() if k not in ("checkpoint", "data", "val")}
     files = {k: _file_hash(p) for k, p in (("data", spec.data), ("val", spec.val)) if p}
-    return hash_obj({"settings": ident, "files": files})[:10]
+    return hash_obj({"set": name, "settings": ident, "files": files})[:10]
 
 
 def after_eval(cfg: StudyConfig, base_eval: EvalJob) -> EvalJob:
@@ -91,7 +92,7 @@ def probe_jobs(
     for s in probe.sets:
         for seed in probe.seeds_for(run_seed):
             spec = sft_config(cfg, s, checkpoint, seed)
-            d = root / SFT_DIR / f"{slug(s.name)}-s{seed}-{probe_key(spec)}"
+            d = root / SFT_DIR / f"{slug(s.name)}-s{seed}-{probe_key(spec, s.name)}"
             sft = Job.of("sft", name, d, spec)
             after = Job.of("sft_eval", name, d / EVAL_DIR, SftEvalJob(sft=str(d), eval=ev))
             out.append(ProbeJobs(s.name, seed, sft, after))
@@ -106,9 +107,13 @@ def plan_probes(cfg: StudyConfig) -> dict[str, SftPlan]:
     if cfg.sft_probe is None:
         return {}
     first = cfg.sft_probe.seeds_for(cfg.first_seeds[0])[0]
-    return {
-        s.name: plan_sft(sft_config(cfg, s, cfg.checkpoint, first)) for s in cfg.sft_probe.sets
-    }
+    plans = {}
+    for i, s in enumerate(cfg.sft_probe.sets):
+        try:
+            plans[s.name] = plan_sft(sft_config(cfg, s, cfg.checkpoint, first))
+        except MidtrainError as e:
+            raise MidtrainError(f"sft_probe.sets[{i}] ({s.name}): {e}") from None
+    return plans
 
 
 def probe_estimate(plan: SftPlan) -> tuple[int, float, float]:

@@ -31,7 +31,7 @@ class SftSet(Strict):
     @classmethod
     def _named(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("is empty; give the set a name, e.g. name = \"gsm\"")
+            raise ValueError('is empty; give the set a name, e.g. name = "gsm"')
         return v
 
 

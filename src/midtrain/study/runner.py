@@ -58,7 +58,10 @@ def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
     for r in plan.runs:  # each distinct mix once: sizes, repetition caps, tokenizer match
         if (key := hash_obj([m.model_dump() for m in r.mix])) not in checked:
             checked.add(key)
-            plan_run(r.run_config)
+            try:
+                plan_run(r.run_config)
+            except MidtrainError as e:  # name the arm: a CPT arm needs more of its sources
+                raise MidtrainError(f"arm {r.arm}: {e}") from None
     plan_probes(cfg)  # each SFT set: rows, template, seq_len (on the start checkpoint)
     return plan
 
