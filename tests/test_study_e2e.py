@@ -364,6 +364,7 @@ batch_size = 8
 micro_batch = 8
 seq_len = 64
 checkpoint_every = 0
+tasks = true
 [[sft_probe.sets]]
 name = "sums"
 train = "sft-train.jsonl"
@@ -394,6 +395,8 @@ def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, mo
         assert s.ci[0] <= s.delta_val_loss <= s.ci[1] and len(s.val_loss) == 2
         assert set(s.domains) == {"web"} and s.forgetting.delta_bpb == s.domains["web"].delta_bpb
         assert a.probe.primary.delta == pytest.approx(-s.delta_val_loss)
+        assert set(s.tasks) == set(res.eval.tasks)  # scored after SFT too: [sft_probe] tasks
+        assert all(math.isfinite(x) for t in s.tasks.values() for x in t.ci)
         assert [p.status for p in a.probe.runs] == ["done", "done"] and a.decided_on == "base"
     assert res.probe.sets == ["sums"] and len(res.probe.control["sums"]) == 2
     report = (out / "report.md").read_text()

@@ -4,6 +4,7 @@ study is tests/test_study_e2e.py::test_sft_probe_and_cpt_arm_give_intervals_and_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,81 @@ def test_probe_statistics_find_a_better_arm_and_its_forgetting(tmp_path):
 def test_a_runs_value_is_the_mean_over_its_sft_seeds():
     assert mean_table([{0: 1.0, 1: 2.0}, {0: 3.0, 2: 5.0}]) == {0: 2.0}
     assert mean_table([{0: 1.0}, None]) is None
+
+
+# -- collect and report from synthetic run and probe folders (no training) ----------------------
+
+
+def write_probe(j, shift: float, forget: float, key: list[int]) -> None:
+    """A finished SFT probe and its evaluation after SFT, as the sft and sft_eval stages write
+    them: per-example validation losses (difficulty + run noise + shift) and web bpb."""
+    from midtrain.eval.results import DomainExample, EvalResult, summarise, to_json_line
+    from midtrain.io import atomic_write_json
+    from midtrain.sft.grid import lr_dir
+    from midtrain.sft.results import DataSummary, GridPoint, SftResult, ValSummary
+    from midtrain.train.rundir import write_status
+
+    rng = np.random.default_rng(key)
+    hard, run = np.random.default_rng(3).normal(2.0, 0.3, 20), rng.normal(0, 0.02)
+    lr, d = j.sft.spec.lrs[0], j.dir
+    loss = hard + run + shift + rng.normal(0, 0.05, 20)
+    rows = [{"index": i, "tokens": 4, "bytes": 8, "nll": 4 * x, "loss": x, "bits_per_byte": x}
+            for i, x in enumerate(loss)]  # fmt: skip
+    lr_dir(d, lr).mkdir(parents=True)
+    (lr_dir(d, lr) / "val_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    val = ValSummary(examples=20, loss=float(loss.mean()), token_loss=1.0, bits_per_byte=1.0,
+                     tokens=80)  # fmt: skip
+    data = DataSummary(train_rows=1, val_rows=20, train_examples=1, val_examples=20, truncated=0,
+                       dropped=0, train_tokens=8, response_tokens=2, pad_fraction=0.0)  # fmt: skip
+    res = SftResult(checkpoint=j.sft.spec.checkpoint, chosen_lr=lr, val_loss=val.loss, val=val,
+                    val_before=val, grid=[GridPoint(lr=lr, status="done", val_loss=val.loss,
+                    dir=str(lr_dir(d, lr)))], final_checkpoint=str(lr_dir(d, lr) / "final"),
+                    steps=1, epochs=1, data=data, format_check={})  # fmt: skip
+    atomic_write_json(d / "sft.json", res.model_dump(mode="json"))
+    write_status(d, "done")
+    spec = j.eval.spec.eval
+    recs = [DomainExample(domain="web", doc_id=i, bpb=3.1 + forget + rng.normal(0, 0.01),
+                          nll=1.0, tokens=10, bytes=40) for i in range(30)]  # fmt: skip
+    out = Path(j.eval.dir)
+    out.mkdir(parents=True)
+    (out / "examples.jsonl").write_text("".join(to_json_line(r) for r in recs))
+    ev = EvalResult(key="k", checkpoint=str(lr_dir(d, lr) / "final"), tasks=[], include_path=None,
+                    domains=spec.domains, settings=spec.settings.hashed(), results=summarise(recs),
+                    seconds=1.0, timing={})  # fmt: skip
+    atomic_write_json(out / "eval.json", ev)
+
+
+def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
+    from test_report import EVIL, fake_world, write_run
+
+    from midtrain.report import write_report
+    from midtrain.study.collect import collect
+    from midtrain.study.config import parse_study
+
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    data = fake_world(tmp_path)
+    data["seeds"] = [0, 1, 2]
+    data["candidates"][1]["continued_pretraining"] = True
+    data["analysis"] = {"decide_on": "sft"}
+    data["sft_probe"] = {"lrs": [1e-4], "sets": [{"name": EVIL, "train": "sft.jsonl"}]}
+    plan = make_plan(parse_study(data, base_dir=tmp_path), tmp_path / "study")
+    assert plan.arms() == ["good@0.3", f"{EVIL}@0.3", f"{EVIL}@cpt"]
+    for r in plan.runs:
+        write_run(plan, r.dir, 0.0, r.seed)
+        better = -0.4 if r.arm == "good@0.3" else 0.0
+        key = [r.seed, ["control", *plan.arms()].index(r.arm)]
+        write_probe(r.probes[0], better, 0.05 if r.cpt else 0.0, key)
+    res = collect(plan)
+    arms = {a.arm: a for a in res.arms}
+    good, cpt = arms["good@0.3"], arms[f"{EVIL}@cpt"]
+    assert good.decided_on == "sft" and good.verdict == "include", good.primary
+    assert good.probe.sets[EVIL].ci[1] < 0 and good.primary.delta > 0
+    assert cpt.probe.sets[EVIL].forgetting.ci[0] > 0  # forgot more: bpb after SFT is higher
+    assert cpt.probe.sets[EVIL].forgetting_change.ci[0] > 0  # and by more than before SFT
+    assert cpt.verdict == "inconclusive" and res.probe.control[EVIL] and res.missing_probes == []
+    paths = write_report(res, plan.config, tmp_path / "study")
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    assert "<script>" not in md and "<script>" not in html and "## SFT probe" in md
+    assert "decided on the SFT probe" in md and "SFT probe</h2>" in html
+    back = json.loads(paths["results"].read_text())
+    assert back["arms"][0]["probe"]["sets"][EVIL]["delta_val_loss"] < 0

@@ -76,8 +76,9 @@ def plot_deltas(r: StudyResult) -> bytes:
 
 
 def _point(arm: Any, key: str) -> tuple[float, list[float]] | None:
-    if key == "primary":
-        return (arm.primary.delta, arm.primary.ci) if arm.primary else None
+    if key == "primary":  # the tasks' primary (an SFT-decided arm keeps it in base_primary)
+        p = arm.base_primary if getattr(arm, "decided_on", "base") == "sft" else arm.primary
+        return (p.delta, p.ci) if p else None
     if key in arm.tasks:
         return arm.tasks[key].delta, arm.tasks[key].ci
     if key in arm.domains:

@@ -129,8 +129,10 @@ def score_rows(r: StudyResult) -> list[dict[str, str]]:
 
 
 def verdict_table(r: StudyResult) -> Table:
-    metric = r.eval.primary_metric
-    t = Table(title=f"study {safe(r.study)}: arm − control, primary = mean {metric}")
+    metric = f"mean {r.eval.primary_metric}"
+    if any(a.decided_on == "sft" for a in r.arms):
+        metric = "SFT score (control − arm SFT val loss, mean over sets)"
+    t = Table(title=f"study {safe(r.study)}: arm − control, primary = {metric}")
     cols = (
         "arm",
         "mix",
