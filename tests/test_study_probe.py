@@ -5,11 +5,13 @@ study is tests/test_study_e2e.py::test_sft_probe_and_cpt_arm_give_intervals_and_
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from midtrain.jobs import Job
 from midtrain.study.config import load_study
 from midtrain.study.plan import CONTROL, make_plan
 from midtrain.study.probe_analysis import ProbeData, analyse_arm, analyse_set, mean_table
@@ -79,6 +81,9 @@ def test_every_run_chain_ends_with_its_probe_on_its_own_checkpoint(tmp_path):
         assert sft.lrs == [1e-4, 3e-4] and sft.data == str(tmp_path / "gsm.jsonl")
         assert Path(chain[2].dir).parent == r.dir / "sft" and after.sft == chain[2].dir
         assert after.eval.settings.tasks == [] and set(after.eval.domains) == {"web"}
+        for job in chain[2:]:  # what executors send to workers: pickled, or JSON for the record
+            assert pickle.loads(pickle.dumps(job)) == job
+            assert Job.model_validate_json(job.model_dump_json()) == job
     assert plan.start_probes == []
     # the same probe, the same folder; another grid is another folder (never a stale cache hit)
     assert (
