@@ -202,7 +202,11 @@ def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
     data["seeds"] = [0, 1, 2]
     data["candidates"][1]["continued_pretraining"] = True
     data["analysis"] = {"decide_on": "sft"}
-    data["sft_probe"] = {"lrs": [1e-4], "sets": [{"name": EVIL, "train": "sft.jsonl"}]}
+    data["sft_probe"] = {
+        "lrs": [1e-4],
+        "sets": [{"name": EVIL, "train": "sft.jsonl"}],
+        "start": True,
+    }
     plan = make_plan(parse_study(data, base_dir=tmp_path), tmp_path / "study")
     assert plan.arms() == ["good@0.3", f"{EVIL}@0.3", f"{EVIL}@cpt"]
     for r in plan.runs:
@@ -210,6 +214,7 @@ def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
         better = -0.4 if r.arm == "good@0.3" else 0.0
         key = [r.seed, ["control", *plan.arms()].index(r.arm)]
         write_probe(r.probes[0], better, 0.05 if r.cpt else 0.0, key)
+    write_probe(plan.start_probes[0], 0.5, 0.0, [9])  # the start checkpoint: a reference
     res = collect(plan)
     arms = {a.arm: a for a in res.arms}
     good, cpt = arms["good@0.3"], arms[f"{EVIL}@cpt"]
@@ -218,6 +223,7 @@ def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
     assert cpt.probe.sets[EVIL].forgetting.ci[0] > 0  # forgot more: bpb after SFT is higher
     assert cpt.probe.sets[EVIL].forgetting_change.ci[0] > 0  # and by more than before SFT
     assert cpt.verdict == "inconclusive" and res.probe.control[EVIL] and res.missing_probes == []
+    assert res.probe.start[EVIL] > max(res.probe.control[EVIL])  # in no contrast, but reported
     paths = write_report(res, plan.config, tmp_path / "study")
     md, html = paths["md"].read_text(), paths["html"].read_text()
     assert "<script>" not in md and "<script>" not in html and "## SFT probe" in md
