@@ -17,7 +17,7 @@ from midtrain.errors import MidtrainError
 from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
-from midtrain.study.probe_config import SftProbeSpec, check_probe_files
+from midtrain.study.probe_config import SftProbeSpec, check_probe_files, probe_problem
 from midtrain.train.config import ScheduleConfig
 
 CONTROL = "control"
@@ -267,16 +267,8 @@ def _check_not_base(cfg: StudyConfig) -> None:
 
 
 def _check_probe(cfg: StudyConfig) -> None:
-    if cfg.analysis.decide_on == "sft" and cfg.sft_probe is None:
-        raise _FieldError(
-            "analysis.decide_on", '"sft" needs an [sft_probe] section; add one or decide on "base"'
-        )
-    for i, cand in enumerate(cfg.candidates):
-        if cand.continued_pretraining and 1.0 in cfg.fractions_for(cand):
-            raise _FieldError(
-                f"candidates[{i}].fractions",
-                "fraction 1.0 is the continued-pretraining arm already; drop 1.0 from fractions",
-            )
+    if (problem := probe_problem(cfg)) is not None:
+        raise _FieldError(*problem)
 
 
 def _check_names(cfg: StudyConfig) -> None:

@@ -80,6 +80,22 @@ class SftProbeSpec(SftSettings):
             s.val = res(s.val) if s.val is not None else None
 
 
+def probe_problem(cfg) -> tuple[str, str] | None:  # noqa: ANN001 - a StudyConfig
+    """(field, message) of a study whose probe or CPT arms contradict its other fields."""
+    if cfg.analysis.decide_on == "sft" and cfg.sft_probe is None:
+        return (
+            "analysis.decide_on",
+            '"sft" needs an [sft_probe] section; add one or decide on "base"',
+        )
+    for i, cand in enumerate(cfg.candidates):
+        if cand.continued_pretraining and 1.0 in cfg.fractions_for(cand):
+            return (
+                f"candidates[{i}].fractions",
+                "fraction 1.0 is the continued-pretraining arm already; drop 1.0 from fractions",
+            )
+    return None
+
+
 def check_probe_files(probe: SftProbeSpec) -> None:
     """Every set's files exist (before anything is created)."""
     for i, s in enumerate(probe.sets):
