@@ -375,15 +375,23 @@ val = "sft-val.jsonl"
     return path
 
 
-def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, monkeypatch):
+def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, monkeypatch, capsys):
     """Every run (control, arm, CPT arm; 2 seeds) is fine-tuned on an SFT set and scored after
     it; the deltas have intervals; a rerun is fully cached; decide_on = "sft" decides on it."""
+    from midtrain.cli import main
     from midtrain.jobs import Job
     from midtrain.study.config import load_study
     from midtrain.study.probe_analysis import SFT_METRIC
     from midtrain.study.runner import run_study
 
     out = tmp_path / "study"
+    dry = ["midtrain", "study", "run", str(probe_study(world, tmp_path)), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*dry, "--dry-run"])
+    with pytest.raises(SystemExit) as e:
+        main()  # the probe jobs with their tokens and time, nothing written
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "SFT probe: 6 fine-tunes" in text and "task-items@cpt/s1" in text and not out.exists()
     res = run_study(load_study(probe_study(world, tmp_path)), out)
     arms = {a.arm: a for a in res.arms}
     assert set(arms) == {"task-items@0.3", "task-items@cpt"}

@@ -154,7 +154,8 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
         result = ArmAnalysis(verdict="failed", reason=why)
     return ArmResult(
         **result.model_dump(), name=cand.name, arm=arm, mix=runs[0].mix, candidate_mix=cand.mix,
-        fraction=runs[0].fraction, cpt=runs[0].cpt, seeds=[r.seed for r in runs if f.done(r)], runs=records,
+        fraction=runs[0].fraction, cpt=runs[0].cpt, seeds=[r.seed for r in runs if f.done(r)],
+        runs=records,
         checkpoints=[rec.checkpoint for rec in records if rec.checkpoint],
         cost=cost(records, cfg.full_run_tokens),
     )  # fmt: skip

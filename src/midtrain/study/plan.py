@@ -187,7 +187,7 @@ def eval_job(cfg: StudyConfig) -> EvalJob:
 
 
 def arm_names(cfg: StudyConfig) -> list[str]:
-    """The control and every (candidate, fraction) arm, in the study file's order."""
+    """The control and every (candidate, fraction) and continued-pretraining arm, in order."""
     return [arm for arm, _, _ in arm_list(cfg)]
 
 
