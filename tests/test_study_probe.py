@@ -224,6 +224,7 @@ def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
     assert cpt.probe.sets[EVIL].forgetting_change.ci[0] > 0  # and by more than before SFT
     assert cpt.verdict == "inconclusive" and res.probe.control[EVIL] and res.missing_probes == []
     assert res.probe.start[EVIL] > max(res.probe.control[EVIL])  # in no contrast, but reported
+    assert res.probe.noise_df == (4 - 1) * (3 - 1) and 0 < res.probe.noise_sd < 0.1  # 4 groups
     paths = write_report(res, plan.config, tmp_path / "study")
     md, html = paths["md"].read_text(), paths["html"].read_text()
     assert "<script>" not in md and "<script>" not in html and "## SFT probe" in md

@@ -184,6 +184,15 @@ def apply(arms: list[ArmResult], data: ProbeData, cfg: StudyConfig, conf: float)
                 arm.reason = "the SFT probe decides, but it has no result for this arm or control"
 
 
+def sft_noise(data: ProbeData, sets: list[str]) -> stats.Pooled | None:
+    """The SFT score's run-to-run noise pooled over the study (as every interval uses it)."""
+    qs = [data.quantity(("val", s), CONTROL) for s in sets]
+    if not all(q is not None for q in qs) or not _same_runs(qs):
+        return None
+    scores = {g: sum(q.run_scores()[g] for q in qs) / len(qs) for g in qs[0].groups}
+    return stats.block_fit(scores, qs[0].run_seeds()).noise
+
+
 def info(data: ProbeData, plan, control_runs) -> ProbeInfo:  # noqa: ANN001
     """The study's probe settings, the control's values per set and the start checkpoint's."""
     cfg = plan.config
@@ -193,6 +202,7 @@ def info(data: ProbeData, plan, control_runs) -> ProbeInfo:  # noqa: ANN001
         groups = data.tables.get(("val", s.name), {})
         if CONTROL in groups:
             control[s.name] = [float(np.mean(list(t.values()))) for t in groups[CONTROL]]
+    noise = sft_noise(data, [s.name for s in probe.sets])
     start: dict[str, list[float]] = defaultdict(list)
     for j in plan.start_probes:
         if (res := j.sft.cached()) is not None:
@@ -202,6 +212,7 @@ def info(data: ProbeData, plan, control_runs) -> ProbeInfo:  # noqa: ANN001
         seeds=probe.seeds, tasks=probe.tasks, domains=base_domains(cfg),
         decide_on=cfg.analysis.decide_on, control=control,
         start={k: float(np.mean(v)) for k, v in start.items()},
+        noise_sd=analysis._finite(noise.sd) if noise else None, noise_df=noise.df if noise else 0,
         runs=[p for r in control_runs for p in data.records.get(r.name, [])]
         + data.records.get("start", []),
     )  # fmt: skip

@@ -239,6 +239,8 @@ class ProbeInfo(BaseModel):
     decide_on: Literal["base", "sft"]
     control: dict[str, list[float]] = {}  # per set: the control's SFT val loss per finished run
     start: dict[str, float] = {}  # per set: the start checkpoint's, after SFT ([sft_probe] start)
+    noise_sd: float | None = None  # run-to-run sd of the SFT score not shared within a seed
+    noise_df: int = 0
     runs: list[ProbeRun] = []  # the control's and the start checkpoint's probes
 
 

@@ -89,11 +89,14 @@ def run_reference(study_dir: Path, scale: int | None, workers: int = 1) -> Path:
 def _pair_separated(r: StudyResult, a: ArmResult, b: ArmResult) -> bool:
     """Whether the difference of two arms' deltas has an interval excluding 0 (run noise only)."""
     nf = r.control.noise_floor
-    if nf is None or nf.primary_sd is None or nf.df <= 0:
+    sd, df = (nf.primary_sd, nf.df) if nf is not None else (None, 0)
+    if a.decided_on == "sft" and r.probe is not None:  # the SFT score decided: its own noise
+        sd, df = r.probe.noise_sd, r.probe.noise_df
+    if sd is None or df <= 0:
         return False
     na, nb = len(a.primary.run_scores), len(b.primary.run_scores)
-    se = nf.primary_sd * math.sqrt(1 / na + 1 / nb)
-    q = sps.t.ppf(0.5 + r.confidence / 2, nf.df)
+    se = sd * math.sqrt(1 / na + 1 / nb)
+    q = sps.t.ppf(0.5 + r.confidence / 2, df)
     return abs(a.primary.delta - b.primary.delta) > q * se
 
 
