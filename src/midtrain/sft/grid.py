@@ -47,25 +47,6 @@ def chosen_val_losses(out: Path, res: SftResult) -> dict[int, float]:
     return {int(r["index"]): float(r["loss"]) for r in map(json.loads, rows)}
 
 
-def check_existing(out: Path, cfg: SftConfig) -> None:
-    """`out` must be new, empty, or a probe of the same config (which is then resumed)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MidtrainError(f"--out {out} is a file; pass a folder")
-    if not (out / "config.json").is_file():
-        if not any(out.iterdir()):
-            return
-        raise MidtrainError(f"--out {out} exists and is not an SFT directory; use a new folder")
-    saved = {
-        k: v for k, v in read_json(out / "config.json").items() if k not in ("threads", "resolved")
-    }
-    if saved != cfg.identity():
-        raise MidtrainError(
-            f"--out {out} holds an SFT probe of another config; use another --out (or delete it)"
-        )
-
-
 def _inputs(plan: SftPlan) -> dict[str, Any]:
     """inputs.json: content hashes of the checkpoint and the data; library versions."""
     from midtrain.data.tokenizer import tokenizer_hash
@@ -113,7 +94,7 @@ def run_sft(
 
     cfg = load_sft_config(cfg)
     out = Path(out_dir).resolve()
-    check_existing(out, cfg)
+    rundir.check_existing(out, cfg.identity(), "an SFT probe")
     if (done := finished(out)) is not None:
         return done
     plan = plan_sft(cfg)  # every input check; nothing written yet

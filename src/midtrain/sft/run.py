@@ -25,8 +25,8 @@ from midtrain.sft.plan import SftPlan
 from midtrain.sft.results import SftRunResult, ValSummary
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import optim, rundir
-from midtrain.train.log import Diverged, RunLog
-from midtrain.train.loop import Batches, Checkpoints, LogCallback, ProgressBar, Trainer, train_loop
+from midtrain.train.log import RunLog
+from midtrain.train.loop import Batches, Checkpoints, Trainer, drive
 
 
 def sft_loss(model: Any, micro: tuple[Any, Any]) -> Any:
@@ -172,17 +172,7 @@ def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRu
     log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
     log.truncate(t.step)
     checkpoints = SftCheckpoints(plan, lr, out, log)
-    bar = ProgressBar(progress is not False, plan.steps * plan.tokens_per_step)
-    log.sinks.append(bar)
-    try:
-        with bar.progress:
-            train_loop(t, [LogCallback(log, checkpoints), checkpoints])
-    except Diverged as e:
-        rundir.write_status(out, "failed", **e.info)
-        raise
-    except KeyboardInterrupt:
-        rundir.write_status(out, "interrupted", step=t.step)
-        raise
+    drive(t, out, log, checkpoints, plan.steps * plan.tokens_per_step, progress)
     return _finish(plan, lr, out, t, log)
 
 

@@ -235,13 +235,30 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     return t, wall
 
 
+def drive(t: Trainer, out: Path, log: RunLog, checkpoints: Checkpoints, total_tokens: int,
+          progress: bool | None) -> None:  # fmt: skip
+    """Train `t` to the end with a run directory's callbacks (log, checkpoints, progress bar);
+    a diverged or interrupted run leaves its status saying so."""
+    bar = ProgressBar(progress is not False, total_tokens)
+    log.sinks.append(bar)
+    try:
+        with bar.progress:
+            train_loop(t, [LogCallback(log, checkpoints), checkpoints])
+    except Diverged as e:
+        rundir.write_status(out, "failed", **e.info)
+        raise
+    except KeyboardInterrupt:
+        rundir.write_status(out, "interrupted", step=t.step)
+        raise
+
+
 def run(
     cfg: RunConfig | Mapping[str, Any], out_dir: str | Path, *, progress: bool | None = None
 ) -> rundir.RunResult:
     """Train (or resume, or return a finished run's result). Raises `Diverged` on NaN/inf."""
     cfg = load_run_config(cfg)
     out = Path(out_dir).resolve()
-    rundir.check_existing(out, cfg)
+    rundir.check_existing(out, cfg.identity())
     if (done := rundir.finished(out)) is not None:
         return done
     plan = plan_run(cfg)
@@ -253,18 +270,7 @@ def run(
     rundir.start(out, plan, t.step)
     log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
     log.truncate(t.step)
-    checkpoints = Checkpoints(plan, out, log)
-    bar = ProgressBar(progress is not False, plan.tokens)
-    log.sinks.append(bar)
-    try:
-        with bar.progress:
-            train_loop(t, [LogCallback(log, checkpoints), checkpoints])
-    except Diverged as e:
-        rundir.write_status(out, "failed", **e.info)
-        raise
-    except KeyboardInterrupt:
-        rundir.write_status(out, "interrupted", step=t.step)
-        raise
+    drive(t, out, log, Checkpoints(plan, out, log), plan.tokens, progress)
     result = rundir.finish(out, plan, log.read(), log.wall_s, estimate(plan).flops)
     shutil.rmtree(out / "state", ignore_errors=True)  # final/ holds everything state/ did
     return result

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj, hash_tree, library_versions, read_json
-from midtrain.train.config import RunConfig, identity
+from midtrain.train.config import identity
 from midtrain.train.plan import RunPlan
 
 RESULT_FORMAT = "midtrain-run/1"
@@ -78,8 +78,8 @@ def finished(out: Path) -> RunResult | None:
     return RunResult.model_validate(read_json(out / "metrics.json"))
 
 
-def check_existing(out: Path, cfg: RunConfig) -> None:
-    """`out` must be new, empty, or a run of the same config (which is then resumed)."""
+def check_existing(out: Path, config: dict[str, Any], what: str = "a run") -> None:
+    """`out` must be new, empty, or hold `what` of the same config identity (then resumed)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -87,10 +87,10 @@ def check_existing(out: Path, cfg: RunConfig) -> None:
     if not (out / "config.json").is_file():
         if not any(out.iterdir()):
             return
-        raise MidtrainError(f"--out {out} exists and is not a run directory; use a new folder")
-    if identity(read_json(out / "config.json")) != cfg.identity():
+        raise MidtrainError(f"--out {out} exists and does not hold {what}; use a new folder")
+    if identity(read_json(out / "config.json")) != config:
         raise MidtrainError(
-            f"--out {out} holds a run of another config; use another --out (or delete it)"
+            f"--out {out} holds {what} of another config; use another --out (or delete it)"
         )
 
 
