@@ -70,3 +70,22 @@ def load_toml(path: str | Path, what: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise MidtrainError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+
+
+def load_config(cls: type[M], src: Any, source: str) -> tuple[M, Path | None]:
+    """A config model from a TOML file or a mapping, and the folder its relative paths are
+    relative to: the file's folder, the working directory for a mapping, None when `src` is
+    already a model (its paths were resolved when it was made)."""
+    if isinstance(src, cls):
+        return src, None
+    base = Path.cwd()
+    if isinstance(src, str | Path):
+        path = Path(src)
+        src = load_toml(path, "--config")
+        base = path.resolve().parent
+    return validate(cls, dict(src), source=source), base
+
+
+def absolute_path(base: Path, p: str | None) -> str | None:
+    """`p` resolved against `base` (with ~ expanded); None stays None."""
+    return None if p is None else str((base / Path(p).expanduser()).resolve())

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.schema import Strict, absolute_path, field, load_config
 from midtrain.train.config import OptimizerConfig
 
 
@@ -125,18 +125,8 @@ class SftConfig(SftSettings):
 
 def load_sft_config(src: str | Path | Mapping[str, Any] | SftConfig) -> SftConfig:
     """An SftConfig from a TOML file (paths relative to it) or a dict (relative to cwd)."""
-    if isinstance(src, SftConfig):
-        return src
-    base = Path.cwd()
-    if isinstance(src, str | Path):
-        path = Path(src)
-        src = load_toml(path, "--config")
-        base = path.resolve().parent
-    cfg = validate(SftConfig, dict(src), source="sft config")
-
-    def absolute(p: str | None) -> str | None:
-        return None if p is None else str((base / Path(p).expanduser()).resolve())
-
-    return cfg.model_copy(
-        update={k: absolute(getattr(cfg, k)) for k in ("checkpoint", "data", "val")}
-    )
+    cfg, base = load_config(SftConfig, src, "sft config")
+    if base is None:
+        return cfg
+    paths = ("checkpoint", "data", "val")
+    return cfg.model_copy(update={k: absolute_path(base, getattr(cfg, k)) for k in paths})

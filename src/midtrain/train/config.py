@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from midtrain.errors import MidtrainError
 from midtrain.mix.spec import MixComponent
-from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.schema import Strict, absolute_path, field, load_config
 
 
 class ScheduleConfig(Strict):
@@ -129,26 +129,14 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_run_config(src: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:
     """A RunConfig from a TOML file (paths relative to it) or a dict (paths relative to cwd)."""
-    if isinstance(src, RunConfig):
-        return src
-    base = Path.cwd()
-    if isinstance(src, str | Path):
-        path = Path(src)
-        src = load_toml(path, "--config")
-        base = path.resolve().parent
-    cfg = validate(RunConfig, dict(src), source="run config")
-    return _absolute_paths(cfg, base)
-
-
-def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    def absolute(p: str | None) -> str | None:
-        return None if p is None else str((base / Path(p).expanduser()).resolve())
-
+    cfg, base = load_config(RunConfig, src, "run config")
+    if base is None:
+        return cfg
     return cfg.model_copy(
         update={
-            "init": absolute(cfg.init),
-            "tokenizer": absolute(cfg.tokenizer),
-            "stores": {k: absolute(v) for k, v in cfg.stores.items()},
+            "init": absolute_path(base, cfg.init),
+            "tokenizer": absolute_path(base, cfg.tokenizer),
+            "stores": {k: absolute_path(base, v) for k, v in cfg.stores.items()},
         }
     )
 
