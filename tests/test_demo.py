@@ -24,8 +24,8 @@ def test_quick_demo_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "study" / "results.json").read_text())
-    arms = {a["name"] for a in results["arms"]}
-    assert arms == {"math", "code", "hq", "flan", "hq+flan"}
+    arms = {a["arm"] for a in results["arms"]}
+    assert arms == {"math@0.3", "code@0.3", "hq@0.3", "flan@0.3", "hq+flan@0.3", "math@cpt"}
     assert results["control"]["seeds"] == [0, 1]
     rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if "│" in line}
     for arm in results["arms"]:
@@ -34,14 +34,24 @@ def test_quick_demo_end_to_end(tmp_path):
         assert f"{arm['primary']['delta']:+.3f}" in rows[arm["arm"]]
         assert set(arm["tasks"]) >= {"world_facts", "world_arith", "world_code"}
         assert arm["primary"]["ci"][0] <= arm["primary"]["delta"] <= arm["primary"]["ci"][1]
+    # math also has a continued-pretraining arm, and every run got the SFT probe (after the anneals)
+    cpt = next(a for a in results["arms"] if a["arm"] == "math@cpt")
+    assert cpt["cpt"] and [(m["source"], m["ratio"]) for m in cpt["mix"]] == [("math", 1.0)]
+    assert results["probe"]["sets"] == ["arith"] and len(results["probe"]["control"]["arith"]) == 2
+    for arm in results["arms"]:
+        assert arm["decided_on"] == "base"
+        assert [r["status"] for r in arm["probe"]["runs"]] == ["done", "done"]
+        assert "arith" in arm["probe"]["sets"]
     hqflan = next(a for a in results["arms"] if a["name"] == "hq+flan")
     ratios = {m["source"]: m["ratio"] for m in hqflan["mix"]}
     assert ratios == pytest.approx({"web": 0.7, "hq": 0.15, "flan": 0.15})
     # clear effects in the quick demo (+0.5 to +0.8 per byte, far beyond seed noise)
-    verdicts = {a["name"]: a["verdict"] for a in results["arms"]}
-    assert verdicts["math"] == verdicts["flan"] == "include", verdicts
+    verdicts = {a["arm"]: a["verdict"] for a in results["arms"]}
+    assert verdicts["math@0.3"] == verdicts["flan@0.3"] == "include", verdicts
     for f in ("report.md", "report.html", "plots/deltas.png"):
         assert (out / "study" / f).is_file()
+    report = (out / "study" / "report.md").read_text()
+    assert "## SFT probe" in report and "| math@cpt | arith |" in report
     # The base is cached: a second demo reuses it and every finished run.
     again = subprocess.run(
         [sys.executable, "-m", "midtrain.cli", "demo", "--quick", "--out", str(out)],

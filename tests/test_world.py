@@ -13,6 +13,7 @@ import pytest
 
 from midtrain.demo.world import TASKS, generate_world, read_world, task_prompt
 from midtrain.demo.world_entities import ATTRIBUTES, build_world
+from midtrain.demo.world_sft import SFT_SETS, sft_rows
 from midtrain.demo.world_skills import Skills
 from midtrain.demo.world_sources import FLAN, INFOBOX, Ctx, hq_doc
 from midtrain.errors import MidtrainError
@@ -36,6 +37,11 @@ def items(world: dict, task: str) -> list[dict]:
     return [json.loads(x) for x in world["task_paths"][task].read_text().splitlines()]
 
 
+def sft(world: dict, name: str, split: str) -> list[dict]:
+    path = world["sft_paths"][name][split]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
 def test_layout_and_counts(world):
     root = world["path"]
     meta = read_world(root)
@@ -48,6 +54,12 @@ def test_layout_and_counts(world):
     for task in TASKS:
         assert len(items(world, task)) == meta["tasks"][task] >= 50
         assert (root / "tasks" / f"{task}.yaml").is_file()
+    n_train, n_val = sft_rows(SCALE)
+    for name in SFT_SETS:
+        for split, n in (("train", n_train), ("val", n_val)):
+            rows = sft(world, name, split)
+            assert len(rows) == n == meta["sft"][name][split]
+            assert all(set(r) == {"prompt", "response"} and r["response"].strip() for r in rows)
     assert meta["content_hash"] == hash_tree(root, exclude=("world.json",))
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
@@ -62,6 +74,11 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(world, tmp_path):
         assert a.read_bytes() != b.read_bytes()
     for task in TASKS:
         assert world["task_paths"][task].read_bytes() != other["task_paths"][task].read_bytes()
+    for name in SFT_SETS:
+        for split in ("train", "val"):
+            a, b = world["sft_paths"][name][split], again["sft_paths"][name][split]
+            assert a.read_bytes() == b.read_bytes()
+            assert a.read_bytes() != other["sft_paths"][name][split].read_bytes()
 
 
 def test_scale_multiplies_sizes(world, tmp_path):
@@ -79,6 +96,38 @@ def test_task_items_are_held_out_of_every_source(world):
             assert task_prompt(task, it) + " " + gold not in corpus
             key = it["program"] if task == "world_code" else it["question"]
             assert key not in corpus, f"{task}: {key!r} appears in a training source"
+
+
+def test_sft_sets_hold_no_task_item(tmp_path):
+    """No SFT prompt is a task question or program, at a scale with many rows; the answers are
+    right; train and val share no prompt."""
+    from midtrain.demo.world_skills import run_program
+
+    w = generate_world(tmp_path / "w", seed=0, scale=1.0)
+    held = set()
+    for task in TASKS:
+        for it in items(w, task):
+            held.add(it["program"] if task == "world_code" else it["question"])
+    w0 = build_world(0)
+    answers = {
+        f.question(i): f.value for f in w0.facts for i in range(len(ATTRIBUTES[f.attr].questions))
+    }
+    for name in SFT_SETS:
+        train, val = sft(w, name, "train"), sft(w, name, "val")
+        assert len(train) == 256 and len(val) == 64
+        prompts = [r["prompt"] for r in train + val]
+        assert len(set(prompts)) == len(prompts)
+        for r in train + val:
+            p = r["prompt"]
+            body = p.split("\n", 1)[1] if name == "code" else p
+            assert p not in held and body not in held, (name, p)
+            if name == "facts":
+                assert answers[p] == r["response"]
+            elif name == "code":
+                assert run_program(body) == r["response"]
+            elif p.startswith("What is "):
+                a, op, b = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", p).groups()
+                assert int(r["response"]) == eval(f"{a} {op} {b}")  # noqa: S307
 
 
 def test_task_facts_are_taught_in_other_phrasings():

@@ -2,7 +2,8 @@
 
 Steps: generate the world -> train a BPE tokenizer -> token stores -> pretrain (or reuse from the
 cache) a tiny Llama base on `web` with a constant LR (the stable phase) -> write study.toml -> run the
-study -> report. Every step is content-addressed, so a second `midtrain demo` reuses what is done.
+study (the anneals, a continued-pretraining arm for `math`, then an SFT probe of every run on the
+world's SFT sets) -> report. Every step is content-addressed, so a second `midtrain demo` reuses what is done.
 Nothing here decides an outcome: the study measures whatever the world's sources do.
 """
 
@@ -51,13 +52,25 @@ class DemoSettings:
     seeds: tuple[int, ...] = (0, 1)
     eval_limit: int = 200
     full_run_tokens: int = 2_400_000
+    # the SFT probe of every run (the world's SFT sets, docs/demo-world.md#sft-sets)
+    sft_sets: tuple[str, ...] = ("facts", "arith", "code")
+    sft_lrs: tuple[float, ...] = (3e-4, 1e-3)  # both train on the demo base; each wins on a set
+    sft_epochs: int = 2
+    sft_batch_size: int = 16
 
 
 FULL = DemoSettings()
 QUICK = DemoSettings(
-    scale=0.3, base_tokens=400_000, anneal_tokens=32_768, eval_limit=100, full_run_tokens=480_000
+    scale=0.3,
+    base_tokens=400_000,
+    anneal_tokens=32_768,
+    eval_limit=100,
+    full_run_tokens=480_000,
+    sft_sets=("arith",),
+    sft_epochs=1,
 )
 
+CPT_CANDIDATES = {"math"}  # also a continued-pretraining arm (100% candidate, same tokens)
 CANDIDATES = [
     ("math", {"math": 1.0}),
     ("code", {"code": 1.0}),
@@ -79,7 +92,8 @@ def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> dict[st
     from midtrain.demo.world import generate_world
 
     world_dir = out / "world"
-    if not (world_dir / "world.json").is_file():
+    meta = world_dir / "world.json"
+    if not meta.is_file() or "sft" not in read_json(meta):  # (a world from before the SFT sets)
         generate_world(world_dir, seed=seed, scale=s.scale)
     world = read_json(world_dir / "world.json")
     sources = sorted(p.name for p in (world_dir / "sources").iterdir() if p.is_dir())
@@ -172,8 +186,23 @@ def study_file(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> d
         },
         "guards": [{"domain": "web", "tolerance": 0.05}],
         "candidates": [
-            {"name": name, "mix": mix, "max_repetition": 8.0} for name, mix in CANDIDATES
+            {"name": name, "mix": mix, "max_repetition": 8.0}
+            | ({"continued_pretraining": True} if name in CPT_CANDIDATES else {})
+            for name, mix in CANDIDATES
         ],
+        "sft_probe": {
+            "lrs": list(s.sft_lrs),
+            "epochs": s.sft_epochs,
+            "batch_size": s.sft_batch_size,
+            "sets": [
+                {
+                    "name": name,
+                    "train": rel(ctx["world_dir"] / "sft" / name / "train.jsonl"),
+                    "val": rel(ctx["world_dir"] / "sft" / name / "val.jsonl"),
+                }
+                for name in s.sft_sets
+            ],
+        },
     }
 
 

@@ -6,6 +6,7 @@
     OUT/tasks/world_{facts,arith,code}.{yaml,jsonl}  lm-eval multiple-choice tasks (test split)
     OUT/tasks/world.yaml                             group `world` bundling the three tasks
     OUT/tasks/world_data.py                          loads the JSONL next to the YAML
+    OUT/sft/<facts|arith|code>/{train,val}.jsonl     SFT sets ({"prompt", "response"} rows)
     OUT/world.json                                   seed, scale, counts, content hash
 
 The task YAMLs name their JSONL relative to the tasks folder and load it through
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.demo.world_entities import ATTRIBUTES, Fact, World, build_world
+from midtrain.demo.world_sft import SFT_SETS, sft_rows, sft_set
 from midtrain.demo.world_skills import Skills, fmt, number_distractors, value
 from midtrain.demo.world_sources import SOURCES, Ctx
 from midtrain.errors import MidtrainError
@@ -189,6 +191,19 @@ def _write_tasks(path: Path, world: World, skills: Skills, seed: int, scale: flo
     return counts
 
 
+def _write_sft(path: Path, ctx: Ctx, seed: int, scale: float) -> dict:
+    n_train, n_val = sft_rows(scale)
+    counts = {}
+    for name in SFT_SETS:
+        (path / name).mkdir(parents=True)
+        splits = sft_set(name, ctx, seed, n_train, n_val)
+        for split, rows in splits.items():
+            body = "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows)
+            (path / name / f"{split}.jsonl").write_text(body, encoding="utf-8")
+        counts[name] = {split: len(rows) for split, rows in splits.items()}
+    return counts
+
+
 def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
     """Write the demo world for (seed, scale) into `out` atomically; return paths and counts.
 
@@ -203,12 +218,14 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
     with atomic_dir(out) as tmp:
         sources = {n: _write_source(tmp / "sources" / n, n, ctx, seed, scale) for n in SOURCES}
         tasks = _write_tasks(tmp / "tasks", world, skills, seed, scale)
+        sft = _write_sft(tmp / "sft", ctx, seed, scale)
         meta = {
             "format": FORMAT,
             "seed": seed,
             "scale": scale,
             "sources": sources,
             "tasks": tasks,
+            "sft": sft,
             "content_hash": hash_tree(tmp),
         }
         atomic_write_json(tmp / "world.json", meta)
@@ -218,6 +235,10 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
         "tasks_dir": out / "tasks",
         "source_paths": {n: out / "sources" / n / "data.jsonl" for n in SOURCES},
         "task_paths": {n: out / "tasks" / f"{n}.jsonl" for n in TASKS},
+        "sft_paths": {
+            n: {split: out / "sft" / n / f"{split}.jsonl" for split in ("train", "val")}
+            for n in SFT_SETS
+        },
     }
 
 
