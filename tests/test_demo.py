@@ -62,5 +62,5 @@ def test_quick_demo_end_to_end(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "base model: cached" in again.stderr
-    assert "study demo: 13 jobs, 13 already done" in again.stderr
+    assert "study demo: 15 jobs, 15 already done" in again.stderr
     assert json.loads((out / "study" / "results.json").read_text())["arms"] == results["arms"]
