@@ -172,6 +172,7 @@ def _demo_study(root: Path, quick: bool, cache: Path | None, s: CalibrationSetti
     ctx = build_world_and_stores(root, settings)
     ckpt = pretrain_base(ctx, settings, Path(cache or default_cache()).resolve())
     data = study_file(ctx, ckpt, settings, root)
+    data.pop("sft_probe", None)  # A/A calibration checks the task verdicts; no SFT probes
     data["tokens"] = s.tokens or max(settings.batch_tokens, settings.anneal_tokens // 2)
     data["eval"]["limit"] = s.eval_limit or min(100, settings.eval_limit)
     return parse_study(data, source="demo study", base_dir=root)
