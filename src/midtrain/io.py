@@ -52,6 +52,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_jsonl(path: str | Path, rows: Any) -> Path:
+    """One JSON object per line (an iterable of dicts), written atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
 

@@ -16,7 +16,7 @@ from typing import Any
 from midtrain.errors import MidtrainError
 from midtrain.io import (
     atomic_write_json,
-    atomic_write_text,
+    atomic_write_jsonl,
     hash_file,
     hash_tree,
     library_versions,
@@ -35,10 +35,7 @@ def lr_dir(out: Path, lr: float) -> Path:
 
 def finished(out: Path) -> SftResult | None:
     """The result of a finished probe in `out`, or None."""
-    status = rundir.read_status(out)
-    if status is None or status.status != "done" or not (out / "sft.json").is_file():
-        return None
-    return SftResult.load(out)
+    return rundir.finished(out, SftResult, "sft.json")
 
 
 def chosen_val_losses(out: Path, res: SftResult) -> dict[int, float]:
@@ -103,9 +100,7 @@ def run_sft(
     env.setup(cfg.threads)
     inputs = _inputs(plan)
     check_inputs_unchanged(out, inputs)
-    before, before_rows = val_before(plan)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "val_examples_before.jsonl", "".join(map(to_line, before_rows)))
+    before = val_before(plan, out)
     atomic_write_json(out / "config.json", plan.resolved())
     if not (out / "inputs.json").is_file():
         atomic_write_json(out / "inputs.json", inputs)
@@ -140,17 +135,20 @@ def grid_point(
     return GridPoint(lr=lr, status="done", val_loss=run.val.loss, dir=str(out)), run
 
 
-def to_line(row: dict[str, Any]) -> str:
-    return json.dumps(row) + "\n"
-
-
-def val_before(plan: SftPlan) -> tuple[ValSummary, list[dict[str, Any]]]:
-    """The checkpoint's own validation loss per example (what fine-tuning is measured against)."""
-    from midtrain.sft.run import validate
+def val_before(plan: SftPlan, out: Path) -> ValSummary:
+    """The checkpoint's own validation loss per example (what fine-tuning is measured against),
+    written to OUT/val_examples_before.jsonl once; a resumed probe reads it back."""
+    from midtrain.sft.run import summarise, validate
     from midtrain.train.checkpoint import load_model
 
+    path = out / "val_examples_before.jsonl"
+    if path.is_file():
+        return summarise([json.loads(line) for line in path.read_text().splitlines()])
     model = load_model(plan.cfg.checkpoint, plan.device, "checkpoint")
-    return validate(model, plan.val.examples, plan)
+    summary, rows = validate(model, plan.val.examples, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(path, rows)
+    return summary
 
 
 def _write(

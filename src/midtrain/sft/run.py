@@ -8,7 +8,6 @@ in the whole step: the mean over response tokens of the step.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json, recover_dir
+from midtrain.io import atomic_write_json, atomic_write_jsonl, hash_obj, recover_dir
 from midtrain.sft.data import Example, collate, epoch_order, micro_batches, n_targets
 from midtrain.sft.plan import SftPlan
 from midtrain.sft.results import SftRunResult, ValSummary
@@ -154,16 +153,9 @@ def summarise(rows: list[dict]) -> ValSummary:
                       tokens=tokens)  # fmt: skip
 
 
-def finished(out: Path) -> SftRunResult | None:
-    status = rundir.read_status(out)
-    if status is None or status.status != "done" or not (out / "metrics.json").is_file():
-        return None
-    return SftRunResult.model_validate(read_json(out / "metrics.json"))
-
-
 def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRunResult:
     """Fine-tune at peak LR `lr` in `out` (resumed when it holds a state), then validate."""
-    if (done := finished(out)) is not None:
+    if (done := rundir.finished(out, SftRunResult)) is not None:
         return done
     t, wall = build(plan, lr, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +170,7 @@ def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRu
 
 def _finish(plan: SftPlan, lr: float, out: Path, t: Trainer, log: RunLog) -> SftRunResult:
     val, rows = validate(t.model, plan.val.examples, plan)
-    atomic_write_text(out / "val_examples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(out / "val_examples.jsonl", rows)
     lines, tokens = log.read(), plan.summary().train_tokens * plan.cfg.epochs
     result = SftRunResult(
         lr=lr, steps=plan.steps, tokens=tokens, first_loss=lines[0]["loss"],

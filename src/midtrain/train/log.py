@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_write_text
+from midtrain.io import atomic_write_jsonl
 
 FAILED_EXIT_CODE = 3  # a run that stopped on a non-finite loss (bad input stays 2)
 LOG_EVERY = {"cpu": 1, "cuda": 10}  # steps between log flushes (one host sync each)
@@ -85,7 +85,7 @@ class RunLog:
         """Drop lines after `step` (written after the state we resume from)."""
         rows = [r for r in self.read() if r["step"] <= step]
         self.last_good = rows[-1] if rows else None
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_jsonl(self.path, rows)
         self._t0 = time.perf_counter()
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -26,6 +26,8 @@ from midtrain.train.config import identity
 from midtrain.train.plan import RunPlan
 
 RESULT_FORMAT = "midtrain-run/1"
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class RunStatus(BaseModel):
@@ -70,12 +72,12 @@ def write_status(out: Path, status: str, **info: Any) -> None:
     )
 
 
-def finished(out: Path) -> RunResult | None:
-    """The result of a finished run in `out`, or None."""
+def finished(out: Path, cls: type[R] = RunResult, name: str = "metrics.json") -> R | None:  # type: ignore[assignment]
+    """The result (`cls`, read from `name`) of a finished run or probe in `out`, or None."""
     status = read_status(out)
-    if status is None or status.status != "done" or not (out / "metrics.json").is_file():
+    if status is None or status.status != "done" or not (out / name).is_file():
         return None
-    return RunResult.model_validate(read_json(out / "metrics.json"))
+    return cls.model_validate(read_json(out / name))
 
 
 def check_existing(out: Path, config: dict[str, Any], what: str = "a run") -> None:
