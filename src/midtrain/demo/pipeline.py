@@ -88,11 +88,12 @@ def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> dict[st
     from midtrain.data.prepare import prepare_source
     from midtrain.data.store import TokenStore
     from midtrain.data.tokenizer import load_tokenizer, train_tokenizer
+    from midtrain.demo.world import FORMAT as WORLD_FORMAT
     from midtrain.demo.world import generate_world
 
     world_dir = out / "world"
     meta = world_dir / "world.json"
-    if not meta.is_file() or "sft" not in read_json(meta):  # (a world from before the SFT sets)
+    if not meta.is_file() or read_json(meta).get("format") != WORLD_FORMAT:  # an older world
         generate_world(world_dir, seed=seed, scale=s.scale)
     world = read_json(world_dir / "world.json")
     sources = sorted(p.name for p in (world_dir / "sources").iterdir() if p.is_dir())

@@ -30,7 +30,7 @@ from midtrain.demo.world_sources import SOURCES, Ctx
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir, atomic_write_json, hash_tree
 
-FORMAT = "midtrain-world/1"
+FORMAT = "midtrain-world/2"  # 2: entity popularity (Zipf web), encyclopedic hq, SFT sets
 TASK_ITEMS_AT_SCALE_1 = 300
 MIN_TASK_ITEMS = 50
 
