@@ -55,9 +55,19 @@ def _main(
 
 
 def _register_all() -> None:
-    from midtrain.commands import config, data, demo, evaluate, sft, study, train, trust
+    from midtrain.commands import (
+        config,
+        data,
+        demo,
+        evaluate,
+        integrate,
+        sft,
+        study,
+        train,
+        trust,
+    )
 
-    for module in (data, train, sft, evaluate, study, demo, config, trust):
+    for module in (data, train, sft, evaluate, study, integrate, demo, config, trust):
         module.register(app, GROUPS)
 
 

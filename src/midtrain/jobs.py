@@ -30,6 +30,7 @@ BUILTIN_STAGES = {
     "eval": "midtrain.eval.stage",
     "sft": "midtrain.sft.stage",
     "sft_eval": "midtrain.sft.stage",
+    "merge": "midtrain.study.merging",
 }
 STAGES: dict[str, Stage] = {}
 

@@ -63,7 +63,11 @@ def exit_on_failed_runs(results, out: Path) -> None:
             f"SFT probe of {safe(p.run)} on {safe(p.set)} did not finish; see {safe(out / p.dir)}",
             highlight=False,
         )
-    if failed or results.missing_probes:
+    for m in results.missing_merges:
+        err_console.print(
+            f"merge of {safe(m.arm)}'s seeds did not finish; run the study again", highlight=False
+        )
+    if failed or results.missing_probes or results.missing_merges:
         raise typer.Exit(FAILED_RUNS_EXIT)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis, probe_analysis
+from midtrain.study import analysis, merging, probe_analysis
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import RunSpec, StudyPlan
 from midtrain.study.results import (
@@ -115,12 +115,13 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         probe = probe_analysis.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
                     1 - cfg.interval_confidence)  # fmt: skip
+    merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
         eval=EvalInfo(include_path=cfg.eval.include_path, tasks=list(cfg.eval.tasks),
                       domains=cfg.domain_names, primary_metric=metric, limit=cfg.eval.limit,
                       num_fewshot=cfg.eval.num_fewshot),
-        confidence=conf, study_flags=flags, screen=screen, probe=probe,
+        confidence=conf, study_flags=flags, screen=screen, probe=probe, merges=merges,
         method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
                       primary_tasks=primary_tasks),
     )  # fmt: skip

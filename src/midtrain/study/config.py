@@ -163,6 +163,22 @@ class StudyConfig(Strict):
     train: dict[str, Any] = field(
         {}, description="Other run-config fields for every run (e.g. threads, compile)."
     )
+    source_max_repetition: dict[str, float] = field(
+        {},
+        description="{source = epochs}: per-source repetition caps that override "
+        "base_max_repetition and the candidates' max_repetition.",
+        unit="epochs",
+    )
+    merge_seeds: bool | list[str] = field(
+        False,
+        description="Merge the seeds of every arm (true) or of the arms named (e.g. "
+        '["math@0.3"]) into one checkpoint, evaluate it and compare it with each seed.',
+    )
+    reuse: list[str] = field(
+        [],
+        description="Study folders whose finished runs are reused (hard-linked) when a run of "
+        "this study has the same identity (same inputs, mix, tokens, seed and schedule).",
+    )
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -196,6 +212,14 @@ class StudyConfig(Strict):
     @classmethod
     def _base_sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
         check_ratios(v)
+        return v
+
+    @field_validator("source_max_repetition")
+    @classmethod
+    def _caps_at_least_one(cls, v: dict[str, float]) -> dict[str, float]:
+        for src, cap in v.items():
+            if not cap >= 1.0:
+                raise ValueError(f"{src} = {cap}: a repetition cap must be >= 1 epoch")
         return v
 
     @field_validator("train")
@@ -291,6 +315,7 @@ def _check_references(cfg: StudyConfig) -> None:
         if cand.fractions is not None:
             _check_fractions(cand.fractions, f"candidates[{i}].fractions")
         refs += [(f"candidates[{i}].mix.{s}", s) for s in cand.mix]
+    refs += [(f"source_max_repetition.{s}", s) for s in cfg.source_max_repetition]
     refs += [(f"guards[{i}].domain", g.domain) for i, g in enumerate(cfg.guards) if g.domain]
     refs += [(f"eval.domains.{d}", d) for d in cfg.eval.domains or []]
     for where, name in refs:
@@ -318,6 +343,7 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
 
     cfg.checkpoint = res(cfg.checkpoint)
     cfg.stores = {k: res(v) for k, v in cfg.stores.items()}
+    cfg.reuse = [res(p) for p in cfg.reuse]
     if cfg.eval.include_path:
         cfg.eval.include_path = res(cfg.eval.include_path)
     if cfg.sft_probe is not None:

@@ -120,6 +120,7 @@ def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[M
             ratios[src] = ratios.get(src, 0.0) + r * weight
             reps[src] = max(reps.get(src, 1.0), rep)
     total = sum(ratios.values())
+    reps |= {s: cap for s, cap in cfg.source_max_repetition.items() if s in reps}
     return [
         MixComponent(source=s, ratio=round(r / total, 12), max_repetition=reps[s])
         for s, r in sorted(ratios.items())

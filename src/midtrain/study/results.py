@@ -15,6 +15,7 @@ from midtrain.io import atomic_write_json, read_json
 from midtrain.mix.spec import MixComponent
 
 FORMAT = "midtrain-study/2"
+CONTROL_ARM = "control"
 Interval = list[float]  # [low, high]
 Verdict = Literal["include", "reject", "inconclusive", "no-verdict", "failed"]
 
@@ -244,6 +245,31 @@ class ProbeInfo(BaseModel):
     runs: list[ProbeRun] = []  # the control's and the start checkpoint's probes
 
 
+class MergeTask(BaseModel):
+    merge: float
+    seeds: list[float]
+
+
+class MergeResult(BaseModel):
+    """An arm's seeds merged: the merge against each seed and against their mean."""
+
+    arm: str
+    seeds: list[int]
+    status: str  # done | missing (a seed or the merge's chain did not finish)
+    checkpoint: str | None = None  # relative to the study folder
+    metric: str
+    merge_score: float | None = None  # primary score of the merged checkpoint
+    seed_scores: list[float] = []
+    per_seed_delta: list[float] = []  # merge minus each seed
+    per_seed_ci: list[Interval] = []
+    delta: float | None = None  # merge minus the mean of the seeds
+    ci: Interval | None = None
+    noise_sd: float | None = None
+    noise_df: int = 0
+    tasks: dict[str, MergeTask] = {}
+    domains: dict[str, MergeTask] = {}  # bits per byte (lower is better)
+
+
 class StudyResult(BaseModel):
     format: str = FORMAT
     study: str
@@ -256,6 +282,7 @@ class StudyResult(BaseModel):
     method: Method | None = None
     screen: list[TaskScreen] = []
     probe: ProbeInfo | None = None
+    merges: list[MergeResult] = []  # merge_seeds: each merged arm against its seeds
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
@@ -278,3 +305,10 @@ class StudyResult(BaseModel):
             r for a in self.arms if a.probe for r in a.probe.runs
         ]
         return [r for r in runs if r.status != "done" and r.run in done]
+
+    @property
+    def missing_merges(self) -> list[MergeResult]:
+        """merge_seeds: merged arms whose seeds all finished but whose merge did not."""
+        done = {a.arm: len(a.seeds) == len(a.runs) for a in self.arms}
+        done[CONTROL_ARM] = all(r.status == "done" for r in self.control.runs)
+        return [m for m in self.merges if m.status != "done" and done.get(m.arm)]

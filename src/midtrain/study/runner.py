@@ -16,14 +16,16 @@ from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj
 from midtrain.jobs import Outcome, pending
-from midtrain.study.collect import collect
+from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
+from midtrain.study.merging import merge_arms, merge_chains
 from midtrain.study.plan import StudyPlan, arm_names, make_plan
 from midtrain.study.probe import plan_probes
 from midtrain.study.results import (
     StudyResult,
 )
+from midtrain.study.reuse import reuse_runs
 
 
 @contextlib.contextmanager
@@ -63,7 +65,27 @@ def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
             except MidtrainError as e:  # name the arm: a CPT arm needs more of its sources
                 raise MidtrainError(f"arm {r.arm}: {e}") from None
     plan_probes(cfg)  # each SFT set: rows, template, seq_len (on the start checkpoint)
+    _check_merges(cfg, plan)
+    for i, d in enumerate(cfg.reuse):
+        if not (Path(d) / "study.json").is_file():
+            raise MidtrainError(f"reuse[{i}]: {d} is not a study folder (no study.json); "
+                                "name a folder written by `midtrain study run`")  # fmt: skip
     return plan
+
+
+def _check_merges(cfg: StudyConfig, plan: StudyPlan) -> None:
+    if not cfg.merge_seeds:
+        return
+    if isinstance(cfg.merge_seeds, list):
+        known = [CONTROL, *plan.arms()]
+        for name in cfg.merge_seeds:
+            if name not in known:
+                raise MidtrainError(f"merge_seeds: {name!r} is not an arm of this study; "
+                                    f"use one of {', '.join(known)}")  # fmt: skip
+    if len(cfg.first_seeds) < 2:
+        raise MidtrainError("merge_seeds: needs at least 2 seeds per arm; set seeds = [0, 1]")
+    if not merge_arms(cfg, plan.arms()):
+        raise MidtrainError("merge_seeds: names no arm; give true or a list of arms")
 
 
 def run_study(
@@ -86,20 +108,24 @@ def run_study(
         for look in range(1, cfg.looks + 1):
             plan = make_plan(cfg, out, seeds)
             atomic_write_json(out / "study.json", _study_record(plan))
+            reuse_runs(plan)
             errors |= _execute(plan, ex)
             results = collect(plan, errors, look)
             if not _add_seeds(cfg, results, seeds):
                 break
+        if cfg.merge_seeds:  # the merge chains need every seed of their arm
+            errors |= _execute(plan, ex, merge_chains(plan, Finished(plan).done), "merges")
+            results = collect(plan, errors, look)
         write_report(results, plan.config, out)
     return results
 
 
-def _execute(plan: StudyPlan, ex) -> dict[str, str]:
+def _execute(plan: StudyPlan, ex, chains: list | None = None, what: str = "jobs") -> dict[str, str]:
     """Run the plan's pending chains; the errors of those that failed, by run name."""
-    chains = plan.chains()
+    chains = plan.chains() if chains is None else chains
     todo = [c for c in chains if pending(c)]
     err_console.print(
-        f"study {safe(plan.config.name)}: {len(chains)} jobs, {len(chains) - len(todo)} already done"
+        f"study {safe(plan.config.name)}: {len(chains)} {what}, {len(chains) - len(todo)} already done"
     )
     outcomes = ex.run(todo, lambda o: err_console.print(_outcome_line(o))) if todo else []
     return {o.name: o.error or "failed" for o in outcomes if o.status == "failed"}

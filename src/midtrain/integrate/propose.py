@@ -1,0 +1,178 @@
+"""Draft the next integration round from finished studies (and the last round of a history).
+
+The draft: the base mix of the first study as the anchor at `anchor_share`; every candidate
+included in a study (at its largest included fraction) and every source kept from the last round
+share the rest equally (a candidate's own ratios split its part); group budgets and per-source
+repetition caps then scale sources down, the excess going back to the anchor. The file says what
+it did in comments; the user edits it and runs `midtrain integrate run`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from midtrain.errors import MidtrainError
+from midtrain.integrate.run import RECORD, RoundResult
+from midtrain.io import read_json
+from midtrain.mix.spec import RATIO_TOL
+from midtrain.study.results import StudyResult
+
+COPIED = ("checkpoint", "stores", "tokens", "seq_len", "batch_tokens", "micro_batch", "seeds",
+          "schedule", "eval", "analysis", "guards", "sft_probe", "train", "full_run_tokens",
+          "checkpoint_tokens")  # fmt: skip
+
+
+def _study(d: Path) -> tuple[dict[str, Any], StudyResult]:
+    if not (d / "study.json").is_file() or not (d / "results.json").is_file():
+        raise MidtrainError(f"{d}: not a finished study (no study.json and results.json); "
+                            "pass the --out folder of `midtrain study run`")  # fmt: skip
+    return read_json(d / "study.json")["config"], StudyResult.load(d / "results.json")
+
+
+def winners(cfg: dict[str, Any], res: StudyResult) -> dict[str, dict[str, float]]:
+    """{candidate: its own mix} of the candidates included at some fraction (not @cpt)."""
+    out: dict[str, dict[str, float]] = {}
+    for a in res.arms:
+        if a.verdict == "include" and not a.cpt:
+            out[a.name] = dict(a.candidate_mix)
+    return out
+
+
+def _last_round(history: Path | None) -> RoundResult | None:
+    if history is None or not history.is_dir():
+        return None
+    rounds = sorted((RoundResult.load(p) for p in history.glob(f"*/{RECORD}")),
+                    key=lambda r: (r.round, r.name))  # fmt: skip
+    return rounds[-1] if rounds else None
+
+
+def shares(groups: list[dict[str, float]], room: float) -> dict[str, float]:
+    """`room` split equally between groups, each group by its own ratios."""
+    out: dict[str, float] = {}
+    for g in groups:
+        for s, r in g.items():
+            out[s] = out.get(s, 0.0) + room / len(groups) * r
+    return out
+
+
+def apply_limits(src: dict[str, float], budgets: dict[str, float], caps: dict[str, float],
+                 tokens: int, store_tokens: dict[str, int]) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+    """Scale sources down to their budgets and repetition caps; notes say what changed."""
+    notes = []
+    for group, cap in budgets.items():
+        names = [n.strip() for n in group.split("+")]
+        used = sum(src.get(n, 0.0) for n in names)
+        if used > cap + RATIO_TOL:
+            for n in names:
+                if n in src:
+                    src[n] *= cap / used
+            notes.append(f"budget {group} <= {cap:g}: scaled from {used:.3f}")
+    for s, v in src.items():
+        most = caps.get(s, 1.0) * store_tokens[s] / tokens
+        if v > most + RATIO_TOL:
+            src[s] = most
+            notes.append(f"{s}: {v:.3f} -> {most:.3f} ({caps.get(s, 1.0):g} epochs of "
+                         f"{store_tokens[s]:,} tokens)")  # fmt: skip
+    return {s: round(v, 6) for s, v in src.items()}, notes
+
+
+def propose(studies: list[Path], *, out: Path, history: Path | None = None,
+            anchor_share: float = 0.4, budgets: dict[str, float] | None = None,
+            tokens: int | None = None, ablate: list[str] | None = None, name: str | None = None,
+            merge_seeds: bool = False) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The next round as data (paths relative to `out`'s folder) and the notes on its shares."""
+    from midtrain.data.store import open_store
+
+    if not 0.0 <= anchor_share < 1.0:
+        raise MidtrainError(f"--anchor-share {anchor_share}: must be in [0, 1)")
+    found = [_study(Path(d).resolve()) for d in studies]
+    cfg0 = found[0][0]
+    groups, caps = {}, {s: cfg0.get("base_max_repetition", 1.0) for s in cfg0["base"]}
+    for cfg, res in found:
+        for cand, mix in winners(cfg, res).items():
+            groups.setdefault(cand, mix)
+            rep = next(c.get("max_repetition", 1.0) for c in cfg["candidates"] if c["name"] == cand)
+            caps |= {s: max(caps.get(s, 1.0), rep) for s in mix}
+    last = _last_round(history)
+    if last is not None:
+        groups |= {f"kept {s}": {s: 1.0} for s in last.sources if s not in
+                   {x for g in groups.values() for x in g}}  # fmt: skip
+    if not groups:
+        raise MidtrainError("no candidate was included in these studies and no round came "
+                            "before; nothing to integrate")  # fmt: skip
+    anchor = dict(cfg0["base"])
+    overlap = sorted({s for g in groups.values() for s in g} & set(anchor))
+    if overlap:
+        raise MidtrainError(f"candidate source {overlap[0]!r} is also in the base mix; the "
+                            "anchor is the base mix, so give it its own store")  # fmt: skip
+    tokens = tokens or int(cfg0["tokens"])
+    store_tokens = {
+        s: open_store(p, f"stores.{s}").n_train_tokens for s, p in cfg0["stores"].items()
+    }
+    src, notes = apply_limits(shares(list(groups.values()), 1.0 - anchor_share), budgets or {},
+                              caps, tokens, store_tokens)  # fmt: skip
+    share = round(1.0 - sum(src.values()), 6)
+    for s, r in anchor.items():
+        need = share * r * tokens / store_tokens[s]
+        if need > caps.get(s, 1.0) + RATIO_TOL:
+            raise MidtrainError(f"anchor {s}: the anchor share {share:.3f} needs {need:.2f} epochs "
+                                f"of {s} (cap {caps.get(s, 1.0):g}); lower --tokens or add "
+                                "candidate data")  # fmt: skip
+    idx = (last.round + 1) if last else 1
+    rnd = {
+        "name": name or f"round-{idx}", "round": idx, "anchor": anchor, "anchor_share": share,
+        "sources": src, "previous": last.mix if last else anchor,
+        "previous_name": last.name if last else "base", "ablate": ablate or [],
+        "budgets": budgets or {}, "max_repetition": {s: caps.get(s, 1.0) for s in sorted(store_tokens)
+                                                     if s in src or s in anchor},
+        "merge_seeds": merge_seeds,
+    }  # fmt: skip
+    rnd |= {k: cfg0[k] for k in COPIED if cfg0.get(k) is not None}
+    rnd["tokens"] = tokens
+    reuse = [str(Path(d).resolve()) for d in studies]
+    if last is not None and history is not None:
+        reuse.append(str((history / last.name).resolve()))
+    rnd["reuse"] = reuse
+    return _relative(rnd, Path(out).resolve().parent), notes
+
+
+def _relative(rnd: dict[str, Any], base: Path) -> dict[str, Any]:
+    def rel(p: str) -> str:
+        return os.path.relpath(p, base)
+
+    rnd["checkpoint"] = rel(rnd["checkpoint"])
+    rnd["stores"] = {k: rel(v) for k, v in rnd["stores"].items()}
+    rnd["reuse"] = [rel(p) for p in rnd["reuse"]]
+    ev = rnd.get("eval") or {}
+    if ev.get("include_path"):
+        ev["include_path"] = rel(ev["include_path"])
+    for s in (rnd.get("sft_probe") or {}).get("sets", []):
+        for k in ("train", "val"):
+            if s.get(k):
+                s[k] = rel(s[k])
+    return rnd
+
+
+def round_toml(rnd: dict[str, Any], notes: list[str], studies: list[Path]) -> str:
+    import tomli_w
+
+    head = [
+        "# An integration round drafted by `midtrain integrate propose` from:",
+        *[f"#   {p}" for p in studies],
+        "# anchor = the base mix at anchor_share; sources = the included candidates (and the last",
+        "# round's sources) sharing the rest equally, then scaled to budgets and repetition caps:",
+        *[f"#   {n}" for n in notes or ["(no budget or cap was binding)"]],
+        "# Edit the shares (they sum to 1 with anchor_share), then: midtrain integrate run THIS --out HISTORY",
+    ]  # fmt: skip
+    clean = _drop_none(rnd)
+    return "\n".join(head) + "\n" + tomli_w.dumps(clean)
+
+
+def _drop_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _drop_none(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_drop_none(v) for v in x if v is not None]
+    return x

@@ -1,0 +1,62 @@
+"""`reuse = [STUDY_DIR, ...]`: finished runs of other studies stand in for identical runs here.
+
+A run's id hashes everything that decides what it computes (the content of the checkpoint and
+stores, the mix, tokens, seed, schedule and run fields), so a finished run with the same id in
+another study is the same run. It is hard-linked into this study's folder (copied where links
+cannot be made: another file system), with its evaluation and SFT probes; each job still checks
+its own cache, so a probe with other settings runs anew. Every file of a finished run was written
+atomically (replaced, never changed in place), so the linked copies share nothing that changes.
+An integration round reuses its control this way: the previous round's mix, trained alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from midtrain.console import err_console, safe
+from midtrain.io import read_json
+from midtrain.study.plan import StudyPlan
+from midtrain.train.rundir import finished
+
+
+def _finished_runs(study: Path) -> dict[str, Path]:
+    """{run id: folder} of the finished runs of a study folder."""
+    record = study / "study.json"
+    if not record.is_file():
+        return {}
+    out = {}
+    for r in read_json(record).get("runs", []):
+        d = study / r["dir"]
+        if finished(d) is not None:
+            out[r["run_id"]] = d
+    return out
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def reuse_runs(plan: StudyPlan) -> int:
+    """Link finished identical runs from the studies in `reuse`; returns how many were linked."""
+    sources: dict[str, Path] = {}
+    for d in plan.config.reuse:
+        for rid, path in _finished_runs(Path(d)).items():
+            sources.setdefault(rid, path)
+    n = 0
+    for r in plan.runs:
+        src = sources.get(r.run_id)
+        if src is None or r.dir.exists() or src.resolve() == r.dir.resolve():
+            continue
+        r.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = r.dir.with_name(r.dir.name + ".reuse-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=_link, symlinks=True)
+        tmp.rename(r.dir)  # atomic: the run appears whole or not at all
+        err_console.print(f"  [cyan]reused[/] {safe(r.name)} from {safe(src)}", highlight=False)
+        n += 1
+    return n
