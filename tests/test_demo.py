@@ -52,6 +52,16 @@ def test_quick_demo_end_to_end(tmp_path):
         assert (out / "study" / f).is_file()
     report = (out / "study" / "report.md").read_text()
     assert "## SFT probe" in report and "| math@cpt | arith |" in report
+    # one integration round of the winners: web anchor, an ablation, the seeds merged
+    rnd = json.loads((out / "rounds" / "round-1" / "round.json").read_text())
+    assert rnd["anchor"] == {"web": 1.0} and rnd["anchor_share"] == pytest.approx(0.4)
+    assert set(rnd["sources"]) >= {"math", "flan"} and rnd["previous"] == {"web": 1.0}
+    assert rnd["primary"] is not None and len(rnd["ablations"]) == 1
+    assert rnd["ablations"][0]["contribution"] is not None
+    assert rnd["merge"]["status"] == "done" and len(rnd["merge"]["per_seed_delta"]) == 2
+    assert "reused control/s0" in proc.stderr  # the round's control is the study's
+    assert "round-1" in proc.stdout and "merge of 2 seeds" in proc.stdout
+    assert (out / "rounds" / "rounds.md").is_file() and (out / "round-1.toml").is_file()
     # The base is cached: a second demo reuses it and every finished run.
     again = subprocess.run(
         [sys.executable, "-m", "midtrain.cli", "demo", "--quick", "--out", str(out)],
@@ -63,4 +73,5 @@ def test_quick_demo_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "base model: cached" in again.stderr
     assert "study demo: 15 jobs, 15 already done" in again.stderr
+    assert "study round-1: 7 jobs, 7 already done" in again.stderr
     assert json.loads((out / "study" / "results.json").read_text())["arms"] == results["arms"]

@@ -45,6 +45,14 @@ def demo(
     console.print(
         f"report: {study / 'report.md'}  ·  {study / 'report.html'}  ·  {study / 'results.json'}"
     )
+    rounds = Path(out) / "rounds"
+    if (rounds / "rounds.md").is_file():
+        from midtrain.integrate.report import load_history, table
+
+        console.print(table(load_history(rounds)))
+        console.print(
+            f"rounds: {rounds / 'rounds.md'}  ·  round file: {Path(out) / 'round-1.toml'}"
+        )
 
 
 @demo_app.command("world")

@@ -3,7 +3,8 @@
 Steps: generate the world -> train a BPE tokenizer -> token stores -> pretrain (or reuse from the
 cache) a tiny Llama base on `web` with a constant LR (the stable phase) -> write study.toml -> run the
 study (the anneals, a continued-pretraining arm for `math`, then an SFT probe of every run on the
-world's SFT sets) -> report. Every step is content-addressed, so a second `midtrain demo` reuses what is done.
+world's SFT sets) -> report -> one integration round of the winners (round-1.toml: web anchor,
+a leave-one-out ablation, the round's seeds merged) -> rounds/rounds.md. Every step is content-addressed, so a second `midtrain demo` reuses what is done.
 Nothing here decides an outcome: the study measures whatever the world's sources do.
 """
 
@@ -57,6 +58,7 @@ class DemoSettings:
     sft_lrs: tuple[float, ...] = (3e-4, 1e-3)  # both train on the demo base; each wins on a set
     sft_epochs: int = 1  # 2 would add about 1 min to the full demo (14 runs x 3 sets)
     sft_batch_size: int = 16
+    round: bool = True  # after the study: one integration round with an ablation and a merge
 
 
 FULL = DemoSettings()
@@ -240,5 +242,30 @@ def run_demo(
     atomic_write_text(study_path, study_toml(ctx, base, s, out))
     atomic_write_json(out / "demo-settings.json", asdict(s))
     results = run_study(load_study(study_path), out / "study", workers=workers)
+    if s.round:
+        demo_round(out, results, workers)
     console.print(f"demo finished in {time.time() - t0:.0f}s")
     return results
+
+
+def demo_round(out: Path, results: StudyResult, workers: int = 1) -> Path | None:
+    """One integration round from the study's winners with web as the anchor (40%), the source
+    of the strongest single-source winner left out in an ablation, and the round's seeds merged.
+    Same tokens and seeds as the anneals, so the round's control (the base mix) is the study's."""
+    from midtrain.integrate.propose import propose, round_toml
+    from midtrain.integrate.report import write
+    from midtrain.integrate.run import run_round
+
+    wins = [a for a in results.arms if a.verdict == "include" and not a.cpt and a.primary]
+    single = [a for a in wins if len(a.candidate_mix) == 1]
+    if not wins:
+        console.print("integration round: skipped (no candidate was included)")
+        return None
+    best = max(single, key=lambda a: a.primary.delta) if single else None
+    ablate = list(best.candidate_mix) if best else []
+    path = out / "round-1.toml"
+    rnd, notes = propose([out / "study"], out=path, anchor_share=0.4, ablate=ablate,
+                         merge_seeds=True)  # fmt: skip
+    atomic_write_text(path, round_toml(rnd, notes, [out / "study"]))
+    run_round(path, out / "rounds", workers=workers)
+    return write(out / "rounds")[1]

@@ -40,16 +40,22 @@ def _cols(rounds: list[RoundResult]) -> tuple[list[str], list[str], list[str]]:
     return tasks, domains, sets
 
 
-def rows(rounds: list[RoundResult]) -> tuple[list[str], list[list[str]]]:
+def rows(rounds: list[RoundResult], domains: bool = True) -> tuple[list[str], list[list[str]]]:
     """The table's header and rows (rounds, each followed by its ablations and merge)."""
-    tasks, domains, sets = _cols(rounds)
+    tasks, all_domains, sets = _cols(rounds)
+    domains = all_domains if domains else []
     head = ["round", "mix", "vs", "score", "Δ primary", "CI", "verdict"]
     head += [f"Δ {t}" for t in tasks] + [f"Δ bpb {d}" for d in domains]
     head += [f"Δ SFT loss {s}" for s in sets]
     out = []
     for r in rounds:
         p = r.primary
-        row = [r.name, mix_text(r.mix), r.previous_name, num(r.round_score),
+        vs = (
+            f"{r.previous_name} ({num(r.previous_score)})"
+            if r.previous_score is not None
+            else r.previous_name
+        )
+        row = [r.name, mix_text(r.mix), vs, num(r.round_score),
                fmt(p.delta if p else None), fmt_ci(p.ci if p else None), r.verdict]  # fmt: skip
         row += [fmt(r.tasks[t].delta) if t in r.tasks else "–" for t in tasks]
         row += [fmt(r.domains[d].delta) if d in r.domains else "–" for d in domains]
@@ -67,7 +73,7 @@ def rows(rounds: list[RoundResult]) -> tuple[list[str], list[list[str]]]:
 
 
 def table(rounds: list[RoundResult]) -> Table:
-    head, body = rows(rounds)
+    head, body = rows(rounds, domains=False)  # the terminal: tasks and SFT; rounds.md has all
     t = Table(title=f"integration rounds: round − the mix before it ({rounds[0].metric})")
     for h in head:
         t.add_column(h)
@@ -88,6 +94,8 @@ def markdown(rounds: list[RoundResult]) -> str:
         "|" + "---|" * len(head),
     ]  # fmt: skip
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in body]
+    lines += [""] + [f"- **{md_escape(r.name)}**: {md_escape(r.verdict)}: {md_escape(r.reason)} "
+                     f"(report: {md_escape(r.name)}/report.md)" for r in rounds]  # fmt: skip
     lines += ["", "![rounds](rounds.png)", ""]
     return "\n".join(lines)
 
@@ -105,11 +113,17 @@ def plot(rounds: list[RoundResult]) -> bytes:
                 lo, hi = (r.previous_score + c for c in r.primary.ci)
                 ax.errorbar([x + 0.05], [r.round_score], yerr=[[r.round_score - lo], [hi - r.round_score]],
                             fmt="o", color="C0", capsize=4)  # fmt: skip
+            for a in r.ablations:
+                if r.round_score is not None and a.contribution is not None:
+                    ax.plot([x + 0.15], [r.round_score - a.contribution], "x", color="C1")
             if r.merge is not None and r.merge.merge_score is not None:
                 ax.plot([x + 0.3], [r.merge.merge_score], "D", color="C2")
         ax.set_xticks(list(xs), [r.name for r in rounds])
         ax.set_ylabel(rounds[0].metric)
-        ax.set_title("grey: mix before · blue: round (CI of Δ) · green: merge of seeds", fontsize=9)
+        ax.set_title(
+            "grey: mix before · blue: round (CI of Δ) · orange: ablations · green: merge",
+            fontsize=9,
+        )
         return png(fig)
 
 

@@ -50,13 +50,23 @@ def reuse_runs(plan: StudyPlan) -> int:
     n = 0
     for r in plan.runs:
         src = sources.get(r.run_id)
-        if src is None or r.dir.exists() or src.resolve() == r.dir.resolve():
-            continue
-        r.dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = r.dir.with_name(r.dir.name + ".reuse-tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, copy_function=_link, symlinks=True)
-        tmp.rename(r.dir)  # atomic: the run appears whole or not at all
-        err_console.print(f"  [cyan]reused[/] {safe(r.name)} from {safe(src)}", highlight=False)
-        n += 1
+        if src is not None and _link_tree(src, r.dir):
+            err_console.print(f"  [cyan]reused[/] {safe(r.name)} from {safe(src)}", highlight=False)
+            n += 1
+    for d in plan.config.reuse:  # the start checkpoint's evaluation (its folder names its hash)
+        start = Path(d) / "runs" / plan.start_dir.name
+        if (start / "eval" / "eval.json").is_file():
+            _link_tree(start, plan.start_dir)
     return n
+
+
+def _link_tree(src: Path, dst: Path) -> bool:
+    """Link `src` to `dst` whole (False when `dst` exists or is `src`)."""
+    if dst.exists() or src.resolve() == dst.resolve():
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".reuse-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=_link, symlinks=True)
+    tmp.rename(dst)  # atomic: the folder appears whole or not at all
+    return True
