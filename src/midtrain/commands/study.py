@@ -39,6 +39,9 @@ def study_run(
     from midtrain.study.runner import run_study
 
     cfg = load_study(study)
+    if cfg.starts:
+        _run_grid(cfg, out, dry_run, executor=executor, workers=workers, address=address)
+        return
     if dry_run:
         print_plan(cfg, out)
         return
@@ -46,6 +49,29 @@ def study_run(
     console.print(verdict_table(results))
     console.print(f"report: {safe(Path(out) / 'report.md')}  ·  {safe(Path(out) / 'report.html')}")
     exit_on_failed_runs(results, Path(out))
+
+
+def _run_grid(cfg, out: Path, dry_run: bool, **run_kw) -> None:
+    """`starts = [...]`: the study from every start (timing x weight), then the grid."""
+    from midtrain.study.grid import run_grid, start_list, sub_config, table
+
+    starts = start_list(cfg)
+    if dry_run:
+        for s in starts:
+            console.print(f"[bold]start {safe(s.label)}[/]: {safe(s.checkpoint)}")
+            print_plan(sub_config(cfg, s), Path(out) / s.dir)
+        return
+    grid, results = run_grid(cfg, Path(out), **run_kw)
+    console.print(table(grid))
+    console.print(f"grid: {safe(Path(out) / 'grid.md')}  ·  {safe(Path(out) / 'grid.html')}")
+    code = 0
+    for s, r in zip(starts, results, strict=True):
+        try:
+            exit_on_failed_runs(r, Path(out) / s.dir)
+        except typer.Exit as e:
+            code = e.exit_code
+    if code:
+        raise typer.Exit(code)
 
 
 def exit_on_failed_runs(results, out: Path) -> None:

@@ -174,6 +174,12 @@ class StudyConfig(Strict):
         description="Merge the seeds of every arm (true) or of the arms named (e.g. "
         '["math@0.3"]) into one checkpoint, evaluate it and compare it with each seed.',
     )
+    starts: list[str] = field(
+        [],
+        description="Earlier start checkpoints along the stable phase (timing x weight): the "
+        "whole study runs from `checkpoint` and from each of these, each with its own control, "
+        "and grid.md crosses start with fraction.",
+    )
     reuse: list[str] = field(
         [],
         description="Study folders whose finished runs are reused (hard-linked) when a run of "
@@ -344,6 +350,7 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
     cfg.checkpoint = res(cfg.checkpoint)
     cfg.stores = {k: res(v) for k, v in cfg.stores.items()}
     cfg.reuse = [res(p) for p in cfg.reuse]
+    cfg.starts = [res(p) for p in cfg.starts]
     if cfg.eval.include_path:
         cfg.eval.include_path = res(cfg.eval.include_path)
     if cfg.sft_probe is not None:
@@ -363,6 +370,8 @@ def check_inputs(cfg: StudyConfig) -> None:
     from midtrain.train.checkpoint import check_hf_folder
 
     check_hf_folder(cfg.checkpoint, "checkpoint")
+    for i, p in enumerate(cfg.starts):
+        check_hf_folder(p, f"starts[{i}]")
     from midtrain.data.store import open_store
 
     for name, p in cfg.stores.items():
