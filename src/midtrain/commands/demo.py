@@ -20,6 +20,12 @@ def demo(
     ] = False,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo-out"),
     workers: Annotated[int, typer.Option(help="Parallel run processes.")] = 1,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a published protocol instead: marin, olmo2, olmo3, liu2025, llama3."
+        ),
+    ] = None,
     cache: Annotated[
         Path | None,
         typer.Option(
@@ -37,15 +43,41 @@ def demo(
         raise MidtrainError(f"--workers {workers}: must be >= 1")
     if out.exists() and not out.is_dir():
         raise MidtrainError(f"--out {out} is a file; pass a folder for the demo")
+    if preset is not None:
+        _preset(out, preset, quick, workers, cache)
+        return
     from midtrain.report import verdict_table
 
     results = run_demo(out, quick=quick, workers=workers, cache=cache)
     console.print(verdict_table(results))
+    _tables(Path(out))
+
+
+def _preset(out: Path, preset: str, quick: bool, workers: int, cache: Path | None) -> None:
+    from midtrain.demo.presets import run_preset_demo
+
+    path = run_preset_demo(out, preset, quick=quick, workers=workers, cache=cache)
     study = Path(out) / "study"
+    if (study / "grid.json").is_file():
+        from midtrain.study.grid import GridResult, table
+
+        console.print(table(GridResult.model_validate_json((study / "grid.json").read_text())))
+        console.print(f"study file: {path}  ·  grid: {study / 'grid.md'}")
+        return
+    from midtrain.report import verdict_table
+    from midtrain.study.results import StudyResult
+
+    console.print(verdict_table(StudyResult.load(study / "results.json")))
+    console.print(f"study file: {path}")
+    _tables(Path(out))
+
+
+def _tables(out: Path) -> None:
+    study = out / "study"
     console.print(
         f"report: {study / 'report.md'}  ·  {study / 'report.html'}  ·  {study / 'results.json'}"
     )
-    rounds = Path(out) / "rounds"
+    rounds = out / "rounds"
     if (rounds / "rounds.md").is_file():
         from midtrain.integrate.report import load_history, table
 

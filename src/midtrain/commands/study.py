@@ -208,10 +208,37 @@ def study_init(
         str | None, typer.Option(help="The store that is the normal mix (default: the first).")
     ] = None,
     tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")] = "",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="A published protocol: marin, olmo2, olmo3, liu2025, llama3 (docs/presets.md)."
+        ),
+    ] = None,
+    role: Annotated[
+        list[str], typer.Option(help="--preset: ROLE=STORE (flan, hq, math, code, qa); repeatable.")
+    ] = [],  # noqa: B006 - typer reads the default
+    sft: Annotated[
+        list[str],
+        typer.Option(help="--preset: an SFT set NAME=TRAIN.jsonl[:VAL.jsonl]; repeatable."),
+    ] = [],  # noqa: B006
+    start: Annotated[
+        list[Path], typer.Option(help="--preset liu2025: an earlier start checkpoint; repeatable.")
+    ] = [],  # noqa: B006
+    tokens: Annotated[int, typer.Option(help="--preset: anneal tokens per run.")] = 100_000_000,
 ) -> None:
-    """Write a commented starter study for a checkpoint and its token stores."""
+    """Write a commented starter study (or a published protocol's, with --preset)."""
     from midtrain.study.init import write_starter
 
+    if preset is not None:
+        from midtrain.study.presets import write_preset
+
+        path = write_preset(preset, checkpoint, stores, out, base=base, tasks=tasks,
+                            role_items=role, sft_items=sft, starts=start, tokens=tokens)  # fmt: skip
+        console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} "
+                      "--out DIR --dry-run`")  # fmt: skip
+        return
+    if role or sft or start:
+        raise MidtrainError("--role, --sft and --start go with --preset NAME")
     path = write_starter(checkpoint, stores, out, base=base, tasks=tasks)
     console.print(
         f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out DIR --dry-run`"

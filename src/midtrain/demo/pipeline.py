@@ -248,7 +248,8 @@ def run_demo(
     return results
 
 
-def demo_round(out: Path, results: StudyResult, workers: int = 1) -> Path | None:
+def demo_round(out: Path, results: StudyResult, workers: int = 1, anchor_share: float = 0.4,
+               budgets: dict[str, float] | None = None) -> Path | None:  # fmt: skip
     """One integration round from the study's winners with web as the anchor (40%), the source
     of the strongest single-source winner left out in an ablation, and the round's seeds merged.
     Same tokens and seeds as the anneals, so the round's control (the base mix) is the study's."""
@@ -264,8 +265,8 @@ def demo_round(out: Path, results: StudyResult, workers: int = 1) -> Path | None
     best = max(single, key=lambda a: a.primary.delta) if single else None
     ablate = list(best.candidate_mix) if best else []
     path = out / "round-1.toml"
-    rnd, notes = propose([out / "study"], out=path, anchor_share=0.4, ablate=ablate,
-                         merge_seeds=True)  # fmt: skip
+    rnd, notes = propose([out / "study"], out=path, anchor_share=anchor_share, ablate=ablate,
+                         budgets=budgets, merge_seeds=True)  # fmt: skip
     atomic_write_text(path, round_toml(rnd, notes, [out / "study"]))
     run_round(path, out / "rounds", workers=workers)
     return write(out / "rounds")[1]
