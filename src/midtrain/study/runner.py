@@ -78,7 +78,7 @@ def run_study(
     from midtrain.report import write_report
 
     out = Path(out).resolve()
-    ex = make_executor(executor, workers, address)
+    ex = make_executor(executor, workers, address, cfg.resources)
     plan = prepare(cfg, out)
     seeds = {arm: list(cfg.first_seeds) for arm in arm_names(cfg)}
     errors: dict[str, str] = {}
