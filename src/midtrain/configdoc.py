@@ -20,8 +20,8 @@ an unknown field is an error. Units: `tokens`, `steps`, `sequences`, `epochs` (p
 source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
 
 - **Run config** (`midtrain anneal|pretrain --config FILE`): [RunConfig](#runconfig) with
-  [ScheduleConfig](#scheduleconfig), [OptimizerConfig](#optimizerconfig) and
-  [MixComponent](#mixcomponent).
+  [ScheduleConfig](#scheduleconfig), [OptimizerConfig](#optimizerconfig),
+  [MixComponent](#mixcomponent) and [TrackersConfig](#trackersconfig).
 - **Study file** (`midtrain study run FILE`): [StudyConfig](#studyconfig) with
   [Candidate](#candidate), [Guard](#guard), [EvalSpec](#evalspec) (with [TaskSetting](#tasksetting)),
   [AnalysisSpec](#analysisspec), [ScheduleConfig](#scheduleconfig) and
@@ -40,9 +40,10 @@ def models() -> list[type[BaseModel]]:
     from midtrain.study.executors import Resources
     from midtrain.study.probe_config import SftProbeSpec, SftSet
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
+    from midtrain.train.trackers import TrackersConfig
 
     return [
-        RunConfig, ScheduleConfig, OptimizerConfig, MixComponent,
+        RunConfig, ScheduleConfig, OptimizerConfig, MixComponent, TrackersConfig,
         StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftProbeSpec, SftSet,
         SftConfig, SftTemplate, Resources,
     ]  # fmt: skip
