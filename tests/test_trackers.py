@@ -133,3 +133,19 @@ def test_trackers_do_not_change_a_study_runs_identity(world):
     rc = {"init": world["tokenizer"], "stores": world["stores"], "tokens": 128}
     assert _run_id(rc) == _run_id({**rc, "trackers": ["wandb"]})
     assert _run_id(rc) != _run_id({**rc, "tokens": 256})
+
+
+def test_a_resumed_tensorboard_log_drops_the_steps_after_its_state(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrackersConfig(use=["tensorboard"])
+    for start, value in [(0, 1.0), (3, 2.0)]:  # killed after step 5, resumed from state at 3
+        (sink,) = open_sinks(cfg, tmp_path, {}, start_step=start)
+        for step in range(start + 1, 6):
+            sink.log({"step": step, "loss": value}, step)
+        close_sinks([sink])
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert loss == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0)]
