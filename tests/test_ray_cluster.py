@@ -1,9 +1,11 @@
-"""Ray at cluster scale, simulated: two worker nodes offering a custom resource, a head that runs
-nothing, one worker node removed mid-study. Its chains are rerun by Ray on the other node and
-resume from their folders (the shared storage); every chain finishes with its result cached."""
+"""Ray at cluster scale, simulated: worker nodes offering a custom resource, a head that runs
+nothing, a worker node removed mid-study. Its chains are rerun by Ray on another node and resume
+from their folders (the shared storage); every chain finishes with its result cached. One test
+uses toy chains, one a tiny real study (train, then evaluate) through `run_study`."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -89,3 +91,78 @@ def test_chains_lost_with_their_node_rerun_elsewhere_and_resume(tmp_path, monkey
     assert lost[0][0] == nodes[1].node_id and len(lost) == 2
     node, first = lost[1]  # the rerun: on the surviving node, from the step the folder held
     assert node == nodes[0].node_id and first >= 2
+
+
+def _move_when_saved(cluster, node, runs: Path, driver: threading.Thread) -> list:
+    """Once a run has saved its state on `node`, add a fresh node and remove `node` (in the main
+    thread: Ray starts nodes there); then watch the runs' status for the reruns' start step."""
+    deadline, resumed = time.monotonic() + 120, []
+    while not any((d / "state" / "midtrain_state").is_dir() for d in runs.glob("*-s0-*")):
+        assert time.monotonic() < deadline and driver.is_alive(), "no run saved a state on B"
+        time.sleep(0.05)
+    cluster.add_node(num_cpus=3, resources={"trainer": 3}, object_store_memory=SMALL)
+    cluster.remove_node(node, allow_graceful=False)
+    while driver.is_alive() and time.monotonic() < deadline:
+        for status in runs.glob("*-s0-*/status.json"):
+            s = json.loads(status.read_text() or "{}")
+            if s.get("status") == "running" and s.get("from_step", 0) > 0:
+                resumed.append((status.parent.name, s["from_step"]))
+        time.sleep(0.05)
+    return resumed
+
+
+def test_a_study_finishes_when_its_node_is_replaced_mid_run(tmp_path, monkeypatch):
+    """A real (tiny) study: every chain starts on node B; B is replaced by node A once a run has
+    saved its state; the runs resume on A from their state and the study's results are complete."""
+    ray = pytest.importorskip("ray")
+    import tomli_w
+    import torch
+    from _train_fixtures import build_world, pretrain_config
+    from ray.cluster_utils import Cluster
+
+    from midtrain import train
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    torch.set_num_threads(1)
+    w = build_world(tmp_path / "world")
+    train.run(pretrain_config(w, checkpoint_every=0), tmp_path / "base", progress=False)
+    study = {
+        "name": "cluster", "checkpoint": str(tmp_path / "base" / "final"), "stores": w["stores"],
+        "base": {"web": 1.0}, "base_max_repetition": 50.0, "seeds": [0], "fractions": [0.5],
+        "candidates": [{"name": "math", "mix": {"math": 1.0}, "max_repetition": 50.0}],
+        "tokens": 300 * 128, "seq_len": 32, "batch_tokens": 128, "micro_batch": 4,
+        "train": {"threads": 1, "checkpoint_every": 10},
+        "resources": {"cpus": 1, "custom": {"trainer": 1}},
+    }  # fmt: skip
+    (tmp_path / "study.toml").write_text(tomli_w.dumps(study))
+    path = os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    head = {"num_cpus": 0, "object_store_memory": SMALL, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    node_b = cluster.add_node(num_cpus=3, resources={"trainer": 3}, object_store_memory=SMALL)
+    cluster.wait_for_nodes()
+    out, done = tmp_path / "s", []
+    ray.init(address=cluster.address, log_to_driver=False)  # the executor uses this connection
+
+    def drive() -> None:
+        done.append(run_study(load_study(tmp_path / "study.toml"), out, executor="ray"))
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        resumed = _move_when_saved(cluster, node_b, out / "runs", driver)
+        driver.join(timeout=120)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert resumed, "no run resumed from its state on the new node"
+    assert all(step % 10 == 0 and 0 < step < 300 for _, step in resumed)  # from a saved state
+    (results,) = done
+    runs = results.control.runs + results.arms[0].runs
+    assert [r.status for r in runs] == ["done", "done"]
+    for run_dir in (out / "runs").glob("*-s0-*"):
+        steps = [json.loads(x)["step"] for x in (run_dir / "log.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, 301))  # resumed: the lines after the state were rewritten
+    assert (out / "results.json").is_file() and (out / "report.md").is_file()
