@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -13,6 +14,8 @@ from midtrain.jobs import Stage, register
 class ToySpec(BaseModel):
     value: int
     fail_times: int = 0  # fail this many attempts first (counted in the job folder)
+    steps: int = 0  # slow work: this many steps of `step_s` seconds, resumed from the folder
+    step_s: float = 0.0
 
 
 class ToyResult(BaseModel):
@@ -32,6 +35,7 @@ class ToyStage(Stage):
         tries.write_text(str(n))
         if n <= spec.fail_times:
             raise RuntimeError(f"toy failure {n}")
+        _slow_steps(spec, out)
         result = ToyResult(doubled=2 * spec.value)
         atomic_write_json(out / "result.json", result.model_dump())
         return result
@@ -39,3 +43,26 @@ class ToyStage(Stage):
     def cached(self, spec: ToySpec, out: Path) -> ToyResult | None:
         f = out / "result.json"
         return ToyResult.model_validate(read_json(f)) if f.is_file() else None
+
+
+def _slow_steps(spec: ToySpec, out: Path) -> None:
+    """Resumable slow work: `done` counts finished steps; `starts` logs "node first_step" lines."""
+    done = out / "done"
+    first = int(done.read_text()) if done.exists() else 0
+    if first >= spec.steps:
+        return
+    with open(out / "starts", "a") as f:
+        f.write(f"{_node()} {first}\n")
+    for step in range(first, spec.steps):
+        time.sleep(spec.step_s)
+        done.write_text(str(step + 1))
+
+
+def _node() -> str:
+    """The Ray node this runs on ("local" outside Ray)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "local"
+    return ray.get_runtime_context().get_node_id()

@@ -10,7 +10,9 @@ from _toy_stage import ToyResult, ToySpec
 
 from midtrain.errors import MidtrainError
 from midtrain.jobs import Job, get_stage, pending, run_chain
-from midtrain.study.executors import LocalExecutor, make_executor
+from midtrain.study import runner
+from midtrain.study.config import parse_study
+from midtrain.study.executors import LocalExecutor, make_executor, memory_bytes
 from midtrain.study.runner import study_lock
 
 
@@ -94,3 +96,30 @@ def test_unknown_executor_is_a_one_line_error():
         make_executor("slurm", 1, None)
     with pytest.raises(MidtrainError, match="--workers 0"):
         make_executor("local", 0, None)
+
+
+def test_study_resources_become_each_chain_ray_task_options(tmp_path, monkeypatch):
+    study = {"checkpoint": "ckpt", "stores": {"web": "w", "math": "m"}, "base": {"web": 1.0},
+             "candidates": [{"name": "math", "mix": {"math": 1.0}}], "tokens": 8192,
+             "resources": {"cpus": 4, "gpus": 1, "memory": "16GB", "custom": {"a100": 1}}}  # fmt: skip
+    cfg = parse_study(study)
+    assert cfg.resources.ray_options() == {
+        "num_cpus": 4, "num_gpus": 1, "memory": 16 * 10**9, "resources": {"a100": 1},
+        "max_retries": 3, "retry_exceptions": False,
+    }  # fmt: skip
+    assert parse_study({**study, "resources": {}}).resources.ray_options()["num_cpus"] == 1
+    assert memory_bytes("512 MiB") == 512 * 2**20 and memory_bytes(10**9) == 10**9
+    with pytest.raises(MidtrainError, match=r"resources.memory: 'lots': give bytes or a size"):
+        parse_study({**study, "resources": {"memory": "lots"}})
+    seen = {}
+
+    def capture(name, workers, address, resources):
+        seen.update(name=name, address=address, resources=resources)
+        raise MidtrainError("stop here")
+
+    monkeypatch.setattr(runner, "make_executor", capture)
+    with pytest.raises(MidtrainError, match="stop here"):
+        runner.run_study(cfg, tmp_path, executor="ray", address="auto")
+    assert seen == {"name": "ray", "address": "auto", "resources": cfg.resources}
+    ex = make_executor("ray", 1, "10.0.0.1:6379", cfg.resources)
+    assert ex.address == "10.0.0.1:6379" and ex.resources.custom == {"a100": 1}

@@ -20,12 +20,13 @@ an unknown field is an error. Units: `tokens`, `steps`, `sequences`, `epochs` (p
 source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
 
 - **Run config** (`midtrain anneal|pretrain --config FILE`): [RunConfig](#runconfig) with
-  [ScheduleConfig](#scheduleconfig), [OptimizerConfig](#optimizerconfig) and
-  [MixComponent](#mixcomponent).
+  [ScheduleConfig](#scheduleconfig), [OptimizerConfig](#optimizerconfig),
+  [MixComponent](#mixcomponent) and [TrackersConfig](#trackersconfig).
 - **Study file** (`midtrain study run FILE`): [StudyConfig](#studyconfig) with
   [Candidate](#candidate), [Guard](#guard), [EvalSpec](#evalspec) (with [TaskSetting](#tasksetting)),
   [AnalysisSpec](#analysisspec), [ScheduleConfig](#scheduleconfig) and
-  [SftProbeSpec](#sftprobespec) (with [SftSet](#sftset); its settings are [SftConfig](#sftconfig)'s).
+  [SftProbeSpec](#sftprobespec) (with [SftSet](#sftset); its settings are [SftConfig](#sftconfig)'s)
+  and [Resources](#resources).
 - **SFT config** (`midtrain sft CKPT --config FILE`, the `sft` stage): [SftConfig](#sftconfig) with
   [SftTemplate](#sfttemplate) and [OptimizerConfig](#optimizerconfig) (docs/sft.md).
 """
@@ -36,13 +37,15 @@ def models() -> list[type[BaseModel]]:
     from midtrain.mix.spec import MixComponent
     from midtrain.sft.config import SftConfig, SftTemplate
     from midtrain.study.config import AnalysisSpec, Candidate, EvalSpec, Guard, StudyConfig
+    from midtrain.study.executors import Resources
     from midtrain.study.probe_config import SftProbeSpec, SftSet
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
+    from midtrain.train.trackers import TrackersConfig
 
     return [
-        RunConfig, ScheduleConfig, OptimizerConfig, MixComponent,
+        RunConfig, ScheduleConfig, OptimizerConfig, MixComponent, TrackersConfig,
         StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftProbeSpec, SftSet,
-        SftConfig, SftTemplate,
+        SftConfig, SftTemplate, Resources,
     ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from midtrain.errors import MidtrainError
 from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.study.executors import Resources
 from midtrain.study.probe_config import SftProbeSpec, check_probe_files, probe_problem
 from midtrain.train.config import ScheduleConfig
 
@@ -184,6 +185,10 @@ class StudyConfig(Strict):
         [],
         description="Study folders whose finished runs are reused (hard-linked) when a run of "
         "this study has the same identity (same inputs, mix, tokens, seed and schedule).",
+    )
+    resources: Resources = field(
+        Resources(),
+        description="[resources]: what each run's Ray task asks for (docs/scaling-ray.md).",
     )
 
     @field_validator("seeds", mode="before")

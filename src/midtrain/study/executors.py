@@ -2,19 +2,25 @@
 
 An executor knows nothing about stages: it hands each chain to `jobs.run_chain` (in this process,
 a spawned worker or a Ray task) and reports each `Outcome` as it arrives. A chain that fails is
-retried once inside `run_chain`; a worker that dies is reported as a failure and the rest go on.
+retried once inside `run_chain`. A Ray task whose node or worker dies is rerun by Ray
+(`Resources.max_retries`) on any node with the resources, and resumes from its run folder; a local
+worker that dies, or a Ray task out of retries, is reported as a failure and the rest go on.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
+from pydantic import field_validator
+
 from midtrain.errors import MidtrainError
 from midtrain.jobs import Chain, Outcome, run_chain
+from midtrain.schema import Strict, field
 
 Notify = Callable[[Outcome], None]
 
@@ -54,11 +60,65 @@ class LocalExecutor:
         return outcomes
 
 
-class RayExecutor:
-    """One Ray task per chain, each with its CPU/GPU request. Without an address, a local Ray."""
+class Resources(Strict):
+    """The study's [resources]: what each run's chain (one Ray task) asks a node for; local: unused."""
 
-    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0):
-        self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
+    cpus: float = field(1.0, ge=0, description="CPU cores per chain; also its torch threads.")
+    gpus: float = field(0.0, ge=0, description="GPUs per chain (fractions share one GPU).")
+    memory: int | str | None = field(
+        None,
+        description='Memory per chain: bytes, or a string such as "16GB" or "512MiB" (Ray '
+        "schedules by it; it is not enforced).",
+    )
+    custom: dict[str, float] = field(
+        {}, description="Custom Ray resources per chain, e.g. {a100 = 1} (nodes must offer them)."
+    )
+    max_retries: int = field(
+        3, ge=0, description="Times Ray reruns a chain whose node or worker died; it resumes "
+        "from its run folder, so the study folder must be on storage every node shares.",
+    )  # fmt: skip
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_bytes(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            memory_bytes(v)
+        return v
+
+    def ray_options(self) -> dict[str, Any]:
+        """The `.options(...)` of a chain's task."""
+        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.memory is not None:
+            opts["memory"] = memory_bytes(self.memory)
+        if self.custom:
+            opts["resources"] = dict(self.custom)
+        # run_chain never raises (a job's failure is an Outcome, retried there once), so only a
+        # lost node or worker is retried by Ray.
+        return opts | {"max_retries": self.max_retries, "retry_exceptions": False}
+
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def memory_bytes(v: int | str) -> int:
+    """Bytes from an int or a string like "16GB" / "512 MiB" (ValueError otherwise)."""
+    if isinstance(v, int):
+        if v <= 0:
+            raise ValueError("must be > 0 bytes")
+        return v
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", v)
+    if not m or m.group(2).upper() not in UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f'{v!r}: give bytes or a size such as "16GB" or "512MiB"')
+    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
+
+
+class RayExecutor:
+    """One Ray task per chain with the study's [resources]. Without an address, a local Ray;
+    with one (`--address auto` or `HOST:PORT`), the existing cluster."""
+
+    def __init__(self, address: str | None = None, resources: Resources | None = None):
+        self.address, self.resources = address, resources or Resources()
 
     def run(self, chains: list[Chain], notify: Notify) -> list[Outcome]:
         import ray
@@ -73,35 +133,39 @@ class RayExecutor:
                 kwargs.update(num_cpus=os.cpu_count() or 2, object_store_memory=80 * 1024**2)
             ray.init(**kwargs)
         try:
-            task = ray.remote(run_chain).options(
-                num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=1
-            )
-            threads = max(1, int(self.num_cpus))
-            pending = {task.remote(chain, threads): chain for chain in chains}
-            outcomes = []
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                chain = pending.pop(done[0])
-                try:
-                    outcome = ray.get(done[0])
-                except Exception as e:  # noqa: BLE001 - worker died twice
-                    outcome = _died(chain, f"ray worker failed: {type(e).__name__}: {e}")
-                outcomes.append(outcome)
-                notify(outcome)
-            return outcomes
+            return self._run(ray, chains, notify)
         finally:
             if started:
                 ray.shutdown()
+
+    def _run(self, ray: Any, chains: list[Chain], notify: Notify) -> list[Outcome]:
+        task = ray.remote(run_chain).options(**self.resources.ray_options())
+        threads = max(1, int(self.resources.cpus))
+        pending = {task.remote(chain, threads): chain for chain in chains}
+        outcomes = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            chain = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - its node or worker died max_retries + 1 times
+                outcome = _died(chain, f"ray worker failed: {type(e).__name__}: {e}")
+            outcomes.append(outcome)
+            notify(outcome)
+        return outcomes
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
-def make_executor(name: str, workers: int = 1, address: str | None = None) -> Executor:
+def make_executor(
+    name: str, workers: int = 1, address: str | None = None, resources: Resources | None = None
+) -> Executor:
+    """The executor `name`; `resources` (the study's [resources]) go to Ray, not local workers."""
     if name not in EXECUTORS:
         raise MidtrainError(f"--executor {name!r} is unknown; use one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise MidtrainError(f"--workers {workers}: must be >= 1")
     if name == "ray":
-        return EXECUTORS[name](address=address)
+        return EXECUTORS[name](address=address, resources=resources)
     return EXECUTORS[name](workers=workers)

@@ -164,6 +164,7 @@ def _run_id(rc: dict) -> str:
     keyed["init"] = content_hash(rc["init"])
     keyed["stores"] = {k: content_hash(v) for k, v in rc["stores"].items()}
     keyed.pop("threads", None)  # how many threads ran it does not change what it computes
+    keyed.pop("trackers", None)  # nor where its metrics are also logged
     return hash_obj(keyed)
 
 

@@ -16,6 +16,7 @@ from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj
 from midtrain.jobs import Outcome, pending
+from midtrain.schema import validate
 from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
@@ -49,7 +50,10 @@ def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
     """Every check that can fail on input, before anything is created."""
     from midtrain.eval.lmeval import validate_tasks
     from midtrain.train.plan import plan_run
+    from midtrain.train.trackers import TrackersConfig, check_installed
 
+    tracked = validate(TrackersConfig, cfg.train.get("trackers", []), prefix="train.trackers")
+    check_installed(tracked.use, "train.trackers")  # before anything loads, on this machine
     check_inputs(cfg)
     if out.exists() and not out.is_dir():
         raise MidtrainError(f"--out {out} is a file; pass a folder for the study")
@@ -100,7 +104,7 @@ def run_study(
     from midtrain.report import write_report
 
     out = Path(out).resolve()
-    ex = make_executor(executor, workers, address)
+    ex = make_executor(executor, workers, address, cfg.resources)
     plan = prepare(cfg, out)
     seeds = {arm: list(cfg.first_seeds) for arm in arm_names(cfg)}
     errors: dict[str, str] = {}

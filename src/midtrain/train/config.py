@@ -14,6 +14,7 @@ from typing import Any, Literal
 from midtrain.errors import MidtrainError
 from midtrain.mix.spec import MixComponent
 from midtrain.schema import Strict, absolute_path, field, load_config
+from midtrain.train.trackers import TrackersConfig
 
 
 class ScheduleConfig(Strict):
@@ -116,15 +117,20 @@ class RunConfig(Strict):
     )
     schedule: ScheduleConfig = field(ScheduleConfig(), description="The LR schedule.")
     optimizer: OptimizerConfig = field(OptimizerConfig(), description="AdamW settings.")
+    trackers: TrackersConfig = field(
+        TrackersConfig(),
+        description='Also log to trackers: ["wandb", "tensorboard"] or a table (docs/runs.md); '
+        "rank 0 only; not part of the run's identity.",
+    )
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change what a run computes (threads only change its speed)."""
+        """The fields that change what a run computes (threads and trackers do not)."""
         return identity(self.model_dump(mode="json"))
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A dumped run config without the fields that do not change what it computes."""
-    return {k: v for k, v in config.items() if k not in ("threads", "resolved")}
+    return {k: v for k, v in config.items() if k not in ("threads", "trackers", "resolved")}
 
 
 def load_run_config(src: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:

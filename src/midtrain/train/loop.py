@@ -26,7 +26,7 @@ from midtrain import env
 from midtrain.console import progress
 from midtrain.io import fault_point, hash_obj, recover_dir
 from midtrain.train import checkpoint as ckpt
-from midtrain.train import optim, rundir
+from midtrain.train import optim, rundir, trackers
 from midtrain.train.config import RunConfig, load_run_config
 from midtrain.train.log import Diverged, RunLog
 from midtrain.train.plan import RunPlan, estimate, plan_run
@@ -266,11 +266,17 @@ def run(
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
     env.setup(cfg.threads)
+    trackers.check_installed(cfg.trackers.use)
     t, wall = build(plan, out)  # loads everything before the directory is touched
     rundir.start(out, plan, t.step)
     log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
     log.truncate(t.step)
-    drive(t, out, log, Checkpoints(plan, out, log), plan.tokens, progress)
+    sinks = trackers.open_sinks(cfg.trackers, out, plan.resolved(), t.step)  # rank 0 only
+    log.sinks += sinks
+    try:
+        drive(t, out, log, Checkpoints(plan, out, log), plan.tokens, progress)
+    finally:
+        trackers.close_sinks(sinks)
     result = rundir.finish(out, plan, log.read(), log.wall_s, estimate(plan).flops)
     shutil.rmtree(out / "state", ignore_errors=True)  # final/ holds everything state/ did
     return result
