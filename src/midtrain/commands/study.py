@@ -225,6 +225,9 @@ def study_init(
         list[Path], typer.Option(help="--preset liu2025: an earlier start checkpoint; repeatable.")
     ] = [],  # noqa: B006
     tokens: Annotated[int, typer.Option(help="--preset: anneal tokens per run.")] = 100_000_000,
+    start_lr: Annotated[
+        float | None, typer.Option(help="--preset: the LR the checkpoint was trained at.")
+    ] = None,
 ) -> None:
     """Write a commented starter study (or a published protocol's, with --preset)."""
     from midtrain.study.init import write_starter
@@ -233,7 +236,8 @@ def study_init(
         from midtrain.study.presets import write_preset
 
         path = write_preset(preset, checkpoint, stores, out, base=base, tasks=tasks,
-                            role_items=role, sft_items=sft, starts=start, tokens=tokens)  # fmt: skip
+                            role_items=role, sft_items=sft, starts=start, tokens=tokens,
+                            start_lr=start_lr)  # fmt: skip
         console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} "
                       "--out DIR --dry-run`")  # fmt: skip
         return

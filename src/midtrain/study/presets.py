@@ -186,7 +186,7 @@ def validate_text(text: str, out: Path) -> None:
 
 def write_preset(preset: str, checkpoint: Path, store_items: list[str], out: Path, *,
                  base: str | None, tasks: str, role_items: list[str], sft_items: list[str],
-                 starts: list[Path], tokens: int) -> Path:  # fmt: skip
+                 starts: list[Path], tokens: int, start_lr: float | None = None) -> Path:  # fmt: skip
     """Check every input, then write the preset's study file (validated first)."""
     from midtrain.data.store import open_store
     from midtrain.io import atomic_write_text
@@ -219,6 +219,13 @@ def write_preset(preset: str, checkpoint: Path, store_items: list[str], out: Pat
         sft=[{k: (str(Path(v).resolve()) if k != "name" else v) for k, v in s.items()} for s in sft],
         starts=[str(s.resolve()) for s in starts], tokens=tokens,
     )  # fmt: skip
+    from midtrain.train.checkpoint import read_trainer_state
+
+    if start_lr is not None:
+        study["schedule"]["start_lr"] = start_lr
     text = preset_text(preset, study, out, roles)
+    if start_lr is None and read_trainer_state(checkpoint) is None:
+        text = ("# REQUIRED: this checkpoint has no midtrain_state, so the LR it was trained at is\n"
+                "# unknown: set [schedule] start_lr (or pass --start-lr to study init).\n" + text)  # fmt: skip
     validate_text(text, out)
     return atomic_write_text(out, text)
