@@ -119,47 +119,46 @@ def config_file(world: dict, name: str, **overrides) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(world):
-    """The 2-process DDP run through torchrun (also the uninterrupted reference of the kill test)."""
-    out = world["root"] / "ddp"
-    res = torchrun(config_file(world, "ddp", parallel="ddp"), out)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def two_procs(world):
+    """The 2-process run of a mode through torchrun (also the kill test's uninterrupted run)."""
+    done: dict[str, Path] = {}
+
+    def get(mode: str) -> Path:
+        if mode not in done:
+            out = world["root"] / mode
+            res = torchrun(config_file(world, mode, parallel=mode), out)
+            assert res.returncode == 0, res.stderr[-3000:]
+            done[mode] = out
+        return done[mode]
+
+    return get
+
+
+def optimizer_pt(run: Path) -> dict:
+    return torch.load(run / "final" / "midtrain_state" / "optimizer.pt", weights_only=True)
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(world, ddp_run):
-    w, loss = max_diffs(world["ref"], ddp_run)
-    print(f"\nddp vs 1 process: max |dw| {w:.3g}, max rel loss diff {loss:.3g}")
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(world, two_procs, mode):
+    out = two_procs(mode)
+    w, loss = max_diffs(world["ref"], out)
+    print(f"\n{mode} vs 1 process: max |dw| {w:.3g}, max rel loss diff {loss:.3g}")
     assert loss < RTOL
-    wa, wb = weights(world["ref"] / "final"), weights(ddp_run / "final")
+    wa, wb = weights(world["ref"] / "final"), weights(out / "final")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=1e-6)
-    cfg = read_json(ddp_run / "config.json")["resolved"]
-    assert (cfg["parallel"], cfg["world_size"]) == ("ddp", 2)
-    assert read_json(ddp_run / "status.json")["status"] == "done"
-    assert not (ddp_run / "state").exists()
-    # the final optimizer.pt is the single-process format (indexed), with the same moments
-    load = lambda d: torch.load(d / "final/midtrain_state/optimizer.pt", weights_only=True)  # noqa: E731
-    oa, ob = load(world["ref"]), load(ddp_run)
+    cfg = read_json(out / "config.json")["resolved"]
+    assert (cfg["parallel"], cfg["world_size"]) == (mode, 2)
+    assert read_json(out / "status.json")["status"] == "done"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in world["ref"].iterdir())
+    # final/ is the single-process HF folder; its optimizer.pt indexed alike, the same moments
+    oa, ob = optimizer_pt(world["ref"]), optimizer_pt(out)
     assert oa["state"].keys() == ob["state"].keys()
     assert [g["params"] for g in oa["param_groups"]] == [g["params"] for g in ob["param_groups"]]
     for i in oa["state"]:
         torch.testing.assert_close(ob["state"][i]["exp_avg"], oa["state"][i]["exp_avg"],
                                    rtol=1e-4, atol=1e-7)  # fmt: skip
-
-
-@pytest.mark.slow
-def test_fsdp_two_processes_match_one(world):
-    out = world["root"] / "fsdp"
-    res = torchrun(config_file(world, "fsdp", parallel="fsdp"), out)
-    assert res.returncode == 0, res.stderr[-3000:]
-    w, loss = max_diffs(world["ref"], out)
-    print(f"\nfsdp vs 1 process: max |dw| {w:.3g}, max rel loss diff {loss:.3g}")
-    assert loss < RTOL
-    wa, wb = weights(world["ref"] / "final"), weights(out / "final")
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=1e-6)
 
 
 def _state_step(out: Path) -> int:
@@ -170,14 +169,8 @@ def _state_step(out: Path) -> int:
         return 0
 
 
-@pytest.mark.slow
-def test_sigkill_the_job_then_resume_matches_the_uninterrupted_job(world, ddp_run):
-    config, out = config_file(world, "killed", parallel="ddp"), world["root"] / "killed"
-    # 1. both ranks die in the middle of the step-4 state save (DCP written, RNG/trainer not)
-    codes, err = wait(launch(config, out, MIDTRAIN_TEST_KILL="save:state:4"))
-    assert codes == [-signal.SIGKILL] * 2, err[-3000:]
-    assert _state_step(out) == 2
-    # 2. resumed from step 2; SIGKILL the process group as soon as a later state is in place
+def kill_the_group_after_a_checkpoint(config: Path, out: Path) -> None:
+    """SIGKILL the job's process group as soon as the step-4 state is in place."""
     procs = launch(config, out)
     deadline = time.time() + 120
     while _state_step(out) < 4 and time.time() < deadline and procs[0].poll() is None:
@@ -185,26 +178,80 @@ def test_sigkill_the_job_then_resume_matches_the_uninterrupted_job(world, ddp_ru
     os.killpg(procs[0].pid, signal.SIGKILL)
     codes, err = wait(procs)
     assert codes == [-signal.SIGKILL] * 2, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, kill", [("ddp", "save:state:4"), ("fsdp", "group")])
+def test_sigkill_the_job_then_resume_matches_the_uninterrupted_job(world, two_procs, mode, kill):
+    config, out = (
+        config_file(world, f"killed-{mode}", parallel=mode),
+        world["root"] / f"kill-{mode}",
+    )
+    ref = two_procs(mode)
+    if kill == "group":
+        kill_the_group_after_a_checkpoint(config, out)
+        assert _state_step(out) >= 4
+    else:  # both ranks die in the middle of the step-4 save (DCP written, RNG/trainer.json not)
+        codes, err = wait(launch(config, out, MIDTRAIN_TEST_KILL=kill))
+        assert codes == [-signal.SIGKILL] * 2, err[-3000:]
+        assert _state_step(out) == 2
     assert read_json(out / "status.json")["status"] == "running"
-    # 3. resume to the end
+    # resume to the end
     codes, err = wait(launch(config, out))
     assert codes == [0, 0], err[-3000:]
     assert read_json(out / "status.json")["status"] == "done"
-    a, b = weights(ddp_run / "final"), weights(out / "final")
+    a, b = weights(ref / "final"), weights(out / "final")
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical to the uninterrupted 2-process run
-    log, ref = log_rows(out), log_rows(ddp_run)
+    log, ref_log = log_rows(out), log_rows(ref)
     assert [r["step"] for r in log] == list(range(1, 9))
-    assert [(r["loss"], r["grad_norm"]) for r in log] == [(r["loss"], r["grad_norm"]) for r in ref]
+    assert [(r["loss"], r["grad_norm"]) for r in log] == [
+        (r["loss"], r["grad_norm"]) for r in ref_log
+    ]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
-def test_micro_batches_that_do_not_split_over_the_ranks_are_one_error_line(world):
+def test_micro_batches_that_do_not_split_over_the_ranks_are_one_error_line(world, capsys):
+    """Each rank of a 2-process job (torchrun's env vars; the check runs before the process group
+    is made): exit 2, rank 0 prints one line, rank 1 nothing."""
+    from midtrain.cli import main
+
     # 4 sequences per step in micro batches of 4: one micro batch for 2 ranks
     config, out = config_file(world, "bad", micro_batch=4), world["root"] / "bad"
-    codes, err = wait(launch(config, out))
-    assert codes == [2, 2]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: micro_batch: "), err
-    assert "not a multiple of the 2 processes" in lines[0]
+    printed = []
+    for rank in ("0", "1"):
+        env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            with pytest.raises(SystemExit) as exit_:
+                main(["anneal", "--config", str(config), "--out", str(out)])
+        assert exit_.value.code == 2
+        printed.append(capsys.readouterr().err.strip().splitlines())
+    assert printed[1] == [] and len(printed[0]) == 1, printed
+    assert printed[0][0].startswith("error: micro_batch: 4 sequences per step in micro batches")
+    assert "not a multiple of the 2 processes" in printed[0][0]
     assert not out.exists()
+
+
+def test_the_job_is_read_from_torchruns_env_and_resumed_only_by_the_same_job():
+    from midtrain.errors import MidtrainError
+    from midtrain.train import distributed as dist
+    from midtrain.train.checkpoint import RunPosition
+
+    assert dist.resolve("fsdp", {}) == dist.SINGLE  # one process: the single-process run
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
+    assert dist.resolve("auto", env) == dist.Dist("ddp", 3, 4, 1)
+    assert dist.resolve("fsdp", env).mode == "fsdp"
+    with pytest.raises(MidtrainError, match=r"^parallel: 'none' but WORLD_SIZE is 4"):
+        dist.resolve("none", env)
+    dist.check_geometry(16, 2, dist.Dist("ddp", 0, 4))  # 8 micro batches, 2 per rank
+    with pytest.raises(MidtrainError, match="set micro_batch to a divisor of 4"):
+        dist.check_geometry(16, 8, dist.Dist("ddp", 0, 4))
+    pos = RunPosition(step=2, position=8, wall_s=1.0, config_hash="x")
+    dist.check_resume(pos, dist.SINGLE)
+    two = pos.model_copy(update={"world_size": 2, "parallel": "fsdp"})
+    dist.check_resume(two, dist.Dist("fsdp", 1, 2))
+    for job in (dist.SINGLE, dist.Dist("ddp", 0, 2), dist.Dist("fsdp", 0, 4)):
+        with pytest.raises(MidtrainError, match="torchrun --nproc-per-node 2"):
+            dist.check_resume(two, job)

@@ -46,16 +46,17 @@ def pretrain(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
 def _run(cfg: Any, out: Path, dry_run: bool) -> None:
     from midtrain import train
 
-    if dry_run:
-        print_dry_run(cfg)
-        return
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 prints for the job
     try:
+        if dry_run:
+            train.plan_run(cfg) if quiet else print_dry_run(cfg)
+            return
         result = train.run(cfg, out)
-    except MidtrainError as e:  # under torchrun every rank fails alike: rank 0 says it once
-        if os.environ.get("RANK", "0") != "0":
+    except MidtrainError as e:  # every rank fails alike: rank 0 says it once
+        if quiet:
             raise typer.Exit(e.exit_code) from None
         raise
-    if os.environ.get("RANK", "0") != "0":
+    if quiet:
         return
     keys = {"steps", "tokens", "final_loss", "mean_loss_last_10pct", "tokens_per_s", "wall_s"}
     console.print(result.model_dump(include=keys))

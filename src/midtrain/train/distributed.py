@@ -89,6 +89,9 @@ def session(d: Dist, device: str) -> Iterator[None]:
     import torch
     import torch.distributed as td
 
+    if td.is_initialized():  # the caller's own process group (a Python API user under torchrun)
+        yield
+        return
     if device == "cuda":
         torch.cuda.set_device(d.local_rank)
         td.init_process_group("nccl", device_id=torch.device("cuda", d.local_rank))
