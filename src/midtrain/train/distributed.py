@@ -142,7 +142,13 @@ def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: D
             model, device_ids=[d.local_rank] if cuda else None
         )
     elif d.mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise MidtrainError(
+                f"parallel: 'fsdp' needs FSDP2 (torch >= 2.6, this is {torch.__version__}); "
+                "upgrade torch or use parallel = 'ddp'"
+            ) from None
 
         blocks = set(getattr(model, "_no_split_modules", None) or ())
         for m in list(model.modules()):
