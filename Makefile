@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test lint format install bench clean
+.PHONY: demo test test-presets lint format install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -35,7 +35,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not presets"
+
+test-presets: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m presets
 
 bench: $(STAMP)
 	$(BIN)/midtrain bench mix --json

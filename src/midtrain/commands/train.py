@@ -2,11 +2,13 @@
 
 Exit codes: 0 done, 2 bad input (`MidtrainError`, nothing written), 3 the run stopped on a
 non-finite loss (`train.Diverged`; OUT/status.json says failed, with the step and last good line).
+Under torchrun (docs/scaling.md) every rank runs the same command; only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +16,7 @@ import typer
 from rich.console import Console
 
 from midtrain.console import safe
+from midtrain.errors import MidtrainError
 
 console = Console()
 
@@ -43,10 +46,18 @@ def pretrain(config: ConfigOpt, out: OutOpt, dry_run: DryOpt = False) -> None:
 def _run(cfg: Any, out: Path, dry_run: bool) -> None:
     from midtrain import train
 
-    if dry_run:
-        print_dry_run(cfg)
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 prints for the job
+    try:
+        if dry_run:
+            train.plan_run(cfg) if quiet else print_dry_run(cfg)
+            return
+        result = train.run(cfg, out)
+    except MidtrainError as e:  # every rank fails alike: rank 0 says it once
+        if quiet:
+            raise typer.Exit(e.exit_code) from None
+        raise
+    if quiet:
         return
-    result = train.run(cfg, out)
     keys = {"steps", "tokens", "final_loss", "mean_loss_last_10pct", "tokens_per_s", "wall_s"}
     console.print(result.model_dump(include=keys))
     console.print(f"final checkpoint: {safe(result.final_checkpoint)}")

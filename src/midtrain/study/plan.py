@@ -165,6 +165,7 @@ def _run_id(rc: dict) -> str:
     keyed["stores"] = {k: content_hash(v) for k, v in rc["stores"].items()}
     keyed.pop("threads", None)  # how many threads ran it does not change what it computes
     keyed.pop("trackers", None)  # nor where its metrics are also logged
+    keyed.pop("parallel", None)  # nor how many processes shared it (docs/scaling.md)
     return hash_obj(keyed)
 
 

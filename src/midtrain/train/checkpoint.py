@@ -39,6 +39,8 @@ class RunPosition(BaseModel):
     position: int  # sampler position (sequences consumed)
     wall_s: float
     config_hash: str
+    world_size: int | None = None  # distributed runs only (docs/scaling.md): resume needs the same
+    parallel: str | None = None
 
 
 class TrainerState(BaseModel):
@@ -142,23 +144,28 @@ def save_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     state: TrainerState,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
     rng: dict[str, Any] | None = None,
     step: int = -1,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a HF folder + `midtrain_state/` atomically. `step` only feeds the test hooks."""
+    """Write a HF folder + `midtrain_state/` atomically. `step` only feeds the test hooks.
+
+    `weights` and a dict `optimizer` are full state dicts gathered from a distributed run's ranks
+    (`distributed.full_state`); otherwise the model's and the optimizer's own are written."""
     import torch
 
     env.quiet_transformers()
     path = Path(path)
     with atomic_dir(path, fsync=True, step=step) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         fault_point(f"save:{path.name}", step)  # weights written, optimizer state not yet
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), sdir / "optimizer.pt")
+            osd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+            torch.save(osd, sdir / "optimizer.pt")
         if rng is not None:
             torch.save(rng, sdir / "rng.pt")
         atomic_write_json(sdir / "trainer.json", state.model_dump(mode="json", exclude_none=True))

@@ -111,6 +111,11 @@ class RunConfig(Strict):
         description="Steps between resumable saves to OUT/state (0 = final only).",
         unit="steps",
     )
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = field(
+        "auto",
+        description="Under torchrun (WORLD_SIZE > 1): ddp or fsdp (FSDP2); auto = ddp. One process "
+        "runs single-process whatever this says; not part of the run's identity (docs/scaling.md).",
+    )
     compile: bool = field(False, description="torch.compile the model and loss.")
     threads: int = field(
         0, ge=0, description="torch threads (0 = torch's default); not part of the run's identity."
@@ -124,13 +129,16 @@ class RunConfig(Strict):
     )
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change what a run computes (threads and trackers do not)."""
+        """The fields that change what a run computes (threads, trackers and parallel only change
+        its speed or where metrics go; a distributed state/ records its world size and mode,
+        checked on resume)."""
         return identity(self.model_dump(mode="json"))
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A dumped run config without the fields that do not change what it computes."""
-    return {k: v for k, v in config.items() if k not in ("threads", "trackers", "resolved")}
+    return {k: v for k, v in config.items()
+            if k not in ("threads", "trackers", "parallel", "resolved")}  # fmt: skip
 
 
 def load_run_config(src: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:

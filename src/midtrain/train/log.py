@@ -39,7 +39,8 @@ class MetricsSink(Protocol):
 class RunLog:
     """log.jsonl: step metrics buffered as tensors, written (one host sync) every few steps."""
 
-    def __init__(self, path: Path, device: str, tokens_per_step: int, wall_s: float = 0.0):
+    def __init__(self, path: Path | None, device: str, tokens_per_step: int, wall_s: float = 0.0):
+        """`path` None: lines are checked (`Diverged`) but not written (ranks > 0 of a job)."""
         self.path, self.every, self.tps = path, LOG_EVERY.get(device, 1), tokens_per_step
         self.wall_s, self.last_good = wall_s, None
         self.sinks: list[MetricsSink] = []
@@ -68,8 +69,9 @@ class RunLog:
             for (s, n, lr, _, _), v in zip(self._buf, values, strict=True)
         ]
         self._buf.clear()
-        with open(self.path, "a", encoding="utf-8") as f:  # NaN/inf become null (strict JSON)
-            f.writelines(json.dumps(_finite(r)) + "\n" for r in rows)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:  # NaN/inf become null (strict JSON)
+                f.writelines(json.dumps(_finite(r)) + "\n" for r in rows)
         for r in rows:
             if not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])):
                 raise _diverged(r, self.last_good)
@@ -83,10 +85,12 @@ class RunLog:
 
     def truncate(self, step: int) -> None:
         """Drop lines after `step` (written after the state we resume from)."""
+        self._t0 = time.perf_counter()
+        if self.path is None:
+            return
         rows = [r for r in self.read() if r["step"] <= step]
         self.last_good = rows[-1] if rows else None
         atomic_write_jsonl(self.path, rows)
-        self._t0 = time.perf_counter()
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

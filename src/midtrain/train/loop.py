@@ -26,7 +26,7 @@ from midtrain import env
 from midtrain.console import progress
 from midtrain.io import fault_point, hash_obj, recover_dir
 from midtrain.train import checkpoint as ckpt
-from midtrain.train import optim, rundir, trackers
+from midtrain.train import distributed, optim, rundir, trackers
 from midtrain.train.config import RunConfig, load_run_config
 from midtrain.train.log import Diverged, RunLog
 from midtrain.train.plan import RunPlan, estimate, plan_run
@@ -59,6 +59,9 @@ class Trainer:
     device: str
     autocast: Callable[[], Any] = nullcontext
     step: int = 0
+    # distributed runs (train/distributed.py): gradient sync per micro batch, metrics over ranks
+    grad_sync: Callable[[bool], Any] = lambda last: nullcontext()
+    reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda loss, grad_norm: (loss, grad_norm)
 
 
 class Callback:
@@ -85,12 +88,14 @@ def train_loop(t: Trainer, callbacks: Sequence[Callback]) -> None:
             group["lr"] = lr
         micro_batches, n_targets = t.batches(step)
         loss = torch.zeros((), device=t.device)
-        for micro in micro_batches:
-            with t.autocast():
-                micro_loss = t.loss_fn(micro) / n_targets
-            micro_loss.backward()
+        for i, micro in enumerate(micro_batches):
+            with t.grad_sync(i == len(micro_batches) - 1):
+                with t.autocast():
+                    micro_loss = t.loss_fn(micro) / n_targets
+                micro_loss.backward()
             loss += micro_loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(t.params, t.clip, foreach=True)
+        loss, grad_norm = t.reduce(loss, grad_norm)
         t.opt.step()
         t.opt.zero_grad(set_to_none=True)
         t.step = step + 1
@@ -120,8 +125,11 @@ class LogCallback(Callback):
 class Checkpoints(Callback):
     """OUT/state every `every` steps (with RNG, for exact resume); OUT/final at the end."""
 
+    dist = distributed.SINGLE  # a distributed run's: DCP state, rank 0 writes final/
+
     def __init__(self, plan: RunPlan, out: Path, log: RunLog):
         self.plan, self.out, self.log, self.every = plan, out, log, plan.cfg.checkpoint_every
+        self.dist = plan.dist
 
     def due(self, done: int, steps: int) -> bool:
         return self.every > 0 and done % self.every == 0 and done < steps
@@ -134,9 +142,20 @@ class Checkpoints(Callback):
         self.save(t, "final", t.steps, rng=None)
 
     def save(self, t: Trainer, name: str, done: int, rng: dict[str, Any] | None) -> None:
-        ckpt.save_checkpoint(
-            self.out / name, t.model, self.plan.tokenizer, self.state(done), t.opt, rng, step=done
-        )
+        d, path, state = self.dist, self.out / name, self.state(done)
+        if not d.active:
+            ckpt.save_checkpoint(path, t.model, self.plan.tokenizer, state, t.opt, rng, step=done)
+        elif name == "state":
+            state.run = state.run.model_copy(update={"world_size": d.world, "parallel": d.mode})
+            trainer = state.model_dump(mode="json", exclude_none=True)
+            distributed.save_state(path, t.model, t.opt, trainer, rng, d, done)
+        else:  # final: the full state dicts gathered on rank 0, written as a HF folder
+            weights, osd = distributed.full_state(t.model, t.opt)
+            if d.main:
+                model = distributed.unwrap(t.model)
+                ckpt.save_checkpoint(path, model, self.plan.tokenizer, state, osd, None, done,
+                                     weights=weights)  # fmt: skip
+            distributed.barrier(d)
 
     def state(self, done: int) -> ckpt.TrainerState:
         p, base = self.plan, self.plan.init_state
@@ -187,6 +206,10 @@ def lm_batches(plan: RunPlan) -> Batches:
     import torch
 
     spb, n_targets = plan.seqs_per_step, plan.seqs_per_step * (plan.cfg.seq_len - 1)
+    if plan.dist.active:  # this rank's micro batches of the same step
+        return distributed.rank_batches(
+            plan.sampler, spb, plan.micro_batch, n_targets, plan.device, plan.dist
+        )
 
     def batches(step: int) -> tuple[Sequence[Any], int]:
         batch = torch.from_numpy(plan.sampler.sequences(step * spb, spb)).to(plan.device)
@@ -198,31 +221,32 @@ def lm_batches(plan: RunPlan) -> Batches:
 def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     """The trainer resumed from OUT/state, else warm-started or fresh; and the wall time so far."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    cfg, resume = plan.cfg, out / "state"
-    recover_dir(resume)
-    recover_dir(out / "final")
+    cfg, resume, d = plan.cfg, out / "state", plan.dist
+    if d.main:
+        recover_dir(resume)
+        recover_dir(out / "final")
+    distributed.barrier(d)
     torch.manual_seed(cfg.seed)
-    if (resume / "config.json").is_file():
-        model, source = ckpt.load_model(resume, plan.device, "--out state"), resume
-    elif cfg.init is not None:
-        model, source = ckpt.load_model(cfg.init, plan.device), Path(cfg.init)
-    else:
-        env.quiet_transformers()
-        model = AutoModelForCausalLM.from_config(plan.model_config, dtype=torch.float32)
-        model, source = model.to(plan.device), None
+    model, source = _model(plan, resume)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optim.make_optimizer(params, cfg.optimizer)
-    step, wall = 0, 0.0
+    step, wall, rng = 0, 0.0, None
     if source == resume:
         optim.load_optimizer(opt, resume)
-        position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
-        step, wall = (position.step, position.wall_s) if position else (0, 0.0)
-        optim.set_rng_state(ckpt.load_rng_state(resume))
+        (step, wall), rng = _position(resume), ckpt.load_rng_state(resume)
     elif source is not None and cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
+    if d.active:
+        make = partial(optim.make_optimizer, o=cfg.optimizer)
+        model, opt, params = distributed.parallelize(model, opt, make, d)
+        if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
+            torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
+        if distributed.has_state(resume):
+            rng = distributed.load_state(resume, model, opt, d)
+            step, wall = _position(resume)
+    optim.set_rng_state(rng)
     loss_fn = partial(optim.lm_loss, model)
     if cfg.compile:
         loss_fn = torch.compile(loss_fn)
@@ -232,23 +256,53 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     clip = cfg.optimizer.grad_clip or math.inf
     t = Trainer(model, opt, params, loss_fn, lm_batches(plan), plan.schedule, plan.steps,
                 plan.tokens_per_step, clip, plan.device, autocast, step)  # fmt: skip
+    if d.active:
+        t.grad_sync, t.reduce = distributed.grad_sync(model, d), distributed.reduce_metrics(d)
     return t, wall
+
+
+def _model(plan: RunPlan, resume: Path) -> tuple[Any, Path | None]:
+    """The model and where its weights (and optimizer state) come from: OUT/state, init, or a
+    fresh one (None; also a distributed resume, whose state is loaded after wrapping)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg, d = plan.cfg, plan.dist
+    saved = ckpt.read_trainer_state(resume) if resume.is_dir() else None
+    distributed.check_resume(saved.run if saved else None, d)
+    if not d.active and (resume / "config.json").is_file():
+        return ckpt.load_model(resume, plan.device, "--out state"), resume
+    if cfg.init is not None:
+        model = ckpt.load_model(cfg.init, plan.device)
+        return model, None if distributed.has_state(resume) else Path(cfg.init)
+    env.quiet_transformers()
+    model = AutoModelForCausalLM.from_config(plan.model_config, dtype=torch.float32)
+    return model.to(plan.device), None
+
+
+def _position(resume: Path) -> tuple[int, float]:
+    """(steps done, wall seconds) of OUT/state."""
+    position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
+    return (position.step, position.wall_s) if position else (0, 0.0)
 
 
 def drive(t: Trainer, out: Path, log: RunLog, checkpoints: Checkpoints, total_tokens: int,
           progress: bool | None) -> None:  # fmt: skip
     """Train `t` to the end with a run directory's callbacks (log, checkpoints, progress bar);
     a diverged or interrupted run leaves its status saying so."""
-    bar = ProgressBar(progress is not False, total_tokens)
+    main = checkpoints.dist.main  # only rank 0 of a distributed run writes the status
+    bar = ProgressBar(progress is not False and main, total_tokens)
     log.sinks.append(bar)
     try:
         with bar.progress:
             train_loop(t, [LogCallback(log, checkpoints), checkpoints])
     except Diverged as e:
-        rundir.write_status(out, "failed", **e.info)
+        if main:
+            rundir.write_status(out, "failed", **e.info)
         raise
     except KeyboardInterrupt:
-        rundir.write_status(out, "interrupted", step=t.step)
+        if main:
+            rundir.write_status(out, "interrupted", step=t.step)
         raise
 
 
@@ -263,20 +317,32 @@ def run(
         return done
     plan = plan_run(cfg)
     rundir.check_inputs_unchanged(out, plan)
-    for w in plan.warnings:
+    d = plan.dist
+    for w in plan.warnings if d.main else ():
         print(f"warning: {w}", file=sys.stderr)
     env.setup(cfg.threads)
     trackers.check_installed(cfg.trackers.use)
+    with distributed.session(d, plan.device):  # torchrun: the process group (docs/scaling.md)
+        return distributed.broadcast(d, _train(plan, out, progress))
+
+
+def _train(plan: RunPlan, out: Path, progress: bool | None) -> rundir.RunResult | None:
+    """Build, train, finish; in a distributed run only rank 0 writes the directory's files (and
+    returns the result)."""
+    main = plan.dist.main
     t, wall = build(plan, out)  # loads everything before the directory is touched
-    rundir.start(out, plan, t.step)
-    log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
+    if main:
+        rundir.start(out, plan, t.step)
+    log = RunLog(out / "log.jsonl" if main else None, plan.device, plan.tokens_per_step, wall)
     log.truncate(t.step)
-    sinks = trackers.open_sinks(cfg.trackers, out, plan.resolved(), t.step)  # rank 0 only
+    sinks = trackers.open_sinks(plan.cfg.trackers, out, plan.resolved(), t.step)  # rank 0 only
     log.sinks += sinks
     try:
         drive(t, out, log, Checkpoints(plan, out, log), plan.tokens, progress)
     finally:
         trackers.close_sinks(sinks)
+    if not main:
+        return None
     result = rundir.finish(out, plan, log.read(), log.wall_s, estimate(plan).flops)
     shutil.rmtree(out / "state", ignore_errors=True)  # final/ holds everything state/ did
     return result

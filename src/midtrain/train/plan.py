@@ -16,6 +16,7 @@ from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.train import checkpoint as ckpt
 from midtrain.train.config import RunConfig
+from midtrain.train.distributed import SINGLE, Dist, check_geometry, resolve
 from midtrain.train.schedules import BoundSchedule, make_schedule, resolve_final_lr
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class RunPlan:
     init_state: ckpt.TrainerState | None
     start_lr_source: str
     warnings: list[str] = field(default_factory=list)
+    dist: Dist = SINGLE  # this process under torchrun (docs/scaling.md)
 
     @property
     def tokens_per_step(self) -> int:
@@ -70,6 +72,8 @@ class RunPlan:
                 "tokenizer_hash": self.tokenizer_hash,
                 "model_type": self.model_config.model_type,
                 "warnings": self.warnings,
+                "parallel": self.dist.mode,
+                "world_size": self.dist.world,
             },
         }
 
@@ -99,6 +103,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     _check_stores(stores, tok_hash, tok_path, model_config.vocab_size)
     _check_seq_len(cfg, model_config)
     seqs, micro, steps = _geometry(cfg)
+    dist = resolve(cfg.parallel)
+    check_geometry(seqs, micro, dist)
     sampler = MixtureSampler(stores, mix, cfg.seq_len, steps * seqs, cfg.seed)
     init_state = ckpt.read_trainer_state(cfg.init) if cfg.init else None
     schedule, source, warns = _schedule(cfg, init_state, steps)
@@ -106,7 +112,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         warns.append("precision bf16 on CPU is much slower than fp32; use precision = 'fp32'")
     return RunPlan(
         cfg, device, precision, tok, tok_hash, model_config, stores, sampler, seqs, micro,
-        steps, schedule, init_state, source, warns,
+        steps, schedule, init_state, source, warns, dist,
     )  # fmt: skip
 
 

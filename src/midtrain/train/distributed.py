@@ -1,0 +1,303 @@
+"""One run on many processes (`torchrun`): DDP or FSDP2 over the same deterministic mixer stream.
+
+Each optimizer step's global batch is the single-process one: the step's `seqs_per_step`
+sequences from the sampler, cut into micro batches of `micro_batch`; rank r takes micro batches
+r, r + world, ... Each rank divides its summed token loss by `targets / world` and DDP/FSDP
+average gradients over ranks, so the gradient is the single-process step's (up to summation
+order). The logged loss is summed over ranks and divided by `world`: the step's mean loss.
+
+Checkpoints: `state/` is a `torch.distributed.checkpoint` (DCP) folder of the model and optimizer
+state (`dcp/`), one RNG file per rank and rank 0's `trainer.json`, built in one temporary folder
+that rank 0 swaps in (`io.atomic_dir`), so a kill anywhere leaves the previous state usable.
+`final/` is the single-process HF folder: rank 0 gathers the full state dicts and writes it.
+With one process (no torchrun) none of this runs: the run is exactly the single-process one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_dir, atomic_write_json, fault_point
+
+PARALLEL = ("auto", "none", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (world 1: the plain single-process run)."""
+
+    mode: str = "none"  # none | ddp | fsdp
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Dist()
+
+
+def resolve(parallel: str, environ: dict[str, str] | None = None) -> Dist:
+    """The job from torchrun's env vars: WORLD_SIZE > 1 means distributed ('auto' = ddp)."""
+    e = os.environ if environ is None else environ
+    world = int(e.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return SINGLE
+    if parallel == "none":
+        raise MidtrainError(
+            f"parallel: 'none' but WORLD_SIZE is {world} (torchrun); set parallel = 'ddp' or "
+            "'fsdp', or run one process"
+        )
+    if "RANK" not in e:
+        raise MidtrainError(
+            f"parallel: WORLD_SIZE is {world} but RANK is not set; launch with torchrun"
+        )
+    mode = "ddp" if parallel == "auto" else parallel
+    return Dist(mode, int(e["RANK"]), world, int(e.get("LOCAL_RANK", "0")))
+
+
+def check_geometry(seqs_per_step: int, micro: int, d: Dist) -> None:
+    """Every rank takes the same number of micro batches per step."""
+    n = seqs_per_step // micro
+    if n % d.world:
+        good = seqs_per_step // d.world
+        raise MidtrainError(
+            f"micro_batch: {seqs_per_step} sequences per step in micro batches of {micro} make "
+            f"{n} micro batches, not a multiple of the {d.world} processes (WORLD_SIZE); "
+            f"set micro_batch to a divisor of {good} or raise batch_tokens"
+        )
+
+
+@contextmanager
+def session(d: Dist, device: str) -> Iterator[None]:
+    """The process group (nccl on CUDA, gloo on CPU) for the body; torn down after."""
+    if not d.active:
+        yield
+        return
+    import torch
+    import torch.distributed as td
+
+    if td.is_initialized():  # the caller's own process group (a Python API user under torchrun)
+        yield
+        return
+    if device == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        td.init_process_group("nccl", device_id=torch.device("cuda", d.local_rank))
+    else:
+        td.init_process_group("gloo")
+    try:
+        yield
+        td.barrier()
+    finally:
+        td.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        import torch.distributed as td
+
+        td.barrier()
+
+
+def broadcast(d: Dist, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not d.active:
+        return obj
+    import torch.distributed as td
+
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- the model, the batches, the step ----------------------------------------------------------
+
+
+def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: Dist) -> tuple:
+    """Wrap the model (DDP, or FSDP2 per block then the root); a new optimizer on its parameters
+    carrying `opt`'s state (warm-start moments). Returns (model, optimizer, params)."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    carried = get_optimizer_state_dict(model, opt) if opt.state else None
+    if d.mode == "ddp":
+        cuda = next(model.parameters()).is_cuda
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if cuda else None
+        )
+    elif d.mode == "fsdp":
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise MidtrainError(
+                f"parallel: 'fsdp' needs FSDP2 (torch >= 2.6, this is {torch.__version__}); "
+                "upgrade torch or use parallel = 'ddp'"
+            ) from None
+
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for m in list(model.modules()):
+            if type(m).__name__ in blocks:
+                fully_shard(m)
+        fully_shard(model)
+    else:
+        raise MidtrainError(f"parallel: unknown mode {d.mode!r}; use one of {PARALLEL}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    new = make_opt(params)
+    if carried is not None:
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, new, carried, options=opts)
+    return model, new, params
+
+
+def unwrap(model: Any) -> Any:
+    """The HF model under a DDP wrapper (FSDP2 shards in place: the model itself)."""
+    return getattr(model, "module", model)
+
+
+def rank_batches(sampler: Any, spb: int, micro: int, n_targets: int, device: str, d: Dist):
+    """The step's micro batches r, r + world, ... and the divisor `targets / world`."""
+    import torch
+
+    starts = range(d.rank * micro, spb, d.world * micro)
+
+    def batches(step: int) -> tuple[Sequence[Any], float]:
+        first = step * spb
+        return [
+            torch.from_numpy(sampler.sequences(first + s, micro)).to(device) for s in starts
+        ], n_targets / d.world
+
+    return batches
+
+
+def grad_sync(model: Any, d: Dist) -> Callable[[bool], Any]:
+    """DDP: all-reduce only on the step's last micro batch (`no_sync` before). FSDP2
+    reduce-scatters every micro batch (no unsharded gradients kept between them)."""
+    if d.mode == "ddp":
+        return lambda last: nullcontext() if last else model.no_sync()
+    return lambda last: nullcontext()
+
+
+def reduce_metrics(d: Dist) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """The step's loss summed over ranks / world (each rank's is world x its share); a sharded
+    (DTensor) grad norm made a plain tensor."""
+    import torch.distributed as td
+
+    def reduce(loss: Any, grad_norm: Any) -> tuple[Any, Any]:
+        loss = loss.clone()
+        td.all_reduce(loss, op=td.ReduceOp.SUM)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        return loss / d.world, grad_norm
+
+    return reduce
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+STATE_DIR = (
+    "midtrain_state"  # = checkpoint.STATE_DIR (not imported: checkpoint imports torch types)
+)
+DCP_DIR = "dcp"
+
+
+def has_state(resume: Path) -> bool:
+    return (resume / DCP_DIR / ".metadata").is_file()
+
+
+@contextmanager
+def shared_dir(final: Path, d: Dist, step: int) -> Iterator[Path]:
+    """`io.atomic_dir` for all ranks: rank 0 makes the temporary folder and swaps it in once
+    every rank has written its part."""
+    if d.main:
+        with atomic_dir(final, fsync=True, step=step) as tmp:
+            broadcast(d, str(tmp))
+            yield tmp
+            barrier(d)  # every rank's files are written
+    else:
+        tmp = Path(broadcast(d, None))
+        yield tmp
+        barrier(d)
+    barrier(d)  # the swap is done
+
+
+def save_state(path: Path, model: Any, opt: Any, trainer: dict, rng: Any, d: Dist, step: int):
+    """OUT/state: DCP model + optimizer, this rank's RNG, rank 0's trainer.json; atomic."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    with shared_dir(path, d, step) as tmp:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+        fault_point(f"save:{path.name}", step)  # model and optimizer written, RNG/trainer not
+        sdir = tmp / STATE_DIR
+        sdir.mkdir(exist_ok=True)
+        torch.save(rng, sdir / f"rng-{d.rank}.pt")
+        if d.main:
+            atomic_write_json(sdir / "trainer.json", trainer)
+
+
+def load_state(path: Path, model: Any, opt: Any, d: Dist) -> Any:
+    """Load OUT/state's DCP model + optimizer into the wrapped model; this rank's RNG states."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    sd = {"model": model_sd, "optim": optim_sd}
+    dcp.load(sd, checkpoint_id=path / DCP_DIR)
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    f = path / STATE_DIR / f"rng-{d.rank}.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+def full_state(model: Any, opt: Any) -> tuple[dict, dict]:
+    """(model, optimizer) full state dicts on rank 0's CPU (empty elsewhere); the optimizer's
+    keyed by parameter index like `Optimizer.state_dict()` (the single-process optimizer.pt)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, opt, options=opts)
+    if not osd:
+        return weights, osd
+    ids: dict[str, int] = {}
+    groups = [
+        {**g, "params": [ids.setdefault(f, len(ids)) for f in g["params"]]}
+        for g in osd["param_groups"]
+    ]
+    return weights, {"state": {ids[f]: v for f, v in osd["state"].items()}, "param_groups": groups}
+
+
+def check_resume(saved: Any, d: Dist) -> None:
+    """OUT/state (its `RunPosition`) is resumed by as many processes, in the same mode, as wrote
+    it (DCP could reshard, but the per-rank RNG streams could not follow)."""
+    if saved is None:
+        return
+    world, mode = saved.world_size or 1, saved.parallel or "none"
+    if (world, mode) != (d.world, d.mode):
+        raise MidtrainError(
+            f"--out state: written by {world} process(es) (parallel {mode!r}) but resumed by "
+            f"{d.world} ({d.mode!r}); resume with `torchrun --nproc-per-node {world}` and "
+            f"parallel = {mode!r}, or use a new --out"
+        )

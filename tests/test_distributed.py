@@ -1,0 +1,257 @@
+"""One run on two processes (CPU, gloo): DDP and FSDP2 match the single-process run; a job killed
+(SIGKILL to its process group) after a checkpoint resumes to the uninterrupted job's weights; a
+geometry that does not split over the ranks is one error line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _train_fixtures import build_world, pretrain_config, run_config
+
+from midtrain import io, train
+from midtrain.io import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RTOL = 1e-5  # relative tolerance of 2 processes vs 1 (summation order only)
+
+
+def _toml(rc: dict) -> str:
+    def val(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return json.dumps(v)
+
+    return "".join(f"{k} = {val(v)}\n" for k, v in rc.items())
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env.pop(io.KILL_ENV, None)
+    env.update(extra)
+    return env
+
+
+def torchrun(config: Path, out: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 -m midtrain.cli anneal ...` (a free port)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "midtrain.cli", "anneal", "--config", str(config), "--out", str(out)]  # fmt: skip
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: Path, out: Path, n: int = 2, **extra: str) -> list[subprocess.Popen]:
+    """The ranks as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT, ...), all in one
+    new process group (the first rank's pid), so the test can SIGKILL the whole job."""
+    port, procs = str(free_port()), []
+    for rank in range(n):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
+                   LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra)  # fmt: skip
+        cmd = [sys.executable, "-m", "midtrain.cli", "anneal", "--config", str(config),
+               "--out", str(out)]  # fmt: skip
+        group = procs[0].pid if procs else 0
+        procs.append(subprocess.Popen(cmd, env=env, process_group=group, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    return procs
+
+
+def wait(procs: list[subprocess.Popen]) -> tuple[list[int], str]:
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+    return [p.returncode for p in procs], "".join(errs)
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def max_diffs(a: Path, b: Path) -> tuple[float, float]:
+    """(max abs diff of the final weights, max relative diff of the logged losses)."""
+    wa, wb = weights(a / "final"), weights(b / "final")
+    assert wa.keys() == wb.keys()
+    w = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    la, lb = [r["loss"] for r in log_rows(a)], [r["loss"] for r in log_rows(b)]
+    assert len(la) == len(lb)
+    return w, max(abs(x - y) / abs(x) for x, y in zip(la, lb, strict=True))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A base checkpoint with AdamW moments (4 steps), the anneal config from it, and the
+    single-process reference run: 8 steps of 4 sequences in micro batches of 1 (2 per rank)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("dist")
+    w = build_world(root)
+    base = train.run(pretrain_config(w, tokens=4 * 128, checkpoint_every=0), root / "base",
+                     progress=False)  # fmt: skip
+    rc = run_config(w, init=base.final_checkpoint, micro_batch=1, schedule={"name": "cosine"})
+    w["rc"], w["root"] = rc, root
+    w["ref"] = root / "single"
+    train.run(rc, w["ref"], progress=False)
+    return w
+
+
+def config_file(world: dict, name: str, **overrides) -> Path:
+    f = world["root"] / f"{name}.toml"
+    f.write_text(_toml({**world["rc"], **overrides}))
+    return f
+
+
+@pytest.fixture(scope="module")
+def two_procs(world):
+    """The 2-process run of a mode through torchrun (also the kill test's uninterrupted run)."""
+    done: dict[str, Path] = {}
+
+    def get(mode: str) -> Path:
+        if mode not in done:
+            out = world["root"] / mode
+            res = torchrun(config_file(world, mode, parallel=mode), out)
+            assert res.returncode == 0, res.stderr[-3000:]
+            done[mode] = out
+        return done[mode]
+
+    return get
+
+
+def optimizer_pt(run: Path) -> dict:
+    return torch.load(run / "final" / "midtrain_state" / "optimizer.pt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(world, two_procs, mode):
+    out = two_procs(mode)
+    w, loss = max_diffs(world["ref"], out)
+    print(f"\n{mode} vs 1 process: max |dw| {w:.3g}, max rel loss diff {loss:.3g}")
+    assert loss < RTOL
+    wa, wb = weights(world["ref"] / "final"), weights(out / "final")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=1e-6)
+    cfg = read_json(out / "config.json")["resolved"]
+    assert (cfg["parallel"], cfg["world_size"]) == (mode, 2)
+    assert read_json(out / "status.json")["status"] == "done"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in world["ref"].iterdir())
+    # final/ is the single-process HF folder; its optimizer.pt indexed alike, the same moments
+    oa, ob = optimizer_pt(world["ref"]), optimizer_pt(out)
+    assert oa["state"].keys() == ob["state"].keys()
+    assert [g["params"] for g in oa["param_groups"]] == [g["params"] for g in ob["param_groups"]]
+    for i in oa["state"]:
+        torch.testing.assert_close(ob["state"][i]["exp_avg"], oa["state"][i]["exp_avg"],
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+
+
+def _state_step(out: Path) -> int:
+    f = out / "state" / "midtrain_state" / "trainer.json"
+    try:
+        return json.loads(f.read_text())["run"]["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def kill_the_group_after_a_checkpoint(config: Path, out: Path) -> None:
+    """SIGKILL the job's process group as soon as the step-4 state is in place."""
+    procs = launch(config, out)
+    deadline = time.time() + 120
+    while _state_step(out) < 4 and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.002)
+    os.killpg(procs[0].pid, signal.SIGKILL)
+    codes, err = wait(procs)
+    assert codes == [-signal.SIGKILL] * 2, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, kill", [("ddp", "save:state:4"), ("fsdp", "group")])
+def test_sigkill_the_job_then_resume_matches_the_uninterrupted_job(world, two_procs, mode, kill):
+    config, out = (
+        config_file(world, f"killed-{mode}", parallel=mode),
+        world["root"] / f"kill-{mode}",
+    )
+    ref = two_procs(mode)
+    if kill == "group":
+        kill_the_group_after_a_checkpoint(config, out)
+        assert _state_step(out) >= 4
+    else:  # both ranks die in the middle of the step-4 save (DCP written, RNG/trainer.json not)
+        codes, err = wait(launch(config, out, MIDTRAIN_TEST_KILL=kill))
+        assert codes == [-signal.SIGKILL] * 2, err[-3000:]
+        assert _state_step(out) == 2
+    assert read_json(out / "status.json")["status"] == "running"
+    # resume to the end
+    codes, err = wait(launch(config, out))
+    assert codes == [0, 0], err[-3000:]
+    assert read_json(out / "status.json")["status"] == "done"
+    a, b = weights(ref / "final"), weights(out / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit-identical to the uninterrupted 2-process run
+    log, ref_log = log_rows(out), log_rows(ref)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert [(r["loss"], r["grad_norm"]) for r in log] == [
+        (r["loss"], r["grad_norm"]) for r in ref_log
+    ]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_micro_batches_that_do_not_split_over_the_ranks_are_one_error_line(world, capsys):
+    """Each rank of a 2-process job (torchrun's env vars; the check runs before the process group
+    is made): exit 2, rank 0 prints one line, rank 1 nothing."""
+    from midtrain.cli import main
+
+    # 4 sequences per step in micro batches of 4: one micro batch for 2 ranks
+    config, out = config_file(world, "bad", micro_batch=4), world["root"] / "bad"
+    printed = []
+    for rank in ("0", "1"):
+        env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            with pytest.raises(SystemExit) as exit_:
+                main(["anneal", "--config", str(config), "--out", str(out)])
+        assert exit_.value.code == 2
+        printed.append(capsys.readouterr().err.strip().splitlines())
+    assert printed[1] == [] and len(printed[0]) == 1, printed
+    assert printed[0][0].startswith("error: micro_batch: 4 sequences per step in micro batches")
+    assert "not a multiple of the 2 processes" in printed[0][0]
+    assert not out.exists()
+
+
+def test_the_job_is_read_from_torchruns_env_and_resumed_only_by_the_same_job():
+    from midtrain.errors import MidtrainError
+    from midtrain.train import distributed as dist
+    from midtrain.train.checkpoint import RunPosition
+
+    assert dist.resolve("fsdp", {}) == dist.SINGLE  # one process: the single-process run
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
+    assert dist.resolve("auto", env) == dist.Dist("ddp", 3, 4, 1)
+    assert dist.resolve("fsdp", env).mode == "fsdp"
+    with pytest.raises(MidtrainError, match=r"^parallel: 'none' but WORLD_SIZE is 4"):
+        dist.resolve("none", env)
+    dist.check_geometry(16, 2, dist.Dist("ddp", 0, 4))  # 8 micro batches, 2 per rank
+    with pytest.raises(MidtrainError, match="set micro_batch to a divisor of 4"):
+        dist.check_geometry(16, 8, dist.Dist("ddp", 0, 4))
+    pos = RunPosition(step=2, position=8, wall_s=1.0, config_hash="x")
+    dist.check_resume(pos, dist.SINGLE)
+    two = pos.model_copy(update={"world_size": 2, "parallel": "fsdp"})
+    dist.check_resume(two, dist.Dist("fsdp", 1, 2))
+    for job in (dist.SINGLE, dist.Dist("ddp", 0, 2), dist.Dist("fsdp", 0, 4)):
+        with pytest.raises(MidtrainError, match="torchrun --nproc-per-node 2"):
+            dist.check_resume(two, job)
