@@ -60,7 +60,7 @@ class Correlation:
     n_arms: int
     n_points: int
     pearson: float | None
-    pearson_p: float | None
+    pearson_p: float | None  # None when an arm gives several points (pooled sets): not independent
     spearman: float | None
     spearman_p: float | None
     pearson_ci: list[float] | None  # percentile bootstrap over arms
@@ -191,8 +191,9 @@ def correlate(
     if not _defined(x, y):
         return out
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    out.pearson, out.pearson_p = float(pr.statistic), float(pr.pvalue)
-    out.spearman, out.spearman_p = float(sr.statistic), float(sr.pvalue)
+    out.pearson, out.spearman = float(pr.statistic), float(sr.statistic)
+    if len(pts) == len(arms):  # one point per arm: the test's independence holds
+        out.pearson_p, out.spearman_p = float(pr.pvalue), float(sr.pvalue)
     boot = _bootstrap(x, y, [arms.index(r.arm) for r in pts], len(arms), resamples, seed)
     if len(boot):
         q = [(1 - confidence) / 2, (1 + confidence) / 2]
