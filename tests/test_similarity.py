@@ -186,6 +186,9 @@ def test_end_to_end_on_tiny_stores(world, tmp_path, monkeypatch, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(["similarity", world["web"], "--to", world["sft"]], monkeypatch, capsys)
     assert code == 2 and "pass --tokenizer" in err
+    clash = ["similarity", world["web"], "--to", f"web={world['sft']}", "--tokenizer", world["tok"]]
+    code, _, err = run_cli(clash, monkeypatch, capsys)
+    assert code == 2 and "the name 'web' is taken by SOURCE" in err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ def similarity(
                             "DIR); see `midtrain similarity --help`")  # fmt: skip
     src = _named(sources, "SOURCE")
     tgt = _named(to, "--to")
+    for name, path in tgt.items():
+        if name in src and src[name].resolve() != path.resolve():
+            raise MidtrainError(f"--to {path}: the name {name!r} is taken by SOURCE {src[name]}; "
+                                f"name one of them, e.g. --to {name}-sft={path}")  # fmt: skip
     mixes = _mixes(mix or [], base, set(src))
     result = compare(src, tgt, mixes, tokenizer=tokenizer, docs=docs, top_k=top_k, seed=seed)
     if plot is not None:
@@ -75,10 +79,16 @@ def similarity(
     if as_json:
         print(json.dumps(result, sort_keys=True))
         return
-    from midtrain.commands.similarity_views import matrix_table, proximity_view, sets_table
+    from midtrain.commands.similarity_views import (
+        matrix_table,
+        proximity_view,
+        sets_table,
+        settings_line,
+    )
 
     console.print(sets_table(result["sets"]))
     console.print(matrix_table(result))
+    console.print(settings_line(result), highlight=False)
     if result["proximity"]:
         console.print(proximity_view(result))
 

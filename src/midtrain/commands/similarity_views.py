@@ -19,10 +19,14 @@ def sets_table(sets: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
-def matrix_table(result: dict[str, Any]) -> Table:
+def settings_line(result: dict[str, Any]) -> str:
     st = result["settings"]
-    t = Table(title=f"similarity (JS divergence): 0.4 cos + 0.3 Jaccard + 0.3/(1+JS), top "
-              f"{st['top_k']:,} types, {st['docs']:,} docs, seed {st['seed']}")  # fmt: skip
+    return (f"score = 0.4 cosine + 0.3 Jaccard + 0.3 / (1 + JS) on the top {st['top_k']:,} types; "
+            f"{st['docs']:,} docs per set, seed {st['seed']}")  # fmt: skip
+
+
+def matrix_table(result: dict[str, Any]) -> Table:
+    t = Table(title="score (JS divergence)")
     targets = list(next(iter(result["matrix"].values())))
     t.add_column("source \\ target")
     for name in targets:
