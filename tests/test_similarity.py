@@ -259,7 +259,9 @@ def test_study_proximity_table(world, tmp_path, monkeypatch, capsys):
     pooled = table.correlations[0]
     assert pooled.scope == ALL_SETS and pooled.n_arms == 3 and pooled.spearman == pytest.approx(1)
     assert set(table.matrix) == {"web", "math"} and "sums" in table.matrix["web"]
-    code, out, err = run_cli(["similarity", "--study", study, "--json", "--docs", 50],
-                             monkeypatch, capsys)  # fmt: skip
+    png = tmp_path / "scatter.png"
+    args = ["similarity", "--study", study, "--json", "--docs", 50, "--plot", png]
+    code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert json.loads(out)["rows"][2]["advantage"] == pytest.approx(adv[2])

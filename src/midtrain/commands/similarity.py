@@ -25,10 +25,12 @@ def similarity(
             help="SOURCE sets: NAME=PATH or PATH (a token store folder, or a "
             "text/jsonl file with --tokenizer).",
             show_default=False,
-        ),  # fmt: skip
+            metavar="SOURCE",
+        ),
     ] = None,
     to: Annotated[
-        list[str] | None, typer.Option("--to", help="A TARGET set, like SOURCE (repeat).")
+        list[str] | None,
+        typer.Option("--to", help="A TARGET set, like SOURCE (repeat).", metavar="TARGET"),
     ] = None,
     tokenizer: Annotated[
         Path | None,
@@ -121,9 +123,9 @@ def compare(
     }
     if mixes:
         parts = {n: loaded[n] for n in src}
-        base = mixture(parts, mixes.pop("base"), "base")
+        base = mixture(parts, mixes["base"], "base")
         out["base"] = base.where
-        for name, ratios in mixes.items():
+        for name, ratios in ((n, r) for n, r in mixes.items() if n != "base"):
             m = mixture(parts, ratios, name)
             out["proximity"][name] = {
                 "mix": ratios,
