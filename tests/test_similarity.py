@@ -21,6 +21,7 @@ from midtrain.similarity import (
     doc_bounds,
     mixture,
     proximity_advantage,
+    raw_unigram,
     similarity,
     store_unigram,
     top_types,
@@ -189,6 +190,18 @@ def test_end_to_end_on_tiny_stores(world, tmp_path, monkeypatch, capsys):
     clash = ["similarity", world["web"], "--to", f"web={world['sft']}", "--tokenizer", world["tok"]]
     code, _, err = run_cli(clash, monkeypatch, capsys)
     assert code == 2 and "the name 'web' is taken by SOURCE" in err
+
+
+def test_raw_files_are_sampled_by_seed_and_sft_rows_rendered(world):
+    tok = load_tokenizer(world["tok"])
+    web = world["root"] / "web.jsonl"
+    a, b = raw_unigram(web, "w", tok, docs=10, seed=0), raw_unigram(web, "w", tok, docs=10, seed=0)
+    c = raw_unigram(web, "w", tok, docs=10, seed=1)
+    assert np.array_equal(a.counts, b.counts) and a.n_available == 120 and a.n_docs == 10
+    assert not np.array_equal(a.doc_ids, c.doc_ids)
+    sft = raw_unigram(world["sft"], "s", tok)  # rendered: "Question: {prompt}\nAnswer: {response}"
+    question = tok("Question", add_special_tokens=False)["input_ids"][0]
+    assert sft.n_docs == 50 and sft.counts[question] >= 50
 
 
 # ------------------------------------------------------------------------------------------------

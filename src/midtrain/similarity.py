@@ -130,32 +130,57 @@ def text_unigram(
     texts: Sequence[str], name: str, tok: Any, where: str, docs: int = DOCS, seed: int = 0
 ) -> Unigram:
     """Counts over `docs` sampled texts, tokenised with `tok` (no special tokens added)."""
-    from midtrain.data.tokenizer import encode_docs, tokenizer_hash, vocab_size
+    from midtrain.data.tokenizer import tokenizer_hash
 
     pick = sample_docs(len(texts), docs, seed)
-    n_vocab = vocab_size(tok)
-    counts = np.zeros(n_vocab, np.int64)
-    for lo in range(0, len(pick), 256):
-        enc = encode_docs(tok, [texts[i] for i in pick[lo : lo + 256]])
-        if enc:
-            counts += np.bincount(np.concatenate(enc), minlength=n_vocab)[:n_vocab]
+    counts = _count_texts([texts[i] for i in pick], tok)
     return Unigram(name, counts, tokenizer_hash(tok), where, len(pick), len(texts), pick)
 
 
-def file_texts(path: str | Path, text_field: str = "text", template: Any = None) -> list[str]:
+def raw_unigram(
+    path: str | Path, name: str, tok: Any, docs: int = DOCS, seed: int = 0, template: Any = None,
+    text_field: str = "text",
+) -> Unigram:  # fmt: skip
+    """Counts over `docs` sampled documents of raw input, in two streaming passes (count, then
+    keep the sampled documents): a file larger than memory works."""
+    from midtrain.data.tokenizer import tokenizer_hash
+
+    n = sum(1 for _ in iter_documents(path, text_field, template))
+    if n == 0:
+        raise MidtrainError(f"{path} has no documents; pass a non-empty file")
+    pick = sample_docs(n, docs, seed)
+    keep = set(pick.tolist())
+    texts = [t for i, t in enumerate(iter_documents(path, text_field, template)) if i in keep]
+    counts = _count_texts(texts, tok)
+    return Unigram(name, counts, tokenizer_hash(tok), str(path), len(pick), n, pick)
+
+
+def _count_texts(texts: list[str], tok: Any) -> np.ndarray:
+    from midtrain.data.tokenizer import encode_docs, vocab_size
+
+    n_vocab = vocab_size(tok)
+    counts = np.zeros(n_vocab, np.int64)
+    for lo in range(0, len(texts), 256):
+        enc = encode_docs(tok, texts[lo : lo + 256])
+        if enc:
+            counts += np.bincount(np.concatenate(enc), minlength=n_vocab)[:n_vocab]
+    return counts
+
+
+def iter_documents(
+    path: str | Path, text_field: str = "text", template: Any = None
+) -> Iterator[str]:
     """Every document of a raw input (file or folder): the readers' documents; a JSONL file of SFT
     rows ({"prompt", "response"} or {"messages"}) gives each row rendered with `template`."""
     from midtrain.data.readers import iter_texts, resolve_inputs
 
-    out: list[str] = []
     for inp in resolve_inputs([path]):
         if inp.kind == "npy":
             raise MidtrainError(f"{inp.path}: holds tokens, not text; prepare it as a token store")
         if inp.kind == "jsonl" and _is_sft_file(inp.path, text_field):
-            out += list(_sft_texts(inp.path, template))
+            yield from _sft_texts(inp.path, template)
         else:
-            out += list(iter_texts([inp], text_field))
-    return out
+            yield from iter_texts([inp], text_field)
 
 
 def _is_sft_file(path: Path, text_field: str) -> bool:
@@ -299,9 +324,6 @@ def load_set(
         raise MidtrainError(f"{where}: {path} is raw text, not a token store; pass --tokenizer "
                             "CKPT (a checkpoint or tokenizer folder) to tokenise it")  # fmt: skip
     try:
-        texts = file_texts(path, template=template)
+        return raw_unigram(path, name, tok, docs, seed, template)
     except MidtrainError as e:
         raise MidtrainError(f"{where}: {e}") from None
-    if not texts:
-        raise MidtrainError(f"{where}: {path} has no documents; pass a non-empty file")
-    return text_unigram(texts, name, tok, str(path), docs, seed)

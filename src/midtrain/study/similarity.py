@@ -25,11 +25,10 @@ from midtrain.similarity import (
     TOP_K,
     Unigram,
     check_same_tokenizer,
-    file_texts,
     mixture,
+    raw_unigram,
     similarity,
     store_unigram,
-    text_unigram,
 )
 
 ALL_SETS = "all sets"
@@ -155,10 +154,9 @@ def _count(
     sets = {}
     for i, s in enumerate(cfg.sft_probe.sets):
         try:
-            texts = file_texts(s.train, template=cfg.sft_probe.template)
+            sets[s.name] = raw_unigram(s.train, s.name, tok, docs, seed, cfg.sft_probe.template)
         except MidtrainError as e:
             raise MidtrainError(f"sft_probe.sets[{i}].train: {e}") from None
-        sets[s.name] = text_unigram(texts, s.name, tok, s.train, docs, seed)
     check_same_tokenizer([*sources.values(), *sets.values()])
     return sources, sets
 
