@@ -26,7 +26,13 @@ from midtrain.similarity import (
     store_unigram,
     top_types,
 )
-from midtrain.study.similarity import ALL_SETS, ProximityRow, correlate, proximity_table
+from midtrain.study.similarity import (
+    ALL_SETS,
+    ProximityRow,
+    ProximityTable,
+    correlate,
+    proximity_table,
+)
 
 
 def uni(name: str, counts: list[float], tok: str = "t") -> Unigram:
@@ -277,4 +283,5 @@ def test_study_proximity_table(world, tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert json.loads(out)["rows"][2]["advantage"] == pytest.approx(adv[2])
+    back = ProximityTable.from_dict(json.loads(out))
+    assert back.rows[2].advantage == pytest.approx(adv[2]) and back.correlations[0].n_arms == 3

@@ -31,6 +31,7 @@ from midtrain.similarity import (
     store_unigram,
 )
 
+FORMAT = "midtrain-proximity/1"
 ALL_SETS = "all sets"
 RESAMPLES = 2000
 
@@ -70,6 +71,8 @@ class Correlation:
 
 @dataclass
 class ProximityTable:
+    """A study's proximity table; `to_dict()` / `from_dict()` round-trip it through JSON."""
+
     study: str
     dir: str
     sets: list[str]
@@ -78,9 +81,19 @@ class ProximityTable:
     correlations: list[Correlation]
     matrix: dict[str, dict[str, dict[str, float]]]  # source -> set -> similarity parts
     settings: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProximityTable:
+        if d.get("format") != FORMAT:
+            raise MidtrainError(f"proximity table: format {d.get('format')!r} is not {FORMAT!r}; "
+                                "compute it again with `midtrain similarity --study`")  # fmt: skip
+        rows = [ProximityRow(**r) for r in d["rows"]]
+        corr = [Correlation(**c) for c in d["correlations"]]
+        return cls(**{**d, "rows": rows, "correlations": corr})
 
 
 def load_study_dir(path: str | Path) -> tuple[Any, Any]:
