@@ -69,6 +69,7 @@ def _register_all() -> None:
 
     for module in (data, train, sft, evaluate, study, integrate, demo, config, trust):
         module.register(app, GROUPS)
+    __import__("midtrain.commands.similarity", fromlist=["register"]).register(app, GROUPS)
 
 
 _register_all()

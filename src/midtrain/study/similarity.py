@@ -1,0 +1,235 @@
+"""Proximity advantage of a finished study's arms to its SFT sets, against the arms' SFT gains.
+
+For a study with an `[sft_probe]`: each arm's mix (the one it trained on, (1 - f) base + f
+candidate; 100% candidate for a continued-pretraining arm) is compared with each SFT set's
+training rows (rendered with the probe's template, tokenised with the study checkpoint's
+tokenizer) and so is the base mix; the difference is the arm's proximity advantage (Liu, Neubig
+and Xiong 2025). Its SFT gain on the set is minus the delta of SFT validation loss against the
+control (nats per token, higher is better), from the probe's analysis in results.json.
+The correlation of the two over arms is Pearson and Spearman with a seeded bootstrap over arms
+(an arm's points on every set move together). With a handful of arms the interval is wide: it
+says so. Plain dataclasses, for the report to render (`to_dict()` for JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from midtrain.errors import MidtrainError
+from midtrain.similarity import (
+    DOCS,
+    TOP_K,
+    Unigram,
+    check_same_tokenizer,
+    mixture,
+    raw_unigram,
+    similarity,
+    store_unigram,
+)
+
+FORMAT = "midtrain-proximity/1"
+ALL_SETS = "all sets"
+RESAMPLES = 2000
+
+
+@dataclass
+class ProximityRow:
+    """One arm on one SFT set."""
+
+    arm: str
+    set: str
+    mix: dict[str, float]
+    fraction: float
+    cpt: bool
+    similarity: float  # sim(arm mix, set)
+    base_similarity: float  # sim(base mix, set)
+    advantage: float  # similarity - base_similarity
+    sft_gain: float | None  # minus delta SFT val loss vs the control (nats/token); None: no probe
+    sft_gain_ci: list[float] | None = None
+
+
+@dataclass
+class Correlation:
+    """Proximity advantage vs SFT gain over arms (on one set, or on all sets pooled)."""
+
+    scope: str  # a set's name, or "all sets"
+    n_arms: int
+    n_points: int
+    pearson: float | None
+    pearson_p: float | None  # None when an arm gives several points (pooled sets): not independent
+    spearman: float | None
+    spearman_p: float | None
+    pearson_ci: list[float] | None  # percentile bootstrap over arms
+    spearman_ci: list[float] | None
+    resamples: int  # bootstrap resamples in which the correlation was defined
+    confidence: float
+
+
+@dataclass
+class ProximityTable:
+    """A study's proximity table; `to_dict()` / `from_dict()` round-trip it through JSON."""
+
+    study: str
+    dir: str
+    sets: list[str]
+    base: dict[str, float]
+    rows: list[ProximityRow]
+    correlations: list[Correlation]
+    matrix: dict[str, dict[str, dict[str, float]]]  # source -> set -> similarity parts
+    settings: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProximityTable:
+        if d.get("format") != FORMAT:
+            raise MidtrainError(f"proximity table: format {d.get('format')!r} is not {FORMAT!r}; "
+                                "compute it again with `midtrain similarity --study`")  # fmt: skip
+        rows = [ProximityRow(**r) for r in d["rows"]]
+        corr = [Correlation(**c) for c in d["correlations"]]
+        return cls(**{**d, "rows": rows, "correlations": corr})
+
+
+def load_study_dir(path: str | Path) -> tuple[Any, Any]:
+    """(StudyConfig, StudyResult) of a finished study directory (study.json, results.json)."""
+    from midtrain.io import read_json
+    from midtrain.schema import validate
+    from midtrain.study.config import StudyConfig
+    from midtrain.study.results import StudyResult
+
+    out = Path(path)
+    for f in ("study.json", "results.json"):
+        if not (out / f).is_file():
+            raise MidtrainError(f"--study {out}: no {f}; pass a study directory that `midtrain "
+                                "study run` finished")  # fmt: skip
+    try:
+        cfg = validate(StudyConfig, read_json(out / "study.json").get("config"), "study.json")
+        res = StudyResult.load(out / "results.json")
+    except (ValueError, AttributeError) as e:
+        raise MidtrainError(f"--study {out}: unreadable study.json/results.json ({e}); "
+                            "re-run `midtrain study run`") from None  # fmt: skip
+    return cfg, res
+
+
+def proximity_table(
+    study: str | Path | Any, *, config: Any = None, docs: int = DOCS, top_k: int = TOP_K,
+    seed: int = 0, resamples: int = RESAMPLES, confidence: float = 0.95,
+) -> ProximityTable:  # fmt: skip
+    """Each arm's proximity advantage to each SFT set, and its correlation with the SFT gains.
+
+    `study` is a study directory, or a `StudyResult` with its `StudyConfig` as `config`.
+    """
+    if isinstance(study, str | Path):
+        where = str(study)
+        cfg, res = load_study_dir(study)
+    else:
+        where, cfg, res = "", config, study
+        if cfg is None:
+            raise MidtrainError("proximity_table: a StudyResult needs its StudyConfig (config=)")
+    if cfg.sft_probe is None or res.probe is None:
+        raise MidtrainError(f"--study {where or res.study}: the study has no SFT probe; add an "
+                            "[sft_probe] section and run it again")  # fmt: skip
+    sources, sets = _count(cfg, res, docs, seed)
+    base = mixture(sources, cfg.base, "base")
+    rows = []
+    for arm in res.arms:
+        mix = mixture(sources, {m.source: m.ratio for m in arm.mix}, arm.arm)
+        rows += [_row(arm, s, mix, base, top_k) for s in sets.values()]
+    corr = [correlate(rows, scope, resamples, seed, confidence) for scope in [ALL_SETS, *sets]]
+    grid = {n: {s: similarity(u, t, top_k).to_dict() for s, t in sets.items()}
+            for n, u in sources.items()}  # fmt: skip
+    settings = {"docs": docs, "top_k": top_k, "seed": seed, "resamples": resamples}
+    return ProximityTable(res.study, where, list(sets), dict(cfg.base), rows, corr, grid, settings)
+
+
+def _count(
+    cfg: Any, res: Any, docs: int, seed: int
+) -> tuple[dict[str, Unigram], dict[str, Unigram]]:
+    """The unigram counts of every source a mix uses and of every SFT set's training rows."""
+    from midtrain.data.store import open_store
+    from midtrain.data.tokenizer import load_tokenizer
+
+    used = sorted({s for s, r in cfg.base.items() if r > 0}
+                  | {m.source for a in res.arms for m in a.mix if m.ratio > 0})  # fmt: skip
+    sources = {
+        s: store_unigram(open_store(cfg.stores[s], f"stores.{s}"), s, docs, seed) for s in used
+    }
+    try:
+        tok = load_tokenizer(cfg.checkpoint)
+    except MidtrainError as e:
+        raise MidtrainError(f"checkpoint (its tokenizer tokenises the SFT sets): {e}") from None
+    sets = {}
+    for i, s in enumerate(cfg.sft_probe.sets):
+        try:
+            sets[s.name] = raw_unigram(s.train, s.name, tok, docs, seed, cfg.sft_probe.template)
+        except MidtrainError as e:
+            raise MidtrainError(f"sft_probe.sets[{i}].train: {e}") from None
+    check_same_tokenizer([*sources.values(), *sets.values()])
+    return sources, sets
+
+
+def _row(arm: Any, target: Unigram, mix: Unigram, base: Unigram, top_k: int) -> ProximityRow:
+    sim, base_sim = similarity(mix, target, top_k).score, similarity(base, target, top_k).score
+    delta = arm.probe.sets.get(target.name) if arm.probe else None
+    return ProximityRow(
+        arm=arm.arm, set=target.name, mix={m.source: m.ratio for m in arm.mix},
+        fraction=arm.fraction, cpt=arm.cpt, similarity=sim, base_similarity=base_sim,
+        advantage=sim - base_sim,
+        sft_gain=-delta.delta_val_loss if delta else None,
+        sft_gain_ci=sorted(-x for x in delta.ci) if delta else None,
+    )  # fmt: skip
+
+
+def correlate(
+    rows: list[ProximityRow], scope: str = ALL_SETS, resamples: int = RESAMPLES, seed: int = 0,
+    confidence: float = 0.95,
+) -> Correlation:  # fmt: skip
+    """Pearson and Spearman of advantage vs SFT gain over the rows of `scope`, with a percentile
+    bootstrap that resamples whole arms (None where fewer than 3 points or no spread)."""
+    from scipy import stats
+
+    pts = [r for r in rows if r.sft_gain is not None and scope in (ALL_SETS, r.set)]
+    arms = sorted({r.arm for r in pts})
+    x = np.array([r.advantage for r in pts])
+    y = np.array([r.sft_gain for r in pts], dtype=np.float64)
+    out = Correlation(scope, len(arms), len(pts), None, None, None, None, None, None, 0, confidence)
+    if not _defined(x, y):
+        return out
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    out.pearson, out.spearman = float(pr.statistic), float(sr.statistic)
+    if len(pts) == len(arms):  # one point per arm: the test's independence holds
+        out.pearson_p, out.spearman_p = float(pr.pvalue), float(sr.pvalue)
+    boot = _bootstrap(x, y, [arms.index(r.arm) for r in pts], len(arms), resamples, seed)
+    if len(boot):
+        q = [(1 - confidence) / 2, (1 + confidence) / 2]
+        out.pearson_ci = [float(v) for v in np.quantile(boot[:, 0], q)]
+        out.spearman_ci = [float(v) for v in np.quantile(boot[:, 1], q)]
+    out.resamples = len(boot)
+    return out
+
+
+def _defined(x: np.ndarray, y: np.ndarray) -> bool:
+    return len(x) >= 3 and bool(np.ptp(x) > 0) and bool(np.ptp(y) > 0)
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, arm_of: list[int], n_arms: int, resamples: int,
+               seed: int) -> np.ndarray:  # fmt: skip
+    """(pearson, spearman) per resample of the arms, with replacement; undefined ones skipped."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng([seed, 0x424F4F54])
+    members = [np.flatnonzero(np.asarray(arm_of) == a) for a in range(n_arms)]
+    out = []
+    for _ in range(resamples):
+        idx = np.concatenate([members[a] for a in rng.integers(0, n_arms, n_arms)])
+        xb, yb = x[idx], y[idx]
+        if _defined(xb, yb):
+            rx, ry = rankdata(xb), rankdata(yb)
+            out.append((np.corrcoef(xb, yb)[0, 1], np.corrcoef(rx, ry)[0, 1]))
+    return np.array(out).reshape(-1, 2)

@@ -1,0 +1,287 @@
+"""Token-unigram similarity: the formulas on hand-computed vectors, seeded sampling, mixtures,
+the CLI (errors and an end-to-end run on tiny stores) and a study's proximity table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _data_fixtures import make_docs, train_tiny_tokenizer
+
+from midtrain.cli import main
+from midtrain.data.prepare import prepare_source, write_store
+from midtrain.data.store import TokenStore
+from midtrain.data.tokenizer import load_tokenizer
+from midtrain.errors import MidtrainError
+from midtrain.similarity import (
+    Unigram,
+    doc_bounds,
+    mixture,
+    proximity_advantage,
+    raw_unigram,
+    similarity,
+    store_unigram,
+    top_types,
+)
+from midtrain.study.similarity import (
+    ALL_SETS,
+    ProximityRow,
+    ProximityTable,
+    correlate,
+    proximity_table,
+)
+
+
+def uni(name: str, counts: list[float], tok: str = "t") -> Unigram:
+    return Unigram(name, np.asarray(counts), tok, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Formulas
+
+
+def test_identical_sets_score_one_and_disjoint_sets_the_floor():
+    same = similarity(uni("a", [1, 2, 3, 0]), uni("b", [2, 4, 6, 0]))
+    assert (same.cosine, same.jaccard, same.js, same.score) == pytest.approx((1, 1, 0, 1))
+    assert same.k == 3  # the type no set uses is not compared
+    apart = similarity(uni("a", [1, 1, 0, 0]), uni("b", [0, 0, 1, 1]))
+    assert (apart.cosine, apart.jaccard, apart.js) == pytest.approx((0, 0, 1))
+    assert apart.score == pytest.approx(0.3 / 2)  # 0.4 * 0 + 0.3 * 0 + 0.3 / (1 + 1)
+
+
+def test_hand_computed_overlap():
+    # p = (.5, .5, 0), q = (.5, 0, .5): cos = .25 / .5 = .5; Jaccard = |{0}| / |{0,1,2}| = 1/3;
+    # M = (.5, .25, .25): KL(p||M) = .5 log2(.5/.5) + .5 log2(.5/.25) = .5 = KL(q||M), JS = .5
+    s = similarity(uni("p", [1, 1, 0]), uni("q", [3, 0, 3]))
+    assert s.cosine == pytest.approx(0.5)
+    assert s.jaccard == pytest.approx(1 / 3)
+    assert s.js == pytest.approx(0.5)
+    assert s.score == pytest.approx(0.4 * 0.5 + 0.3 / 3 + 0.3 / 1.5)  # = 0.5
+
+
+def test_top_k_ranks_by_the_sum_of_normalised_frequencies():
+    p, q = np.array([0.5, 0.3, 0.2, 0.0]), np.array([0.1, 0.1, 0.1, 0.7])
+    assert top_types(p, q, 2).tolist() == [0, 3]  # p + q = (.6, .4, .3, .7)
+    assert top_types(np.array([0.5, 0.5]), np.array([0.5, 0.5]), 1).tolist() == [0]  # tie: low id
+    # on types {0, 3}: p -> (1, 0), q -> (.125, .875); both use type 0, only q type 3
+    s = similarity(p, q, top_k=2)
+    assert s.k == 2 and s.jaccard == pytest.approx(0.5)
+    assert s.cosine == pytest.approx(0.125 / np.hypot(0.125, 0.875))
+    with pytest.raises(MidtrainError, match="--top-k 0"):
+        similarity(p, q, top_k=0)
+
+
+def test_mixture_is_the_ratio_weighted_average_of_normalised_distributions():
+    a, b = uni("a", [1, 3, 0, 0]), uni("b", [0, 0, 10, 30])  # sizes differ: weights do not
+    m = mixture({"a": a, "b": b}, {"a": 0.25, "b": 0.75}, "m")
+    assert m.probs == pytest.approx(0.25 * a.probs + 0.75 * b.probs)
+    assert proximity_advantage(a, a, b) == 0
+    assert proximity_advantage(m, a, b) > 0  # the mix moved towards b
+    with pytest.raises(MidtrainError, match="sum to"):
+        mixture({"a": a, "b": b}, {"a": 0.5, "b": 0.6}, "m")
+    with pytest.raises(MidtrainError, match="tokenizer"):
+        mixture({"a": a, "c": uni("c", [1, 1, 1, 1], tok="other")}, {"a": 0.5, "c": 0.5}, "m")
+
+
+# ------------------------------------------------------------------------------------------------
+# Documents and sampling
+
+
+def test_doc_bounds_split_on_eos_and_keep_a_trailing_run():
+    start, end = doc_bounds(np.array([5, 6, 0, 0, 7, 0, 8, 9]), eos_id=0)
+    assert list(zip(start.tolist(), end.tolist(), strict=True)) == [(0, 2), (3, 3), (4, 5), (6, 8)]
+
+
+def numbered_store(root: Path, name: str, n_docs: int, tok_hash: str = "t") -> TokenStore:
+    """Document i is the token i + 1 repeated i + 1 times, then EOS (0): a count names its doc."""
+    ids = np.concatenate([np.append(np.full(i + 1, i + 1), 0) for i in range(n_docs)])
+    return write_store(root / name, name, [ids], vocab_size=n_docs + 1, eos_id=0,
+                       tokenizer_hash=tok_hash)  # fmt: skip
+
+
+def test_sampling_is_deterministic_in_the_seed(tmp_path):
+    store = numbered_store(tmp_path, "s", 60)
+    a, b = store_unigram(store, "s", docs=10, seed=0), store_unigram(store, "s", docs=10, seed=0)
+    c = store_unigram(store, "s", docs=10, seed=1)
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.doc_ids, b.doc_ids)
+    assert not np.array_equal(a.doc_ids, c.doc_ids)
+    assert a.n_docs == 10 and a.n_available == 60 and a.counts[0] == 0  # EOS is not counted
+    picked = np.flatnonzero(a.counts)  # token i + 1 appears i + 1 times, once per sampled doc
+    assert np.array_equal(picked - 1, a.doc_ids) and np.array_equal(a.counts[picked], picked)
+    whole = store_unigram(store, "s", docs=1000)
+    assert whole.n_docs == 60 and whole.n_tokens == sum(range(1, 61))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["midtrain", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_a_tokenizer_mismatch_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    a, b = numbered_store(tmp_path, "a", 5, "t1"), numbered_store(tmp_path, "b", 5, "t2")
+    png = tmp_path / "m.png"
+    code, out, err = run_cli(["similarity", a.path, "--to", b.path, "--plot", png],
+                             monkeypatch, capsys)  # fmt: skip
+    assert code == 2 and out == "" and not png.exists()
+    assert err.count("\n") == 1 and err.startswith("error: b (")
+    assert "tokenizer" in err and "; " in err
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--mix", "m=a:1.0"], "--mix and --base go together"),
+        (["--mix", "m=zz:1.0", "--base", "a:1.0"], "'zz' is not a SOURCE"),
+        (["--mix", "m=a:0.5", "--base", "a:1.0"], "sum to 0.5"),
+        (["--docs", "0"], "--docs 0"),
+        (["--plot", "x.pdf"], "not a .png"),
+        (["--study", "nowhere"], "--study: takes no SOURCE"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, match):
+    a = numbered_store(tmp_path, "a", 5)
+    code, out, err = run_cli(["similarity", a.path, "--to", a.path, *extra], monkeypatch, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and match in err
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny tokenizer, stores `web` (varied prose) and `math` (sums), SFT rows of sums."""
+    root = tmp_path_factory.mktemp("simworld")
+    tok_dir = train_tiny_tokenizer(root / "tok")
+    tok = load_tokenizer(tok_dir)
+    rng = np.random.default_rng(0)
+    sums = [(int(a), int(b)) for a, b in rng.integers(0, 99, size=(200, 2))]
+    (root / "web.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                            for d in make_docs(120, seed=1)))  # fmt: skip
+    (root / "math.jsonl").write_text("".join(json.dumps({"text": f"{a} + {b} = {a + b}."}) + "\n"
+                                             for a, b in sums[:150]))  # fmt: skip
+    (root / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"{a} + {b}?",
+                                                        "response": str(a + b)}) + "\n"
+                                            for a, b in sums[150:]))  # fmt: skip
+    for name in ("web", "math"):
+        prepare_source(name, [root / f"{name}.jsonl"], root / "stores" / name, tok,
+                       heldout_fraction=0.0, seed=0, text_field="text")  # fmt: skip
+    return {"root": root, "tok": tok_dir, "web": root / "stores" / "web",
+            "math": root / "stores" / "math", "sft": root / "sft.jsonl"}  # fmt: skip
+
+
+def test_end_to_end_on_tiny_stores(world, tmp_path, monkeypatch, capsys):
+    png = tmp_path / "heat.png"
+    args = ["similarity", world["web"], f"m={world['math']}", "--to", f"sums={world['sft']}",
+            "--to", world["web"], "--tokenizer", world["tok"], "--docs", 50, "--json",
+            "--plot", png, "--mix", "m30=web:0.7,m:0.3", "--base", "web:1.0"]  # fmt: skip
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res["matrix"]) == {"web", "m"} and set(res["matrix"]["web"]) == {"sums", "web"}
+    assert res["matrix"]["web"]["web"]["score"] == pytest.approx(1.0)
+    assert res["matrix"]["m"]["sums"]["score"] > res["matrix"]["web"]["sums"]["score"]
+    assert res["sets"]["m"]["docs"] == 50 and res["sets"]["sums"]["available_docs"] == 50
+    adv = res["proximity"]["m30"]["targets"]
+    assert adv["sums"]["advantage"] > 0 > adv["web"]["advantage"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run_cli(["similarity", world["web"], "--to", world["sft"]], monkeypatch, capsys)
+    assert code == 2 and "pass --tokenizer" in err
+    clash = ["similarity", world["web"], "--to", f"web={world['sft']}", "--tokenizer", world["tok"]]
+    code, _, err = run_cli(clash, monkeypatch, capsys)
+    assert code == 2 and "the name 'web' is taken by SOURCE" in err
+
+
+def test_raw_files_are_sampled_by_seed_and_sft_rows_rendered(world):
+    tok = load_tokenizer(world["tok"])
+    web = world["root"] / "web.jsonl"
+    a, b = raw_unigram(web, "w", tok, docs=10, seed=0), raw_unigram(web, "w", tok, docs=10, seed=0)
+    c = raw_unigram(web, "w", tok, docs=10, seed=1)
+    assert np.array_equal(a.counts, b.counts) and a.n_available == 120 and a.n_docs == 10
+    assert not np.array_equal(a.doc_ids, c.doc_ids)
+    sft = raw_unigram(world["sft"], "s", tok)  # rendered: "Question: {prompt}\nAnswer: {response}"
+    question = tok("Question", add_special_tokens=False)["input_ids"][0]
+    assert sft.n_docs == 50 and sft.counts[question] >= 50
+
+
+# ------------------------------------------------------------------------------------------------
+# Study integration
+
+
+def test_correlation_over_arms():
+    def row(arm: str, s: str, adv: float, gain: float | None) -> ProximityRow:
+        return ProximityRow(arm, s, {}, 0.3, False, 0.5 + adv, 0.5, adv, gain)
+
+    rows = [row(f"a{i}", s, i * k, 2 * i * k) for i in range(5) for k, s in ((1, "x"), (2, "y"))]
+    rows.append(row("none", "x", 9.0, None))  # no probe result: left out
+    one = correlate(rows, "x", resamples=200)
+    assert (one.n_arms, one.n_points) == (5, 5)
+    assert one.pearson == pytest.approx(1) and one.spearman == pytest.approx(1)
+    assert one.pearson_p is not None and one.pearson_ci == pytest.approx([1, 1])
+    pooled = correlate(rows, ALL_SETS, resamples=200)
+    assert (pooled.n_arms, pooled.n_points) == (5, 10) and pooled.pearson_p is None
+    assert 0 < pooled.resamples <= 200
+    flat = correlate([row(f"a{i}", "x", 0.1, float(i)) for i in range(4)], "x")
+    assert flat.pearson is None and flat.resamples == 0  # no spread in the advantage
+
+
+def fake_study(world: dict[str, Path], out: Path) -> Path:
+    """study.json + results.json of a study with a probe on `sums` (gains chosen by the test)."""
+    from midtrain.mix.spec import MixComponent
+    from midtrain.study import results as R
+    from midtrain.study.config import parse_study
+
+    cfg = parse_study({
+        "checkpoint": str(world["tok"]), "stores": {"web": str(world["web"]),
+        "math": str(world["math"])}, "base": {"web": 1.0}, "tokens": 4096,
+        "candidates": [{"name": "math", "mix": {"math": 1.0}, "fractions": [0.1, 0.3, 0.6]}],
+        "sft_probe": {"sets": [{"name": "sums", "train": str(world["sft"])}]},
+    })  # fmt: skip
+    cost = R.Cost(runs=1, tokens=1, flops=1.0, wall_s=1.0, share_of_full_run=None)
+    arms = [
+        R.ArmResult(verdict="include", reason="", name=f"math@{f}", arm=f"math@{f}",
+                    mix=[MixComponent(source="web", ratio=1 - f), MixComponent(source="math", ratio=f)],
+                    candidate_mix={"math": 1.0}, fraction=f, seeds=[0], runs=[], checkpoints=[],
+                    cost=cost, probe=R.ArmProbe(sets={"sums": R.SftSetDelta(
+                        delta_val_loss=-f, ci=[-f - 0.1, -f + 0.1], n_examples=5)}))
+        for f in (0.1, 0.3, 0.6)
+    ]  # fmt: skip
+    res = R.StudyResult(
+        study="fake", arms=arms, confidence=0.95, study_flags=[], start=R.StartPoint(),
+        control=R.ControlResult(seeds=[0], runs=[], noise_floor=None, scores={}, domains={},
+                                cost=cost),
+        eval=R.EvalInfo(include_path=None, tasks=[], domains=[], primary_metric="acc", limit=None,
+                        num_fewshot=0),
+        probe=R.ProbeInfo(sets=["sums"], lrs=[1e-4], epochs=1, seeds=None, tasks=False, domains=[],
+                          decide_on="base"),
+    )  # fmt: skip
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json")}))
+    res.save(out / "results.json")
+    return out
+
+
+def test_study_proximity_table(world, tmp_path, monkeypatch, capsys):
+    study = fake_study(world, tmp_path / "study")
+    table = proximity_table(study, docs=50, resamples=100)
+    assert [r.arm for r in table.rows] == ["math@0.1", "math@0.3", "math@0.6"]
+    adv = [r.advantage for r in table.rows]
+    assert 0 < adv[0] < adv[1] < adv[2]  # more math, closer to the sums
+    assert [r.sft_gain for r in table.rows] == pytest.approx([0.1, 0.3, 0.6])
+    assert table.rows[0].sft_gain_ci == pytest.approx([0.0, 0.2])
+    pooled = table.correlations[0]
+    assert pooled.scope == ALL_SETS and pooled.n_arms == 3 and pooled.spearman == pytest.approx(1)
+    assert set(table.matrix) == {"web", "math"} and "sums" in table.matrix["web"]
+    png = tmp_path / "scatter.png"
+    args = ["similarity", "--study", study, "--json", "--docs", 50, "--plot", png]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    back = ProximityTable.from_dict(json.loads(out))
+    assert back.rows[2].advantage == pytest.approx(adv[2]) and back.correlations[0].n_arms == 3
