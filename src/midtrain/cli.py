@@ -62,14 +62,14 @@ def _register_all() -> None:
         evaluate,
         integrate,
         sft,
+        similarity,
         study,
         train,
         trust,
     )
 
-    for module in (data, train, sft, evaluate, study, integrate, demo, config, trust):
+    for module in (data, train, sft, evaluate, study, integrate, similarity, demo, config, trust):
         module.register(app, GROUPS)
-    __import__("midtrain.commands.similarity", fromlist=["register"]).register(app, GROUPS)
 
 
 _register_all()

@@ -7,7 +7,9 @@ jinja2's autoescape, in Markdown by the `md` filter, in the terminal by `console
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from rich.table import Table
@@ -186,7 +188,10 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
     }
     for name, data in images.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", data)
+    proximity, proximity_error = _proximity(r, cfg, out)
     ctx = {
+        "proximity": proximity,
+        "proximity_error": proximity_error,
         "r": r,
         "cfg": cfg,
         "rows": verdict_rows(r),
@@ -204,3 +209,19 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
     atomic_write_text(out / "report.md", env.get_template("report.md.j2").render(**ctx))
     atomic_write_text(out / "report.html", env.get_template("report.html.j2").render(**ctx))
     return {"results": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
+
+
+def _proximity(r: StudyResult, cfg: StudyConfig, out: Path) -> tuple[Any, str | None]:
+    """With an SFT probe: each arm's token-unigram proximity advantage to each SFT set against its
+    SFT gain (docs/similarity.md), also written to proximity.json. A failure is reported, not raised."""
+    if cfg.sft_probe is None or r.probe is None or not r.arms:
+        return None, None
+    from midtrain.errors import MidtrainError
+    from midtrain.study.similarity import proximity_table
+
+    try:
+        table = proximity_table(r, config=cfg)
+    except (MidtrainError, OSError, ValueError) as e:
+        return None, str(e)
+    atomic_write_text(out / "proximity.json", json.dumps(table.to_dict(), indent=2))
+    return table, None
