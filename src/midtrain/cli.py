@@ -61,13 +61,14 @@ def _register_all() -> None:
         demo,
         evaluate,
         integrate,
+        optimize,
         sft,
         study,
         train,
         trust,
     )
 
-    for module in (data, train, sft, evaluate, study, integrate, demo, config, trust):
+    for module in (data, train, sft, evaluate, study, integrate, optimize, demo, config, trust):
         module.register(app, GROUPS)
 
 
