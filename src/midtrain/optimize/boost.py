@@ -73,13 +73,14 @@ class BoostedModel:
         return f"{type(self.models[0]).__name__}, {BOOT} bootstrap refits"
 
 
-def fit_boosted(x: np.ndarray, y: np.ndarray, sources: list[str], seed: int = 0) -> BoostedModel:
+def fit_boosted(x: np.ndarray, y: np.ndarray, sources: list[str], seed: int = 0,
+                metric: str = "primary") -> BoostedModel:  # fmt: skip
     """Fit on every point, then on `BOOT` seeded bootstrap resamples; leave-one-mix-out CV."""
     why = available()
     if why:
         raise MidtrainError(f"--model gbm: {why}; or use --model loglinear")
     if len(y) < MIN_POINTS:
-        raise MidtrainError(f"--model gbm: {len(y)} points; a boosted model needs at least "
+        raise MidtrainError(f"--model gbm: {metric} has {len(y)} points; a boosted model needs at least "
                             f"{MIN_POINTS}; use --model loglinear or run more arms")  # fmt: skip
     rng = np.random.default_rng(seed)
     models = [_regressor(seed).fit(x, y)]

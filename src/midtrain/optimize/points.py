@@ -127,7 +127,19 @@ def _scored(res: StudyResult) -> str:
 def _control_points(pts: Points, d: Path, res: StudyResult, mix: tuple, seen: set[str]) -> None:
     noise = res.control.noise_floor
     scores = noise.control_scores if noise is not None else []
-    _runs(pts, d, res, [r for r in res.control.runs if r.status == "done"], scores, mix, seen)
+    done = [r for r in res.control.runs if r.status == "done"]
+    fresh = [r.run_id not in seen for r in done]
+    if _runs(pts, d, res, done, scores, mix, seen):
+        return
+    for key, table, hb in (
+        ("domain", res.control.domains, False),
+        ("task", res.control.scores, True),
+    ):
+        for name, vals in table.items():  # per finished control run, in the same order
+            for i, v in enumerate(vals if len(vals) == len(done) else []):
+                if fresh[i]:
+                    origin = f"{d.name}/control/s{done[i].seed}"
+                    pts.add(f"{key}:{name}", Point(mix, float(v), origin), hb)
 
 
 def _arm_points(pts: Points, d: Path, res: StudyResult, arm: ArmResult, seen: set[str]) -> None:

@@ -140,7 +140,7 @@ def _model(pts: Points, metric: str, sources: list[str], anchor: dict[str, float
                             "tasks (eval.tasks) and finished runs")  # fmt: skip
     x, y, se = pts.matrix(metric, sources)
     if kind == "gbm":
-        return boost.fit_boosted(x, y, sources, seed)
+        return boost.fit_boosted(x, y, sources, seed, metric)
     ref = sources.index(max(anchor, key=lambda s: anchor[s]))
     return fit.fit_law(x, y, sources, ref=ref, se=se, seed=seed)
 
