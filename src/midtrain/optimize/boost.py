@@ -51,6 +51,7 @@ class BoostedModel:
     mixes: int
     loo_rmse: float | None = None
     loo_n: int = 0
+    loo_worst: tuple[int, float] | None = None
     kind: str = "gbm"
     smooth: bool = False
     notes: list[str] = field(default_factory=list)
@@ -94,6 +95,7 @@ def fit_boosted(x: np.ndarray, y: np.ndarray, sources: list[str], seed: int = 0,
         out = np.array([kk == k for kk in keys])
         if (~out).sum() >= 2:
             m = _regressor(seed).fit(x[~out], y[~out])
-            errs.append(float(m.predict(x[out][:1])[0] - y[out].mean()))
-    rmse = float(np.sqrt(np.mean(np.square(errs)))) if errs else None
-    return BoostedModel(sources, models, len(y), len(uniq), rmse, len(errs))
+            errs.append((int(np.argmax(out)), float(m.predict(x[out][:1])[0] - y[out].mean())))
+    rmse = float(np.sqrt(np.mean([e * e for _, e in errs]))) if errs else None
+    worst = max(errs, key=lambda ie: abs(ie[1])) if errs else None
+    return BoostedModel(sources, models, len(y), len(uniq), rmse, len(errs), worst)

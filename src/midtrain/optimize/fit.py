@@ -44,6 +44,7 @@ class LogLinearLaw:
     mixes: int
     loo_rmse: float | None = None
     loo_n: int = 0
+    loo_worst: tuple[int, float] | None = None  # (a point of the worst-predicted mix, its error)
     kind: str = "loglinear"
     notes: list[str] = field(default_factory=list)
 
@@ -121,7 +122,10 @@ def fit_law(x: np.ndarray, y: np.ndarray, sources: list[str], ref: int = 0,
         law.notes.append("the points do not pin every parameter down (rank-deficient Jacobian); "
                          "the uncertainty along those directions is left out")  # fmt: skip
     if cv:
-        law.loo_rmse, law.loo_n = _loo(x, y, w, ref, seed, mixes, theta)
+        errs = _loo(x, y, w, ref, seed, mixes, theta)
+        if errs:
+            law.loo_rmse = float(np.sqrt(np.mean([e * e for _, e in errs])))
+            law.loo_n, law.loo_worst = len(errs), max(errs, key=lambda ie: abs(ie[1]))
     return law
 
 
@@ -174,15 +178,14 @@ def _best_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, ref: int, seed: int,
 
 
 def _loo(x: np.ndarray, y: np.ndarray, w: np.ndarray, ref: int, seed: int,
-         mixes: list[np.ndarray], theta: np.ndarray) -> tuple[float | None, int]:  # fmt: skip
-    """Leave one mix out: RMSE of predicting its mean from a law fitted on the rest."""
+         mixes: list[np.ndarray], theta: np.ndarray) -> list[tuple[int, float]]:  # fmt: skip
+    """Leave one mix out: (a point of the mix, the error predicting its mean from a law fitted on
+    the rest), for each mix whose removal leaves enough points."""
     p, errs = len(theta), []
     for g in mixes:
         keep = np.setdiff1d(np.arange(len(y)), g)
         if len(keep) < p + 1 or len(_groups(x[keep])) < p:
             continue
         th = _best_fit(x[keep], y[keep], w[keep], ref, seed, starts=0, theta0=theta)
-        errs.append(float(_f(th, x[g[:1]], ref)[0] - y[g].mean()))
-    if not errs:
-        return None, 0
-    return float(np.sqrt(np.mean(np.square(errs)))), len(errs)
+        errs.append((int(g[0]), float(_f(th, x[g[:1]], ref)[0] - y[g].mean())))
+    return errs

@@ -34,7 +34,10 @@ class Predicted:
     se: float
     higher_better: bool
     tolerance: float | None = None
-    cv_rmse: float | None = None
+    cv_rmse: float | None = None  # leave one mix out
+    cv_mixes: int = 0
+    cv_worst: str | None = None  # "ORIGIN (error)"
+    measured: float | None = None  # the mean of the points measured at the current mix
 
 
 @dataclass
@@ -79,6 +82,7 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     x, y, _ = pts.matrix(PRIMARY, sources)
     lo, hi = np.clip(x.min(axis=0) - margin, 0, 1), np.clip(x.max(axis=0) + margin, 0, 1)
     guards, gmodels = _guards(pts, cfg0, sources, anchor, model, seed, current, ucb)
+    pred = lambda metric, m, hb, tol=None: _predicted(pts, metric, m, sol.r, current, hb, tol)  # noqa: E731
     spread = float(y.max() - y.min()) or 1.0
     prob = Problem(sources=sources, anchor=anchor, current=current,
                    primary=lambda r: float(primary.predict(r)[0]), spread=spread, kl=kl,
@@ -88,9 +92,8 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     prop = Proposal(
         sources=sources, current=current, current_name=cur_name, proposed=sol.r, lo=lo, hi=hi,
         caps=caps, model=primary.kind, law=primary.describe(), points=primary.n,
-        mixes=primary.mixes, primary=_predicted(PRIMARY, primary, sol.r, current, True),
-        guards=[_predicted(g.name, m, sol.r, current, hb, g.tolerance)
-                for g, (m, hb) in zip(guards, gmodels, strict=True)],
+        mixes=primary.mixes, primary=pred(PRIMARY, primary, True),
+        guards=[pred(g.name, m, hb, g.tolerance) for g, (m, hb) in zip(guards, gmodels, strict=True)],
         outside=sol.outside, notes=pts.notes + primary.notes,
     )  # fmt: skip
     prop.round = _round(prop, sol, prob, pts, history, budgets, tokens, out, studies)
@@ -165,11 +168,18 @@ def _guards(pts: Points, cfg0: dict[str, Any], sources: list[str], anchor: dict[
     return guards, models
 
 
-def _predicted(metric: str, m: Any, r: np.ndarray, current: np.ndarray, hb: bool,
+def _predicted(pts: Points, metric: str, m: Any, r: np.ndarray, current: np.ndarray, hb: bool,
                tolerance: float | None = None) -> Predicted:  # fmt: skip
     d, se = m.delta(r, current)
-    return Predicted(metric, float(m.predict(current)[0]), float(m.predict(r)[0]), d, se, hb,
-                     tolerance, m.loo_rmse)  # fmt: skip
+    out = Predicted(metric, float(m.predict(current)[0]), float(m.predict(r)[0]), d, se, hb,
+                    tolerance, m.loo_rmse, m.loo_n)  # fmt: skip
+    x, y, _ = pts.matrix(metric, m.sources)
+    at = np.all(np.abs(x - current) < 1e-6, axis=1)
+    out.measured = float(y[at].mean()) if at.any() else None
+    if m.loo_worst is not None:
+        i, err = m.loo_worst
+        out.cv_worst = f"{pts.metrics[metric][i].origin.rsplit('/s', 1)[0]} ({err:+.3g})"
+    return out
 
 
 def _round(prop: Proposal, sol: Solution, prob: Problem, pts: Points, history: Path | None,

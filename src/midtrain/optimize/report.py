@@ -23,14 +23,18 @@ def mix_table(p: Proposal) -> Table:
 
 
 def metric_table(p: Proposal) -> Table:
-    t = Table(title="predicted at the proposal vs the current mix (± se: parameter uncertainty)")
-    for c in ("metric", "current", "proposed", "Δ", "± se", "tolerance", "CV rmse"):
+    t = Table(title="predicted at the proposal vs the current mix (± se: parameter uncertainty; "
+              "measured: the runs at the current mix)")  # fmt: skip
+    cols = ("metric", "measured", "current", "proposed", "Δ", "± se", "tolerance", "CV rmse",
+            "worst mix")  # fmt: skip
+    for c in cols:
         t.add_column(c, justify="left" if c == "metric" else "right")
     for m in [p.primary, *p.guards]:
         tol = "—" if m.tolerance is None else f"{m.tolerance:g} ({_better(m)})"
         cv = "—" if m.cv_rmse is None else f"{m.cv_rmse:.3g}"
-        t.add_row(safe(m.metric), f"{m.current:.4f}", f"{m.proposed:.4f}", f"{m.delta:+.4f}",
-                  f"{m.se:.4f}", tol, cv)  # fmt: skip
+        meas = "—" if m.measured is None else f"{m.measured:.4f}"
+        t.add_row(safe(m.metric), meas, f"{m.current:.4f}", f"{m.proposed:.4f}", f"{m.delta:+.4f}",
+                  f"{m.se:.4f}", tol, cv, safe(m.cv_worst or "—"))  # fmt: skip
     return t
 
 
@@ -47,6 +51,11 @@ def lines(p: Proposal) -> list[str]:
                    "Measure mixes nearer to it before going further")  # fmt: skip
     else:
         out.append("extrapolation: none; the optimum lies within the measured weights ± margin")
+    m = p.primary
+    if m.measured is not None and abs(m.measured - m.current) > abs(m.delta):
+        out.append(f"lack of fit: at the current mix the law predicts {m.current:.4f} and its runs "
+                   f"measured {m.measured:.4f}; that residual ({m.measured - m.current:+.4f}) is "
+                   "larger than the predicted gain")  # fmt: skip
     z = p.primary.delta / p.primary.se if p.primary.se > 0 else float("inf")
     if z < 2:
         out.append(f"the predicted gain is {z:.1f} se from 0: the fit cannot tell this mix from "
@@ -57,7 +66,8 @@ def lines(p: Proposal) -> list[str]:
 def to_json(p: Proposal) -> dict[str, Any]:
     def pred(m: Predicted) -> dict[str, Any]:
         return {k: getattr(m, k) for k in ("metric", "current", "proposed", "delta", "se",
-                                            "higher_better", "tolerance", "cv_rmse")}  # fmt: skip
+                                            "higher_better", "tolerance", "cv_rmse", "cv_mixes",
+                                            "cv_worst", "measured")}  # fmt: skip
 
     return {
         "model": p.model, "law": p.law, "points": p.points, "mixes": p.mixes,
