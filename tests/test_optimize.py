@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_study_e2e import study_file, world  # noqa: F401 - the fixture
 
 from midtrain.cli import main
 from midtrain.errors import MidtrainError
@@ -269,3 +270,43 @@ def test_cli_too_few_points(tmp_path, capsys):
         "arms (fractions or candidates) first"
     )
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end on the tiny world of test_study_e2e: a real study, then the proposal from it
+
+OPT_CANDS = """
+[[candidates]]
+name = "task-items"
+mix = { taskitems = 1.0 }
+fractions = [0.2, 0.5]
+max_repetition = 50.0
+
+[[candidates]]
+name = "math"
+mix = { math = 1.0 }
+fractions = [0.2, 0.5]
+max_repetition = 50.0
+
+[[guards]]
+domain = "web"
+tolerance = 0.5
+"""
+
+
+@pytest.mark.slow
+def test_optimize_end_to_end(world, tmp_path, capsys):  # noqa: F811 - the fixture
+    from midtrain.integrate.config import load_round
+
+    path = study_file(world, tmp_path, OPT_CANDS, seeds=(0, 1), tokens=4096)
+    study = tmp_path / "study"
+    assert _cli(["study", "run", str(path), "--out", str(study)], capsys)[0] == 0
+    out = tmp_path / "round.toml"
+    code, text, err = _cli(["optimize", str(study), "--out", str(out), "--budget",
+                            "taskitems+math=0.6"], capsys)  # fmt: skip
+    assert code == 0, err
+    spec, cfg = load_round(out)  # 10 points (5 mixes) for a law over web, taskitems, math
+    mix = spec.mix()
+    assert mix.get("taskitems", 0) + mix.get("math", 0) <= 0.6 + 1e-6
+    assert all(v <= 0.6 + 1e-6 for s, v in mix.items() if s != "web"), mix  # measured 0.5 + 0.1
+    assert cfg.reuse == [str(study)] and "fit: 10 points at 5 distinct mixes" in text, text
