@@ -45,6 +45,7 @@ class LogLinearLaw:
     loo_rmse: float | None = None
     loo_n: int = 0
     loo_worst: tuple[int, float] | None = None  # (a point of the worst-predicted mix, its error)
+    loo_errors: list[tuple[int, float]] = field(default_factory=list)
     kind: str = "loglinear"
     notes: list[str] = field(default_factory=list)
 
@@ -122,11 +123,55 @@ def fit_law(x: np.ndarray, y: np.ndarray, sources: list[str], ref: int = 0,
         law.notes.append("the points do not pin every parameter down (rank-deficient Jacobian); "
                          "the uncertainty along those directions is left out")  # fmt: skip
     if cv:
-        errs = _loo(x, y, w, ref, seed, mixes, theta)
-        if errs:
-            law.loo_rmse = float(np.sqrt(np.mean([e * e for _, e in errs])))
-            law.loo_n, law.loo_worst = len(errs), max(errs, key=lambda ie: abs(ie[1]))
+        law.loo_errors = _loo(x, y, w, ref, seed, mixes, theta)
+        _summarise_loo(law, law.loo_errors)
     return law
+
+
+def _summarise_loo(model: LogLinearLaw | MeanOfLaws, errs: list[tuple[int, float]]) -> None:
+    if errs:
+        model.loo_rmse = float(np.sqrt(np.mean([e * e for _, e in errs])))
+        model.loo_n, model.loo_worst = len(errs), max(errs, key=lambda ie: abs(ie[1]))
+
+
+@dataclass
+class MeanOfLaws:
+    """The primary score as what it is, the mean over its tasks, each task with its own law
+    (fitted on the same runs). The se treats the task fits as independent (an approximation:
+    they share the runs); cross-validation averages the tasks' errors at each left-out mix."""
+
+    laws: list[LogLinearLaw]
+    tasks: list[str]
+    kind: str = "loglinear, mean of task laws"
+    loo_rmse: float | None = None
+    loo_n: int = 0
+    loo_worst: tuple[int, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        errs = [dict(law.loo_errors) for law in self.laws]
+        common = set.intersection(*(set(e) for e in errs)) if errs else set()
+        _summarise_loo(self, [(i, float(np.mean([e[i] for e in errs]))) for i in sorted(common)])
+        self.notes = [n for law in self.laws for n in law.notes]
+
+    sources = property(lambda self: self.laws[0].sources)
+    n = property(lambda self: self.laws[0].n)
+    mixes = property(lambda self: self.laws[0].mixes)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([law.predict(x) for law in self.laws], axis=0)
+
+    def se(self, x: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.sum([law.se(x) ** 2 for law in self.laws], axis=0)) / len(self.laws)
+
+    def delta(self, x: np.ndarray, x0: np.ndarray) -> tuple[float, float]:
+        ds = [law.delta(x, x0) for law in self.laws]
+        d = float(np.mean([d for d, _ in ds]))
+        return d, float(np.sqrt(sum(se * se for _, se in ds)) / len(ds))
+
+    def describe(self) -> str:
+        return "; ".join(f"{t}: {law.describe()}" for t, law in zip(self.tasks, self.laws,
+                                                                      strict=True))  # fmt: skip
 
 
 def _groups(x: np.ndarray) -> list[np.ndarray]:

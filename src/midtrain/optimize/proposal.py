@@ -145,7 +145,40 @@ def _model(pts: Points, metric: str, sources: list[str], anchor: dict[str, float
     if kind == "gbm":
         return boost.fit_boosted(x, y, sources, seed, metric)
     ref = sources.index(max(anchor, key=lambda s: anchor[s]))
-    return fit.fit_law(x, y, sources, ref=ref, se=se, seed=seed)
+    law = fit.fit_law(x, y, sources, ref=ref, se=se, seed=seed)
+    return _per_task(pts, law, x, sources, ref, seed) if metric == PRIMARY else law
+
+
+def _per_task(pts: Points, law: fit.LogLinearLaw, x: np.ndarray, sources: list[str], ref: int,
+              seed: int) -> Any:  # fmt: skip
+    """The primary as the mean of its tasks' laws, when every task was measured on the same runs
+    and that predicts left-out mixes better (leave-one-mix-out) than one law on the primary."""
+    res = pts.studies[0][2]
+    tasks = res.method.primary_tasks if res.method else res.eval.tasks
+    laws = []
+    for t in tasks:
+        if f"task:{t}" not in pts.metrics:
+            return law
+        xt, yt, se = pts.matrix(f"task:{t}", sources)
+        if xt.shape != x.shape or not np.allclose(xt, x) or not np.isnan(se).all():
+            return law
+        laws.append(fit.fit_law(xt, yt, sources, ref=ref, se=se, seed=seed))
+    if len(laws) < 2:
+        return law
+    mean = fit.MeanOfLaws(laws, list(tasks))
+    if mean.loo_rmse is None or (law.loo_rmse is not None and law.loo_rmse <= mean.loo_rmse):
+        law.notes.append(f"one law on the primary score (leave-one-mix-out rmse "
+                         f"{_g(law.loo_rmse)}) over the mean of its {len(laws)} task laws "
+                         f"({_g(mean.loo_rmse)})")  # fmt: skip
+        return law
+    mean.notes.append(f"the primary as the mean of its {len(laws)} task laws (leave-one-mix-out "
+                      f"rmse {_g(mean.loo_rmse)}) over one law on the primary score "
+                      f"({_g(law.loo_rmse)})")  # fmt: skip
+    return mean
+
+
+def _g(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
 
 
 def _guards(pts: Points, cfg0: dict[str, Any], sources: list[str], anchor: dict[str, float],
