@@ -310,3 +310,26 @@ def test_optimize_end_to_end(world, tmp_path, capsys):  # noqa: F811 - the fixtu
     assert mix.get("taskitems", 0) + mix.get("math", 0) <= 0.6 + 1e-6
     assert all(v <= 0.6 + 1e-6 for s, v in mix.items() if s != "web"), mix  # measured 0.5 + 0.1
     assert cfg.reuse == [str(study)] and "fit: 10 points at 5 distinct mixes" in text, text
+
+
+def test_mean_of_task_laws_adds_what_one_exponential_cannot():
+    """Two tasks, each helped by its own source: their mean is predicted by the mean of the two
+    laws, and better than by one law on the mean (leave one mix out)."""
+    from midtrain.optimize.fit import MeanOfLaws
+
+    rng = np.random.default_rng(1)
+    x = np.repeat(_x(_mixes()), 2, axis=0)
+    ta = _law(np.array([0.0, -1.0, 0.0, 0.0, -6.0]), x)  # math
+    tb = _law(np.array([0.0, -1.0, -6.0, 0.0, 0.0]), x)  # code
+    ya, yb = ta + rng.normal(0, 0.005, len(x)), tb + rng.normal(0, 0.005, len(x))
+    laws = [fit_law(x, y, SOURCES, ref=REF) for y in (ya, yb)]
+    mean = MeanOfLaws(laws, ["a", "b"])
+    one = fit_law(x, (ya + yb) / 2, SOURCES, ref=REF)
+    assert mean.predict(x[:3]) == pytest.approx(
+        (laws[0].predict(x[:3]) + laws[1].predict(x[:3])) / 2
+    )
+    assert mean.loo_rmse < one.loo_rmse, (mean.loo_rmse, one.loo_rmse)
+    d, se = mean.delta(x[-1], x[0])
+    assert se == pytest.approx(
+        np.hypot(laws[0].delta(x[-1], x[0])[1], laws[1].delta(x[-1], x[0])[1]) / 2
+    )

@@ -122,6 +122,10 @@ def fit_law(x: np.ndarray, y: np.ndarray, sources: list[str], ref: int = 0,
     if np.linalg.matrix_rank(jw.T @ jw, tol=1e-9 * max(1.0, np.abs(jw).max() ** 2)) < p:
         law.notes.append("the points do not pin every parameter down (rank-deficient Jacobian); "
                          "the uncertainty along those directions is left out")  # fmt: skip
+    at_bound = [s for s, v in zip(sources, law._t(theta), strict=True) if abs(v) >= T_BOUND - 1e-6]
+    if at_bound:
+        law.notes.append(f"the slope of {', '.join(at_bound)} is at its bound (±{T_BOUND:g}): the "
+                         "law jumps between measured shares there; its se is not reliable")  # fmt: skip
     if cv:
         law.loo_errors = _loo(x, y, w, ref, seed, mixes, theta)
         _summarise_loo(law, law.loo_errors)

@@ -48,7 +48,8 @@ class Proposal:
     proposed: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    caps: dict[str, float]  # the most share each source may take (repetition caps)
+    caps: dict[str, float]  # repetition caps (epochs)
+    cap_share: dict[str, float]  # the most share each source may take under its cap
     model: str
     law: str  # the fitted primary response, in words
     points: int
@@ -91,7 +92,7 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     sol = solve(prob, seed=seed)
     prop = Proposal(
         sources=sources, current=current, current_name=cur_name, proposed=sol.r, lo=lo, hi=hi,
-        caps=caps, model=primary.kind, law=primary.describe(), points=primary.n,
+        caps=caps, cap_share=upper, model=primary.kind, law=primary.describe(), points=primary.n,
         mixes=primary.mixes, primary=pred(PRIMARY, primary, True),
         guards=[pred(g.name, m, hb, g.tolerance) for g, (m, hb) in zip(guards, gmodels, strict=True)],
         outside=sol.outside, notes=pts.notes + primary.notes,

@@ -13,12 +13,13 @@ from midtrain.optimize.proposal import Predicted, Proposal
 
 def mix_table(p: Proposal) -> Table:
     t = Table(title=f"mix proposal ({p.model}): current = {safe(p.current_name)}")
-    for c in ("source", "current", "proposed", "measured ± margin", "cap"):
+    for c in ("source", "current", "proposed", "measured ± margin", "repetition cap"):
         t.add_column(c, justify="left" if c == "source" else "right")
     for i, s in enumerate(p.sources):
         cap = p.round.get("max_repetition", {}).get(s, p.caps[s])
         t.add_row(safe(s), f"{p.current[i]:.1%}", f"{p.proposed[i]:.1%}",
-                  f"[{p.lo[i]:.0%}, {p.hi[i]:.0%}]", f"{cap:g} ep")  # fmt: skip
+                  f"[{p.lo[i]:.0%}, {p.hi[i]:.0%}]",
+                  f"{cap:g} ep (≤ {min(p.cap_share[s], 1.0):.0%})")  # fmt: skip
     return t
 
 
@@ -30,16 +31,16 @@ def metric_table(p: Proposal) -> Table:
     for c in cols:
         t.add_column(c, justify="left" if c == "metric" else "right")
     for m in [p.primary, *p.guards]:
-        tol = "—" if m.tolerance is None else f"{m.tolerance:g} ({_better(m)})"
+        tol = (
+            "—"
+            if m.tolerance is None
+            else f"Δ {'≥ -' if m.higher_better else '≤ +'}{m.tolerance:g}"
+        )
         cv = "—" if m.cv_rmse is None else f"{m.cv_rmse:.3g}"
         meas = "—" if m.measured is None else f"{m.measured:.4f}"
         t.add_row(safe(m.metric), meas, f"{m.current:.4f}", f"{m.proposed:.4f}", f"{m.delta:+.4f}",
                   f"{m.se:.4f}", tol, cv, safe(m.cv_worst or "—"))  # fmt: skip
     return t
-
-
-def _better(m: Predicted) -> str:
-    return "higher is better" if m.higher_better else "lower is better"
 
 
 def lines(p: Proposal) -> list[str]:
@@ -73,7 +74,8 @@ def to_json(p: Proposal) -> dict[str, Any]:
         "model": p.model, "law": p.law, "points": p.points, "mixes": p.mixes,
         "current_name": p.current_name,
         "sources": {s: {"current": float(p.current[i]), "proposed": float(p.proposed[i]),
-                        "low": float(p.lo[i]), "high": float(p.hi[i]), "cap": p.caps[s]}
+                        "low": float(p.lo[i]), "high": float(p.hi[i]), "cap": p.caps[s],
+                        "cap_share": p.cap_share[s]}
                     for i, s in enumerate(p.sources)},
         "primary": pred(p.primary), "guards": [pred(g) for g in p.guards],
         "extrapolation": p.outside, "notes": p.notes, "round": p.round,
