@@ -156,7 +156,8 @@ class MeanOfLaws:
         errs = [dict(law.loo_errors) for law in self.laws]
         common = set.intersection(*(set(e) for e in errs)) if errs else set()
         _summarise_loo(self, [(i, float(np.mean([e[i] for e in errs]))) for i in sorted(common)])
-        self.notes = [n for law in self.laws for n in law.notes]
+        self.notes = [f"{t}: {n}" for t, law in zip(self.tasks, self.laws, strict=True)
+                      for n in law.notes]  # fmt: skip
 
     sources = property(lambda self: self.laws[0].sources)
     n = property(lambda self: self.laws[0].n)
