@@ -123,7 +123,7 @@ def _run(name: str, arm: str, seed: int) -> dict:
             "dir": f"runs/{arm}-{seed}", "status": "done"}  # fmt: skip
 
 
-def _fake_study(root, stores: dict[str, int], seed: int = 0):  # noqa: ANN001, ANN202
+def _fake_study(root, stores: dict[str, int], seed: int = 0, guard: float | None = 0.05):  # noqa: ANN001, ANN202
     """A finished study whose runs score on the synthetic law (primary) and web bpb (derived)."""
     from midtrain.data.prepare import write_store
     from midtrain.io import atomic_write_json
@@ -141,7 +141,7 @@ def _fake_study(root, stores: dict[str, int], seed: int = 0):  # noqa: ANN001, A
         "name": "syn", "checkpoint": str(root / "ckpt"), "tokens": 4096,
         "stores": {s: str(root / "stores" / s) for s in stores}, "base": {"web": 1.0},
         "candidates": cands, "eval": {"tasks": ["t1"]},
-        "guards": [{"domain": "web", "tolerance": 0.05}],
+        "guards": [{"domain": "web", "tolerance": guard}] if guard is not None else [],
     })  # fmt: skip
     study = root / "study"
     rng = np.random.default_rng(seed)
@@ -155,7 +155,7 @@ def _fake_study(root, stores: dict[str, int], seed: int = 0):  # noqa: ANN001, A
     for m in mixes:
         cand = next(iter(set(m) - {"web"}))
         arm = f"{cand}@{m[cand]:g}"
-        bpb = float(_law(WEB_BPB, _x([m]))[0]) - web0
+        bpb = float(_law(WEB_BPB, _x([m]))[0]) - web0 + rng.normal(0, 0.002)
         primary = {"delta": 0.0, "ci": [0, 0], "se": 0.01, "df": 2, "p": 0.5, "metric": "acc",
                    "tasks": ["t1"], "mde": None, "run_scores": scores(m)}  # fmt: skip
         arms.append({
@@ -333,3 +333,27 @@ def test_mean_of_task_laws_adds_what_one_exponential_cannot():
     assert se == pytest.approx(
         np.hypot(laws[0].delta(x[-1], x[0])[1], laws[1].delta(x[-1], x[0])[1]) / 2
     )
+
+
+def test_guard_on_the_upper_bound_is_stricter(tmp_path):
+    from midtrain.optimize.proposal import Z_UCB, optimize
+
+    study = _fake_study(tmp_path, BIG, guard=0.01)
+    mean = optimize([study], out=tmp_path / "r.toml", kl=0.0)
+    ucb = optimize([study], out=tmp_path / "r.toml", kl=0.0, ucb=True)
+    (g,), (gu,) = mean.guards, ucb.guards
+    assert g.delta == pytest.approx(0.01, abs=1e-4)  # the guard binds on the mean
+    assert gu.delta + Z_UCB * gu.se == pytest.approx(0.01, abs=1e-4) and gu.delta < g.delta
+    assert ucb.primary.delta < mean.primary.delta
+
+
+def test_gbm_proposal_writes_a_valid_round_within_the_budget(tmp_path, capsys):
+    from midtrain.integrate.config import load_round
+
+    study = _fake_study(tmp_path, BIG, guard=None)  # 20 per-run primary points, no guard
+    out = tmp_path / "round.toml"
+    args = ["optimize", str(study), "--out", str(out), "--model", "gbm", "--budget", "flan=0.2"]
+    code, text, err = _cli(args, capsys)
+    assert code == 0, err
+    spec, _ = load_round(out)
+    assert spec.mix().get("flan", 0) <= 0.2 + 1e-6 and "gbm" in text

@@ -221,7 +221,10 @@ def _round(prop: Proposal, sol: Solution, prob: Problem, pts: Points, history: P
     """The proposal as a round (study fields from the first study, paths relative to `out`)."""
     from midtrain.integrate.propose import _last_round, finish_round
 
-    shares = {u: round(float(v), 4) for u, v in zip(prob.units[1:], sol.z[1:], strict=True)}
+    # shares rounded down (a cap that binds still holds); the anchor takes the remainder
+    shares = {
+        u: float(np.floor(v * 1e4) / 1e4) for u, v in zip(prob.units[1:], sol.z[1:], strict=True)
+    }
     anchor_share = round(1.0 - sum(shares.values()), 6)
     cur = {s: float(v) for s, v in zip(prop.sources, prop.current, strict=True) if v > 0}
     last = _last_round(history)
