@@ -100,6 +100,8 @@ def load_points(studies: list[Path], history: Path | None = None) -> Points:
     for d in [Path(s).resolve() for s in studies] + round_dirs(history):
         cfg, res = read_study(d)
         _check_alike(pts, d, res)
+        if pts.studies:
+            _note_protocol(pts, d, cfg)
         pts.studies.append((d, cfg, res))
         base = tuple(sorted((s, float(r)) for s, r in cfg["base"].items() if r > 0))
         _control_points(pts, d, res, base, seen)
@@ -117,6 +119,15 @@ def _check_alike(pts: Points, d: Path, res: StudyResult) -> None:
     if _scored(res) != _scored(r0):
         raise MidtrainError(f"{d}: its primary score ({_scored(res)}) is not {d0.name}'s "
                             f"({_scored(r0)}); optimise over studies scored alike")  # fmt: skip
+
+
+def _note_protocol(pts: Points, d: Path, cfg: dict[str, Any]) -> None:
+    """Scores of runs with other tokens or another start checkpoint are pooled as they are."""
+    d0, cfg0, _ = pts.studies[0]
+    for k in ("tokens", "checkpoint", "schedule"):
+        if cfg.get(k) != cfg0.get(k):
+            pts.notes.append(f"{d.name}: its {k} differs from {d0.name}'s; their runs are pooled "
+                             "as if alike (the law has no term for it)")  # fmt: skip
 
 
 def _scored(res: StudyResult) -> str:

@@ -68,6 +68,8 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     """Fit, solve and draft the round (not written: see `round_text`)."""
     if kl < 0:
         raise MidtrainError(f"--kl {kl}: must be >= 0")
+    if tokens is not None and tokens <= 0:
+        raise MidtrainError(f"--tokens {tokens}: must be > 0")
     if model not in ("loglinear", "gbm"):
         raise MidtrainError(f"--model {model}: use loglinear or gbm")
     pts = load_points(studies, history)
@@ -83,13 +85,16 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     x, y, _ = pts.matrix(PRIMARY, sources)
     lo, hi = np.clip(x.min(axis=0) - margin, 0, 1), np.clip(x.max(axis=0) + margin, 0, 1)
     guards, gmodels = _guards(pts, cfg0, sources, anchor, model, seed, current, ucb)
-    pred = lambda metric, m, hb, tol=None: _predicted(pts, metric, m, sol.r, current, hb, tol)  # noqa: E731
     spread = float(y.max() - y.min()) or 1.0
     prob = Problem(sources=sources, anchor=anchor, current=current,
                    primary=lambda r: float(primary.predict(r)[0]), spread=spread, kl=kl,
                    budgets=budgets, upper=upper, cap_text=cap_text, guards=guards, lo=lo, hi=hi,
                    smooth=getattr(primary, "smooth", True))  # fmt: skip
     sol = solve(prob, seed=seed)
+
+    def pred(metric: str, m: Any, hb: bool, tol: float | None = None) -> Predicted:
+        return _predicted(pts, metric, m, sol.r, current, hb, tol)
+
     prop = Proposal(
         sources=sources, current=current, current_name=cur_name, proposed=sol.r, lo=lo, hi=hi,
         caps=caps, cap_share=upper, model=primary.kind, law=primary.describe(), points=primary.n,
