@@ -199,8 +199,10 @@ def _guards(pts: Points, cfg0: dict[str, Any], sources: list[str], anchor: dict[
         sign = -1.0 if hb else 1.0
 
         def worse(r: np.ndarray, m: Any = m, sign: float = sign) -> float:
+            if not ucb:  # the mean alone (cheap: no se)
+                return sign * float(m.predict(r)[0] - m.predict(current)[0])
             d, se = m.delta(r, current)
-            return sign * d + (Z_UCB * se if ucb else 0.0)
+            return sign * d + Z_UCB * se
 
         guards.append(Guard(metric, float(g.get("tolerance", 0.0)), worse))
         models.append((m, hb))
