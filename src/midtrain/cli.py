@@ -61,6 +61,7 @@ def _register_all() -> None:
         demo,
         evaluate,
         integrate,
+        optimize,
         sft,
         similarity,
         study,
@@ -68,7 +69,20 @@ def _register_all() -> None:
         trust,
     )
 
-    for module in (data, train, sft, evaluate, study, integrate, similarity, demo, config, trust):
+    modules = (
+        data,
+        train,
+        sft,
+        evaluate,
+        study,
+        integrate,
+        optimize,
+        similarity,
+        demo,
+        config,
+        trust,
+    )
+    for module in modules:
         module.register(app, GROUPS)
 
 

@@ -83,8 +83,6 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
             tokens: int | None = None, ablate: list[str] | None = None, name: str | None = None,
             merge_seeds: bool = False) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
     """The next round as data (paths relative to `out`'s folder) and the notes on its shares."""
-    from midtrain.data.store import open_store
-
     if not 0.0 <= anchor_share < 1.0:
         raise MidtrainError(f"--anchor-share {anchor_share}: must be in [0, 1)")
     found = [_study(Path(d).resolve()) for d in studies]
@@ -108,14 +106,12 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
         raise MidtrainError(f"candidate source {overlap[0]!r} is also in the base mix; the "
                             "anchor is the base mix, so give it its own store")  # fmt: skip
     tokens = tokens or int(cfg0["tokens"])
-    store_tokens = {
-        s: open_store(p, f"stores.{s}").n_train_tokens for s, p in cfg0["stores"].items()
-    }
+    stored = store_tokens(cfg0)
     src, notes = apply_limits(shares(list(groups.values()), 1.0 - anchor_share), budgets or {},
-                              caps, tokens, store_tokens)  # fmt: skip
+                              caps, tokens, stored)  # fmt: skip
     share = round(1.0 - sum(src.values()), 6)
     for s, r in anchor.items():
-        need = share * r * tokens / store_tokens[s]
+        need = share * r * tokens / stored[s]
         if need > caps.get(s, 1.0) + RATIO_TOL:
             raise MidtrainError(f"anchor {s}: the anchor share {share:.3f} needs {need:.2f} epochs "
                                 f"of {s} (cap {caps.get(s, 1.0):g}); lower --tokens or add "
@@ -125,17 +121,33 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
         "name": name or f"round-{idx}", "round": idx, "anchor": anchor, "anchor_share": share,
         "sources": src, "previous": last.mix if last else anchor,
         "previous_name": last.name if last else "base", "ablate": ablate or [],
-        "budgets": budgets or {}, "max_repetition": {s: caps.get(s, 1.0) for s in sorted(store_tokens)
+        "budgets": budgets or {}, "max_repetition": {s: caps.get(s, 1.0) for s in sorted(stored)
                                                      if s in src or s in anchor},
         "merge_seeds": merge_seeds,
     }  # fmt: skip
+    return finish_round(
+        rnd, cfg0, studies, tokens=tokens, out=out, history=history, last=last
+    ), notes
+
+
+def finish_round(rnd: dict[str, Any], cfg0: dict[str, Any], studies: list[Path], *, tokens: int,
+                 out: Path, history: Path | None, last: RoundResult | None) -> dict[str, Any]:  # fmt: skip
+    """The study fields of the first study, the tokens, and `reuse` (the studies and the last
+    round) added to a round's own fields; paths relative to `out`'s folder."""
     rnd |= {k: cfg0[k] for k in COPIED if cfg0.get(k) is not None}
     rnd["tokens"] = tokens
     reuse = [str(Path(d).resolve()) for d in studies]
     if last is not None and history is not None:
         reuse.append(str((history / last.name).resolve()))
     rnd["reuse"] = reuse
-    return _relative(rnd, Path(out).resolve().parent), notes
+    return _relative(rnd, Path(out).resolve().parent)
+
+
+def store_tokens(cfg: dict[str, Any]) -> dict[str, int]:
+    """Training tokens of each store of a study."""
+    from midtrain.data.store import open_store
+
+    return {s: open_store(p, f"stores.{s}").n_train_tokens for s, p in cfg["stores"].items()}
 
 
 def _relative(rnd: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -155,10 +167,12 @@ def _relative(rnd: dict[str, Any], base: Path) -> dict[str, Any]:
     return rnd
 
 
-def round_toml(rnd: dict[str, Any], notes: list[str], studies: list[Path]) -> str:
+def round_toml(rnd: dict[str, Any], notes: list[str], studies: list[Path],
+               head: list[str] | None = None) -> str:  # fmt: skip
+    """The round file's text: `head` comment lines (default: propose's), then the TOML."""
     import tomli_w
 
-    head = [
+    head = head or [
         "# An integration round drafted by `midtrain integrate propose` from:",
         *[f"#   {p}" for p in studies],
         "# anchor = the base mix at anchor_share; sources = the included candidates (and the last",

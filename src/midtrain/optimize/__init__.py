@@ -1,0 +1,1 @@
+"""The mix optimiser: fit metric responses to mixture weights, propose the next mix."""
