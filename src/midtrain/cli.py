@@ -59,6 +59,7 @@ def _register_all() -> None:
 
     for module in (data, train, sft, evaluate, study, demo, config, trust):
         module.register(app, GROUPS)
+    __import__("midtrain.commands.merge", fromlist=["register"]).register(app, GROUPS)
 
 
 _register_all()
