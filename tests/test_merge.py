@@ -138,11 +138,16 @@ def test_already_merged_is_a_noop_and_other_out_refused(tmp_path, toks, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def _int_buffer(path: Path, value: int) -> Path:
+def _edit_tensors(path: Path, edit) -> Path:
+    """Rewrite the single weight file of `path` with `edit(state_dict)` applied."""
     sd = load_file(path / "model.safetensors")
-    sd["model.step_count"] = torch.tensor([value, 7], dtype=torch.int64)
+    edit(sd)
     save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+def _int_buffer(path: Path, value: int) -> Path:
+    return _edit_tensors(path, lambda sd: sd.update({"model.step_count": torch.tensor([value, 7])}))
 
 
 BAD = {  # case -> (what to change in the second checkpoint, expected words in the error)
@@ -150,6 +155,9 @@ BAD = {  # case -> (what to change in the second checkpoint, expected words in t
     "hidden": ({"hidden_size": 48}, "hidden_size"),
     "arch": ({"model_type": "gpt2"}, "one architecture"),
     "tokenizer": ("tok", "tokenizer"),
+    "tensor_shape": ("shape", "has shape [33] in"),
+    "tensor_dtype": ("dtype", "is BF16 in"),
+    "tensor_names": ("names", "other tensors"),
     "int_buffer": ("int", "non-float tensor model.step_count"),
     "negative_weight": (["--weights", "1,-1"], ">= 0"),
     "weight_count": (["--weights", "1,1,1"], "3 values for 2"),
@@ -171,6 +179,13 @@ def test_mismatches_refused_with_one_line_and_nothing_written(tmp_path, toks, ca
     b = save(tmp_path, "b", toks[1] if change == "tok" else toks[0], seed=1, **cfg)
     if change == "int":
         _int_buffer(a, 1), _int_buffer(b, 2)
+    edits = {
+        "shape": lambda sd: sd.update({"model.norm.weight": torch.ones(33)}),
+        "dtype": lambda sd: sd.update({"lm_head.weight": sd["lm_head.weight"].bfloat16()}),
+        "names": lambda sd: sd.pop("model.norm.weight"),
+    }
+    if isinstance(change, str) and change in edits:  # same config.json, other tensors
+        _edit_tensors(b, edits[change])
     if change == "noconfig":
         (b / "config.json").unlink()
     if change == "noweights":

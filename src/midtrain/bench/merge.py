@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import midtrain
 from midtrain.io import library_versions
 
 GOAL_RATIO = 1.3
@@ -127,8 +128,11 @@ def run_bench(params: int = 1_000_000_000, shards: int = 4, seed: int = 0) -> di
         a, b, out = Path(root) / "a", Path(root) / "b", Path(root) / "merged"
         size = write_random_checkpoint(a, cfg, shards, seed)
         write_random_checkpoint(b, cfg, shards, seed + 1)
+        src = str(Path(midtrain.__file__).parents[1])  # this midtrain, not another installed one
+        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, str(a), str(b), str(out)],
+            env={**os.environ, "PYTHONPATH": path},
             capture_output=True,
             text=True,
             check=False,

@@ -62,9 +62,6 @@ class MergeRecord(BaseModel):
     wall_s: float
     versions: dict[str, str]
 
-    def same_merge(self, other: MergeRecord) -> bool:
-        return self.inputs == other.inputs and self.weights == other.weights
-
 
 @dataclass
 class MergeOutcome:

@@ -89,6 +89,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MidtrainError(f"{where}: config.json is not valid JSON ({e}); restore it") from None
+    if not isinstance(config, dict):
+        raise MidtrainError(f"{where}: config.json is not a JSON object; restore it")
     files, weight_map = _weight_files(path)
     tensors: dict[str, TensorInfo] = {}
     for f in files:
@@ -99,7 +101,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"{where}: {INDEX} and the shards disagree on tensors ({', '.join(bad)}); "
             "re-save the checkpoint"
         )
-    return Checkpoint(path, config if isinstance(config, dict) else {}, files, tensors)
+    return Checkpoint(path, config, files, tensors)
 
 
 def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
