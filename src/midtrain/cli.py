@@ -84,6 +84,7 @@ def _register_all() -> None:
     )
     for module in modules:
         module.register(app, GROUPS)
+    __import__("midtrain.commands.merge", fromlist=["register"]).register(app, GROUPS)
 
 
 _register_all()
