@@ -61,6 +61,7 @@ def _register_all() -> None:
         demo,
         evaluate,
         integrate,
+        merge,
         optimize,
         sft,
         similarity,
@@ -76,6 +77,7 @@ def _register_all() -> None:
         evaluate,
         study,
         integrate,
+        merge,
         optimize,
         similarity,
         demo,
@@ -84,7 +86,6 @@ def _register_all() -> None:
     )
     for module in modules:
         module.register(app, GROUPS)
-    __import__("midtrain.commands.merge", fromlist=["register"]).register(app, GROUPS)
 
 
 _register_all()
