@@ -188,7 +188,7 @@ class StudyConfig(Strict):
     )
     resources: Resources = field(
         Resources(),
-        description="[resources]: what each run's Ray task asks for (docs/scaling-ray.md).",
+        description="[resources]: what each run's Ray task asks for (docs/scaling.md).",
     )
 
     @field_validator("seeds", mode="before")
