@@ -139,6 +139,8 @@ def test_a_study_finishes_when_its_node_is_replaced_mid_run(tmp_path, monkeypatc
     path = os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # every run waits 8 s at step 20, after its step-10 state: node B goes while they wait
+    monkeypatch.setenv("MIDTRAIN_TEST_PAUSE", "step:20:8")
     head = {"num_cpus": 0, "object_store_memory": SMALL, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     node_b = cluster.add_node(num_cpus=3, resources={"trainer": 3}, object_store_memory=SMALL)

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -84,13 +85,18 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+PAUSE_ENV = "MIDTRAIN_TEST_PAUSE"
 KILL_ENV = "MIDTRAIN_TEST_KILL"  # "point:step": SIGKILL this process there (resume tests)
 
 
 def fault_point(point: str, step: int) -> None:
-    """Test hook: die by SIGKILL at `point` of `step` when MIDTRAIN_TEST_KILL names it."""
+    """Test hooks: die by SIGKILL at `point` of `step` when MIDTRAIN_TEST_KILL names it; sleep
+    there when MIDTRAIN_TEST_PAUSE is `point:step:seconds` (a test acts while a run waits)."""
     if os.environ.get(KILL_ENV) == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get(PAUSE_ENV, "")
+    if pause.rpartition(":")[0] == f"{point}:{step}":
+        time.sleep(float(pause.rpartition(":")[2]))
 
 
 def _old_sibling(final: Path) -> Path:
