@@ -21,7 +21,7 @@ from midtrain.study.results import StudyResult
 
 COPIED = ("checkpoint", "stores", "tokens", "seq_len", "batch_tokens", "micro_batch", "seeds",
           "schedule", "eval", "analysis", "guards", "sft_probe", "train", "full_run_tokens",
-          "checkpoint_tokens")  # fmt: skip
+          "checkpoint_tokens", "resources")  # fmt: skip
 
 
 def _study(d: Path) -> tuple[dict[str, Any], StudyResult]:
@@ -105,10 +105,16 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
     if overlap:
         raise MidtrainError(f"candidate source {overlap[0]!r} is also in the base mix; the "
                             "anchor is the base mix, so give it its own store")  # fmt: skip
+    names = {x for g in groups.values() for x in g} | set(anchor)
+    budgets = dict(budgets or {})
+    dropped = [g for g in budgets if not {n.strip() for n in g.split("+")} <= names]
+    for g in dropped:  # a budget on sources this round does not have binds nothing
+        del budgets[g]
     tokens = tokens or int(cfg0["tokens"])
     stored = store_tokens(cfg0)
-    src, notes = apply_limits(shares(list(groups.values()), 1.0 - anchor_share), budgets or {},
+    src, notes = apply_limits(shares(list(groups.values()), 1.0 - anchor_share), budgets,
                               caps, tokens, stored)  # fmt: skip
+    notes += [f"budget {g} dropped: it names a source this round does not have" for g in dropped]
     share = round(1.0 - sum(src.values()), 6)
     for s, r in anchor.items():
         need = share * r * tokens / stored[s]
@@ -121,7 +127,7 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
         "name": name or f"round-{idx}", "round": idx, "anchor": anchor, "anchor_share": share,
         "sources": src, "previous": last.mix if last else anchor,
         "previous_name": last.name if last else "base", "ablate": ablate or [],
-        "budgets": budgets or {}, "max_repetition": {s: caps.get(s, 1.0) for s in sorted(stored)
+        "budgets": budgets, "max_repetition": {s: caps.get(s, 1.0) for s in sorted(stored)
                                                      if s in src or s in anchor},
         "merge_seeds": merge_seeds,
     }  # fmt: skip
