@@ -99,9 +99,10 @@ def starter(
     return "\n".join(text)
 
 
-def write_starter(
-    checkpoint: Path, store_items: list[str], out: Path, *, base: str | None, tasks: str
-) -> Path:
+def check_init(
+    checkpoint: Path, store_items: list[str], out: Path, base: str | None
+) -> tuple[dict[str, str], str]:
+    """The inputs every `study init` checks first: (stores by name, the base store's name)."""
     from midtrain.data.store import open_store
     from midtrain.train.checkpoint import check_hf_folder
 
@@ -114,6 +115,13 @@ def write_starter(
         raise MidtrainError(f"--base {base!r}: not one of the --store names ({', '.join(stores)})")
     if out.exists():
         raise MidtrainError(f"--out {out} exists; pick a new file name (init never overwrites)")
+    return stores, base
+
+
+def write_starter(
+    checkpoint: Path, store_items: list[str], out: Path, *, base: str | None, tasks: str
+) -> Path:
+    stores, base = check_init(checkpoint, store_items, out, base)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     text = starter(checkpoint, stores, base, names, out)
     parse_study(tomllib.loads(text), source=str(out), base_dir=out.parent.resolve())

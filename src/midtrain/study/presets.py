@@ -188,22 +188,13 @@ def write_preset(preset: str, checkpoint: Path, store_items: list[str], out: Pat
                  base: str | None, tasks: str, role_items: list[str], sft_items: list[str],
                  starts: list[Path], tokens: int, start_lr: float | None = None) -> Path:  # fmt: skip
     """Check every input, then write the preset's study file (validated first)."""
-    from midtrain.data.store import open_store
     from midtrain.io import atomic_write_text
-    from midtrain.study.init import _parse_stores
+    from midtrain.study.init import check_init
     from midtrain.train.checkpoint import check_hf_folder
 
-    check_hf_folder(checkpoint, "CHECKPOINT")
+    stores, base = check_init(checkpoint, store_items, out, base)
     for i, s in enumerate(starts):
         check_hf_folder(s, f"--start[{i}]")
-    stores = _parse_stores(store_items)
-    for name, path in stores.items():
-        open_store(path, f"--store {name}")
-    base = base or next(iter(stores))
-    if base not in stores:
-        raise MidtrainError(f"--base {base!r}: not one of the --store names ({', '.join(stores)})")
-    if out.exists():
-        raise MidtrainError(f"--out {out} exists; pick a new file name (init never overwrites)")
     if tokens <= 0:
         raise MidtrainError(f"--tokens {tokens}: must be > 0")
     roles = roles_for(stores, base, role_items)
