@@ -224,7 +224,7 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     elif source is not None and cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
     loss_fn = partial(optim.lm_loss, model)
-    if cfg.compile:
+    if plan.compile:
         loss_fn = torch.compile(loss_fn)
     autocast = nullcontext
     if plan.precision == "bf16":
