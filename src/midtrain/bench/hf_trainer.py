@@ -9,13 +9,15 @@ our loop; `report_to=[]`, no eval, no saving, no logging. `compile` sets `torch_
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import time
 from pathlib import Path
 
 
 def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int, compile: bool) -> float:
-    """Tokens/s of `transformers.Trainer` over the steps after `warmup`, from step-end clocks."""
+    """Tokens/s of `transformers.Trainer`: a step's tokens over the median time of the steps
+    after `warmup`, from step-end clocks."""
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
@@ -45,8 +47,8 @@ def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int, compile: bool)
     )
     with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its summary; keep stdout JSON
         trainer.train()
-    timed = len(ends) - warmup
-    return timed * batch * seq_len / (ends[-1] - ends[warmup - 1])
+    step_s = [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)]
+    return batch * seq_len / statistics.median(step_s)
 
 
 def _training_args(out: Path, batch: int, steps: int, lr: float, compile: bool):  # noqa: ANN202

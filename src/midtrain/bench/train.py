@@ -12,10 +12,11 @@ on matrices, betas 0.9/0.95), grad clipping 1.0, constant LR, fp32:
 
 The headline is like for like: `ratio_eager` = ours eager ÷ HF eager and `ratio_compiled` = ours
 compiled ÷ HF compiled. Rounds interleave sgemm and the four configurations so that load from
-other processes on a shared machine hits all alike; medians over rounds are reported. Each
-configuration runs in its own Python subprocess (one per round), so that its peak RSS
-(`ru_maxrss`, imports included) is its own and no process-wide setting or compile cache of one
-leaks into another. The first `warmup` steps of each are not timed (allocation, compilation).
+other processes on a shared machine hits all alike. A configuration's tokens/s in a round is a
+step's tokens over its median step time (robust to a burst of load during a few steps); the
+medians over rounds are reported. Each configuration runs in its own Python subprocess (one per
+round), so that its peak RSS (`ru_maxrss`, imports included) is its own and no process-wide
+setting or compile cache of one leaks into another. The first `warmup` steps of each are not timed (allocation, compilation).
 A configuration that fails (say, HF's `torch_compile` on a CPU without a compiler) is reported as
 null with its reason instead of stopping the bench.
 
@@ -101,8 +102,7 @@ def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
 
     train.run(rc, out, progress=False)
     rows = [r for r in read_log(out / "log.jsonl") if r["step"] > warmup]
-    tps = BATCH * SEQ_LEN
-    return len(rows) * tps / sum(tps / r["tok_s"] for r in rows)
+    return statistics.median(r["tok_s"] for r in rows)  # one log line (and time) per CPU step
 
 
 def measure(name: str, rc: dict, out: Path, warmup: int) -> dict[str, Any]:
