@@ -65,6 +65,7 @@ def test_pretrain_writes_a_self_describing_run_dir(world):
     assert rows[-1]["tokens"] == m.tokens == 8 * 128
     cfg = read_json(out / "config.json")
     assert cfg["resolved"]["steps"] == 8 and cfg["resolved"]["grad_accumulation"] == 2
+    assert cfg["compile"] == "auto" and cfg["resolved"]["compile"] is False  # eager on CPU
     inputs = read_json(out / "inputs.json")
     assert set(inputs["stores"]) == {"web", "math"} and "torch" in inputs["versions"]
     assert inputs["tokenizer"]["hash"] == cfg["resolved"]["tokenizer_hash"]

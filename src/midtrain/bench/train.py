@@ -1,16 +1,24 @@
-"""`midtrain bench train`: our training loop vs `transformers.Trainer`, and utilization vs sgemm.
+"""`midtrain bench train`: our training loop vs `transformers.Trainer`, like for like, and sgemm.
 
-Everything is measured in one process, interleaved in rounds (sgemm, our loop, HF Trainer) so
-that load from other processes on a shared machine hits all three alike; the medians over rounds
-are reported. Both trainers train the same demo-size Llama (same init seed) on the same sequences
-(one random-id token store through the mixture sampler), batch 16 x 256, AdamW (fused, weight
-decay 0.1 on matrices, betas 0.9/0.95), grad clipping 1.0, constant LR, fp32.
+Four configurations train the same demo-size Llama (same init seed) on the same sequences (one
+random-id token store through the mixture sampler), batch 16 x 256, AdamW (fused, weight decay 0.1
+on matrices, betas 0.9/0.95), grad clipping 1.0, constant LR, fp32:
 
-Ours is `midtrain.train.run` end to end (sampler, loss, logging, its per-step host sync); its
-tokens/s comes from the log lines of the timed steps. The headline is `compile = true` (the
-option that pays off here); the eager loop is measured in the same rounds and reported beside it.
-HF Trainer runs with its defaults (eager). HF's comes from step-end callbacks. The
-first `warmup` steps of each are not timed (allocation, compilation).
+- `ours_eager`, `ours_compiled`: `midtrain.train.run` end to end (sampler, loss, logging, its
+  per-step host sync) with `compile = false` / `true`; tokens/s from the log lines of the timed
+  steps;
+- `hf_eager`, `hf_compiled`: `transformers.Trainer` with `torch_compile=False` / `True`
+  (`bench.hf_trainer`); tokens/s from step-end callbacks.
+
+The headline is like for like: `ratio_eager` = ours eager ÷ HF eager and `ratio_compiled` = ours
+compiled ÷ HF compiled. Rounds interleave sgemm and the four configurations so that load from
+other processes on a shared machine hits all alike. A configuration's tokens/s in a round is a
+step's tokens over its median step time (robust to a burst of load during a few steps); the
+medians over rounds are reported. Each configuration runs in its own Python subprocess (one per
+round), so that its peak RSS (`ru_maxrss`, imports included) is its own and no process-wide
+setting or compile cache of one leaks into another. The first `warmup` steps of each are not timed (allocation, compilation).
+A configuration that fails (say, HF's `torch_compile` on a CPU without a compiler) is reported as
+null with its reason instead of stopping the bench.
 
 FLOPs per token: 6·N + 6·L·seq·d (N = non-embedding + head parameters; the second term is causal
 attention, QKᵀ and AV over seq/2 keys on average, forward and backward).
@@ -18,8 +26,11 @@ attention, QKᵀ and AV over seq/2 keys on average, forward and backward).
 
 from __future__ import annotations
 
-import contextlib
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +46,7 @@ from midtrain.train.log import read_log
 DEMO_MODEL = dict(DEMO.model)  # the demo's model, vocab, sequence length, batch and LR
 VOCAB, SEQ_LEN, BATCH, LR = DEMO.vocab_size, DEMO.seq_len, DEMO.micro_batch, DEMO.base_lr
 SGEMM_N = 4096
+CONFIGS = ("ours_eager", "ours_compiled", "hf_eager", "hf_compiled")
 
 
 def sgemm_gflops(n: int = SGEMM_N, reps: int = 3) -> float:
@@ -90,108 +102,134 @@ def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
 
     train.run(rc, out, progress=False)
     rows = [r for r in read_log(out / "log.jsonl") if r["step"] > warmup]
-    tps = BATCH * SEQ_LEN
-    return len(rows) * tps / sum(tps / r["tok_s"] for r in rows)
+    return statistics.median(r["tok_s"] for r in rows)  # one log line (and time) per CPU step
 
 
-def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int) -> float:
-    """transformers.Trainer on the same model config, sequences, batch and optimizer."""
-    import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        default_data_collator,
+def measure(name: str, rc: dict, out: Path, warmup: int) -> dict[str, Any]:
+    """One configuration in this process: its tokens/s and this process's peak RSS (MiB)."""
+    from midtrain.bench.hf_trainer import hf_tokens_per_s
+    from midtrain.env import quiet_transformers
+
+    quiet_transformers()
+    if rc["threads"]:
+        import torch
+
+        torch.set_num_threads(rc["threads"])
+    steps = rc["tokens"] // rc["batch_tokens"]
+    side, mode = name.split("_")
+    rc = {**rc, "compile": mode == "compiled"}
+    if side == "ours":
+        tok_s = ours_tokens_per_s(rc, out, warmup)
+    else:
+        tok_s = hf_tokens_per_s(rc, out, steps, warmup, compile=mode == "compiled")
+    return {"tokens_per_s": tok_s, "peak_rss_mib": _peak_rss_mib(resource.RUSAGE_SELF)}
+
+
+def _peak_rss_mib(who: int) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _child() -> None:
+    """Subprocess entry: a JSON job on stdin, one JSON line (result or error) on stdout."""
+    job = json.loads(sys.stdin.read())
+    stdout, sys.stdout = sys.stdout, sys.stderr  # Trainer and compile chatter go to stderr
+    try:
+        res = measure(job["name"], job["rc"], Path(job["out"]), job["warmup"])
+    except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
+        res = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
+    stdout.write(json.dumps(res) + "\n")
+
+
+def run_config(name: str, rc: dict, out: Path, warmup: int) -> dict[str, Any]:
+    """`measure` in a fresh Python subprocess (same interpreter, same `midtrain`)."""
+    src = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    job = json.dumps({"name": name, "rc": rc, "out": str(out), "warmup": warmup})
+    code = "from midtrain.bench.train import _child; _child()"
+    p = subprocess.run(
+        [sys.executable, "-c", code], input=job, capture_output=True, text=True, env=env
     )
-
-    from midtrain import train
-
-    plan = train.plan_run(train.load_run_config(rc))
-    rows = torch.from_numpy(plan.sampler.sequences(0, steps * BATCH))
-    data = [{"input_ids": r, "labels": r} for r in rows]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(plan.model_config, dtype=torch.float32)
-    ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            ends.append(time.perf_counter())
-
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=BATCH,
-        max_steps=steps,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        weight_decay=0.1,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        optim="adamw_torch_fused",
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        seed=0,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=default_data_collator,
-        callbacks=[Clock()],
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its summary; keep stdout JSON
-        trainer.train()
-    timed = len(ends) - warmup
-    return timed * BATCH * SEQ_LEN / (ends[-1] - ends[warmup - 1])
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines:
+        tail = " ".join(p.stderr.split())[-300:]
+        return {"error": f"subprocess exited {p.returncode}: {tail}"}
+    return json.loads(lines[-1])
 
 
 def run_bench(
-    steps: int = 20, rounds: int = 3, compile: bool = True, threads: int = 0, warmup: int = 3
+    steps: int = 20,
+    rounds: int = 3,
+    threads: int = 0,
+    warmup: int = 3,
+    configs: tuple[str, ...] = CONFIGS,
 ) -> dict[str, Any]:
-    """Interleaved rounds of sgemm, our loop (eager, and compiled when `compile`), HF Trainer."""
+    """Interleaved rounds of sgemm and each of `configs`, each in its own subprocess."""
     import torch
-
-    from midtrain import train
-    from midtrain.env import quiet_transformers
-    from midtrain.train.plan import model_flops_per_token
 
     if threads:
         torch.set_num_threads(threads)
-    quiet_transformers()
     total = steps + warmup
-    series: dict[str, list[float]] = {"ours_eager": [], "ours_compiled": [], "hf": [], "sgemm": []}
+    series: dict[str, list[float]] = {k: [] for k in ("sgemm", *configs)}
+    rss: dict[str, float] = {}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="midtrain-bench-train-") as tmp:
         root = Path(tmp)
         tok, store = _world(root, (total * BATCH + 8) * SEQ_LEN)
+        rc = _run_config(tok, store, total, False, threads)
         for r in range(rounds):
             series["sgemm"].append(sgemm_gflops())
-            for mode in ("eager", "compiled") if compile else ("eager",):
-                rc = _run_config(tok, store, total, mode == "compiled", threads)
-                series[f"ours_{mode}"].append(ours_tokens_per_s(rc, root / f"{mode}-{r}", warmup))
-            series["hf"].append(hf_tokens_per_s(rc, root / f"hf-{r}", total, warmup))
-        plan = train.plan_run(train.load_run_config(rc))
+            for name in configs:
+                if name in errors:
+                    continue
+                res = run_config(name, rc, root / f"{name}-{r}", warmup)
+                print(f"bench train: round {r + 1}/{rounds} {name}: {res}", file=sys.stderr)
+                if "error" in res:
+                    errors[name] = res["error"]
+                    continue
+                series[name].append(res["tokens_per_s"])
+                rss[name] = max(rss.get(name, 0.0), res["peak_rss_mib"])
+        med = {k: statistics.median(v) for k, v in series.items() if v}
+        return _report(med, series, rss, errors, rc, steps, warmup)  # plans from the temp world
+
+
+def _ratio(med: dict[str, float], mode: str, errors: dict[str, str]) -> tuple[Any, Any]:
+    ours, hf = f"ours_{mode}", f"hf_{mode}"
+    if ours in med and hf in med:
+        return round(med[ours] / med[hf], 3), None
+    missing = [k for k in (ours, hf) if k not in med]
+    return None, "; ".join(f"{k}: {errors.get(k, 'not measured')}" for k in missing)
+
+
+def _report(med: dict, series: dict, rss: dict, errors: dict, rc: dict, steps: int,
+            warmup: int) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    from midtrain import train
+    from midtrain.train.plan import model_flops_per_token
+
+    plan = train.plan_run(train.load_run_config(rc))
     per_token, n = model_flops_per_token(plan.model_config, SEQ_LEN)
-    med = {k: statistics.median(v) for k, v in series.items() if v}
-    tok_s = med["ours_compiled" if compile else "ours_eager"]
-    step_gflops = per_token * tok_s / 1e9
+    ours = {k: v for k, v in med.items() if k.startswith("ours_")}
+    best = max(ours, key=ours.get) if ours else None
+    step_gflops = per_token * ours[best] / 1e9 if best else None
+    ratio_eager, why_eager = _ratio(med, "eager", errors)
+    ratio_compiled, why_compiled = _ratio(med, "compiled", errors)
     return {
-        "tokens_per_s": round(tok_s, 1),
-        "hf_trainer_tokens_per_s": round(med["hf"], 1),
-        "ratio_vs_hf_trainer": round(tok_s / med["hf"], 3),
-        "step_gflops": round(step_gflops, 2),
+        "ratio_eager": ratio_eager,
+        "ratio_compiled": ratio_compiled,
+        "ratio_eager_reason": why_eager,
+        "ratio_compiled_reason": why_compiled,
+        "tokens_per_s": {k: round(med[k], 1) if k in med else None for k in CONFIGS},
+        "best_mode": best.removeprefix("ours_") if best else None,
+        "step_gflops": round(step_gflops, 2) if step_gflops else None,
         "sgemm_gflops": round(med["sgemm"], 2),
-        "utilization": round(step_gflops / med["sgemm"], 3),
-        "tokens_per_s_eager": round(med["ours_eager"], 1),
-        "ratio_eager_vs_hf_trainer": round(med["ours_eager"] / med["hf"], 3),
-        "compile": compile,
-        "rounds": {k: [round(x, 1) for x in v] for k, v in series.items() if v},
+        "utilization": round(step_gflops / med["sgemm"], 3) if step_gflops else None,
+        "peak_rss_mib": {k: rss.get(k) for k in CONFIGS},
+        "bench_peak_rss_mib": _peak_rss_mib(resource.RUSAGE_SELF),
+        "peak_rss_how": "ru_maxrss of each configuration's own subprocess (imports included), "
+        "max over rounds; bench_peak_rss_mib: the parent process (data, sgemm)",
+        "errors": errors,
+        "rounds": {k: [round(x, 1) for x in v] for k, v in series.items()},
         "flops_per_token": per_token,
         "flops_formula": "6*N + 6*L*seq*d, N = non-embedding + head params",
         "n_params_flops": n,

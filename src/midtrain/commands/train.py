@@ -81,17 +81,18 @@ def print_dry_run(cfg: Any) -> None:
 
 def bench_train(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    steps: Annotated[int, typer.Option(help="Timed steps per round and trainer.")] = 20,
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds (ours, then HF Trainer).")] = 3,
+    steps: Annotated[int, typer.Option(help="Timed steps per round and configuration.")] = 20,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds of all configurations.")] = 3,
     compile: Annotated[
-        bool, typer.Option(help="Also time our loop with compile = true (the headline).")
+        bool, typer.Option(help="Also time both compiled configurations (ours, HF torch_compile).")
     ] = True,
     threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
 ) -> None:
-    """Our loop vs transformers.Trainer on the demo-size model, and utilization vs sgemm."""
-    from midtrain.bench.train import run_bench
+    """Our loop vs transformers.Trainer (eager vs eager, compiled vs compiled) on the demo model."""
+    from midtrain.bench.train import CONFIGS, run_bench
 
-    result = run_bench(steps=steps, rounds=rounds, compile=compile, threads=threads)
+    configs = CONFIGS if compile else tuple(c for c in CONFIGS if c.endswith("_eager"))
+    result = run_bench(steps=steps, rounds=rounds, threads=threads, configs=configs)
     if as_json:
         print(json.dumps(result))
     else:

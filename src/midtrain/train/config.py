@@ -116,7 +116,11 @@ class RunConfig(Strict):
         description="Under torchrun (WORLD_SIZE > 1): ddp or fsdp (FSDP2); auto = ddp. One process "
         "runs single-process whatever this says; not part of the run's identity (docs/scaling.md).",
     )
-    compile: bool = field(False, description="torch.compile the model and loss.")
+    compile: bool | Literal["auto"] = field(
+        "auto",
+        description="torch.compile the model and loss; auto = on CUDA, off on CPU "
+        "(where compiling costs more than it saves on short runs).",
+    )
     threads: int = field(
         0, ge=0, description="torch threads (0 = torch's default); not part of the run's identity."
     )
@@ -136,9 +140,16 @@ class RunConfig(Strict):
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A dumped run config without the fields that do not change what it computes."""
-    return {k: v for k, v in config.items()
-            if k not in ("threads", "trackers", "parallel", "resolved")}  # fmt: skip
+    """A dumped run config without the fields that do not change what it computes.
+
+    `compile = "auto"` counts as `false` (the default before "auto"), so run directories and
+    caches of earlier releases keep their identity; like `device = "auto"`, it is the setting as
+    written, not as resolved."""
+    out = {k: v for k, v in config.items()
+           if k not in ("threads", "trackers", "parallel", "resolved")}  # fmt: skip
+    if out.get("compile") == "auto":
+        out["compile"] = False
+    return out
 
 
 def load_run_config(src: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:

@@ -248,7 +248,7 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
             step, wall = _position(resume)
     optim.set_rng_state(rng)
     loss_fn = partial(optim.lm_loss, model)
-    if cfg.compile:
+    if plan.compile:
         loss_fn = torch.compile(loss_fn)
     autocast = nullcontext
     if plan.precision == "bf16":

@@ -77,11 +77,14 @@ def set_rng_state(states: dict[str, Any] | None) -> None:
 
 
 def lm_loss(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy of a batch of sequences (fp32 logits)."""
+    """Summed next-token cross-entropy of a batch of sequences (fp32 logits).
+
+    The targets are the ids shifted left with the last position ignored (-100), so the logits are
+    used whole: slicing off their last position would copy them, and their gradient, once more
+    (~3% of an eager CPU step on the demo model; docs/benchmarks.md).
+    """
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, use_cache=False).logits
-    targets = ids[:, 1:].reshape(-1)
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets, reduction="sum"
-    )
+    targets = F.pad(ids[:, 1:], (0, 1), value=-100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.train import checkpoint as ckpt
+from midtrain.train import speed
 from midtrain.train.config import RunConfig
 from midtrain.train.distributed import SINGLE, Dist, check_geometry, resolve
 from midtrain.train.schedules import BoundSchedule, make_schedule, resolve_final_lr
@@ -46,6 +47,7 @@ class RunPlan:
     start_lr_source: str
     warnings: list[str] = field(default_factory=list)
     dist: Dist = SINGLE  # this process under torchrun (docs/scaling.md)
+    compile: bool = False  # cfg.compile resolved for the device (speed.resolve_compile)
 
     @property
     def tokens_per_step(self) -> int:
@@ -62,6 +64,7 @@ class RunPlan:
             "resolved": {
                 "device": self.device,
                 "precision": self.precision,
+                "compile": self.compile,
                 "steps": self.steps,
                 "tokens": self.tokens,
                 "tokens_per_step": self.tokens_per_step,
@@ -90,9 +93,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
             "or [model] to train a fresh model)"
         )
     device = env.resolve_device(cfg.device)
-    precision = (
-        cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-    )
+    precision = speed.resolve_precision(cfg.precision, device)
     tok_path = cfg.tokenizer or cfg.init
     if tok_path is None:
         raise MidtrainError("tokenizer: required with [model]; set tokenizer = TOKENIZER_FOLDER")
@@ -112,7 +113,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         warns.append("precision bf16 on CPU is much slower than fp32; use precision = 'fp32'")
     return RunPlan(
         cfg, device, precision, tok, tok_hash, model_config, stores, sampler, seqs, micro,
-        steps, schedule, init_state, source, warns, dist,
+        steps, schedule, init_state, source, warns, dist, speed.resolve_compile(cfg.compile, device),
     )  # fmt: skip
 
 
