@@ -38,7 +38,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests -m "not presets"
 
 test-presets: $(STAMP)
-	$(BIN)/python -m pytest -q tests -m presets
+	$(BIN)/python -m pytest -q tests -m presets --durations=0
 
 bench: $(STAMP)
 	$(BIN)/midtrain bench mix --json
