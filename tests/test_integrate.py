@@ -46,6 +46,7 @@ def test_round_mix_and_ablation_give_the_share_back_to_the_anchor():
         ({"ablate": ["web"]}, "ablate[0]: 'web' is not one of the round's sources"),
         ({"sources": {"web": 0.5}}, "sources.web: is an anchor source"),
         ({"previous": {"web": 0.5, "math": 0.3, "code": 0.2}}, "previous: equals the round's mix"),
+        ({"sources": {"math": 0.5}, "ablate": ["math"]}, "ablate[0]: leaving 'math' out gives"),
     ],
 )
 def test_round_constraints_are_one_line_errors(change, where):

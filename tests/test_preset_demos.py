@@ -52,6 +52,8 @@ def test_preset_runs_on_the_demo_world(preset, cache, tmp_path):
     if preset == "olmo3":  # SFT probe, then the integration round with its merge
         assert res["probe"] is not None
         rnd = json.loads((out / "rounds" / "round-1" / "round.json").read_text())
-        assert rnd["anchor_share"] <= 0.34 and rnd["merge"]["status"] == "done"
+        # the anchor takes a third, or more where a winner's repetition cap binds (said in the file)
+        assert rnd["anchor"] == {"web": 1.0} and rnd["anchor_share"] >= 0.33 - 1e-6
+        assert rnd["merge"]["status"] == "done" and rnd["primary"] is not None
     if preset == "marin":
         assert "flan+hq@0.3" in {a["arm"] for a in res["arms"]}

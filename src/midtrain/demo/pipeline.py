@@ -263,7 +263,8 @@ def demo_round(out: Path, results: StudyResult, workers: int = 1, anchor_share: 
         console.print("integration round: skipped (no candidate was included)")
         return None
     best = max(single, key=lambda a: a.primary.delta) if single else None
-    ablate = list(best.candidate_mix) if best else []
+    sources = {s for a in wins for s in a.candidate_mix}
+    ablate = list(best.candidate_mix) if best and len(sources) > 1 else []  # else: the control
     path = out / "round-1.toml"
     rnd, notes = propose([out / "study"], out=path, anchor_share=anchor_share, ablate=ablate,
                          budgets=budgets, merge_seeds=True)  # fmt: skip

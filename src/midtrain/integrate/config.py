@@ -114,8 +114,13 @@ def check_round(spec: RoundSpec) -> None:
         if src not in spec.sources or spec.sources[src] <= 0:
             raise MidtrainError(f"ablate[{i}]: {src!r} is not one of the round's sources "
                                 f"({', '.join(sorted(spec.sources))})")  # fmt: skip
-    if spec.mix() == {s: round(r, 12) for s, r in sorted(spec.previous.items()) if r > 0}:
+    previous = {s: round(r, 12) for s, r in sorted(spec.previous.items()) if r > 0}
+    if spec.mix() == previous:
         raise MidtrainError("previous: equals the round's mix; a round must change the mix")
+    for i, src in enumerate(spec.ablate):
+        if spec.mix(without=src) == previous:
+            raise MidtrainError(f"ablate[{i}]: leaving {src!r} out gives the previous mix, which "
+                                "the round's control already trains; drop it from ablate")  # fmt: skip
 
 
 def round_study(data: dict[str, Any], source: str = "",
