@@ -16,23 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from _train_fixtures import build_world, pretrain_config, run_config
+from test_checkpoint import _toml  # the run config as TOML, one writer for both suites
 
 from midtrain import io, train
 from midtrain.io import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-5  # relative tolerance of 2 processes vs 1 (summation order only)
-
-
-def _toml(rc: dict) -> str:
-    def val(v):
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        return json.dumps(v)
-
-    return "".join(f"{k} = {val(v)}\n" for k, v in rc.items())
 
 
 def _env(**extra: str) -> dict[str, str]:
