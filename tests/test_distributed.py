@@ -46,14 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: Path, out: Path, n: int = 2, **extra: str) -> list[subprocess.Popen]:
-    """The ranks as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT, ...), all in one
-    new process group (the first rank's pid), so the test can SIGKILL the whole job."""
+def launch(config: Path, out: Path, n: int = 2, argv: tuple[str, ...] = ("anneal",),
+           **extra: str) -> list[subprocess.Popen]:  # fmt: skip
+    """The ranks of `midtrain ARGV --config CONFIG --out OUT` as torchrun starts them (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT, ...), all in one new process group (the first rank's pid), so
+    the test can SIGKILL the whole job."""
     port, procs = str(free_port()), []
     for rank in range(n):
         env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
                    LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra)  # fmt: skip
-        cmd = [sys.executable, "-m", "midtrain.cli", "anneal", "--config", str(config),
+        cmd = [sys.executable, "-m", "midtrain.cli", *argv, "--config", str(config),
                "--out", str(out)]  # fmt: skip
         group = procs[0].pid if procs else 0
         procs.append(subprocess.Popen(cmd, env=env, process_group=group, text=True,

@@ -1,12 +1,14 @@
 """`midtrain sft`, `midtrain data check-format` and `midtrain bench sft`: thin wrappers.
 
 Exit codes: 0 done, 2 bad input (nothing written), 3 every LR of the grid diverged;
+under torchrun (docs/scaling.md) every rank runs the same command and only rank 0 prints;
 `data check-format` exits 1 when it finds chat special tokens.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,8 +46,9 @@ def sft(
     ] = False,
 ) -> None:
     """Fine-tune CHECKPOINT per LR of the grid, keep the LR with the lowest validation loss."""
+    from midtrain.errors import MidtrainError
     from midtrain.schema import load_toml
-    from midtrain.sft import load_sft_config, run_sft
+    from midtrain.sft import load_sft_config, plan_sft, run_sft
 
     fields: dict[str, Any] = {}
     if config is not None:
@@ -57,14 +60,20 @@ def sft(
     fields.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()
                    if v is not None})  # fmt: skip
     if "data" not in fields:
-        from midtrain.errors import MidtrainError
-
         raise MidtrainError("--data: required; pass a JSONL file of SFT rows")
     cfg = load_sft_config(fields)
-    if dry_run:
-        print_dry_run(cfg)
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 prints for the job
+    try:
+        if dry_run:
+            plan_sft(cfg) if quiet else print_dry_run(cfg)
+            return
+        result = run_sft(cfg, out)
+    except MidtrainError as e:  # every rank fails alike: rank 0 says it once
+        if quiet:
+            raise typer.Exit(e.exit_code) from None
+        raise
+    if quiet:
         return
-    result = run_sft(cfg, out)
     b = result.val_before
     console.print(f"validation loss per response token (mean over {b.examples} examples): "
                   f"{b.loss:.4f} before fine-tuning")  # fmt: skip

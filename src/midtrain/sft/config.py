@@ -117,10 +117,17 @@ class SftConfig(SftSettings):
     threads: int = field(
         0, ge=0, description="torch threads (0 = torch's default); not part of the identity."
     )
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = field(
+        "auto",
+        description="Under torchrun (WORLD_SIZE > 1): ddp or fsdp (FSDP2); auto = ddp. Not part "
+        "of the identity (docs/scaling.md).",
+    )
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change what is computed (threads only change the speed)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k != "threads"}
+        """The fields that change what is computed (threads and parallel only change the speed;
+        a distributed state/ records its world size and mode, checked on resume)."""
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k not in ("threads", "parallel")}  # fmt: skip
 
 
 def load_sft_config(src: str | Path | Mapping[str, Any] | SftConfig) -> SftConfig:

@@ -86,8 +86,10 @@ def run_sft(
     cfg: SftConfig | Mapping[str, Any] | str | Path, out_dir: str | Path, *,
     progress: bool | None = None,
 ) -> SftResult:  # fmt: skip
-    """Fine-tune at every LR of the grid (resuming), choose by validation loss, write sft.json."""
+    """Fine-tune at every LR of the grid (resuming), choose by validation loss, write sft.json.
+    Under torchrun every rank runs the grid (`parallel`); rank 0 writes (docs/scaling.md)."""
     from midtrain import env
+    from midtrain.train import distributed
 
     cfg = load_sft_config(cfg)
     out = Path(out_dir).resolve()
@@ -95,18 +97,26 @@ def run_sft(
     if (done := finished(out)) is not None:
         return done
     plan = plan_sft(cfg)  # every input check; nothing written yet
-    for w in plan.warnings:
+    for w in plan.warnings if plan.dist.main else ():
         print(f"warning: {w}", file=sys.stderr)
     env.setup(cfg.threads)
     inputs = _inputs(plan)
     check_inputs_unchanged(out, inputs)
-    before = val_before(plan, out)
-    atomic_write_json(out / "config.json", plan.resolved())
-    if not (out / "inputs.json").is_file():
-        atomic_write_json(out / "inputs.json", inputs)
-    rundir.write_status(out, "running")
+    with distributed.session(plan.dist, plan.device):
+        return distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
+
+
+def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | None):
+    """The grid after the checks (rank 0's result; None on the other ranks)."""
+    main = plan.dist.main
+    before = val_before(plan, out) if main else None
+    if main:
+        atomic_write_json(out / "config.json", plan.resolved())
+        if not (out / "inputs.json").is_file():
+            atomic_write_json(out / "inputs.json", inputs)
+        rundir.write_status(out, "running")
     grid, runs = [], {}
-    for lr in cfg.lrs:
+    for lr in plan.cfg.lrs:
         point, run = grid_point(plan, lr, lr_dir(out, lr), progress)
         grid.append(point)
         if run is not None:
@@ -114,9 +124,10 @@ def run_sft(
     try:
         best = choose(grid)
     except Diverged as e:
-        rundir.write_status(out, "failed", reason=str(e))
+        if main:
+            rundir.write_status(out, "failed", reason=str(e))
         raise
-    return _write(out, plan, before, grid, runs[best.lr])
+    return _write(out, plan, before, grid, runs[best.lr]) if before is not None else None
 
 
 def grid_point(

@@ -21,6 +21,7 @@ from midtrain.sft.config import SftConfig
 from midtrain.sft.formatcheck import FormatReport, scan
 from midtrain.sft.results import DataSummary
 from midtrain.train import checkpoint as ckpt
+from midtrain.train.distributed import SINGLE, Dist, resolve
 from midtrain.train.schedules import SCHEDULES, BoundSchedule, make_schedule
 
 
@@ -38,6 +39,7 @@ class SftPlan:
     micro_batch: int
     fmt: FormatReport
     warnings: list[str] = field(default_factory=list)
+    dist: Dist = SINGLE  # this process under torchrun (docs/scaling.md)
 
     @property
     def steps(self) -> int:
@@ -79,6 +81,7 @@ class SftPlan:
                 "steps": self.steps,
                 "steps_per_epoch": self.steps_per_epoch, "micro_batch": self.micro_batch,
                 "model_type": self.model_config.model_type,
+                "parallel": self.dist.mode, "world_size": self.dist.world,
                 "data": self.summary().model_dump(), "format_check": dict(self.fmt.counts),
                 "warnings": self.warnings,
             },
@@ -106,7 +109,8 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
     fmt = scan(_sources(train, val), tok)
     micro = min(cfg.micro_batch, cfg.batch_size)
     spe = math.ceil(len(train.examples) / cfg.batch_size)
-    plan = SftPlan(cfg, device, precision, tok, model_config, seq_len, train, val, spe, micro, fmt)
+    plan = SftPlan(cfg, device, precision, tok, model_config, seq_len, train, val, spe, micro, fmt,
+                   dist=resolve(cfg.parallel))  # fmt: skip
     for lr in cfg.lrs:
         plan.schedule(lr)  # the schedule's own checks (e.g. `exp` needs final_lr_fraction > 0)
     plan.warnings += [w for w in [fmt.summary("sft data")] if w] + _fit_warnings(plan)

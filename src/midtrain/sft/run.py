@@ -4,6 +4,12 @@ The same callbacks as an anneal (JSONL log with the non-finite guard, resumable 
 `final/`, the progress bar), so resume after SIGKILL ends bit-identical on CPU. The loss is the
 summed cross-entropy over the step's trained tokens (labels -100 elsewhere) divided by their count
 in the whole step: the mean over response tokens of the step.
+
+Under torchrun (`parallel`, docs/scaling.md) every rank runs the same grid: a step's examples,
+sorted by length, are dealt out round-robin to the ranks and each rank cuts its share into micro
+batches; every rank runs as many micro batches (FSDP gathers per forward), a short rank one more
+with no trained token. Each rank divides by `targets / world` and DDP/FSDP average over ranks, so
+the step's gradient is the single-process one up to summation order. Rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from midtrain.sft.data import Example, collate, epoch_order, micro_batches, n_ta
 from midtrain.sft.plan import SftPlan
 from midtrain.sft.results import SftRunResult, ValSummary
 from midtrain.train import checkpoint as ckpt
-from midtrain.train import optim, rundir
+from midtrain.train import distributed, optim, rundir
 from midtrain.train.log import RunLog
 from midtrain.train.loop import Batches, Checkpoints, Trainer, drive
 
@@ -43,21 +49,39 @@ def sft_loss(model: Any, micro: tuple[Any, Any]) -> Any:
 
 
 def sft_batches(plan: SftPlan) -> Batches:
-    """The step's examples (a seeded permutation per epoch, cut in batches), in micro batches."""
-    pad, top, c = plan.tokenizer.pad_token_id, plan.cfg.train_on_prompt, plan.cfg
+    """The step's examples (a seeded permutation per epoch, cut in batches), in micro batches
+    (under torchrun, this rank's share)."""
+    pad, top, c, d = plan.tokenizer.pad_token_id, plan.cfg.train_on_prompt, plan.cfg, plan.dist
     orders: dict[int, np.ndarray] = {}
 
-    def batches(step: int) -> tuple[Sequence[Any], int]:
+    def batches(step: int) -> tuple[Sequence[Any], float]:
         epoch, k = divmod(step, plan.steps_per_epoch)
         if epoch not in orders:
             orders.clear()
             orders[epoch] = epoch_order(len(plan.train.examples), c.seed, epoch)
         picked = [plan.train.examples[i] for i in orders[epoch][k * c.batch_size :][: c.batch_size]]
-        micros = [collate(b, pad, top) for b in micro_batches(picked, plan.micro_batch)]
-        micros = [(ids.to(plan.device), labels.to(plan.device)) for ids, labels in micros]
-        return micros, n_targets(picked, top)
+        micros = []
+        for batch, trained in rank_share(picked, plan.micro_batch, d):
+            ids, labels = collate(batch, pad, top)
+            if not trained:
+                labels.fill_(-100)
+            micros.append((ids.to(plan.device), labels.to(plan.device)))
+        n = n_targets(picked, top)
+        return micros, n / d.world if d.active else n
 
     return batches
+
+
+def rank_share(picked: list[Example], micro: int, d: distributed.Dist) -> list[tuple[list, bool]]:
+    """This rank's micro batches of a step as (examples, trained): all of them in one process;
+    under torchrun the examples sorted by length, dealt out round-robin, cut in micro batches and
+    topped up to the busiest rank's count with untrained copies of the shortest example."""
+    if not d.active:
+        return [(b, True) for b in micro_batches(picked, micro)]
+    ordered = sorted(picked, key=lambda e: len(e.ids))
+    most = max(math.ceil(len(ordered[r :: d.world]) / micro) for r in range(d.world))
+    mine = micro_batches(ordered[d.rank :: d.world], micro)
+    return [(b, True) for b in mine] + [([ordered[0]], False)] * (most - len(mine))
 
 
 class SftCheckpoints(Checkpoints):
@@ -65,7 +89,7 @@ class SftCheckpoints(Checkpoints):
 
     def __init__(self, plan: SftPlan, lr: float, out: Path, log: RunLog):
         self.plan, self.out, self.log, self.every = plan, out, log, plan.cfg.checkpoint_every
-        self.lr, self.sched = lr, plan.schedule(lr)
+        self.lr, self.sched, self.dist = lr, plan.schedule(lr), plan.dist
 
     def state(self, done: int) -> ckpt.TrainerState:
         p = self.plan
@@ -87,31 +111,50 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
     """The trainer resumed from OUT/state, else from the checkpoint; and the wall time so far."""
     import torch
 
-    cfg, resume = plan.cfg, out / "state"
-    recover_dir(resume)
-    recover_dir(out / "final")
+    cfg, resume, d = plan.cfg, out / "state", plan.dist
+    if d.main:
+        recover_dir(resume)
+        recover_dir(out / "final")
+    distributed.barrier(d)
     torch.manual_seed(cfg.seed)
-    resuming = (resume / "config.json").is_file()
+    saved = ckpt.read_trainer_state(resume) if resume.is_dir() else None
+    distributed.check_resume(saved.run if saved else None, d)
+    resuming = not d.active and (resume / "config.json").is_file()
     source = resume if resuming else Path(cfg.checkpoint)
     model = ckpt.load_model(source, plan.device, "--out state" if resuming else "checkpoint")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optim.make_optimizer(params, cfg.optimizer)
-    step, wall = 0, 0.0
+    step, wall, rng = 0, 0.0, None
     if resuming:
         optim.load_optimizer(opt, resume)
-        position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
-        step, wall = (position.step, position.wall_s) if position else (0, 0.0)
-        optim.set_rng_state(ckpt.load_rng_state(resume))
+        (step, wall), rng = _position(resume), ckpt.load_rng_state(resume)
     elif cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
+    if d.active:
+        make = partial(optim.make_optimizer, o=cfg.optimizer)
+        model, opt, params = distributed.parallelize(model, opt, make, d)
+        if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
+            torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
+        if distributed.has_state(resume):
+            rng = distributed.load_state(resume, model, opt, d)
+            step, wall = _position(resume)
+    optim.set_rng_state(rng)
     autocast = nullcontext
     if plan.precision == "bf16":
         autocast = partial(torch.autocast, device_type=plan.device, dtype=torch.bfloat16)
     clip = cfg.optimizer.grad_clip or math.inf
     t = Trainer(model, opt, params, partial(sft_loss, model), sft_batches(plan), plan.schedule(lr),
                 plan.steps, plan.tokens_per_step, clip, plan.device, autocast, step)  # fmt: skip
+    if d.active:
+        t.grad_sync, t.reduce = distributed.grad_sync(model, d), distributed.reduce_metrics(d)
     return t, wall
+
+
+def _position(resume: Path) -> tuple[int, float]:
+    """(steps done, wall seconds) of OUT/state."""
+    position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
+    return (position.step, position.wall_s) if position else (0, 0.0)
 
 
 def validate(model: Any, examples: list[Example], plan: SftPlan) -> tuple[ValSummary, list[dict]]:
@@ -154,22 +197,27 @@ def summarise(rows: list[dict]) -> ValSummary:
 
 
 def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRunResult:
-    """Fine-tune at peak LR `lr` in `out` (resumed when it holds a state), then validate."""
+    """Fine-tune at peak LR `lr` in `out` (resumed when it holds a state), then validate; under
+    torchrun every rank trains and validates, rank 0 writes and its result is every rank's."""
     if (done := rundir.finished(out, SftRunResult)) is not None:
         return done
     t, wall = build(plan, lr, out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {**plan.resolved(), "lr": lr})
-    rundir.write_status(out, "running", from_step=t.step)
-    log = RunLog(out / "log.jsonl", plan.device, plan.tokens_per_step, wall)
+    main = plan.dist.main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {**plan.resolved(), "lr": lr})
+        rundir.write_status(out, "running", from_step=t.step)
+    log = RunLog(out / "log.jsonl" if main else None, plan.device, plan.tokens_per_step, wall)
     log.truncate(t.step)
     checkpoints = SftCheckpoints(plan, lr, out, log)
     drive(t, out, log, checkpoints, plan.steps * plan.tokens_per_step, progress)
-    return _finish(plan, lr, out, t, log)
+    val, rows = validate(distributed.unwrap(t.model), plan.val.examples, plan)
+    result = _finish(plan, lr, out, val, rows, log) if main else None
+    return distributed.broadcast(plan.dist, result)
 
 
-def _finish(plan: SftPlan, lr: float, out: Path, t: Trainer, log: RunLog) -> SftRunResult:
-    val, rows = validate(t.model, plan.val.examples, plan)
+def _finish(plan: SftPlan, lr: float, out: Path, val: ValSummary, rows: list[dict],
+            log: RunLog) -> SftRunResult:  # fmt: skip
     atomic_write_jsonl(out / "val_examples.jsonl", rows)
     lines, tokens = log.read(), plan.summary().train_tokens * plan.cfg.epochs
     result = SftRunResult(
