@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
