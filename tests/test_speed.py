@@ -52,3 +52,22 @@ def test_bench_train_reports_like_for_like_ratios_rss_and_what_it_did_not_measur
     assert res["utilization"] > 0 and res["errors"] == {}
     failed = _ratio({"ours_compiled": 1.0}, "compiled", {"hf_compiled": "RuntimeError: no cc"})
     assert failed == (None, "hf_compiled: RuntimeError: no cc")
+
+
+def test_bf16_on_cpu_is_warned_about_only_without_bf16_matmul_instructions(tmp_path, monkeypatch):
+    from midtrain.train import speed
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f\n")
+    assert speed.native_bf16_cpu(str(info)) is False
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert speed.native_bf16_cpu(str(info)) is True
+    assert speed.native_bf16_cpu(str(tmp_path / "none")) is None
+    warnings = {}
+    for native in (False, True, None):
+        monkeypatch.setattr(speed, "native_bf16_cpu", lambda n=native: n)
+        warnings[native] = speed.precision_warning("bf16", "cpu")
+        assert speed.precision_warning("fp32", "cpu") is None
+        assert speed.precision_warning("bf16", "cuda") is None
+    assert warnings[True] is None and warnings[None] is None
+    assert warnings[False].endswith("much slower than fp32; use precision = 'fp32'")

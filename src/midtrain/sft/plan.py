@@ -21,6 +21,7 @@ from midtrain.sft.config import SftConfig
 from midtrain.sft.formatcheck import FormatReport, scan
 from midtrain.sft.results import DataSummary
 from midtrain.train import checkpoint as ckpt
+from midtrain.train import speed
 from midtrain.train.distributed import SINGLE, Dist, resolve
 from midtrain.train.schedules import SCHEDULES, BoundSchedule, make_schedule
 
@@ -94,8 +95,7 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
 
     env.setup()
     device = env.resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else (
-        "bf16" if device == "cuda" else "fp32")  # fmt: skip
+    precision = speed.resolve_precision(cfg.precision, device)
     ckpt.check_hf_folder(cfg.checkpoint, "checkpoint")
     tok = load_tokenizer(cfg.checkpoint)
     model_config = _model_config(cfg)
@@ -114,8 +114,7 @@ def plan_sft(cfg: SftConfig) -> SftPlan:
     for lr in cfg.lrs:
         plan.schedule(lr)  # the schedule's own checks (e.g. `exp` needs final_lr_fraction > 0)
     plan.warnings += [w for w in [fmt.summary("sft data")] if w] + _fit_warnings(plan)
-    if precision == "bf16" and device == "cpu":
-        plan.warnings.append("precision bf16 on CPU is much slower than fp32; use 'fp32'")
+    plan.warnings += [w for w in [speed.precision_warning(precision, device)] if w]
     return plan
 
 

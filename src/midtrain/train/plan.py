@@ -109,8 +109,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     sampler = MixtureSampler(stores, mix, cfg.seq_len, steps * seqs, cfg.seed)
     init_state = ckpt.read_trainer_state(cfg.init) if cfg.init else None
     schedule, source, warns = _schedule(cfg, init_state, steps)
-    if precision == "bf16" and device == "cpu":
-        warns.append("precision bf16 on CPU is much slower than fp32; use precision = 'fp32'")
+    warns += [w for w in [speed.precision_warning(precision, device)] if w]
     return RunPlan(
         cfg, device, precision, tok, tok_hash, model_config, stores, sampler, seqs, micro,
         steps, schedule, init_state, source, warns, dist, speed.resolve_compile(cfg.compile, device),
