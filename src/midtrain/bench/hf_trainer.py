@@ -3,7 +3,8 @@
 Same model config and init seed, the same sequences (read from our mixture sampler), batch,
 optimizer (`adamw_torch_fused`, weight decay 0.1, betas 0.9/0.95), clip 1.0 and constant LR as
 our loop; `report_to=[]`, no eval, no saving, no logging. `compile` sets `torch_compile=True`
-(inductor, HF's default backend), the like-for-like opponent of our `compile = true`.
+(inductor, HF's default backend), the like-for-like opponent of our `compile = true`; our
+`precision = "bf16"` meets `bf16=True` (autocast on both sides).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int, compile: bool)
 
     from transformers import default_data_collator
 
-    args = _training_args(out, batch, steps, plan.schedule.lr_at(0), compile)
+    bf16 = plan.precision == "bf16"  # autocast, as our `precision = "bf16"`
+    args = _training_args(out, batch, steps, plan.schedule.lr_at(0), compile, bf16)
     trainer = Trainer(
         model=model,
         args=args,
@@ -51,7 +53,8 @@ def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int, compile: bool)
     return batch * seq_len / statistics.median(step_s)
 
 
-def _training_args(out: Path, batch: int, steps: int, lr: float, compile: bool):  # noqa: ANN202
+def _training_args(out: Path, batch: int, steps: int, lr: float, compile: bool,  # noqa: ANN202
+                   bf16: bool = False):  # fmt: skip
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -67,6 +70,7 @@ def _training_args(out: Path, batch: int, steps: int, lr: float, compile: bool):
         max_grad_norm=1.0,
         optim="adamw_torch_fused",
         torch_compile=compile,
+        bf16=bf16,
         report_to=[],
         save_strategy="no",
         eval_strategy="no",

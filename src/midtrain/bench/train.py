@@ -49,11 +49,12 @@ SGEMM_N = 4096
 CONFIGS = ("ours_eager", "ours_compiled", "hf_eager", "hf_compiled")
 
 
-def sgemm_gflops(n: int = SGEMM_N, reps: int = 3) -> float:
-    """Best of `reps` fp32 n x n matmuls, in GFLOP/s."""
+def sgemm_gflops(n: int = SGEMM_N, reps: int = 3, precision: str = "fp32") -> float:
+    """Best of `reps` n x n matmuls (fp32, or bf16 for `precision = "bf16"`), in GFLOP/s."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm up
     best = float("inf")
     for _ in range(reps):
@@ -79,8 +80,10 @@ def _world(root: Path, n_tokens: int) -> tuple[Path, Path]:
     return root / "tokenizer", root / "web"
 
 
-def _run_config(tok: Path, store: Path, steps: int, compile: bool, threads: int) -> dict:
+def _run_config(tok: Path, store: Path, steps: int, compile: bool, threads: int,
+                precision: str = "fp32") -> dict:  # fmt: skip
     return {
+        "precision": precision,
         "model": {**DEMO_MODEL, "vocab_size": VOCAB},
         "tokenizer": str(tok),
         "stores": {"web": str(store)},
@@ -162,6 +165,7 @@ def run_bench(
     threads: int = 0,
     warmup: int = 3,
     configs: tuple[str, ...] = CONFIGS,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Interleaved rounds of sgemm and each of `configs`, each in its own subprocess."""
     import torch
@@ -175,9 +179,9 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="midtrain-bench-train-") as tmp:
         root = Path(tmp)
         tok, store = _world(root, (total * BATCH + 8) * SEQ_LEN)
-        rc = _run_config(tok, store, total, False, threads)
+        rc = _run_config(tok, store, total, False, threads, precision)
         for r in range(rounds):
-            series["sgemm"].append(sgemm_gflops())
+            series["sgemm"].append(sgemm_gflops(precision=precision))
             for name in configs:
                 if name in errors:
                     continue
@@ -240,5 +244,6 @@ def _report(med: dict, series: dict, rss: dict, errors: dict, rc: dict, steps: i
         "warmup_steps": warmup,
         "threads": torch.get_num_threads(),
         "sgemm_n": SGEMM_N,
+        "precision": rc["precision"],
         "versions": library_versions(),
     }

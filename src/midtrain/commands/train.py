@@ -87,12 +87,18 @@ def bench_train(
         bool, typer.Option(help="Also time both compiled configurations (ours, HF torch_compile).")
     ] = True,
     threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: autocast on both sides (HF bf16=True).")
+    ] = "fp32",
 ) -> None:
     """Our loop vs transformers.Trainer (eager vs eager, compiled vs compiled) on the demo model."""
+    if precision not in ("fp32", "bf16"):
+        raise MidtrainError(f"--precision: {precision!r} is not fp32 or bf16; pass one of them")
     from midtrain.bench.train import CONFIGS, run_bench
 
     configs = CONFIGS if compile else tuple(c for c in CONFIGS if c.endswith("_eager"))
-    result = run_bench(steps=steps, rounds=rounds, threads=threads, configs=configs)
+    result = run_bench(steps=steps, rounds=rounds, threads=threads, configs=configs,
+                       precision=precision)  # fmt: skip
     if as_json:
         print(json.dumps(result))
     else:
