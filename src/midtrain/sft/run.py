@@ -31,7 +31,7 @@ from midtrain.sft.results import SftRunResult, ValSummary
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import distributed, optim, rundir
 from midtrain.train.log import RunLog
-from midtrain.train.loop import Batches, Checkpoints, Trainer, drive
+from midtrain.train.loop import Batches, Checkpoints, Trainer, drive, parallel, position
 
 
 def sft_loss(model: Any, micro: tuple[Any, Any]) -> Any:
@@ -128,17 +128,13 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
     step, wall, rng = 0, 0.0, None
     if resuming:
         optim.load_optimizer(opt, resume)
-        (step, wall), rng = _position(resume), ckpt.load_rng_state(resume)
+        (step, wall), rng = position(resume), ckpt.load_rng_state(resume)
     elif cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
     if d.active:
-        make = partial(optim.make_optimizer, o=cfg.optimizer)
-        model, opt, params = distributed.parallelize(model, opt, make, d)
-        if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
-            torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
-        if distributed.has_state(resume):
-            rng = distributed.load_state(resume, model, opt, d)
-            step, wall = _position(resume)
+        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d)
+        if loaded:
+            rng, (step, wall) = loaded
     optim.set_rng_state(rng)
     autocast = nullcontext
     if plan.precision == "bf16":
@@ -149,12 +145,6 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
     if d.active:
         t.grad_sync, t.reduce = distributed.grad_sync(model, d), distributed.reduce_metrics(d)
     return t, wall
-
-
-def _position(resume: Path) -> tuple[int, float]:
-    """(steps done, wall seconds) of OUT/state."""
-    position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
-    return (position.step, position.wall_s) if position else (0, 0.0)
 
 
 def validate(model: Any, examples: list[Example], plan: SftPlan) -> tuple[ValSummary, list[dict]]:

@@ -235,17 +235,13 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     step, wall, rng = 0, 0.0, None
     if source == resume:
         optim.load_optimizer(opt, resume)
-        (step, wall), rng = _position(resume), ckpt.load_rng_state(resume)
+        (step, wall), rng = position(resume), ckpt.load_rng_state(resume)
     elif source is not None and cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
     if d.active:
-        make = partial(optim.make_optimizer, o=cfg.optimizer)
-        model, opt, params = distributed.parallelize(model, opt, make, d)
-        if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
-            torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
-        if distributed.has_state(resume):
-            rng = distributed.load_state(resume, model, opt, d)
-            step, wall = _position(resume)
+        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d)
+        if loaded:
+            rng, (step, wall) = loaded
     optim.set_rng_state(rng)
     loss_fn = partial(optim.lm_loss, model)
     if plan.compile:
@@ -280,10 +276,25 @@ def _model(plan: RunPlan, resume: Path) -> tuple[Any, Path | None]:
     return model.to(plan.device), None
 
 
-def _position(resume: Path) -> tuple[int, float]:
+def position(resume: Path) -> tuple[int, float]:
     """(steps done, wall seconds) of OUT/state."""
-    position = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
-    return (position.step, position.wall_s) if position else (0, 0.0)
+    pos = (ckpt.read_trainer_state(resume) or ckpt.TrainerState(lr=0)).run
+    return (pos.step, pos.wall_s) if pos else (0, 0.0)
+
+
+def parallel(model: Any, opt: Any, o: Any, seed: int, resume: Path, d: distributed.Dist) -> tuple:
+    """Under torchrun: the model wrapped (DDP/FSDP2) with a new optimizer carrying `opt`'s state,
+    rank r > 0 on its own RNG stream, and OUT/state's DCP state loaded when there is one.
+    Returns (model, optimizer, params, (rng, (step, wall)) or None)."""
+    import torch
+
+    make = partial(optim.make_optimizer, o=o)
+    model, opt, params = distributed.parallelize(model, opt, make, d)
+    if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
+        torch.manual_seed(seed + 1_000_003 * d.rank)
+    if not distributed.has_state(resume):
+        return model, opt, params, None
+    return model, opt, params, (distributed.load_state(resume, model, opt, d), position(resume))
 
 
 def drive(t: Trainer, out: Path, log: RunLog, checkpoints: Checkpoints, total_tokens: int,
