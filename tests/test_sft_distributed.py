@@ -114,3 +114,27 @@ def test_a_job_killed_while_saving_resumes_to_the_uninterrupted_jobs_weights(w):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(out) == losses(ref)
     assert read_json(out / "sft.json")["val_loss"] == read_json(ref / "sft.json")["val_loss"]
+
+
+@pytest.mark.slow
+def test_a_single_process_state_is_not_resumed_by_two_processes_and_nothing_is_written(w):
+    import subprocess
+    import sys
+
+    from test_distributed import _env
+
+    out, cfg = w["root"] / "one-then-two", config(w, "one-then-two")
+    cmd = [sys.executable, "-m", "midtrain.cli", "sft", w["fields"]["checkpoint"], "--config",
+           str(cfg), "--out", str(out)]  # fmt: skip
+    res = subprocess.run(
+        cmd, env=_env(MIDTRAIN_TEST_KILL="step:4"), capture_output=True, timeout=120
+    )
+    assert res.returncode == -signal.SIGKILL
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    codes, err = wait(launch(cfg, out, argv=("sft", w["fields"]["checkpoint"])))
+    assert codes == [2, 2], err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out state: written by 1 process(es)")
+    assert "but resumed by 2 ('ddp'); resume with one process (no torchrun)" in lines[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert (out / LR / "state").is_dir()

@@ -90,6 +90,7 @@ def run_sft(
     Under torchrun every rank runs the grid (`parallel`); rank 0 writes (docs/scaling.md)."""
     from midtrain import env
     from midtrain.train import distributed
+    from midtrain.train.checkpoint import read_trainer_state
 
     cfg = load_sft_config(cfg)
     out = Path(out_dir).resolve()
@@ -102,6 +103,9 @@ def run_sft(
     env.setup(cfg.threads)
     inputs = _inputs(plan)
     check_inputs_unchanged(out, inputs)
+    for lr in cfg.lrs:  # a state/ of another job shape (torchrun or not): refused before any write
+        saved = read_trainer_state(lr_dir(out, lr) / "state")
+        distributed.check_resume(saved.run if saved else None, plan.dist)
     with distributed.session(plan.dist, plan.device):
         return distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
 

@@ -296,8 +296,9 @@ def check_resume(saved: Any, d: Dist) -> None:
         return
     world, mode = saved.world_size or 1, saved.parallel or "none"
     if (world, mode) != (d.world, d.mode):
+        how = "one process (no torchrun)" if world == 1 else (
+            f"`torchrun --nproc-per-node {world}` and parallel = {mode!r}")  # fmt: skip
         raise MidtrainError(
             f"--out state: written by {world} process(es) (parallel {mode!r}) but resumed by "
-            f"{d.world} ({d.mode!r}); resume with `torchrun --nproc-per-node {world}` and "
-            f"parallel = {mode!r}, or use a new --out"
+            f"{d.world} ({d.mode!r}); resume with {how}, or use a new --out"
         )
