@@ -4,6 +4,7 @@ a failed job is retried once and reported while the rest go on; the study lock a
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from _toy_stage import ToyResult, ToySpec
@@ -123,3 +124,28 @@ def test_study_resources_become_each_chain_ray_task_options(tmp_path, monkeypatc
     assert seen == {"name": "ray", "address": "auto", "resources": cfg.resources}
     ex = make_executor("ray", 1, "10.0.0.1:6379", cfg.resources)
     assert ex.address == "10.0.0.1:6379" and ex.resources.custom == {"a100": 1}
+
+
+def test_processes_per_run_follow_the_chains_gpus_unless_given_and_reach_both_executors():
+    from midtrain.study.executors import LocalExecutor, Resources
+
+    assert [Resources(gpus=g).run_processes() for g in (0, 0.5, 1, 2, 8)] == [1, 1, 1, 2, 8]
+    assert Resources(gpus=8, processes=1).run_processes() == 1
+    assert Resources(processes=2).run_processes() == 2
+    local = make_executor("local", 1, None, Resources(gpus=4))
+    assert isinstance(local, LocalExecutor) and local.processes == 4
+    assert make_executor("local", 2, None, None).processes == 1
+
+
+def test_run_chain_sets_the_processes_of_its_runs_only_while_it_runs(tmp_path, monkeypatch):
+    from midtrain import jobs
+    from midtrain.train import launch
+
+    monkeypatch.delenv(launch.PROCESSES_ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(jobs, "_run_chain", lambda *a: seen.append(launch.processes_per_run()))
+    jobs.run_chain([toy(tmp_path, "a", 1)], processes=3)
+    assert seen == [3] and launch.PROCESSES_ENV not in os.environ
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a distributed job: no ranks of its own
+    jobs.run_chain([toy(tmp_path, "a", 1)], processes=3)
+    assert seen == [3, 1]

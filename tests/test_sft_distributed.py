@@ -138,3 +138,23 @@ def test_a_single_process_state_is_not_resumed_by_two_processes_and_nothing_is_w
     assert "but resumed by 2 ('ddp'); resume with one process (no torchrun)" in lines[0]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert (out / LR / "state").is_dir()
+
+
+@pytest.mark.slow
+def test_a_chain_on_two_processes_runs_its_probe_as_a_two_rank_job(w, monkeypatch):
+    """The sft stage under a study's `[resources] processes = 2` (train/launch.py); bad input on
+    the ranks comes back as the one-line error of one process."""
+    from midtrain.errors import MidtrainError
+    from midtrain.jobs import get_stage
+    from midtrain.sft.config import SftConfig
+    from midtrain.train import launch
+
+    monkeypatch.setenv(launch.PROCESSES_ENV, "2")
+    out = w["root"] / "stage"
+    res = get_stage("sft").run(SftConfig(**w["fields"]), out)
+    assert read_json(out / LR / "config.json")["resolved"]["world_size"] == 2
+    assert res.val_loss == pytest.approx(read_json(w["ref"] / "sft.json")["val_loss"], rel=RTOL)
+    bad = {**w["fields"], "lrs": [1e-3, 1e-3]}
+    with pytest.raises(MidtrainError, match=r"^lrs: \[0.001, 0.001\] must be distinct"):
+        launch.run_ranks(["sft", w["fields"]["checkpoint"]], bad, w["root"] / "bad", 2)
+    assert not (w["root"] / "bad").exists()

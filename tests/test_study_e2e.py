@@ -245,6 +245,32 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     )
 
 
+def test_each_run_of_a_study_can_train_on_two_processes(world, tmp_path):
+    """[resources] processes = 2 (local executor): every run is a 2-rank DDP job whose weights
+    match the one-process study's, and the verdicts are the same."""
+    from safetensors.torch import load_file
+
+    from midtrain.study.config import load_study
+    from midtrain.study.runner import run_study
+
+    res = {}
+    for name, extra in (("one", ""), ("two", "[resources]\nprocesses = 2\n")):
+        path = study_file(world, tmp_path / name, SMALL + extra, seeds=(0,))
+        path.write_text(path.read_text().replace("micro_batch = 16", "micro_batch = 8"))
+        res[name] = run_study(load_study(path), tmp_path / name / "s")
+    one, two = res["one"], res["two"]
+    assert [a.verdict for a in two.arms] == [a.verdict for a in one.arms]
+    for r1, r2 in zip(one.control.runs + one.arms[0].runs, two.control.runs + two.arms[0].runs,
+                      strict=True):  # fmt: skip
+        d1, d2 = tmp_path / "one" / "s" / r1.dir, tmp_path / "two" / "s" / r2.dir
+        assert r2.status == "done" and r2.run_id == r1.run_id
+        assert read_json(d2 / "config.json")["resolved"]["world_size"] == 2
+        a = load_file(d1 / "final" / "model.safetensors")
+        b = load_file(d2 / "final" / "model.safetensors")
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert two.arms[0].primary.delta == pytest.approx(one.arms[0].primary.delta, abs=1e-3)
+
+
 NULL = CANDS[: CANDS.index('[[candidates]]\nname = "math"')]  # the null and task-items arms
 
 

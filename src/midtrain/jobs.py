@@ -14,6 +14,7 @@ stage reports a cached result is skipped.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -124,11 +125,26 @@ def pending(chain: Chain) -> bool:
     return any(job.cached() is None for job in chain)
 
 
-def run_chain(chain: Chain, threads: int = 0, attempts: int = 2) -> Outcome:
-    """Run a chain's jobs in order (each skipped when cached), retrying a failure once.
+def run_chain(chain: Chain, threads: int = 0, attempts: int = 2, processes: int = 1) -> Outcome:
+    """Run a chain's jobs in order (each skipped when cached), retrying a failure once; its
+    training runs and SFT probes on `processes` local ranks each (train/launch.py).
 
     Never raises: a failure becomes an Outcome with the stage, the error and the traceback.
     """
+    from midtrain.train.launch import PROCESSES_ENV
+
+    before = os.environ.get(PROCESSES_ENV)
+    os.environ[PROCESSES_ENV] = str(processes)
+    try:
+        return _run_chain(chain, threads, attempts)
+    finally:
+        if before is None:
+            os.environ.pop(PROCESSES_ENV, None)
+        else:
+            os.environ[PROCESSES_ENV] = before
+
+
+def _run_chain(chain: Chain, threads: int, attempts: int) -> Outcome:
     env.setup(threads)
     t0, last, failed = time.perf_counter(), chain[-1], chain[0]
     for attempt in range(1, attempts + 1):

@@ -18,6 +18,7 @@ from midtrain.schema import Strict, field
 from midtrain.sft.config import SftConfig
 from midtrain.sft.grid import finished, lr_dir, run_sft
 from midtrain.sft.results import SftResult
+from midtrain.train import launch
 
 
 @register
@@ -27,7 +28,14 @@ class SftStage(Stage):
     Result = SftResult
 
     def run(self, spec: SftConfig, out: Path) -> SftResult:
-        return run_sft(spec, out, progress=False)
+        n = launch.processes_per_run()  # a study's [resources] processes (train/launch.py)
+        if n == 1:
+            return run_sft(spec, out, progress=False)
+        config = spec.model_dump(mode="json", exclude_none=True)
+        launch.run_ranks(["sft", spec.checkpoint], config, out, n)
+        if (done := finished(out)) is None:
+            raise MidtrainError(f"{out}: the {n}-process SFT probe ended without its sft.json")
+        return done
 
     def cached(self, spec: SftConfig, out: Path) -> SftResult | None:
         return finished(out)

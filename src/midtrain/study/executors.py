@@ -35,21 +35,23 @@ def _died(chain: Chain, why: str) -> Outcome:
 
 
 class LocalExecutor:
-    """One after another in this process, or `workers` processes with cores split between them."""
+    """One after another in this process, or `workers` processes with cores split between them;
+    each run on `processes` local ranks (train/launch.py)."""
 
-    def __init__(self, workers: int = 1):
-        self.workers = max(1, workers)
+    def __init__(self, workers: int = 1, processes: int = 1):
+        self.workers, self.processes = max(1, workers), max(1, processes)
 
     def run(self, chains: list[Chain], notify: Notify) -> list[Outcome]:
         outcomes = []
         if self.workers == 1:
             for chain in chains:
-                outcomes.append(run_chain(chain))
+                outcomes.append(run_chain(chain, processes=self.processes))
                 notify(outcomes[-1])
             return outcomes
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_chain, chain, threads): chain for chain in chains}
+            futures = {pool.submit(run_chain, chain, threads, processes=self.processes): chain
+                       for chain in chains}  # fmt: skip
             for fut in as_completed(futures):
                 try:
                     outcome = fut.result()
@@ -65,6 +67,11 @@ class Resources(Strict):
 
     cpus: float = field(1.0, ge=0, description="CPU cores per chain; also its torch threads.")
     gpus: float = field(0.0, ge=0, description="GPUs per chain (fractions share one GPU).")
+    processes: int = field(
+        0, ge=0, description="Processes per training run and SFT probe of a chain (DDP/FSDP2 "
+        "ranks, one per GPU): 0 = the chain's GPUs when it asks for 2 or more, else 1. The "
+        "local executor uses this key too.",
+    )  # fmt: skip
     memory: int | str | None = field(
         None,
         description='Memory per chain: bytes, or a string such as "16GB" or "512MiB" (Ray '
@@ -84,6 +91,10 @@ class Resources(Strict):
         if v is not None:
             memory_bytes(v)
         return v
+
+    def run_processes(self) -> int:
+        """`processes`, with 0 resolved: whole GPUs of the chain when 2 or more, else 1."""
+        return self.processes or (int(self.gpus) if self.gpus >= 2 else 1)
 
     def ray_options(self) -> dict[str, Any]:
         """The `.options(...)` of a chain's task."""
@@ -140,8 +151,8 @@ class RayExecutor:
 
     def _run(self, ray: Any, chains: list[Chain], notify: Notify) -> list[Outcome]:
         task = ray.remote(run_chain).options(**self.resources.ray_options())
-        threads = max(1, int(self.resources.cpus))
-        pending = {task.remote(chain, threads): chain for chain in chains}
+        threads, n = max(1, int(self.resources.cpus)), self.resources.run_processes()
+        pending = {task.remote(chain, threads, processes=n): chain for chain in chains}
         outcomes = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -161,11 +172,12 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": 
 def make_executor(
     name: str, workers: int = 1, address: str | None = None, resources: Resources | None = None
 ) -> Executor:
-    """The executor `name`; `resources` (the study's [resources]) go to Ray, not local workers."""
+    """The executor `name`; `resources` (the study's [resources]) go to Ray; local workers take
+    only its `processes`."""
     if name not in EXECUTORS:
         raise MidtrainError(f"--executor {name!r} is unknown; use one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise MidtrainError(f"--workers {workers}: must be >= 1")
     if name == "ray":
         return EXECUTORS[name](address=address, resources=resources)
-    return EXECUTORS[name](workers=workers)
+    return EXECUTORS[name](workers=workers, processes=(resources or Resources()).run_processes())
