@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 from _toy_stage import ToyResult, ToySpec
@@ -149,3 +150,40 @@ def test_run_chain_sets_the_processes_of_its_runs_only_while_it_runs(tmp_path, m
     monkeypatch.setenv("WORLD_SIZE", "2")  # inside a distributed job: no ranks of its own
     jobs.run_chain([toy(tmp_path, "a", 1)], processes=3)
     assert seen == [3, 1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_dies_with_its_launcher_and_never_outlives_it(tmp_path):
+    """A rank started for a study's N-process run (train/launch.py) is SIGKILLed when its
+    launcher (the chain's worker) dies, and exits at once when the launcher is already gone."""
+    import signal
+    import subprocess
+    import time
+
+    from midtrain.env import LAUNCHER_ENV
+
+    rank = "from midtrain.env import die_with_launcher; die_with_launcher(); import time; time.sleep(60)"
+    pid_file = tmp_path / "rank.pid"
+    launcher = (
+        "import os, subprocess, sys, time\n"
+        f"env = dict(os.environ, {LAUNCHER_ENV}=str(os.getpid()))\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {rank!r}], env=env)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.time() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    time.sleep(1.0)  # the rank has imported midtrain and armed its death signal
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while os.path.exists(f"/proc/{child}") and "zombie" not in open(f"/proc/{child}/status").read():
+        assert time.time() < deadline, "the rank outlived its launcher"
+        time.sleep(0.05)
+    orphan = subprocess.run([sys.executable, "-c", rank], env=dict(os.environ, **{LAUNCHER_ENV: "1"}),
+                            timeout=30)  # fmt: skip
+    assert orphan.returncode == 1  # its launcher (pid 1 is not its parent) is gone: exit at once

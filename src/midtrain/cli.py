@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
     Exit codes: 0 done, 1 some runs of a study failed, 2 bad input, 3 a run diverged.
     """
+    from midtrain.env import die_with_launcher
+
+    die_with_launcher()  # a rank of a study's N-process run dies with its chain
     if not sys.stdout.isatty():  # piped or logged: tables at their width, not cut to 80 columns
         os.environ.setdefault("COLUMNS", "200")
     try:

@@ -8,6 +8,8 @@ lm-eval are imported, so `HF_HUB_OFFLINE=1` and `HF_DATASETS_OFFLINE=1` hold eve
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 from midtrain.errors import MidtrainError
 
@@ -46,3 +48,25 @@ def resolve_device(requested: str, field: str = "device") -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise MidtrainError(f"{field}: 'cuda' but torch sees no GPU; use 'cpu' or 'auto'")
     return requested
+
+
+LAUNCHER_ENV = (
+    "MIDTRAIN_LAUNCHER_PID"  # a rank started by train/launch.py run_ranks: its launcher's pid
+)
+
+
+def die_with_launcher() -> None:
+    """In a rank that `run_ranks` started (the CLI calls this first): SIGKILL when the launcher
+    dies (Linux PR_SET_PDEATHSIG, set in the rank itself: no preexec_fn in a threaded launcher),
+    and exit at once when it is already gone."""
+    pid = os.environ.get(LAUNCHER_ENV)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(pid):
+        os._exit(1)

@@ -7,7 +7,7 @@ config to a temporary TOML, starts `python -m midtrain.cli COMMAND --config ... 
 per rank with torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT on a free
 local port; each rank binds cuda:LOCAL_RANK of the GPUs the chain was given) and waits. A rank
 that fails takes the others down at once (SIGKILL), as torchrun's agent would; on Linux every
-rank also dies with this process (PR_SET_PDEATHSIG), so a chain whose Ray worker is lost leaves
+rank also dies with this process (`env.die_with_launcher`), so a chain whose Ray worker is lost leaves
 no orphan writing to the run folder while Ray reruns the chain elsewhere.
 """
 
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from midtrain.env import LAUNCHER_ENV
 from midtrain.errors import MidtrainError
 
 PROCESSES_ENV = "MIDTRAIN_PROCESSES"  # set by jobs.run_chain for the chain's train and sft stages
@@ -40,15 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_ranks(argv: list[str], config: dict[str, Any], out: Path, n: int) -> None:
@@ -85,10 +77,9 @@ def _start_and_wait(cmd: list[str], n: int, threads: int, tmp: Path) -> tuple[li
     for rank in range(n):
         env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n),
                "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": str(threads)}  # fmt: skip
+               "OMP_NUM_THREADS": str(threads), LAUNCHER_ENV: str(os.getpid())}  # fmt: skip
         logs.append(open(tmp / f"rank-{rank}.err", "w+", encoding="utf-8"))  # noqa: SIM115
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=logs[-1],
-                                      preexec_fn=_die_with_parent))  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=logs[-1]))
     failed_at = None
     try:
         while any(p.poll() is None for p in procs):
