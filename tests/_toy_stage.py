@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class ToyStage(Stage):
         tries = out / "tries"
         n = int(tries.read_text()) + 1 if tries.exists() else 1
         tries.write_text(str(n))
+        (out / "gpus").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))  # a worker's GPUs
         if n <= spec.fail_times:
             raise RuntimeError(f"toy failure {n}")
         _slow_steps(spec, out)

@@ -84,6 +84,25 @@ def test_worker_processes_run_the_toy_stage(tmp_path):
     ]
 
 
+def test_local_workers_each_get_their_own_gpus(tmp_path, monkeypatch):
+    """`--workers 2` with 2 ranks per run on a 4-GPU node: worker slices 0,1 and 2,3 (not every
+    worker on GPU 0); without GPUs nothing is set."""
+    from midtrain.study import executors
+    from midtrain.study.executors import gpu_slices
+
+    assert gpu_slices([], 2, 1) == [None, None]
+    assert gpu_slices(["0", "1", "2", "3"], 2, 2) == ["0,1", "2,3"]
+    assert gpu_slices(["0", "1"], 3, 1) == ["0", "1", "0"]  # more workers than GPUs: shared
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["0", "1", "2", "3"])
+    chains = [[toy(tmp_path, f"g{i}", i)] for i in range(6)]
+    for chain in chains:
+        chain[0].spec.steps, chain[0].spec.step_s = 3, 0.2
+    outcomes = LocalExecutor(workers=2, processes=2).run(chains, lambda o: None)
+    assert [o.status for o in outcomes] == ["done"] * 6
+    seen = {(tmp_path / f"g{i}" / "gpus").read_text() for i in range(6)}
+    assert seen == {"0,1", "2,3"}, seen
+
+
 def test_study_lock_admits_one_driver(tmp_path):
     with study_lock(tmp_path / "s"):
         with pytest.raises(MidtrainError, match="another midtrain process"):

@@ -49,7 +49,12 @@ class LocalExecutor:
                 notify(outcomes[-1])
             return outcomes
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+        ctx = mp.get_context("spawn")
+        slots = ctx.SimpleQueue()
+        for gpus in gpu_slices(visible_gpus(), self.workers, self.processes):
+            slots.put(gpus)
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_take_gpus,
+                                 initargs=(slots,)) as pool:  # fmt: skip
             futures = {pool.submit(run_chain, chain, threads, processes=self.processes): chain
                        for chain in chains}  # fmt: skip
             for fut in as_completed(futures):
@@ -60,6 +65,33 @@ class LocalExecutor:
                 outcomes.append(outcome)
                 notify(outcome)
         return outcomes
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use (CUDA_VISIBLE_DEVICES entries, or 0..n-1); none on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slices(gpus: list[str], workers: int, per: int) -> list[str | None]:
+    """Each local worker's CUDA_VISIBLE_DEVICES: `per` GPUs (its runs' ranks) in turn, wrapping
+    around when there are fewer GPUs than workers x per; None without GPUs."""
+    if not gpus:
+        return [None] * workers
+    return [",".join(gpus[(w * per + j) % len(gpus)] for j in range(per)) for w in range(workers)]
+
+
+def _take_gpus(slots: Any) -> None:
+    """Worker initializer: this worker's GPUs (one slice per worker process)."""
+    gpus = slots.get()
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
 
 
 class Resources(Strict):
