@@ -6,9 +6,9 @@ sets `PROCESSES_ENV`; the train and sft stages then call `run_ranks`, which writ
 config to a temporary TOML, starts `python -m midtrain.cli COMMAND --config ... --out OUT` once
 per rank with torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT on a free
 local port; each rank binds cuda:LOCAL_RANK of the GPUs the chain was given) and waits. A rank
-that fails takes the others down at once (SIGKILL), as torchrun's agent would; on Linux every
-rank also dies with this process (`env.die_with_launcher`), so a chain whose Ray worker is lost leaves
-no orphan writing to the run folder while Ray reruns the chain elsewhere.
+that fails takes the others down (SIGKILL after `GRACE_S`), as torchrun's agent would; on Linux
+every rank also dies with this process (`env.die_with_launcher`), so a chain whose Ray worker is
+lost leaves no orphan writing to the run folder while Ray reruns the chain elsewhere.
 """
 
 from __future__ import annotations
