@@ -247,3 +247,72 @@ def test_the_job_is_read_from_torchruns_env_and_resumed_only_by_the_same_job():
     for job in (dist.SINGLE, dist.Dist("ddp", 0, 2), dist.Dist("fsdp", 0, 4)):
         with pytest.raises(MidtrainError, match="torchrun --nproc-per-node 2"):
             dist.check_resume(two, job)
+
+
+BIG = {
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "vocab_size": 32000,
+}  # 66M parameters, 265 MB in fp32
+
+
+def _shard_and_report(rank: int, port: int, queue) -> None:  # noqa: ANN001 - a spawned rank
+    import resource
+
+    import torch.distributed as td
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from midtrain.train import checkpoint as ckpt
+    from midtrain.train import distributed as dist
+    from midtrain.train.config import OptimizerConfig
+    from midtrain.train.optim import make_optimizer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    td.init_process_group("gloo", rank=rank, world_size=2)
+    d = dist.Dist("fsdp", rank, 2)
+    config = LlamaConfig(**BIG)
+    if dist.on_meta(d):
+        model = ckpt.meta_model(config)
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    opt = make_optimizer(list(model.parameters()), OptimizerConfig())
+    make = lambda ps: make_optimizer(ps, OptimizerConfig())  # noqa: E731
+    model, _, _ = dist.parallelize(model, opt, make, d, "cpu")
+    probe = model.state_dict()["model.embed_tokens.weight"].full_tensor()[:2, :4].tolist()
+    queue.put((rank, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, probe))
+    td.barrier()
+    td.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_beyond_the_first_never_hold_the_whole_model():
+    """FSDP2 ranks > 0 build the model on meta and receive rank 0's weights after sharding: rank 1
+    holds its half of a 265 MB model, rank 0 the whole model too (it loaded the checkpoint)."""
+    import torch.multiprocessing as tmp
+    from transformers import LlamaConfig
+
+    from midtrain.train.checkpoint import meta_model
+
+    mib = sum(p.numel() for p in meta_model(LlamaConfig(**BIG)).parameters()) * 4 / 2**20
+
+    ctx = tmp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_shard_and_report, args=(r, port, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, peak_mib, probe = queue.get(timeout=240)
+        got[rank] = (peak_mib, probe)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    print(f"\npeak RSS rank 0 {got[0][0]:.0f} MiB, rank 1 {got[1][0]:.0f} MiB; model {mib:.0f} MiB")
+    assert got[0][1] == got[1][1]  # rank 1 holds rank 0's weights
+    assert got[0][0] - got[1][0] > 0.75 * mib  # a whole model's worth less on rank 1 (measured
+    # 253 MiB of 253)

@@ -121,7 +121,11 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
     distributed.check_resume(saved.run if saved else None, d)
     resuming = not d.active and (resume / "config.json").is_file()
     source = resume if resuming else Path(cfg.checkpoint)
-    model = ckpt.load_model(source, plan.device, "--out state" if resuming else "checkpoint")
+    if distributed.on_meta(d):  # FSDP2 rank > 0: a skeleton, rank 0's weights come after sharding
+        model = ckpt.meta_model(plan.model_config)
+    else:
+        device = distributed.load_device(d, plan.device)
+        model = ckpt.load_model(source, device, "--out state" if resuming else "checkpoint")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optim.make_optimizer(params, cfg.optimizer)
@@ -129,10 +133,15 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
     if resuming:
         optim.load_optimizer(opt, resume)
         (step, wall), rng = position(resume), ckpt.load_rng_state(resume)
-    elif cfg.optimizer.load_state and optim.load_optimizer(opt, source):
+    elif (
+        cfg.optimizer.load_state
+        and not distributed.on_meta(d)
+        and optim.load_optimizer(opt, source)
+    ):
         optim.set_hparams(opt, cfg.optimizer)
     if d.active:
-        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d)
+        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d,
+                                              plan.device)  # fmt: skip
         if loaded:
             rng, (step, wall) = loaded
     optim.set_rng_state(rng)

@@ -122,6 +122,17 @@ def load_model(path: str | Path, device: str = "cpu", field: str = "init") -> Pr
     return model.to(device)
 
 
+def meta_model(config: Any) -> PreTrainedModel:
+    """The AutoModelForCausalLM of `config` in fp32 on the meta device: shapes, no memory (an
+    FSDP2 rank > 0 before rank 0's weights reach its shards; train/distributed.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    env.quiet_transformers()
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
 def load_optimizer_state(path: str | Path) -> dict[str, Any] | None:
     import torch
 

@@ -125,7 +125,21 @@ def broadcast(d: Dist, obj: Any) -> Any:
 # -- the model, the batches, the step ----------------------------------------------------------
 
 
-def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: Dist) -> tuple:
+def on_meta(d: Dist) -> bool:
+    """Under FSDP2, ranks > 0 build the model on the meta device (no memory) and get rank 0's
+    weights and AdamW moments shard by shard once it is sharded: one full copy per node, not one
+    per rank (rank 0 loads the checkpoint; `parallelize` broadcasts)."""
+    return d.mode == "fsdp" and d.rank > 0
+
+
+def load_device(d: Dist, device: str) -> str:
+    """Where a rank loads the checkpoint: FSDP2's rank 0 on the host (the whole model need not
+    fit one GPU; its shards move after sharding), every other run on its device."""
+    return "cpu" if d.mode == "fsdp" else device
+
+
+def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: Dist,
+                device: str = "cpu") -> tuple:  # fmt: skip
     """Wrap the model (DDP, or FSDP2 per block then the root); a new optimizer on its parameters
     carrying `opt`'s state (warm-start moments). Returns (model, optimizer, params)."""
     import torch
@@ -136,6 +150,7 @@ def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: D
     )
 
     carried = get_optimizer_state_dict(model, opt) if opt.state else None
+    full = model.state_dict() if d.mode == "fsdp" and d.main else None  # before sharding
     if d.mode == "ddp":
         cuda = next(model.parameters()).is_cuda
         model = torch.nn.parallel.DistributedDataParallel(
@@ -155,14 +170,35 @@ def parallelize(model: Any, opt: Any, make_opt: Callable[[list[Any]], Any], d: D
             if type(m).__name__ in blocks:
                 fully_shard(m)
         fully_shard(model)
+        _weights_from_rank0(model, full, d, device)
     else:
         raise MidtrainError(f"parallel: unknown mode {d.mode!r}; use one of {PARALLEL}")
     params = [p for p in model.parameters() if p.requires_grad]
     new = make_opt(params)
-    if carried is not None:
-        opts = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(model, new, carried, options=opts)
+    if d.mode == "fsdp" and broadcast(d, carried is not None):  # rank 0's moments, shard by shard
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_optimizer_state_dict(model, new, carried or {}, options=opts)
+    elif d.mode == "ddp" and carried is not None:
+        set_optimizer_state_dict(
+            model, new, carried, options=StateDictOptions(full_state_dict=True)
+        )
     return model, new, params
+
+
+def _weights_from_rank0(model: Any, full: dict | None, d: Dist, device: str) -> None:
+    """After `fully_shard`: ranks > 0 (built on meta) get storage, then every shard and buffer
+    (the non-persistent rotary tables included) takes rank 0's values."""
+    import torch.distributed as td
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if on_meta(d):
+        model.to_empty(device=device)
+    else:  # rank 0 loaded the model on the host (`load_device`): only its shards move
+        model.to(device)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full or {}, options=opts)
+    for b in model.buffers():
+        td.broadcast(b, src=0)
 
 
 def unwrap(model: Any) -> Any:

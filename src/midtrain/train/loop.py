@@ -239,7 +239,8 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     elif source is not None and cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
     if d.active:
-        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d)
+        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d,
+                                              plan.device)  # fmt: skip
         if loaded:
             rng, (step, wall) = loaded
     optim.set_rng_state(rng)
@@ -268,12 +269,15 @@ def _model(plan: RunPlan, resume: Path) -> tuple[Any, Path | None]:
     distributed.check_resume(saved.run if saved else None, d)
     if not d.active and (resume / "config.json").is_file():
         return ckpt.load_model(resume, plan.device, "--out state"), resume
+    if distributed.on_meta(d):  # FSDP2 rank > 0: a skeleton, rank 0's weights come after sharding
+        return ckpt.meta_model(plan.model_config), None
+    device = distributed.load_device(d, plan.device)
     if cfg.init is not None:
-        model = ckpt.load_model(cfg.init, plan.device)
+        model = ckpt.load_model(cfg.init, device)
         return model, None if distributed.has_state(resume) else Path(cfg.init)
     env.quiet_transformers()
     model = AutoModelForCausalLM.from_config(plan.model_config, dtype=torch.float32)
-    return model.to(plan.device), None
+    return model.to(device), None
 
 
 def position(resume: Path) -> tuple[int, float]:
@@ -282,14 +286,15 @@ def position(resume: Path) -> tuple[int, float]:
     return (pos.step, pos.wall_s) if pos else (0, 0.0)
 
 
-def parallel(model: Any, opt: Any, o: Any, seed: int, resume: Path, d: distributed.Dist) -> tuple:
+def parallel(model: Any, opt: Any, o: Any, seed: int, resume: Path, d: distributed.Dist,
+             device: str) -> tuple:  # fmt: skip
     """Under torchrun: the model wrapped (DDP/FSDP2) with a new optimizer carrying `opt`'s state,
     rank r > 0 on its own RNG stream, and OUT/state's DCP state loaded when there is one.
     Returns (model, optimizer, params, (rng, (step, wall)) or None)."""
     import torch
 
     make = partial(optim.make_optimizer, o=o)
-    model, opt, params = distributed.parallelize(model, opt, make, d)
+    model, opt, params = distributed.parallelize(model, opt, make, d, device)
     if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
         torch.manual_seed(seed + 1_000_003 * d.rank)
     if not distributed.has_state(resume):
