@@ -139,12 +139,8 @@ def build(plan: SftPlan, lr: float, out: Path) -> tuple[Trainer, float]:
         and optim.load_optimizer(opt, source)
     ):
         optim.set_hparams(opt, cfg.optimizer)
-    if d.active:
-        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d,
-                                              plan.device)  # fmt: skip
-        if loaded:
-            rng, (step, wall) = loaded
-    optim.set_rng_state(rng)
+    model, opt, params, (step, wall) = parallel(model, opt, params, cfg.optimizer, cfg.seed,
+                                                resume, d, plan.device, (rng, step, wall))  # fmt: skip
     autocast = nullcontext
     if plan.precision == "bf16":
         autocast = partial(torch.autocast, device_type=plan.device, dtype=torch.bfloat16)

@@ -238,12 +238,8 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
         (step, wall), rng = position(resume), ckpt.load_rng_state(resume)
     elif source is not None and cfg.optimizer.load_state and optim.load_optimizer(opt, source):
         optim.set_hparams(opt, cfg.optimizer)
-    if d.active:
-        model, opt, params, loaded = parallel(model, opt, cfg.optimizer, cfg.seed, resume, d,
-                                              plan.device)  # fmt: skip
-        if loaded:
-            rng, (step, wall) = loaded
-    optim.set_rng_state(rng)
+    model, opt, params, (step, wall) = parallel(model, opt, params, cfg.optimizer, cfg.seed,
+                                                resume, d, plan.device, (rng, step, wall))  # fmt: skip
     loss_fn = partial(optim.lm_loss, model)
     if plan.compile:
         loss_fn = torch.compile(loss_fn)
@@ -286,20 +282,24 @@ def position(resume: Path) -> tuple[int, float]:
     return (pos.step, pos.wall_s) if pos else (0, 0.0)
 
 
-def parallel(model: Any, opt: Any, o: Any, seed: int, resume: Path, d: distributed.Dist,
-             device: str) -> tuple:  # fmt: skip
-    """Under torchrun: the model wrapped (DDP/FSDP2) with a new optimizer carrying `opt`'s state,
-    rank r > 0 on its own RNG stream, and OUT/state's DCP state loaded when there is one.
-    Returns (model, optimizer, params, (rng, (step, wall)) or None)."""
+def parallel(model: Any, opt: Any, params: list, o: Any, seed: int, resume: Path,
+             d: distributed.Dist, device: str, at: tuple) -> tuple:  # fmt: skip
+    """The model and optimizer set up to train from `at` = (rng state, step, wall time) and the
+    RNG state set. Under torchrun: the model wrapped (DDP/FSDP2) with a new optimizer carrying
+    `opt`'s state, rank r > 0 on its own RNG stream, and OUT/state's DCP state (and its position)
+    loaded when there is one. Returns (model, optimizer, params, (step, wall))."""
     import torch
 
-    make = partial(optim.make_optimizer, o=o)
-    model, opt, params = distributed.parallelize(model, opt, make, d, device)
-    if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
-        torch.manual_seed(seed + 1_000_003 * d.rank)
-    if not distributed.has_state(resume):
-        return model, opt, params, None
-    return model, opt, params, (distributed.load_state(resume, model, opt, d), position(resume))
+    rng, step, wall = at
+    if d.active:
+        make = partial(optim.make_optimizer, o=o)
+        model, opt, params = distributed.parallelize(model, opt, make, d, device)
+        if d.rank:  # dropout masks differ between ranks (rank 0 keeps the single-process stream)
+            torch.manual_seed(seed + 1_000_003 * d.rank)
+        if distributed.has_state(resume):
+            rng, (step, wall) = distributed.load_state(resume, model, opt, d), position(resume)
+    optim.set_rng_state(rng)
+    return model, opt, params, (step, wall)
 
 
 def drive(t: Trainer, out: Path, log: RunLog, checkpoints: Checkpoints, total_tokens: int,
