@@ -101,27 +101,38 @@ def main(argv: list[str] | None = None) -> None:
     die_with_launcher()  # a rank of a study's N-process run dies with its chain
     if not sys.stdout.isatty():  # piped or logged: tables at their width, not cut to 80 columns
         os.environ.setdefault("COLUMNS", "200")
+    code = _run(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun rank whose process group is torn down and whose files are written: leave
+        # without interpreter finalization, where gloo objects still referenced by the wrapped
+        # model can abort the process ("terminate called without an active exception")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)  # an Exit comes back as its code
     except MidtrainError as e:
-        _fail(str(e), e.exit_code)
+        return _fail(str(e), e.exit_code)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except UsageError as e:  # bad options, missing arguments, bad values
         where = " ".join(e.ctx.command_path.split()[1:]) if e.ctx else "midtrain"
         fix = f"see `{e.ctx.command_path if e.ctx else 'midtrain'} --help`"
-        _fail(
-            f"{where or 'midtrain'}: {' '.join(e.format_message().split()).rstrip('.')}; {fix}", 2
-        )
+        message = " ".join(e.format_message().split()).rstrip(".")
+        return _fail(f"{where or 'midtrain'}: {message}; {fix}", 2)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted; run the same command again to resume", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return _fail("interrupted; run the same command again to resume", 130)
+    return code if isinstance(code, int) else 0
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it
         print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":
