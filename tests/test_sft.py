@@ -23,6 +23,7 @@ from midtrain.cli import main
 from midtrain.io import read_json
 from midtrain.sft import data, formatcheck
 from midtrain.sft.config import SftConfig, SftTemplate
+from midtrain.sft.grid import BEFORE
 from midtrain.sft.results import GridPoint
 
 FAST = {"seq_len": 32, "batch_size": 8, "micro_batch": 4, "threads": 1, "warmup_fraction": 0.1}
@@ -277,6 +278,8 @@ def test_sigkill_then_resume_is_bit_identical(w, tmp_path):
         if kill_at:
             assert res.returncode == -signal.SIGKILL, (kill_at, res.stderr[-2000:])
             assert read_json(out / "lr-0.003" / "status.json")["from_step"] == from_step
+            # the checkpoint's own validation was written before the first step
+            assert (out / BEFORE).read_bytes() == (tmp_path / "ref" / BEFORE).read_bytes()
     assert res.returncode == 0, res.stderr[-2000:]
     a = load_file(tmp_path / "ref" / "lr-0.003" / "final" / "model.safetensors")
     b = load_file(out / "lr-0.003" / "final" / "model.safetensors")
@@ -284,10 +287,14 @@ def test_sigkill_then_resume_is_bit_identical(w, tmp_path):
     logs = [[(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (d / "lr-0.003" / "log.jsonl").read_text().splitlines())]
             for d in (tmp_path / "ref", out)]  # fmt: skip
     assert logs[0] == logs[1] and [s for s, _, _ in logs[1]] == list(range(1, 16))
-    assert (
-        read_json(out / "sft.json")["val_loss"]
-        == read_json(tmp_path / "ref" / "sft.json")["val_loss"]
-    )
+    ref = read_json(tmp_path / "ref" / "sft.json")
+    assert read_json(out / "sft.json")["val_loss"] == ref["val_loss"]
+    assert read_json(out / "sft.json")["val_before"] == ref["val_before"]
+    (out / "sft.json").unlink()  # every LR done but the file gone: computed again at the end
+    (out / BEFORE).unlink()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_json(out / "sft.json")["val_before"] == ref["val_before"]
 
 
 # -- the format check ------------------------------------------------------------------------------------

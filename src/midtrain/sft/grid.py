@@ -28,6 +28,8 @@ from midtrain.sft.results import GridPoint, SftResult, SftRunResult, ValSummary
 from midtrain.train import rundir
 from midtrain.train.log import Diverged
 
+BEFORE = "val_examples_before.jsonl"
+
 
 def lr_dir(out: Path, lr: float) -> Path:
     return out / f"lr-{lr:g}"
@@ -113,7 +115,6 @@ def run_sft(
 def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | None):
     """The grid after the checks (rank 0's result; None on the other ranks)."""
     main = plan.dist.main
-    before = val_before(plan, out) if main else None
     if main:
         atomic_write_json(out / "config.json", plan.resolved())
         if not (out / "inputs.json").is_file():
@@ -121,10 +122,11 @@ def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | Non
         rundir.write_status(out, "running")
     grid, runs = [], {}
     for lr in plan.cfg.lrs:
-        point, run = grid_point(plan, lr, lr_dir(out, lr), progress)
+        point, run = grid_point(plan, lr, lr_dir(out, lr), progress, out / BEFORE)
         grid.append(point)
         if run is not None:
             runs[lr] = run
+    before = val_before(plan, out) if main else None  # written by the first fine-tune
     try:
         best = choose(grid)
     except Diverged as e:
@@ -135,7 +137,7 @@ def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | Non
 
 
 def grid_point(
-    plan: SftPlan, lr: float, out: Path, progress: bool | None
+    plan: SftPlan, lr: float, out: Path, progress: bool | None, before: Path
 ) -> tuple[GridPoint, SftRunResult | None]:
     """One LR's fine-tune (cached, resumed or run); a diverged one is recorded, not raised."""
     from midtrain.sft.run import run_one
@@ -144,19 +146,20 @@ def grid_point(
     if status is not None and status.status == "failed":
         return GridPoint(lr=lr, status="diverged", dir=str(out), reason=status.reason), None
     try:
-        run = run_one(plan, lr, out, progress)
+        run = run_one(plan, lr, out, progress, before)
     except Diverged as e:
         return GridPoint(lr=lr, status="diverged", dir=str(out), reason=str(e)), None
     return GridPoint(lr=lr, status="done", val_loss=run.val.loss, dir=str(out)), run
 
 
 def val_before(plan: SftPlan, out: Path) -> ValSummary:
-    """The checkpoint's own validation loss per example (what fine-tuning is measured against),
-    written to OUT/val_examples_before.jsonl once; a resumed probe reads it back."""
+    """The checkpoint's own validation loss per example (what fine-tuning is measured against):
+    OUT/val_examples_before.jsonl as the first fine-tune wrote it, else (every LR finished before
+    the file was written) computed here on this process."""
     from midtrain.sft.run import summarise, validate
     from midtrain.train.checkpoint import load_model
 
-    path = out / "val_examples_before.jsonl"
+    path = out / BEFORE
     if path.is_file():
         return summarise([json.loads(line) for line in path.read_text().splitlines()])
     model = load_model(plan.cfg.checkpoint, plan.device, "checkpoint")

@@ -191,12 +191,17 @@ def summarise(rows: list[dict]) -> ValSummary:
                       tokens=tokens)  # fmt: skip
 
 
-def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRunResult:
+def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None,
+            before: Path | None = None) -> SftRunResult:  # fmt: skip
     """Fine-tune at peak LR `lr` in `out` (resumed when it holds a state), then validate; under
-    torchrun every rank trains and validates, rank 0 writes and its result is every rank's."""
+    torchrun every rank trains and validates, rank 0 writes and its result is every rank's.
+    A fine-tune that starts from the checkpoint writes the checkpoint's own validation to
+    `before` first when that file is missing."""
     if (done := rundir.finished(out, SftRunResult)) is not None:
         return done
     t, wall = build(plan, lr, out)
+    if before is not None:
+        validate_start(t, plan, before)
     main = plan.dist.main
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +214,17 @@ def run_one(plan: SftPlan, lr: float, out: Path, progress: bool | None) -> SftRu
     val, rows = validate(distributed.unwrap(t.model), plan.val.examples, plan)
     result = _finish(plan, lr, out, val, rows, log) if main else None
     return distributed.broadcast(plan.dist, result)
+
+
+def validate_start(t: Trainer, plan: SftPlan, path: Path) -> None:
+    """The checkpoint's own per-example validation, from a trainer that has not stepped yet: on
+    every rank like the final one (an FSDP model is never whole on one rank), written by rank 0
+    once."""
+    if t.step or distributed.broadcast(plan.dist, path.is_file()):
+        return
+    _, rows = validate(distributed.unwrap(t.model), plan.val.examples, plan)
+    if plan.dist.main:
+        atomic_write_jsonl(path, rows)
 
 
 def _finish(plan: SftPlan, lr: float, out: Path, val: ValSummary, rows: list[dict],
