@@ -255,6 +255,11 @@ CASES: dict[str, Case] = {
     "demo world: scale too big": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "500"], "--scale"),
     "demo world: --out is a file": lambda w, t: (["demo", "world", "--out", write(t, "f", "x")], "--out"),
     "demo: --workers 0": lambda w, t: (["demo", "--out", t / "demo", "--workers", "0"], "--workers"),
+    "bench train: --rounds 0": lambda w, t: (["bench", "train", "--rounds", "0"], "--rounds"),
+    "bench train: negative --threads": lambda w, t: (["bench", "train", "--threads", "-1"], "--threads"),
+    "bench train: --precision fp16": lambda w, t: (["bench", "train", "--precision", "fp16"], "--precision"),
+    "bench sft: --steps 0": lambda w, t: (["bench", "sft", "--steps", "0"], "--steps"),
+    "bench mix: fewer tokens than a batch": lambda w, t: (["bench", "mix", "--tokens", "100"], "--tokens"),
     "bench calibrate: one seed": lambda w, t: (["bench", "calibrate", "--seeds", "1", "--out", t / "cal"], "--seeds"),
     "validate: no study there": lambda w, t: (["validate", t / "none", "--reference", t / "none"], "results.json"),
 }  # fmt: skip

@@ -120,12 +120,17 @@ def _parse_component(i: int, text: str) -> dict[str, object]:
 def bench_mix(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     tokens: Annotated[int, typer.Option(help="Tokens of generated data (>= 100M).")] = 100_000_000,
-    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
-    batch: Annotated[int, typer.Option(help="Sequences per call (a trainer batch).")] = 16,
+    seq_len: Annotated[int, typer.Option(min=1, help="Sequence length.")] = 2048,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences per call (a trainer batch).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of data and sampler.")] = 0,
 ) -> None:
     """Mixer throughput on a generated multi-source mix of memmapped stores."""
     from midtrain.bench.mix import run_bench
+
+    if tokens < seq_len * batch:
+        raise MidtrainError(
+            f"--tokens {tokens}: less than one batch ({batch} x {seq_len}); pass e.g. 100000000"
+        )
 
     result = run_bench(tokens=tokens, seq_len=seq_len, batch=batch, seed=seed)
     if as_json:

@@ -141,9 +141,9 @@ def check_format(
 
 def bench_sft(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    steps: Annotated[int, typer.Option(help="Timed steps per round and loop.")] = 20,
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds (anneal, then SFT).")] = 3,
-    threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per round and loop.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (anneal, then SFT).")] = 3,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = default).")] = 0,
 ) -> None:
     """SFT tokens/s ÷ anneal tokens/s on the same model, batch and sequence length."""
     from midtrain.bench.sft import run_bench

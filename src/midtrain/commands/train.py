@@ -81,12 +81,16 @@ def print_dry_run(cfg: Any) -> None:
 
 def bench_train(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    steps: Annotated[int, typer.Option(help="Timed steps per round and configuration.")] = 20,
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds of all configurations.")] = 3,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Timed steps per round and configuration.")
+    ] = 20,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Interleaved rounds of all configurations.")
+    ] = 3,
     compile: Annotated[
         bool, typer.Option(help="Also time both compiled configurations (ours, HF torch_compile).")
     ] = True,
-    threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = default).")] = 0,
     precision: Annotated[
         str, typer.Option(help="fp32, or bf16: autocast on both sides (HF bf16=True).")
     ] = "fp32",
