@@ -99,6 +99,26 @@ def corrupt_store(w: dict, tmp: Path) -> Path:
     return bad
 
 
+def bad_count_store(w: dict, tmp: Path) -> Path:
+    """A copy of the web store whose manifest's train.n_tokens is a word (valid JSON)."""
+    import shutil
+
+    bad = tmp / "stores" / "web"
+    shutil.copytree(w["stores"]["web"], bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["train"]["n_tokens"] = "many"
+    (bad / "manifest.json").write_text(json.dumps(man))
+    return bad
+
+
+def store_at(w: dict, tmp: Path, name: str) -> Path:
+    """A copy of the web store as DATA/NAME (for prepare into an existing store)."""
+    import shutil
+
+    shutil.copytree(w["stores"]["web"], tmp / "data" / name)
+    return tmp / "data" / name
+
+
 Case = Callable[[dict, Path], tuple[list, str]]  # (world, tmp) -> (argv, text the line must name)
 
 
@@ -174,7 +194,12 @@ CASES: dict[str, Case] = {
     "prepare: truncated gzip": lambda w, t: (prep(w, t, write(t, "a.jsonl.gz", gzip.compress(JSONL.encode() * 50)[:-20])), "a.jsonl.gz"),
     "prepare: a line that is not JSON": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL + "{oops\n")), "a.jsonl"),
     "prepare: --out is a file": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:-4] + ["--out", write(t, "f", "x"), "--tokenizer", w["tokenizer"]], "--out"),
-    "prepare: tokenizer not a folder": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:-1] + [t / "none"], "none"),
+    "prepare: tokenizer not a folder": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:-1] + [t / "none"], "none: no such folder"),
+    "prepare: name of 300 characters": lambda w, t: (prep(w, t, write(t, "a.jsonl", JSONL))[:3] + ["--name", "a" * 300, "--out", t / "d", "--tokenizer", w["tokenizer"]], "--name"),
+    "prepare: store exists (other tokenizer)": lambda w, t: (store_at(w, t, "src") and prep(w, t, write(t, "a.jsonl", JSONL))[:-1] + [w["other"]], "--force"),
+    "prepare: special token as text": lambda w, t: (prep(w, t, write(t, "a.jsonl", '{"text": "a <|endoftext|> b"}\n')), "a.jsonl line 1"),
+    "prepare: special token, --train-tokenizer": lambda w, t: (prep(w, t, write(t, "a.jsonl", '{"text": "a <|endoftext|> b"}\n'))[:-2] + ["--train-tokenizer", "--vocab-size", "300"], "--allow-special-text"),
+    "tokenizer: --out exists": lambda w, t: (["data", "tokenizer", write(t, "a.jsonl", JSONL), "--out", (t / "tok").mkdir() or t / "tok"], "--out"),
     "prepare: text field missing": lambda w, t: (prep(w, t, write(t, "a.jsonl", '{"body": "a"}\n')), "text"),
     # data mix
     "mix: seq-len 0": lambda w, t: (mix(w, "--mix", "web=1", "--seq-len", "0"), "--seq-len"),
@@ -184,6 +209,7 @@ CASES: dict[str, Case] = {
     "mix: ratio not a number": lambda w, t: (mix(w, "--mix", "web=abc"), "mix[0]"),
     "mix: unknown source": lambda w, t: (mix(w, "--mix", "nope=1"), "mix[0].source"),
     "mix: ratios not summing to 1": lambda w, t: (mix(w, "--mix", "web=0.5", "--mix", "math=0.2"), "ratio"),
+    "mix: store manifest count a word": lambda w, t: (["data", "mix", "--stores", bad_count_store(w, t).parent, "--mix", "web=1", "--tokens", "1600"], "train.n_tokens"),
     "mix: stores folder missing": lambda w, t: (["data", "mix", "--stores", t / "none", "--mix", "web=1", "--tokens", "99"], "--stores"),
     # pretrain / anneal
     "pretrain: hidden not divisible by heads": lambda w, t: (pretrain(w, t, 'model_type = "llama"\nhidden_size = 30\nnum_attention_heads = 4\nnum_hidden_layers = 1\nintermediate_size = 8\nmax_position_embeddings = 64'), "model"),
@@ -198,6 +224,7 @@ CASES: dict[str, Case] = {
     "anneal: infinite LR": lambda w, t: (anneal(w, t, run_toml(w, schedule="[schedule]\nstart_lr = inf\n")), "schedule.start_lr"),
     "anneal: corrupt weights": lambda w, t: (anneal(w, t, run_toml(w, init=f'"{corrupt_ckpt(w, t)}"')), "init"),
     "anneal: --out is a file": lambda w, t: (["anneal", "--config", write(t, "r.toml", run_toml(w)), "--out", write(t, "f", "x")], "--out"),
+    "anneal: store manifest count a word": lambda w, t: (anneal(w, t, run_toml(w, stores=f'{{ web = "{bad_count_store(w, t)}" }}')), "train.n_tokens"),
     "anneal: corrupt store manifest": lambda w, t: (anneal(w, t, run_toml(w, stores=f'{{ web = "{corrupt_store(w, t)}" }}')), "manifest.json"),
     # eval
     "eval: limit 0": lambda w, t: (ev(w, t, "--tasks", "x", "--limit", "0"), "limit"),

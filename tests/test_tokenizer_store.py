@@ -187,12 +187,12 @@ def test_tokenising_streams_documents(tmp_path, tok, monkeypatch):
     """Reading, encoding and writing interleave: never the whole source in memory at once."""
     src = write_inputs("jsonl", tmp_path / "in", DOCS)
     read = {"n": 0}
-    real_iter, real_encode = store_mod.readers.iter_texts, store_mod.encode_docs
+    real_iter, real_encode = store_mod.readers.iter_located, store_mod.encode_docs
 
-    def counting_iter(inputs, field):
-        for t in real_iter(inputs, field):
+    def counting_iter(inputs, field):  # both passes (scan and encode) read through it
+        for doc in real_iter(inputs, field):
             read["n"] += 1
-            yield t
+            yield doc
 
     seen: list[int] = []
 
@@ -201,7 +201,7 @@ def test_tokenising_streams_documents(tmp_path, tok, monkeypatch):
         return real_encode(tk, texts)
 
     monkeypatch.setattr(store_mod, "ENCODE_BATCH_DOCS", 7)
-    monkeypatch.setattr(store_mod.readers, "iter_texts", counting_iter)
+    monkeypatch.setattr(store_mod.readers, "iter_located", counting_iter)
     monkeypatch.setattr(store_mod, "encode_docs", spying_encode)
     prepare_source("s", [src], tmp_path / "st", tok, heldout_fraction=0.0)
     assert len(seen) == 9  # 60 docs in batches of 7

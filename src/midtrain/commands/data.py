@@ -1,16 +1,21 @@
-"""`midtrain data prepare | show | mix` and `midtrain bench mix`: thin wrappers over the API."""
+"""`midtrain data prepare | tokenizer | show | mix` and `midtrain bench mix`: thin wrappers over the API."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from midtrain.console import safe
+from midtrain.data.tokenizer import DEFAULT_VOCAB
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.data.prepare import PrepareResult
 
 console = Console()
 
@@ -43,13 +48,23 @@ def prepare(
     npy_dtype: Annotated[
         str | None, typer.Option(help="uint16|uint32 for headerless .npy (default: by vocab).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing store OUT/NAME.")
+    ] = False,
+    allow_special_text: Annotated[
+        bool,
+        typer.Option(
+            "--allow-special-text",
+            help="Keep text that holds the tokenizer's special tokens (e.g. <|endoftext|>).",
+        ),
+    ] = False,
 ) -> None:
     """Tokenise INPUT... into the token store OUT/NAME (atomic; same inputs, same bytes)."""
     from midtrain.data.prepare import prepare_data
 
     if train_tokenizer != (vocab_size is not None):
         raise MidtrainError("--train-tokenizer and --vocab-size N go together; pass both")
-    store = prepare_data(
+    res = prepare_data(
         inputs,
         name=name,
         out=out,
@@ -60,9 +75,65 @@ def prepare(
         seed=seed,
         text_field=text_field,
         npy_dtype=npy_dtype,
+        force=force,
+        allow_special_text=allow_special_text,
     )
+    _print_prepared(res)
+
+
+def _print_prepared(res: PrepareResult) -> None:
+    store = res.store
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {safe(w)}", soft_wrap=True)
     console.print(store_table([store]))
-    console.print(f"store: {store.path}")
+    if found := store.manifest.get("special_text"):
+        counts = ", ".join(f"{t} x{n:,}" for t, n in found.items())
+        console.print(
+            f"special tokens kept as text: {safe(counts)} (manifest special_text)", soft_wrap=True
+        )
+    if res.identical:
+        console.print(
+            f"already prepared, identical: {safe(store.path)} (same inputs, tokenizer and "
+            "options; nothing written; --force rebuilds it)",
+            soft_wrap=True,
+        )
+        return
+    console.print(f"store: {safe(store.path)}", soft_wrap=True)
+    if res.tokenizer_dir is not None:
+        console.print(
+            f"tokenizer: {safe(res.tokenizer_dir)} (trained on this source only; prepare the "
+            f"other sources with --tokenizer {safe(res.tokenizer_dir)}, or train one over several "
+            "sources with `midtrain data tokenizer`)",
+            soft_wrap=True,
+        )
+
+
+def tokenizer(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Files or folders of every source: .txt, .jsonl, .parquet, save_to_disk."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the HF tokenizer.")],
+    vocab_size: Annotated[
+        int, typer.Option("--vocab-size", help="Vocabulary size.")
+    ] = DEFAULT_VOCAB,
+    text_field: Annotated[str, typer.Option(help="jsonl field / parquet column.")] = "text",
+) -> None:
+    """Train one byte-level BPE over INPUT... (several sources) and save it to OUT."""
+    from midtrain.data.tokenizer import train_tokenizer_on_inputs
+
+    res = train_tokenizer_on_inputs(inputs, out, vocab_size, text_field)
+    console.print(
+        f"tokenizer: {safe(res.path)} ({len(res.tokenizer):,} tokens, trained on "
+        f"{res.n_docs:,} documents of {res.n_files:,} inputs)",
+        soft_wrap=True,
+    )
+    console.print(
+        f"prepare each source with: midtrain data prepare ... --tokenizer {safe(res.path)}",
+        soft_wrap=True,
+    )
 
 
 def show(
@@ -162,6 +233,7 @@ def store_table(stores: list) -> Table:
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this module's commands to the app (see midtrain/cli.py)."""
     groups["data"].command("prepare")(prepare)
+    groups["data"].command("tokenizer")(tokenizer)
     groups["data"].command("show")(show)
     groups["data"].command("mix")(mix)
     groups["bench"].command("mix")(bench_mix)

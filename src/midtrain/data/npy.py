@@ -101,8 +101,7 @@ def prepare_npy(name: str, path: Path, out: Path, tok: Any, opts: PrepareOptions
     n_train = int(bounds[n_docs - k])  # the final k documents are held out
     if n_train == 0:
         raise empty_source_error(name, f"{path} holds no training tokens")
-    input_hash = hash_obj({"inputs": [{"kind": "npy", "name": path.name, "sha256": scan.sha256}]})
-    man = base_manifest(name, tok, opts, input_hash)
+    man = base_manifest(name, tok, opts, npy_input_hash(path, scan.sha256))
     with atomic_dir(out) as tmp:
         w = StoreWriter(tmp, dtype, eos, train_file=False)
         held = [
@@ -121,6 +120,11 @@ def prepare_npy(name: str, path: Path, out: Path, tok: Any, opts: PrepareOptions
         }
         w.finish(man, train)
     return TokenStore.open(out)
+
+
+def npy_input_hash(path: Path, file_sha256: str) -> str:
+    """The `input_hash` of a store made from one .npy file (its name and bytes)."""
+    return hash_obj({"inputs": [{"kind": "npy", "name": path.name, "sha256": file_sha256}]})
 
 
 def _strip_eos(doc: np.ndarray, eos: int) -> np.ndarray:

@@ -7,6 +7,7 @@ renamed into place (see `data/store.py` for the layout).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from midtrain.data import readers
 from midtrain.data.store import (
     DTYPES,
     FORMAT,
+    NAME_MAX,
     NAME_RE,
     TokenStore,
     content_hash_of,
@@ -31,11 +33,12 @@ from midtrain.data.store import (
 from midtrain.data.tokenizer import (
     encode_docs,
     load_tokenizer,
+    special_strings,
     tokenizer_hash,
     vocab_size,
 )
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_dir, atomic_write_json, hash_obj, library_versions
+from midtrain.io import atomic_dir, atomic_write_json, hash_file, hash_obj, library_versions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -116,6 +119,7 @@ class PrepareOptions:
     text_field: str = "text"
     npy_dtype: str | None = None  # "uint16" | "uint32" | None (header, else inferred from vocab)
     progress: bool = True
+    allow_special_text: bool = False  # keep special-token strings in text (prepare_source)
 
 
 def prepare_source(
@@ -129,12 +133,18 @@ def prepare_source(
     text_field: str = "text",
     npy_dtype: str | None = None,
     progress: bool = True,
+    allow_special_text: bool = False,
 ) -> TokenStore:
     """Tokenise `inputs` into a token store at `out` (written atomically) and open it.
 
-    Every input is validated (a full read) before anything is written.
+    Every input is validated (a full read) before anything is written; an existing store at `out`
+    is replaced (`prepare_data`, the CLI's API, refuses that without `force`). Text holding one of
+    the tokenizer's special tokens as a string (`<|endoftext|>`...) is refused unless
+    `allow_special_text`: the tokenizer would read it as the special id (EOS splits a document).
     """
-    opts = PrepareOptions(heldout_fraction, seed, text_field, npy_dtype, progress)
+    opts = PrepareOptions(
+        heldout_fraction, seed, text_field, npy_dtype, progress, allow_special_text
+    )
     _check_options(name, opts)
     tok = tokenizer if not isinstance(tokenizer, str | Path) else load_tokenizer(tokenizer)
     resolved = readers.resolve_inputs(list(inputs))
@@ -155,6 +165,10 @@ def _check_options(name: str, opts: PrepareOptions) -> None:
     if not NAME_RE.match(name) or name == "tokenizer":
         raise MidtrainError(
             f"--name {name!r}: use letters, digits, '_', '.', '-' (not 'tokenizer'), e.g. web"
+        )
+    if len(name) > NAME_MAX:
+        raise MidtrainError(
+            f"--name {name[:20]}... ({len(name)} characters): use at most {NAME_MAX}, e.g. web"
         )
     if not 0.0 <= opts.heldout_fraction < 1.0:
         raise MidtrainError(
@@ -184,13 +198,18 @@ def _prepare_text(
 ) -> TokenStore:
     with prepare_progress("docs", opts.progress) as bar:
         task = bar.add_task(f"reading {name}", total=None)
-        scan = readers.scan_inputs(inputs, opts.text_field, lambda n: bar.advance(task, n))
+        scan = readers.scan_inputs(
+            inputs, opts.text_field, lambda n: bar.advance(task, n), special=special_strings(tok)
+        )
     if scan.n_docs == 0:
         raise empty_source_error(name, "the inputs hold no documents")
+    check_special_text(name, scan, opts.allow_special_text)
     n_vocab, eos = vocab_size(tok), tok.eos_token_id
     mask = heldout_mask(scan.n_docs, opts.heldout_fraction, opts.seed)
     man = base_manifest(name, tok, opts, scan.input_hash)
     man["text_field"] = opts.text_field
+    if scan.special:
+        man["special_text"] = dict(sorted(scan.special.items()))
     with atomic_dir(out) as tmp, prepare_progress("docs", opts.progress) as bar:
         task = bar.add_task(f"tokenising {name}", total=scan.n_docs)
         w = StoreWriter(tmp, dtype_for_vocab(n_vocab), eos)
@@ -208,6 +227,20 @@ def _prepare_text(
             bar.advance(task, len(docs))
         w.finish(man)
     return TokenStore.open(out)
+
+
+def check_special_text(name: str, scan: readers.Scan, allow: bool) -> None:
+    """Refuse text that holds special-token strings, naming the first place, unless `allow`."""
+    if not scan.special or allow:
+        return
+    assert scan.first_special is not None
+    where, token = scan.first_special
+    found = ", ".join(f"{t!r} x{n:,}" for t, n in sorted(scan.special.items()))
+    raise MidtrainError(
+        f"{where}: holds the tokenizer's special token {token!r} as text (source {name!r}: "
+        f"{found}); it would be read as that token's id (EOS would split the document): "
+        "remove it from the data, or pass --allow-special-text to keep it"
+    )
 
 
 def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
@@ -228,6 +261,16 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
 # `midtrain data prepare` and generated stores
 
 
+@dataclass(frozen=True)
+class PrepareResult:
+    """What `prepare_data` did: the store, and what the CLI tells the user about it."""
+
+    store: TokenStore
+    identical: bool = False  # an identical store was already there; nothing was written
+    tokenizer_dir: Path | None = None  # where --train-tokenizer saved its tokenizer
+    warnings: tuple[str, ...] = ()
+
+
 def prepare_data(
     inputs: list[str | Path],
     *,
@@ -241,15 +284,17 @@ def prepare_data(
     text_field: str = "text",
     npy_dtype: str | None = None,
     progress: bool = True,
-) -> TokenStore:
+    force: bool = False,
+    allow_special_text: bool = False,
+) -> PrepareResult:
     """The API of `midtrain data prepare`: the store goes to OUT/NAME.
 
-    With `train_vocab_size`, a byte-level BPE is first trained on the inputs and saved to
+    An existing OUT/NAME is never replaced unless `force` (a store made from the same inputs,
+    tokenizer and options is left as it is and returned with `identical`). With
+    `train_vocab_size`, a byte-level BPE is first trained on the inputs and saved to
     `tokenizer_out` (default OUT/tokenizer). Inputs are validated before anything is written, and
     a failure removes what this call created.
     """
-    from midtrain.data.tokenizer import train_tokenizer
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MidtrainError(f"--out {out} is a file; pass the data folder the store goes into")
@@ -258,42 +303,138 @@ def prepare_data(
             "pass either --tokenizer DIR (an existing HF tokenizer) or --train-tokenizer "
             "--vocab-size N"
         )
-    _check_options(name, PrepareOptions(heldout_fraction, seed, text_field, npy_dtype))
+    opts = PrepareOptions(
+        heldout_fraction, seed, text_field, npy_dtype, progress, allow_special_text
+    )
+    _check_options(name, opts)
+    dest = out / name
+    old = _existing_manifest(dest, name)
+    resolved = readers.resolve_inputs(list(inputs))
+    tok: Any = load_tokenizer(tokenizer) if tokenizer is not None else None
+    if old is not None and not force:
+        if tok is not None and (same := _identical_store(dest, old, tok, resolved, opts)):
+            return PrepareResult(same, identical=True)
+        raise _exists_error(name, dest, old)
     out_existed, tok_dir = out.exists(), None
-    tok: Any = tokenizer
     if train_vocab_size is not None:
         tok_dir = Path(tokenizer_out) if tokenizer_out else out / "tokenizer"
-        if tok_dir.exists():
-            raise MidtrainError(
-                f"{tok_dir} already exists; reuse it with --tokenizer {tok_dir} or pick "
-                "another --tokenizer-out"
-            )
-        resolved = readers.resolve_inputs(inputs)
-        if any(i.kind == "npy" for i in resolved):
-            raise MidtrainError(
-                "--train-tokenizer needs text inputs; .npy files are already tokens "
-                "(pass the --tokenizer they were made with)"
-            )
-        readers.scan_inputs(resolved, text_field)  # validate before writing the tokenizer
-        tok = train_tokenizer(readers.iter_texts(resolved, text_field), train_vocab_size, tok_dir)
+        tok = _train_for_source(name, resolved, opts, train_vocab_size, tok_dir)
     try:
-        return prepare_source(
-            name,
-            inputs,
-            out / name,
-            tok,
-            heldout_fraction=heldout_fraction,
-            seed=seed,
-            text_field=text_field,
-            npy_dtype=npy_dtype,
-            progress=progress,
-        )
+        store = prepare_source(name, inputs, dest, tok, **_source_kwargs(opts))
     except BaseException:
         if tok_dir is not None:
             shutil.rmtree(tok_dir, ignore_errors=True)
         if not out_existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
+    return PrepareResult(store, tokenizer_dir=tok_dir, warnings=_replaced(dest, old, store))
+
+
+def _source_kwargs(opts: PrepareOptions) -> dict[str, Any]:
+    return {f: getattr(opts, f) for f in PrepareOptions.__dataclass_fields__}
+
+
+def _existing_manifest(dest: Path, name: str) -> dict[str, Any] | None:
+    """The manifest of the store at `dest` ({} when unreadable), None when there is none."""
+    if not dest.exists():
+        return None
+    if not (dest / "manifest.json").is_file():
+        raise MidtrainError(
+            f"--name {name}: {dest} exists and is not a token store; choose another --name "
+            "or move it away"
+        )
+    try:
+        man = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return man if isinstance(man, dict) else {}
+
+
+def _exists_error(name: str, dest: Path, old: dict[str, Any]) -> MidtrainError:
+    made = (
+        f"made with tokenizer {str(old.get('tokenizer_hash'))[:12]} from inputs "
+        f"{str(old.get('input_hash'))[:12]}"
+        + (" with --allow-special-text" if old.get("special_text") else "")
+        if old
+        else "its manifest.json is unreadable"
+    )
+    return MidtrainError(
+        f"--name {name}: the store {dest} already exists ({made}); pass --force to replace it "
+        "(studies and runs that used it will recompute) or choose another --name"
+    )
+
+
+def _identical_store(
+    dest: Path, old: dict[str, Any], tok: Any, resolved: list[readers.Input], opts: PrepareOptions
+) -> TokenStore | None:
+    """The store at `dest` when preparing it again would write the same store, else None."""
+    want = {
+        "format": FORMAT,
+        "tokenizer_hash": tokenizer_hash(tok),
+        "seed": opts.seed,
+        "heldout_fraction": opts.heldout_fraction,
+    }
+    if any(i.kind == "npy" for i in resolved):
+        if len(resolved) != 1 or (opts.npy_dtype and old.get("dtype") != opts.npy_dtype):
+            return None
+        from midtrain.data.npy import npy_input_hash
+
+        path = resolved[0].path.resolve()
+        want["input_hash"] = npy_input_hash(path, hash_file(path))
+        if old.get("train", {}).get("file") != str(path):
+            return None
+    else:
+        want["input_hash"] = readers.input_hash(resolved, opts.text_field)
+        want["text_field"] = opts.text_field
+    if old.get("special_text") and not opts.allow_special_text:
+        return None
+    if any(old.get(k) != v for k, v in want.items()):
+        return None
+    try:
+        return TokenStore.open(dest)
+    except MidtrainError:  # damaged files: only --force can rebuild it
+        return None
+
+
+def _train_for_source(
+    name: str, resolved: list[readers.Input], opts: PrepareOptions, vocab: int, tok_dir: Path
+) -> Any:
+    """--train-tokenizer: a byte-level BPE over this source's inputs, saved to `tok_dir`."""
+    from midtrain.data.tokenizer import EOS, train_tokenizer
+
+    if tok_dir.exists():
+        raise MidtrainError(
+            f"{tok_dir} already exists; reuse it with --tokenizer {tok_dir} or pick "
+            "another --tokenizer-out"
+        )
+    if any(i.kind == "npy" for i in resolved):
+        raise MidtrainError(
+            "--train-tokenizer needs text inputs; .npy files are already tokens "
+            "(pass the --tokenizer they were made with)"
+        )
+    scan = readers.scan_inputs(resolved, opts.text_field, special=[EOS])  # before writing
+    if scan.n_docs == 0:
+        raise empty_source_error(name, "the inputs hold no documents")
+    check_special_text(name, scan, opts.allow_special_text)
+    return train_tokenizer(readers.iter_texts(resolved, opts.text_field), vocab, tok_dir)
+
+
+def _replaced(dest: Path, old: dict[str, Any] | None, store: TokenStore) -> tuple[str, ...]:
+    """The warning for a store replaced with --force by one of other content."""
+    if old is None or old.get("content_hash") == store.content_hash:
+        return ()
+    old_tok = str(old.get("tokenizer_hash"))
+    what = "its content changed"
+    if old_tok != store.tokenizer_hash:
+        what = (
+            f"it was made with tokenizer {old_tok[:12]}, now with {store.tokenizer_hash[:12]} "
+            "(checkpoints of the old tokenizer cannot train or evaluate on it)"
+        )
+    return (
+        f"replaced {dest}: {what}; this invalidates the content keys of every study and run "
+        "that used it (they name stores by content hash): their runs will not be reused and "
+        "evaluations recompute",
+    )
 
 
 def write_store(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_file, hash_obj
@@ -30,6 +31,7 @@ from midtrain.io import hash_file, hash_obj
 FORMAT = "midtrain-store/1"
 DTYPES = {"uint16": np.dtype(np.uint16), "uint32": np.dtype(np.uint32)}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_MAX = 100  # characters of a store name (a folder name; derived names add a suffix)
 
 
 def dtype_for_vocab(n_vocab: int) -> np.dtype:
@@ -144,21 +146,44 @@ class TokenStore:
                 )
 
 
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "name": str,
-    "dtype": str,
-    "vocab_size": int,
-    "eos_id": int,
-    "tokenizer_hash": str,
-    "input_hash": str,
-    "content_hash": str,
-    "train": dict,
-    "heldout": dict,
-}
+class _Split(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    n_docs: NonNegativeInt
+    n_tokens: NonNegativeInt
+
+
+class _Train(_Split):
+    file: str = Field(min_length=1)
+    offset: NonNegativeInt
+    sha256: str
+
+
+class _Heldout(_Split):
+    n_bytes: NonNegativeInt
+
+
+class StoreManifest(BaseModel):
+    """The typed fields of manifest.json that readers rely on (others, e.g. versions, pass)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: str
+    name: str
+    dtype: str
+    vocab_size: PositiveInt
+    eos_id: NonNegativeInt
+    tokenizer_hash: str
+    input_hash: str
+    content_hash: str
+    train: _Train
+    heldout: _Heldout
+    special_text: dict[str, NonNegativeInt] | None = None
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """manifest.json as a dict, checked against `StoreManifest`: a one-line error naming the
+    file and the field, never a ValueError later when a property reads it."""
     import json
 
     mf = path / "manifest.json"
@@ -173,20 +198,27 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise MidtrainError(f"{mf} is corrupt ({e}); {fix}") from None
     if not isinstance(man, dict):
         raise MidtrainError(f"{mf} is corrupt (not an object); {fix}")
-    for key, typ in _REQUIRED.items():
-        if not isinstance(man.get(key), typ):
-            raise MidtrainError(f"{mf} is corrupt: field {key!r} missing or wrong type; {fix}")
-    if man["format"] != FORMAT:
-        raise MidtrainError(f"{mf}: format {man['format']!r} is not {FORMAT!r}; {fix}")
-    if man["dtype"] not in DTYPES:
-        raise MidtrainError(f"{mf} is corrupt: dtype {man['dtype']!r} not uint16/uint32; {fix}")
-    if man["vocab_size"] > np.iinfo(DTYPES[man["dtype"]]).max + 1:
-        raise MidtrainError(
-            f"{mf} is corrupt: vocab_size {man['vocab_size']} does not fit {man['dtype']}; {fix}"
+    try:
+        m = StoreManifest.model_validate(man)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        got = (
+            "is missing"
+            if err["type"] == "missing"
+            else f"is {repr(err.get('input'))[:60]} but {str(err['msg']).removeprefix('Input ')}"
         )
-    for key in ("file", "offset", "n_tokens", "n_docs"):
-        if key not in man["train"]:
-            raise MidtrainError(f"{mf} is corrupt: field 'train.{key}' missing; {fix}")
+        raise MidtrainError(f"{mf} is corrupt: field {key!r} {got}; {fix}") from None
+    if m.format != FORMAT:
+        raise MidtrainError(f"{mf}: format {m.format!r} is not {FORMAT!r}; {fix}")
+    if m.dtype not in DTYPES:
+        raise MidtrainError(f"{mf} is corrupt: dtype {m.dtype!r} not uint16/uint32; {fix}")
+    if m.vocab_size > np.iinfo(DTYPES[m.dtype]).max + 1:
+        raise MidtrainError(
+            f"{mf} is corrupt: vocab_size {m.vocab_size} does not fit {m.dtype}; {fix}"
+        )
+    if m.eos_id >= m.vocab_size:
+        raise MidtrainError(f"{mf} is corrupt: eos_id {m.eos_id} >= vocab_size; {fix}")
     return man
 
 

@@ -1,4 +1,5 @@
-"""Tokenizers: train a byte-level BPE here, or load any HF tokenizer folder.
+"""Tokenizers: train a byte-level BPE here (on texts, or on the inputs of several sources for
+`midtrain data tokenizer`), or load any HF tokenizer folder.
 
 Every store records `tokenizer_hash(tok)`; the trainer and evaluator compare it with the
 checkpoint's tokenizer so that ids never silently mean different strings.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,11 +58,60 @@ def train_tokenizer(
     return tok
 
 
+DEFAULT_VOCAB = 32768  # `midtrain data tokenizer` without --vocab-size (ids fit uint16)
+
+
+@dataclass(frozen=True)
+class TrainedTokenizer:
+    tokenizer: PreTrainedTokenizerFast
+    path: Path
+    n_docs: int  # documents it was trained on
+    n_files: int  # input files (a save_to_disk folder counts as one)
+
+
+def train_tokenizer_on_inputs(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    vocab_size: int = DEFAULT_VOCAB,
+    text_field: str = "text",
+) -> TrainedTokenizer:
+    """One byte-level BPE over the documents of every input (files or folders of several
+    sources, read as `data prepare` reads them), saved as a HF tokenizer folder at `out_dir`.
+
+    Every input is validated before anything is written; an existing `out_dir` is refused.
+    """
+    from midtrain.data import readers
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise MidtrainError(
+            f"--out {out_dir} already exists; choose a new folder (or prepare with "
+            f"--tokenizer {out_dir} to use the tokenizer there)"
+        )
+    if vocab_size < MIN_VOCAB:
+        raise MidtrainError(
+            f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at least {MIN_VOCAB}"
+        )
+    resolved = readers.resolve_inputs(list(inputs))
+    if tokens := [i.path for i in resolved if i.kind == "npy"]:
+        raise MidtrainError(f"{tokens[0]}: holds tokens, not text; a tokenizer learns from text")
+    scan = readers.scan_inputs(resolved, text_field)
+    if scan.n_docs == 0:
+        raise MidtrainError("the inputs hold no documents; check the INPUT paths and --text-field")
+    tok = train_tokenizer(readers.iter_texts(resolved, text_field), vocab_size, out_dir)
+    return TrainedTokenizer(tok, out_dir, scan.n_docs, len(resolved))
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a HF tokenizer folder (a checkpoint's works too); pad = eos when pad is missing."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
+    if not path.exists():
+        raise MidtrainError(
+            f"{path}: no such folder; pass an existing HF tokenizer folder (a checkpoint's works) "
+            "or use --train-tokenizer --vocab-size N"
+        )
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise MidtrainError(
             f"{path} is not a tokenizer folder (no tokenizer.json); pass a HF tokenizer folder "
@@ -87,6 +138,21 @@ def tokenizer_hash(tok: PreTrainedTokenizerFast) -> str:
     """
     special = {k: getattr(tok, f"{k}_token_id", None) for k in ("eos", "bos")}
     return hash_obj({"vocab": sorted(tok.get_vocab().items()), "special": special})
+
+
+def special_strings(tok: PreTrainedTokenizerFast) -> list[str]:
+    """The special tokens that `tok` reads as one special id when they appear in text (e.g.
+    `<|endoftext|>` as EOS), longest first. Non-special added tokens (whitespace runs, added
+    words) are ordinary text and not listed."""
+    added = getattr(tok, "added_tokens_decoder", {}) or {}
+    names = {*tok.all_special_tokens, *(t.content for t in added.values() if t.special)}
+    core = tok.backend_tokenizer
+    found = [
+        t
+        for t in names
+        if t.strip() and core.encode(t, add_special_tokens=False).ids == [core.token_to_id(t)]
+    ]
+    return sorted(found, key=lambda t: (-len(t), t))
 
 
 def vocab_size(tok: PreTrainedTokenizerFast) -> int:
