@@ -127,36 +127,6 @@ def test_results_and_report_from_run_dirs(tmp_path):
     assert EVIL not in md and "&lt;script&gt;" in md
 
 
-def _study_with_shifts(tmp_path: Path, name: str, shifts: dict[str, float]) -> Path:
-    (tmp_path / name).mkdir()
-    data = fake_world(tmp_path / name)
-    data["candidates"] = [{"name": c, "mix": {"math": 1.0}} for c in shifts]
-    cfg = parse_study(data, base_dir=tmp_path / name)
-    out = tmp_path / name / "study"
-    plan = make_plan(cfg, out)
-    for r in plan.runs:
-        write_run(plan, r.dir, 0.0 if r.arm == "control" else shifts[r.candidate], r.seed)
-    collect(plan).save(out / "results.json")
-    return out
-
-
-def test_validate_counts_pairs_ordered_the_same_and_verdicts(tmp_path):
-    from midtrain.study.validate import compare
-
-    small = _study_with_shifts(tmp_path, "small", {"a": 0.3, "b": 0.15, "c": -0.2})
-    same = _study_with_shifts(tmp_path, "same", {"a": 0.5, "b": 0.2, "c": -0.1})
-    flipped = _study_with_shifts(tmp_path, "flip", {"a": 0.1, "b": 0.4, "c": -0.3})
-    agree = compare(small, same)
-    assert agree.pairs == 3 and agree.pairwise_accuracy == 1.0
-    assert agree.verdict_agreement == 1.0 and agree.significant_pairs == 3
-    assert agree.significant_pairs_kept == 1.0 and agree.reference_separable == 1.0
-    flip = compare(small, flipped)
-    assert flip.pairwise_accuracy == pytest.approx(2 / 3)  # a-b flipped; a-c, b-c kept
-    assert flip.significant_pairs_kept == pytest.approx(2 / 3)
-    assert [a.arm for a in flip.arms] == ["a@0.3", "b@0.3", "c@0.3"]
-    assert flip.arms[1].reference_delta > flip.arms[0].reference_delta
-
-
 NAMES = ["web[v2]", "数学 / code", "x" * 300, "[bold]*_`|#<b>"]
 
 

@@ -214,21 +214,101 @@ def test_raw_files_are_sampled_by_seed_and_sft_rows_rendered(world):
 # Study integration
 
 
-def test_correlation_over_arms():
-    def row(arm: str, s: str, adv: float, gain: float | None) -> ProximityRow:
-        return ProximityRow(arm, s, {}, 0.3, False, 0.5 + adv, 0.5, adv, gain)
+def row(arm: str, s: str, adv: float, gain: float | None) -> ProximityRow:
+    return ProximityRow(arm, s, {}, 0.3, False, 0.5 + adv, 0.5, adv, gain)
 
+
+def arms_on(x: list[float], y: list[float], s: str = "x") -> list[ProximityRow]:
+    return [row(f"a{i}", s, xi, yi) for i, (xi, yi) in enumerate(zip(x, y, strict=True))]
+
+
+def test_correlation_over_arms_keeps_arms_whole_and_leaves_out_missing_gains():
     rows = [row(f"a{i}", s, i * k, 2 * i * k) for i in range(5) for k, s in ((1, "x"), (2, "y"))]
     rows.append(row("none", "x", 9.0, None))  # no probe result: left out
     one = correlate(rows, "x", resamples=200)
     assert (one.n_arms, one.n_points) == (5, 5)
     assert one.pearson == pytest.approx(1) and one.spearman == pytest.approx(1)
-    assert one.pearson_p is not None and one.pearson_ci == pytest.approx([1, 1])
     pooled = correlate(rows, ALL_SETS, resamples=200)
-    assert (pooled.n_arms, pooled.n_points) == (5, 10) and pooled.pearson_p is None
-    assert 0 < pooled.resamples <= 200
+    assert (pooled.n_arms, pooled.n_points) == (5, 10)
+    # the pooled test permutes whole arms (5! orders), not the 10 points (10! orders)
+    assert pooled.spearman_p == pytest.approx(2 / 120) and "5 arms (120 orders)" in pooled.p_test
     flat = correlate([row(f"a{i}", "x", 0.1, float(i)) for i in range(4)], "x")
-    assert flat.pearson is None and flat.resamples == 0  # no spread in the advantage
+    assert flat.pearson is None and flat.pearson_p is None and flat.resamples == 0  # no spread
+
+
+def test_three_arms_give_the_points_an_exact_p_and_no_interval():
+    # the case of issue 25: 3 arms in perfect order printed Spearman 1.00, p 0, CI [1.00, 1.00]
+    c = correlate(arms_on([0.01, 0.02, 0.10], [0.1, 0.3, 0.6]), "x")
+    assert c.spearman == pytest.approx(1) and c.pearson == pytest.approx(0.953, abs=1e-3)
+    # 3! = 6 orders; only the observed one reaches rho = 1: two-sided p = 2 x 1/6
+    assert c.spearman_p == pytest.approx(1 / 3) and c.pearson_p == pytest.approx(1 / 3)
+    assert c.pearson_ci is None and c.spearman_ci is None and c.interval is None
+    assert c.resamples == 0 and "too few arms for an interval (3 arms, 5 needed)" in c.notes[0]
+    four = correlate(arms_on([1, 2, 3, 4], [1, 3, 2, 4]), "x")
+    assert four.spearman == pytest.approx(0.8) and four.pearson_ci is None
+    # orders of 4 ranks with rho >= 0.8: the identity and the 3 single adjacent swaps
+    assert four.spearman_p == pytest.approx(2 * 4 / 24)
+
+
+def test_permutation_p_matches_scipy_and_is_never_zero():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for n in (4, 6):
+        x, y = rng.normal(size=n), rng.normal(size=n)
+        c = correlate(arms_on(list(x), list(y)), "x")
+        for name, f in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+            ref = stats.permutation_test((x,), lambda v, f=f, y=y: f(v, y).statistic,
+                                         permutation_type="pairings", n_resamples=np.inf)  # fmt: skip
+            assert getattr(c, f"{name}_p") == pytest.approx(ref.pvalue)
+    x = np.arange(12.0)
+    big = correlate(arms_on(list(x), list(x**2)), "x", seed=1)
+    # only the observed order reaches rho = 1: one-sided 1 / (9,999 + 1), two-sided twice that
+    assert big.spearman_p == pytest.approx(2 / 10_000)
+    assert "9,999 random orders" in big.p_test
+    assert correlate(arms_on(list(x), list(x**2)), "x", seed=1).pearson_p == big.pearson_p
+
+
+def test_intervals_by_number_of_arms():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=10)
+    y = x + rng.normal(size=10)
+    six = correlate(arms_on(list(x[:6]), list(y[:6])), "x")
+    assert six.interval == "fisher-z" and six.resamples == 0
+    lo, hi = six.pearson_ci
+    assert -1 < lo < six.pearson < hi < 1 and hi - lo > 0.5  # wide with 6 arms
+    ten = correlate(arms_on(list(x), list(y)), "x", resamples=300)
+    assert ten.interval == "bootstrap" and 0 < ten.resamples <= 300
+    assert ten.pearson_ci[0] < ten.pearson < ten.pearson_ci[1]
+    assert ten.spearman_ci[0] < ten.spearman_ci[1]
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7, 8, 9])
+def test_no_degenerate_interval_and_no_zero_p_ever(n):
+    x = np.arange(float(n))
+    cases = {"perfect": x**3, "reversed": -x, "near": x + 1e-6 * np.sin(x), "noisy": np.sin(3 * x)}
+    for what, y in cases.items():
+        for rows in (arms_on(list(x), list(y)),
+                     arms_on(list(x), list(y)) + arms_on(list(x + 1), list(y - 1), "z")):  # fmt: skip
+            for scope in ("x", ALL_SETS):
+                c = correlate(rows, scope, resamples=100)
+                for ci in (c.pearson_ci, c.spearman_ci):
+                    assert ci is None or ci[1] - ci[0] >= 0.01, (what, scope, ci)
+                assert c.pearson_p > 0 and c.spearman_p > 0
+                if n < 5:
+                    assert c.pearson_ci is None and c.spearman_ci is None
+                elif what == "noisy":
+                    assert c.pearson_ci is not None and c.spearman_ci is not None
+    perfect = correlate(arms_on(list(x), list(x**3)), "x", resamples=200)
+    assert perfect.spearman_ci is None  # every resample (or Fisher z) gives rho = 1
+    assert n < 5 or any("spearman: no interval" in note for note in perfect.notes)
+
+
+def test_arms_on_different_sets_get_no_p_value():
+    rows = arms_on([1, 2, 3, 4, 5], [1, 2, 3, 5, 4]) + [row("a0", "y", 0.3, 0.2)]
+    pooled = correlate(rows, ALL_SETS)
+    assert pooled.pearson is not None and pooled.pearson_p is None and pooled.spearman_p is None
+    assert "different sets" in pooled.notes[0]
 
 
 def fake_study(world: dict[str, Path], out: Path) -> Path:
@@ -285,3 +365,24 @@ def test_study_proximity_table(world, tmp_path, monkeypatch, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     back = ProximityTable.from_dict(json.loads(out))
     assert back.rows[2].advantage == pytest.approx(adv[2]) and back.correlations[0].n_arms == 3
+    assert back.correlations[0].spearman_p == pytest.approx(1 / 3)
+    code, out, err = run_cli(["similarity", "--study", study, "--docs", 50], monkeypatch, capsys)
+    assert code == 0, err
+    assert "too few arms" in out and "0.333" in out and "[+1.00, +1.00]" not in out
+    assert "math@0.6" in out  # the points, printed
+
+
+def test_study_report_says_too_few_arms(world, tmp_path):
+    from midtrain.report import write_report
+    from midtrain.study.similarity import load_study_dir
+
+    cfg, res = load_study_dir(fake_study(world, tmp_path / "study"))
+    paths = write_report(res, cfg, tmp_path / "study")
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        part = text[text.index("Proximity and SFT gain") :]
+        assert "too few arms" in part and "0.333" in part and "1.00, +1.00" not in part
+        assert "| 0 |" not in part and ">0<" not in part
+    saved = json.loads((tmp_path / "study" / "proximity.json").read_text())
+    assert (
+        saved["format"] == "midtrain-proximity/2" and saved["correlations"][0]["pearson_ci"] is None
+    )

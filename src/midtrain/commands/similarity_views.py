@@ -81,6 +81,29 @@ def _ci(ci: list[float] | None) -> str:
     return "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+def p_text(p: float | None) -> str:
+    """A p-value as printed: never 0 (a permutation p is at least 1 / its orders)."""
+    return "-" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _corr_ci(c: Any, ci: list[float] | None) -> str:
+    from midtrain.study.similarity import MIN_INTERVAL_ARMS
+
+    if ci is None and c.pearson is not None and c.n_arms < MIN_INTERVAL_ARMS:
+        return "too few arms"
+    return _ci(ci)
+
+
+def correlation_caption(table: Any) -> str:
+    """How the p-values and intervals were made, and why any is missing."""
+    from midtrain.study.similarity import MIN_BOOTSTRAP_ARMS, MIN_INTERVAL_ARMS
+
+    lines = [f"p: two-sided permutation test over arms; CI: none below {MIN_INTERVAL_ARMS} arms, "
+             f"Fisher z (approximate) below {MIN_BOOTSTRAP_ARMS}, bootstrap over arms from "
+             f"{MIN_BOOTSTRAP_ARMS}", *table.correlation_notes()]  # fmt: skip
+    return "\n".join(safe(line) for line in lines)
+
+
 def study_tables(table: Any) -> list[Table]:
     """A study's proximity table (`study.similarity.ProximityTable`): per arm and set, then the
     correlation of proximity advantage with SFT gain."""
@@ -93,13 +116,13 @@ def study_tables(table: Any) -> list[Table]:
         rows.add_row(safe(r.arm), safe(r.set), f"{r.similarity:.4f}", f"{r.base_similarity:.4f}",
                      f"{r.advantage:+.4f}", _num(r.sft_gain, "+.4f"), _ci(r.sft_gain_ci))  # fmt: skip
     corr = Table(title="correlation over arms (SFT gain = minus Δ SFT val loss vs control, "
-                 "nats/token; bootstrap over arms)")  # fmt: skip
+                 "nats/token)", caption=correlation_caption(table))  # fmt: skip
     for col in ("scope", "arms", "points", "Pearson r", "p", "CI", "Spearman ρ", "p ", "CI "):
         corr.add_column(col, justify="left" if col == "scope" else "right")
     for c in table.correlations:
         corr.add_row(safe(c.scope), str(c.n_arms), str(c.n_points), _num(c.pearson, "+.3f"),
-                     _num(c.pearson_p, ".3g"), _ci(c.pearson_ci), _num(c.spearman, "+.3f"),
-                     _num(c.spearman_p, ".3g"), _ci(c.spearman_ci))  # fmt: skip
+                     p_text(c.pearson_p), _corr_ci(c, c.pearson_ci), _num(c.spearman, "+.3f"),
+                     p_text(c.spearman_p), _corr_ci(c, c.spearman_ci))  # fmt: skip
     return [rows, corr]
 
 

@@ -6,14 +6,25 @@ training rows (rendered with the probe's template, tokenised with the study chec
 tokenizer) and so is the base mix; the difference is the arm's proximity advantage (Liu, Neubig
 and Xiong 2025). Its SFT gain on the set is minus the delta of SFT validation loss against the
 control (nats per token, higher is better), from the probe's analysis in results.json.
-The correlation of the two over arms is Pearson and Spearman with a seeded bootstrap over arms
-(an arm's points on every set move together). With a handful of arms the interval is wide: it
-says so. Plain dataclasses, for the report to render (`to_dict()` for JSON).
+The correlation of the two over arms is Pearson and Spearman; how much is said depends on the
+number of arms (an arm's points on every set move together, so arms are the unit):
+
+- p-values from a permutation test of the arms (each arm's gains moved with the arm, onto another
+  arm's advantages): exact, all n! orders, up to 8 arms; 9,999 random orders above. It needs no
+  normality, holds for the pooled scope (several points per arm) and is never 0: with 3 arms the
+  smallest two-sided p is 2/3! = 1/3.
+- intervals: none below 5 arms ("too few arms for an interval"; the points are printed), a Fisher z
+  interval with 5-7 arms (approximate), a percentile bootstrap over arms from 8 arms on; an interval
+  narrower than 0.01 (every resample gives the same r, e.g. a perfect order) is not given.
+
+Plain dataclasses, for the report to render (`to_dict()` for JSON).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +42,14 @@ from midtrain.similarity import (
     store_unigram,
 )
 
-FORMAT = "midtrain-proximity/1"
+FORMAT = "midtrain-proximity/2"
 ALL_SETS = "all sets"
 RESAMPLES = 2000
+MIN_INTERVAL_ARMS = 5  # below: no interval at all
+MIN_BOOTSTRAP_ARMS = 8  # from here: percentile bootstrap over arms; below: Fisher z
+EXACT_ORDERS = math.factorial(8)  # permutation p by enumeration up to 8 arms
+PERMUTATIONS = 9999  # random orders above
+MIN_WIDTH = 0.01  # narrower intervals are degenerate at the 2 decimals shown
 
 
 @dataclass
@@ -60,13 +76,16 @@ class Correlation:
     n_arms: int
     n_points: int
     pearson: float | None
-    pearson_p: float | None  # None when an arm gives several points (pooled sets): not independent
+    pearson_p: float | None  # two-sided, permutation of arms (None: arms on different sets)
     spearman: float | None
     spearman_p: float | None
-    pearson_ci: list[float] | None  # percentile bootstrap over arms
+    pearson_ci: list[float] | None  # see `interval`; None below MIN_INTERVAL_ARMS or degenerate
     spearman_ci: list[float] | None
     resamples: int  # bootstrap resamples in which the correlation was defined
     confidence: float
+    interval: str | None = None  # "bootstrap" (>= 8 arms) | "fisher-z" (5-7 arms) | None
+    p_test: str | None = None  # how the p-values were computed
+    notes: list[str] = field(default_factory=list)  # why an interval or a p-value is missing
 
 
 @dataclass
@@ -85,6 +104,14 @@ class ProximityTable:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def correlation_notes(self) -> list[str]:
+        """Why an interval or a p-value is missing: each note once, with the scopes it holds for."""
+        scopes: dict[str, list[str]] = {}
+        for c in self.correlations:
+            for n in c.notes:
+                scopes.setdefault(n, []).append(c.scope)
+        return [f"{', '.join(where)}: {n}" for n, where in scopes.items()]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProximityTable:
@@ -190,8 +217,8 @@ def correlate(
     rows: list[ProximityRow], scope: str = ALL_SETS, resamples: int = RESAMPLES, seed: int = 0,
     confidence: float = 0.95,
 ) -> Correlation:  # fmt: skip
-    """Pearson and Spearman of advantage vs SFT gain over the rows of `scope`, with a percentile
-    bootstrap that resamples whole arms (None where fewer than 3 points or no spread)."""
+    """Pearson and Spearman of advantage vs SFT gain over the rows of `scope` (None where fewer
+    than 3 points or no spread), with permutation p-values and an interval as many arms allow."""
     from scipy import stats
 
     pts = [r for r in rows if r.sft_gain is not None and scope in (ALL_SETS, r.set)]
@@ -201,21 +228,88 @@ def correlate(
     out = Correlation(scope, len(arms), len(pts), None, None, None, None, None, None, 0, confidence)
     if not _defined(x, y):
         return out
-    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    out.pearson, out.spearman = float(pr.statistic), float(sr.statistic)
-    if len(pts) == len(arms):  # one point per arm: the test's independence holds
-        out.pearson_p, out.spearman_p = float(pr.pvalue), float(sr.pvalue)
-    boot = _bootstrap(x, y, [arms.index(r.arm) for r in pts], len(arms), resamples, seed)
-    if len(boot):
-        q = [(1 - confidence) / 2, (1 + confidence) / 2]
-        out.pearson_ci = [float(v) for v in np.quantile(boot[:, 0], q)]
-        out.spearman_ci = [float(v) for v in np.quantile(boot[:, 1], q)]
-    out.resamples = len(boot)
+    out.pearson = float(stats.pearsonr(x, y).statistic)
+    out.spearman = float(stats.spearmanr(x, y).statistic)
+    _permutation(out, pts, arms, seed)
+    if len(arms) < MIN_INTERVAL_ARMS:
+        out.notes.append(f"too few arms for an interval ({len(arms)} arms, {MIN_INTERVAL_ARMS} "
+                         "needed): read the points")  # fmt: skip
+    elif len(arms) < MIN_BOOTSTRAP_ARMS:
+        out.interval = "fisher-z"
+        out.pearson_ci = _fisher(out.pearson, len(arms), confidence, spearman=False)
+        out.spearman_ci = _fisher(out.spearman, len(arms), confidence, spearman=True)
+    else:
+        out.interval = "bootstrap"
+        boot = _bootstrap(x, y, [arms.index(r.arm) for r in pts], len(arms), resamples, seed)
+        out.resamples = len(boot)
+        if len(boot):
+            q = [(1 - confidence) / 2, (1 + confidence) / 2]
+            out.pearson_ci = [float(v) for v in np.quantile(boot[:, 0], q)]
+            out.spearman_ci = [float(v) for v in np.quantile(boot[:, 1], q)]
+    for name in ("pearson", "spearman") if out.interval else ():
+        ci = getattr(out, f"{name}_ci")
+        if ci is None or not all(map(math.isfinite, ci)) or ci[1] - ci[0] < MIN_WIDTH:
+            setattr(out, f"{name}_ci", None)
+            out.notes.append(f"{name}: no interval ({out.interval} is degenerate: "
+                             f"r = {getattr(out, name):+.3f} with {len(arms)} arms)")  # fmt: skip
     return out
 
 
 def _defined(x: np.ndarray, y: np.ndarray) -> bool:
     return len(x) >= 3 and bool(np.ptp(x) > 0) and bool(np.ptp(y) > 0)
+
+
+def _grid(pts: list[ProximityRow], arms: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(advantage, gain) as arms x sets matrices; None unless every arm has one point per set."""
+    sets = sorted({r.set for r in pts})
+    cell = {(r.arm, r.set): r for r in pts}
+    if len(cell) != len(pts) or len(cell) != len(arms) * len(sets):
+        return None
+    x = np.array([[cell[a, s].advantage for s in sets] for a in arms])
+    y = np.array([[cell[a, s].sft_gain for s in sets] for a in arms], dtype=np.float64)
+    return x, y
+
+
+def _permutation(out: Correlation, pts: list[ProximityRow], arms: list[str], seed: int) -> None:
+    """Two-sided permutation p-values of Pearson and Spearman: the arms' rows of gains reordered
+    against the advantages (every order up to 8 arms, else PERMUTATIONS random ones)."""
+    from scipy.stats import rankdata
+
+    grid = _grid(pts, arms)
+    if grid is None:
+        out.notes.append("no p-value: the arms have points on different sets")
+        return
+    x, y = grid
+    n = len(arms)
+    exact = math.factorial(n) <= EXACT_ORDERS
+    if exact:  # the identity is among them: p >= 2 / n!
+        orders = np.array(list(permutations(range(n))))
+    else:  # the observed order counts as one more (p >= 1 / (PERMUTATIONS + 1))
+        rng = np.random.default_rng([seed, 0x5045524D])
+        orders = rng.permuted(np.tile(np.arange(n), (PERMUTATIONS, 1)), axis=1)
+    ranks = (rankdata(x, axis=None).reshape(x.shape), rankdata(y, axis=None).reshape(y.shape))
+    for name, (a, b) in (("pearson", (x, y)), ("spearman", ranks)):
+        a, b = a - a.mean(), b - b.mean()
+        null = np.einsum("ij,pij->p", a, b[orders])
+        seen = float(np.sum(a * b))
+        tol = 1e-9 * max(abs(seen), float(np.sqrt(np.sum(a * a) * np.sum(b * b))))
+        extra = 0 if exact else 1
+        ge = (np.sum(null >= seen - tol) + extra) / (len(null) + extra)
+        le = (np.sum(null <= seen + tol) + extra) / (len(null) + extra)
+        setattr(out, f"{name}_p", float(min(1.0, 2 * min(ge, le))))
+    out.p_test = (f"exact permutation of {n} arms ({len(orders):,} orders)" if exact
+                  else f"permutation of {n} arms ({PERMUTATIONS:,} random orders)")  # fmt: skip
+
+
+def _fisher(r: float, n: int, confidence: float, *, spearman: bool) -> list[float] | None:
+    """Fisher z interval over n arms (Spearman: Bonett-Wright variance); None at |r| = 1."""
+    from scipy.stats import norm
+
+    if abs(r) >= 1:
+        return None
+    se = math.sqrt(((1 + r * r / 2) if spearman else 1.0) / (n - 3))
+    z, q = math.atanh(r), float(norm.ppf((1 + confidence) / 2))
+    return [math.tanh(z - q * se), math.tanh(z + q * se)]
 
 
 def _bootstrap(x: np.ndarray, y: np.ndarray, arm_of: list[int], n_arms: int, resamples: int,
