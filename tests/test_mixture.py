@@ -210,3 +210,71 @@ def test_shards_are_disjoint_whole_documents_covering_the_store(tmp_path):
     assert len({s.content_hash for s in shards}) == 3
     with pytest.raises(MidtrainError, match="cannot make 200 shards"):
         shard_store(store, 200, tmp_path / "many")
+
+
+# -- paired streams (common random numbers) --------------------------------------------------------
+
+
+def paired(stores, base, arm, total=1000, seed=5):
+    control = MixtureSampler(stores, mix_of(base), SEQ, total, seed=seed)
+    run = MixtureSampler(stores, mix_of(arm), SEQ, total, seed=seed, pair_base=base)
+    return control, run
+
+
+@pytest.mark.parametrize(
+    ("base", "arm"),
+    [
+        ({"web": 1.0}, {"web": 0.7, "math": 0.3}),
+        ({"web": 0.6, "hq": 0.4}, {"web": 0.42, "hq": 0.28, "math": 0.15, "code": 0.15}),
+        ({"web": 0.6, "hq": 0.4}, {"web": 0.8, "hq": 0.2}),  # more web than the control has
+        ({"web": 1.0}, {"hq": 1.0}),  # nothing shared
+    ],
+)
+def test_paired_run_shares_the_controls_stream(stores, base, arm):
+    """Wherever the run draws a base source it has the control's very row at the same step; every
+    source gets exactly its largest-remainder count; the other sources fill the freed steps."""
+    control, run = paired(stores, base, arm)
+    x, c = run.sequences(0, 1000), control.sequences(0, 1000)
+    src = np.array(run.sources_at(0, 1000))
+    counts = Counter(src.tolist())
+    assert [counts[m.source] for m in run.components] == allocate(
+        [m.ratio for m in run.components], 1000
+    )
+    assert sources_of(x) == src.tolist()
+    for name in base:
+        shared = min(counts[name], Counter(control.sources_at(0, 1000))[name])
+        same = (src == name) & (x == c).all(axis=1)
+        assert same.sum() == shared  # every kept base row sits where the control has it
+
+
+def test_paired_arms_of_one_fraction_give_way_at_the_same_steps(stores):
+    base = {"web": 0.6, "hq": 0.4}
+    _, a = paired(stores, base, {"web": 0.42, "hq": 0.28, "math": 0.3})
+    _, b = paired(stores, base, {"web": 0.42, "hq": 0.28, "code": 0.15, "flan": 0.15})
+    sa, sb = np.array(a.sources_at(0, 1000)), np.array(b.sources_at(0, 1000))
+    base_a, base_b = np.isin(sa, list(base)), np.isin(sb, list(base))
+    assert (base_a == base_b).all()
+    assert (a.sequences(0, 1000)[base_a] == b.sequences(0, 1000)[base_b]).all()
+
+
+def test_paired_candidate_is_spread_over_the_run(stores):
+    _, run = paired(stores, {"web": 1.0}, {"web": 0.7, "math": 0.3}, total=2000)
+    is_math = np.array(run.sources_at(0, 2000)) == "math"
+    prefix = np.cumsum(is_math) / np.arange(1, 2001)
+    assert np.abs(prefix[99:] - 0.3).max() < 0.02  # every prefix of >= 100 holds the ratio
+
+
+def test_paired_stream_has_its_own_fingerprint_and_is_resumable(stores):
+    control, run = paired(stores, {"web": 1.0}, {"web": 0.7, "math": 0.3})
+    plain = MixtureSampler(stores, mix_of({"web": 0.7, "math": 0.3}), SEQ, 1000, seed=5)
+    assert run.fingerprint() != plain.fingerprint()
+    assert (run.sequences(0, 1000)[400:460] == run.sequences(400, 60)).all()
+    assert not (run.sequences(0, 1000) == plain.sequences(0, 1000)).all()
+
+
+def test_paired_cap_is_checked_against_the_controls_draw(stores):
+    with pytest.raises(MidtrainError, match="pair_base: the paired control"):
+        MixtureSampler(
+            stores, mix_of({"math": 0.6, "hq": 0.4}, rep=1.0), SEQ, 150, seed=0,
+            pair_base={"math": 1.0},
+        )  # fmt: skip

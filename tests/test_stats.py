@@ -121,9 +121,10 @@ def test_mde_and_seeds_needed_shrink_with_noise():
     noisy = contrast(simulate(rng, 2, sigma_u=0.2), "small", "control", 0.95)
     quiet = contrast(simulate(rng, 2, sigma_u=0.02), "small", "control", 0.95)
     assert quiet.mde() < noisy.mde()
-    n_noisy, n_quiet = seeds_needed(noisy, 0.1, groups=4), seeds_needed(quiet, 0.1, groups=4)
+    n_noisy, n_quiet = seeds_needed(noisy, 0.1), seeds_needed(quiet, 0.1)
     assert n_quiet is not None and (n_noisy is None or n_noisy > n_quiet)
-    assert seeds_needed(noisy, 100.0, groups=4) == 2
+    assert seeds_needed(noisy, 100.0) == 2
+    assert seeds_needed(noisy, None) is None  # no planned effect: no post-hoc power
 
 
 def test_corrections():
@@ -133,3 +134,87 @@ def test_corrections():
     bh = adjust(p, "bh")
     assert bh[:4] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
     assert adjust(p, "none")[:4] == p[:4]
+
+
+# -- designs whose runs are not equally correlated (issue 25) ---------------------------------------
+
+
+def design(rng, seeds, arms, rho_aa, rho_ac, n_ex=60, sigma_run=0.1, sigma_eps=0.3,
+           sigma_ge=0.0, sigma_seed_ex=0.0):  # fmt: skip
+    """Null arms whose per-run offsets have corr(arm, arm') = rho_aa and corr(arm, control) =
+    rho_ac, optional effect heterogeneity over examples (sigma_ge, arm-specific) and a seed x
+    example interaction that every run of a seed shares (sigma_seed_ex; it cancels in pairs)."""
+    names = ["control"] + [f"a{k}" for k in range(arms)]
+    cov = np.full((arms + 1, arms + 1), rho_aa)
+    cov[0, :] = cov[:, 0] = rho_ac
+    np.fill_diagonal(cov, 1.0)
+    z = rng.multivariate_normal(np.zeros(arms + 1), cov, size=seeds) * sigma_run  # [seeds, groups]
+    difficulty = rng.normal(0, 1.0, n_ex)
+    seed_ex = rng.normal(0, sigma_seed_ex, (seeds, n_ex))
+    groups = {}
+    for g, name in enumerate(names):
+        inter = rng.normal(0, sigma_ge, n_ex) if g else 0.0
+        groups[name] = (z[:, [g]] + difficulty + inter + seed_ex
+                        + rng.normal(0, sigma_eps, (seeds, n_ex)))  # fmt: skip
+    return Quantity(groups), names[1:]
+
+
+@pytest.mark.parametrize(
+    ("rho_aa", "rho_ac", "arms"),
+    [(0.8, 0.6, 10), (0.3, 0.6, 6)],  # arm-arm correlation above and below arm-control
+)
+def test_paired_intervals_cover_when_runs_are_not_equally_correlated(rho_aa, rho_ac, arms):
+    """The old pooled interval assumed every run of a seed equally correlated (coverage 0.879
+    in the first case); the paired differences do not need it. >= 2,000 intervals each."""
+    rng = np.random.default_rng(int(rho_aa * 100) + arms)
+    hits = n = 0
+    while n < 2000:
+        q, peers = design(rng, 2, arms, rho_aa, rho_ac)
+        for a in peers:
+            lo, hi = contrast(q, a, "control", 0.95, peers).ci
+            hits += lo <= 0 <= hi
+            n += 1
+    assert hits / n >= 0.93, hits / n
+
+
+def test_seed_by_example_interaction_does_not_hide_the_example_term():
+    """A seed x example interaction cancels in paired differences; estimating the example noise
+    from unpaired residuals clipped the example term to 0 (coverage 0.906)."""
+    rng = np.random.default_rng(11)
+    hits = n = 0
+    while n < 2000:
+        q, peers = design(rng, 3, 4, 0.5, 0.5, sigma_ge=0.3, sigma_seed_ex=0.5, sigma_run=0.02)
+        for a in peers:
+            lo, hi = contrast(q, a, "control", 0.95, peers).ci
+            hits += lo <= 0 <= hi
+            n += 1
+    assert hits / n >= 0.93, hits / n
+
+
+def test_pooling_over_peers_narrows_intervals_with_honest_df():
+    rng = np.random.default_rng(5)
+    q, peers = design(rng, 2, 6, 0.5, 0.5)
+    alone, pooled_ = (
+        contrast(q, peers[0], "control", 0.95),
+        contrast(q, peers[0], "control", 0.95, peers),
+    )
+    assert alone.noise.df == 1 and 1 < pooled_.noise.df < 6  # shared control: fewer than 6 df
+    assert pooled_.df <= pooled_.noise.df + 1e-9 or pooled_.example_var > 0
+
+
+def test_pairing_measures_sphericity_and_correlation():
+    from midtrain.study.stats import pairing
+
+    rng = np.random.default_rng(8)
+    runs = rng.normal(size=(400, 4))
+    sym = {g: {s: float(runs[s, k]) for s in range(400)} for k, g in enumerate("cabd")}
+    p = pairing(sym, "c")
+    assert p.sphericity == pytest.approx(1.0, abs=0.15) and p.correlation == pytest.approx(
+        0, abs=0.1
+    )
+    shared = rng.normal(size=400)
+    crn = {
+        g: {s: float(shared[s] + 0.5 * runs[s, k]) for s in range(400)}
+        for k, g in enumerate("cabd")
+    }
+    assert pairing(crn, "c").correlation == pytest.approx(0.8, abs=0.05)

@@ -29,7 +29,11 @@ class CalibrationSettings(BaseModel):
     studies: int = 4
     shards: int = 10
     seeds: int = 2
-    fraction: float = 0.3
+    fractions: list[float] = [0.3]  # every null candidate at each of these shares
+    cpt: bool = False  # also every null candidate's continued-pretraining arm (100% a base shard)
+    paired: bool = True  # study paired_streams (common random numbers)
+    first_seed: int = 0  # seeds of study i: first_seed + i * seeds ...
+    reuse: list[str] = []  # study folders whose identical finished runs are linked
     tokens: int | None = None  # per run (default: half the demo's anneal, or the study file's)
     eval_limit: int | None = None  # examples per task (default: 100 on the demo world)
     workers: int = 1
@@ -90,13 +94,16 @@ def study_dicts(base: StudyConfig, shards: dict[str, dict[str, str]], s: Calibra
         {
             "name": f"null{k}",
             "mix": {names[k]: base.base[src] for src, names in shard_names.items()},
+            "continued_pretraining": s.cpt,
         }
         for k in range(s.shards)
     ]
     out = []
     for i in range(s.studies):
+        first = s.first_seed + i * s.seeds
         d = dict(data, name=f"aa{i}", stores=stores, tokens=tokens, candidates=cands,
-                 fractions=[s.fraction], seeds=list(range(i * s.seeds, (i + 1) * s.seeds)))  # fmt: skip
+                 fractions=list(s.fractions), seeds=list(range(first, first + s.seeds)),
+                 paired_streams=s.paired, reuse=[f"{r}/aa{i}" for r in s.reuse])  # fmt: skip
         d["eval"] = dict(d["eval"], domains=sorted(base.stores))
         if s.eval_limit:
             d["eval"]["limit"] = s.eval_limit

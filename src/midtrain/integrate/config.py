@@ -143,6 +143,9 @@ def round_study(data: dict[str, Any], source: str = "",
         "name": spec.name, **rest, "base": spec.previous, "candidates": candidates,
         "fractions": [1.0], "source_max_repetition": spec.max_repetition,
         "merge_seeds": [spec.arm()] if spec.merge_seeds else False,
+        # unpaired unless asked: round N's control is round N-1's arm (reused by run id), and a
+        # paired arm's stream is aligned with its own control's, not with a later round's
+        "paired_streams": rest.get("paired_streams", False),
     }  # fmt: skip
     return spec, parse_study(study, source=source, base_dir=base_dir)
 

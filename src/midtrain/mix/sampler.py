@@ -13,6 +13,15 @@ cut into `n_tokens // seq_len` windows of `seq_len` tokens. For a budget of `tot
 
 `sequences(start, count)` is a pure function of (seed, config, position): resuming is the position
 alone, and no source is ever loaded into RAM (rows are gathered from the memory maps).
+
+**Paired streams (common random numbers).** Given `pair_base` (the control's mix), a run shares its
+control's stream step for step: the control's layout is computed as above; each base source keeps
+the control's sequences (same window, same position) at `min(m_s, n_s)` of its `n_s` slots, the
+slots it gives up chosen evenly spaced (a seeded stratified pattern, the same for every arm of one
+fraction); the freed positions take the run's other sequences (its candidate sources, or a base
+source's extra windows when the run has more of it than the control), interleaved by keys as in 2.
+Counts per source are the run's own largest-remainder allocation, so ratios stay exact. An arm and
+its control then differ only where the candidate's tokens replace base tokens.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class MixtureSampler:
         seq_len: int,
         total_sequences: int,
         seed: int,
+        pair_base: Mapping[str, float] | None = None,
     ):
         if seq_len < 1 or total_sequences < 0:
             raise MidtrainError(
@@ -83,7 +93,12 @@ class MixtureSampler:
         self.counts = allocate([c.ratio for c in self.components], total_sequences)
         self.n_windows = [self.stores[c.source].windows(seq_len) for c in self.components]
         self._check_sizes()
-        self._order = self._interleave()
+        self.pair_base = dict(sorted(pair_base.items())) if pair_base else None
+        names = [c.source for c in self.components]
+        if self.pair_base is None:
+            self._src, self._rank = _interleave(names, self.counts, seed, _KEY_TAG)
+        else:
+            self._src, self._rank = self._paired_layout(names)
         self._grids = [self._grid(c.source) for c in self.components]
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
@@ -123,16 +138,22 @@ class MixtureSampler:
         return table
 
     def fingerprint(self) -> str:
-        return hash_obj(
-            {
-                "algorithm": "midtrain-mix/1",
-                "mix": [c.model_dump() for c in self.components],
-                "seq_len": self.seq_len,
-                "total_sequences": self.total_sequences,
-                "seed": self.seed,
-                "stores": {name: s.content_hash for name, s in self.stores.items()},
-            }
-        )
+        spec = {
+            "algorithm": "midtrain-mix/1",
+            "mix": [c.model_dump() for c in self.components],
+            "seq_len": self.seq_len,
+            "total_sequences": self.total_sequences,
+            "seed": self.seed,
+            "stores": {name: s.content_hash for name, s in self.stores.items()},
+        }
+        if self.pair_base is not None:
+            spec |= {"algorithm": "midtrain-mix/2-paired", "pair_base": self.pair_base}
+        return hash_obj(spec)
+
+    def sources_at(self, start: int, count: int) -> list[str]:
+        """The source of each of sequences `start .. start + count - 1` (tests, tables)."""
+        names = [c.source for c in self.components]
+        return [names[i] for i in self._src[start : start + count]]
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -143,12 +164,10 @@ class MixtureSampler:
                 f"sequences({start}, {count}) is outside the budget of {self.total_sequences}"
             )
         out = np.empty((count, self.seq_len), dtype=np.int64)
-        glob = self._order[start : start + count]
-        src = np.searchsorted(self._offsets, glob, side="right") - 1
+        src, rank = self._src[start : start + count], self._rank[start : start + count]
         for s in np.unique(src):
             rows = np.flatnonzero(src == s)
-            k = glob[rows] - self._offsets[s]
-            out[rows] = self._grids[s][self._windows(int(s), k)]
+            out[rows] = self._grids[s][self._windows(int(s), rank[rows])]
         return out
 
     # -- internals --------------------------------------------------------------------------------
@@ -173,15 +192,41 @@ class MixtureSampler:
                     "lower its ratio, or add data"
                 )
 
-    def _interleave(self) -> np.ndarray:
-        """Global sequence ids (source offset + k) in run order; keys (k + u) / n_s, sorted."""
-        self._offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        keys = np.empty(self.total_sequences, dtype=np.float64)
-        for i, n in enumerate(self.counts):
-            rng = np.random.default_rng([self.seed, 0x4D4958, _name_key(self.components[i].source)])
-            a = int(self._offsets[i])
-            keys[a : a + n] = (np.arange(n) + rng.random(n)) / max(n, 1)
-        return np.argsort(keys, kind="stable").astype(np.int64)
+    def _paired_layout(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(source index, rank) per position: the control's stream (the layout of `pair_base`
+        with this seed) with the run's own sequences where base sequences give way."""
+        base = list(self.pair_base)
+        n_base = allocate(list(self.pair_base.values()), self.total_sequences)
+        ctrl_src, ctrl_rank = _interleave(base, n_base, self.seed, _KEY_TAG)
+        src = np.full(self.total_sequences, -1, dtype=np.int64)
+        rank = ctrl_rank.copy()
+        kept = [0] * len(names)
+        for b, (name, n_b) in enumerate(zip(base, n_base, strict=True)):
+            i = names.index(name) if name in names else None
+            keep = min(self.counts[i], n_b) if i is not None else 0
+            if i is None or keep == 0:
+                continue
+            self._check_paired_cap(i, n_b)
+            at = np.flatnonzero(ctrl_src == b)  # this source's slots, in rank order
+            dropped = _spread(n_b, n_b - keep, self.seed, name)
+            mask = np.ones(n_b, dtype=bool)
+            mask[dropped] = False
+            src[at[mask]] = i
+            kept[i] = keep
+        free = np.flatnonzero(src < 0)
+        extra = [n - k for n, k in zip(self.counts, kept, strict=True)]
+        f_src, f_rank = _interleave(names, extra, self.seed, _EXTRA_TAG)
+        src[free], rank[free] = f_src, f_rank + np.asarray(kept, dtype=np.int64)[f_src]
+        return src, rank
+
+    def _check_paired_cap(self, i: int, n_control: int) -> None:
+        c, w = self.components[i], self.n_windows[i]
+        if n_control > math.floor(c.max_repetition * w + 1e-9):
+            raise MidtrainError(
+                f"pair_base: the paired control draws {n_control * self.seq_len:,} tokens of "
+                f"{c.source!r} ({n_control / w:.3f} epochs), more than mix max_repetition "
+                f"{c.max_repetition:g} allows; raise it or pair with another base mix"
+            )
 
     def _grid(self, source: str) -> np.ndarray:
         """The source's memmap viewed as (windows, seq_len): a view, no copy."""
@@ -210,6 +255,32 @@ class MixtureSampler:
                 self._perms.popitem(last=False)
         self._perms.move_to_end(key)
         return self._perms[key]
+
+
+_KEY_TAG, _EXTRA_TAG, _SPREAD_TAG = 0x4D4958, 0x455854, 0x535052
+
+
+def _interleave(
+    names: Sequence[str], counts: Sequence[int], seed: int, tag: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(source index, rank) in run order: the k-th sequence of source i has the key
+    (k + u) / n_i with u a seeded uniform draw; positions are the keys in sorted order."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    keys = np.empty(int(offsets[-1]), dtype=np.float64)
+    for i, n in enumerate(counts):
+        rng = np.random.default_rng([seed, tag, _name_key(names[i])])
+        keys[offsets[i] : offsets[i + 1]] = (np.arange(n) + rng.random(n)) / max(n, 1)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    src = np.searchsorted(offsets, order, side="right") - 1
+    return src, order - offsets[src]
+
+
+def _spread(n: int, d: int, seed: int, source: str) -> np.ndarray:
+    """`d` of `n` slots, evenly spaced with a seeded offset: floor((j + w) n / d)."""
+    if d <= 0:
+        return np.empty(0, dtype=np.int64)
+    w = np.random.default_rng([seed, _SPREAD_TAG, _name_key(source)]).random()
+    return np.floor((np.arange(d) + w) * (n / d)).astype(np.int64)
 
 
 def _name_key(source: str) -> int:

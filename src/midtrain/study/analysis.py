@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from scipy import stats as sps
 
 from midtrain.eval.results import Examples
 from midtrain.study import stats
@@ -31,6 +32,7 @@ from midtrain.study.results import (
     DomainDelta,
     GuardResult,
     NoiseFloor,
+    Pairing,
     PrimaryResult,
     StartPoint,
     TaskDelta,
@@ -48,7 +50,16 @@ class StudyData:
     groups: dict[str, list[Examples]]
     start: Examples | None
     seeds: dict[str, list[int]] | None = None  # each run's seed (default: k-th run, seed k)
+    designs: dict[str, str] = field(default_factory=dict)  # arm -> its design ("0.3", "cpt")
     _cache: dict[tuple, stats.Quantity | None] = field(default_factory=dict, repr=False)
+
+    def peers(self, arm: str) -> list[str]:
+        """The arms of `arm`'s design (same fraction, or continued pretraining): their paired
+        differences from the control pool the run-to-run variance of `arm`'s contrasts."""
+        key = self.designs.get(arm)
+        if key is None:
+            return [arm]
+        return [g for g in self.groups if g != CONTROL and self.designs.get(g) == key]
 
     def quantity(
         self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
@@ -110,23 +121,44 @@ def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: flo
     )  # fmt: skip
 
 
-def screen_tasks(data: StudyData, cfg: StudyConfig, noise: NoiseFloor) -> list[TaskScreen]:
-    """Signal (spread of the start, control and arm means), noise, SNR and saturation per task.
+def pairing(data: StudyData, tasks: list[str], metric: str) -> dict[str, Pairing]:
+    """Per design: the sphericity ratio and the arm-control correlation of the primary (mean
+    over `tasks`) from per-run scores (docs/studies.md)."""
+    qs = [q for t in tasks if (q := data.quantity("tasks", t, metric, list(data.groups)))]
+    if not qs or len(qs) < len(tasks):
+        return {}
+    seeds = qs[0].run_seeds()
+    scores = {g: sum(q.run_scores()[g] for q in qs) / len(qs) for g in data.groups}
+    out = {}
+    for key in dict.fromkeys(data.designs.get(g) for g in data.groups if g != CONTROL):
+        members = [CONTROL] + [
+            g for g in data.groups if g != CONTROL and data.designs.get(g) == key
+        ]
+        by_seed = {g: dict(zip(seeds[g], scores[g], strict=True)) for g in members}
+        out[str(key)] = Pairing(**stats.pairing(by_seed, CONTROL).__dict__)
+    return out
+
+
+def screen_tasks(data: StudyData, cfg: StudyConfig) -> list[TaskScreen]:
+    """Signal, noise, SNR and saturation per task, from the start checkpoint and the control
+    only (never the arms, so that selecting tasks cannot favour an arm's result): signal = how far
+    the control's mean moved from the start (|control - start| / sqrt 2, the sd of the two), noise
+    = the control's seed-to-seed sd.
 
     With `[eval] select = "snr"`, saturated tasks and tasks with SNR below `analysis.min_snr` leave
     the primary score (each with its reason); otherwise every task stays in.
     """
     metric, select = cfg.analysis.primary, cfg.eval.select
     out = []
+    ctrl = data.groups.get(CONTROL, [])
     for t in cfg.eval.tasks:
-        means = [
-            float(np.mean([ex.score(t, metric) for ex in runs])) for runs in data.groups.values()
-        ]
-        if data.start is not None and t in data.start.tasks:
-            means.append(data.start.score(t, metric))
-        means = [m for m in means if math.isfinite(m)]
-        signal = float(np.std(means, ddof=1)) if len(means) > 1 else None
-        noise_sd = noise.tasks[t].sd if t in noise.tasks else None
+        scores = [ex.score(t, metric) for ex in ctrl]
+        scores = [x for x in scores if math.isfinite(x)]
+        signal = noise_sd = None
+        if scores and data.start is not None and t in data.start.tasks:
+            signal = abs(float(np.mean(scores)) - data.start.score(t, metric)) / math.sqrt(2)
+        if len(scores) > 1:
+            noise_sd = float(np.std(scores, ddof=1))
         snr = signal / noise_sd if signal is not None and noise_sd else None
         start_acc, chance = _start_acc(data.start, t)
         sat = _saturation(start_acc, chance)
@@ -168,20 +200,20 @@ def analyse_arm(
     confidence: float,
 ) -> ArmAnalysis:  # fmt: skip
     """Deltas and intervals of one arm on the primary, every task and every domain; guards."""
-    groups, metric = list(data.groups), cfg.analysis.primary
+    groups, metric, peers = list(data.groups), cfg.analysis.primary, data.peers(arm)
     tasks, task_qs = {}, {}
     for t in cfg.eval.tasks:
         q = data.quantity("tasks", t, metric, groups)
         if q is None:
             continue
         task_qs[t] = q
-        c = stats.contrast(q, arm, CONTROL, confidence)
-        rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, n_examples=q.n_examples,
-                        n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
+        c = stats.contrast(q, arm, CONTROL, confidence, peers)
+        rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p),
+                        n_examples=q.n_examples, n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
         for m in ("acc", "margin"):  # reported beside the primary metric
             qm = data.quantity("tasks", t, m, groups)
             if qm is not None:
-                cm = stats.contrast(qm, arm, CONTROL, confidence)
+                cm = stats.contrast(qm, arm, CONTROL, confidence, peers)
                 setattr(rec, f"{m}_delta", cm.delta)
                 setattr(rec, f"{m}_ci", cm.ci)
         tasks[t] = rec
@@ -189,50 +221,80 @@ def analyse_arm(
     for d in cfg.domain_names:
         q = data.quantity("domains", d, "bpb", groups)
         if q is not None:
-            c = stats.contrast(q, arm, CONTROL, confidence)
+            c = stats.contrast(q, arm, CONTROL, confidence, peers)
             domains[d] = DomainDelta(
-                delta_bpb=c.delta, ci=c.ci, se=_finite(c.se), n_docs=q.n_examples
+                delta_bpb=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, n_docs=q.n_examples
             )
     out = ArmAnalysis(verdict="no-verdict", reason="", tasks=tasks, domains=domains)
-    chosen = [task_qs[t] for t in primary_tasks if t in task_qs]
+    chosen = [t for t in primary_tasks if t in task_qs]
     if not cfg.eval.tasks:
         out.flags.append("perplexity-only")
         out.reason = "no downstream task is configured; per-domain loss alone cannot decide"
     elif not chosen:
         out.reason = "no task results were available for this arm"
     else:
-        out.primary = primary_result(chosen, arm, primary_tasks, metric, confidence, len(groups))
+        qs = [task_qs[t] for t in chosen]
+        w = primary_weights(data, qs, cfg.analysis.primary_score)
+        out.primary = primary_result(qs, arm, chosen, metric, confidence, peers, w,
+                                     cfg.analysis.mde)  # fmt: skip
         out.guards = [check_guard(g, out) for g in cfg.guards]
     _disagreement(out, sources)
     return out
 
 
+def primary_weights(data: StudyData, qs: list[stats.Quantity], how: str) -> list[float] | None:
+    """Weights of the tasks in the primary: their mean (None), or `standardized`: each task
+    divided by the sd of its paired differences pooled over every arm, so one task with a large
+    swing cannot hide another."""
+    if how == "mean" or len(qs) < 2:
+        return None
+    arms = [g for g in data.groups if g != CONTROL]
+    sds = []
+    for q in qs:
+        diffs = [stats.paired_diffs(q.run_scores(), q.run_seeds(), a, CONTROL) for a in arms]
+        sd = stats.pooled_diffs(diffs).sd
+        sds.append(sd if math.isfinite(sd) and sd > 0 else math.nan)
+    if not all(math.isfinite(x) for x in sds):
+        return None
+    return [1.0 / (len(qs) * sd) for sd in sds]
+
+
 def primary_result(
-    qs: list[stats.Quantity],
-    arm: str,
-    tasks: list[str],
-    metric: str,
-    confidence: float,
-    groups: int,
-) -> PrimaryResult:
-    c = stats.contrast(qs, arm, CONTROL, confidence)
-    scores = sum(q.run_scores()[arm] for q in qs) / len(qs)
+    qs: list[stats.Quantity], arm: str, tasks: list[str], metric: str, confidence: float,
+    peers: list[str] | None = None, weights: list[float] | None = None, mde: float | None = None,
+) -> PrimaryResult:  # fmt: skip
+    """The arm's contrast on the primary (weighted tasks); `seeds_needed` at the planned `mde`
+    (never at the observed delta: that is post-hoc power)."""
+    c = stats.contrast(qs, arm, CONTROL, confidence, peers, weights)
+    w = weights or [1.0 / len(qs)] * len(qs)
+    scores = sum(wt * q.run_scores()[arm] for wt, q in zip(w, qs, strict=True))
     var = c.run_var + c.example_var if c.decidable else math.nan
     return PrimaryResult(
         delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p), metric=metric,
-        tasks=tasks, mde=_finite(c.mde()),
-        seeds_needed=stats.seeds_needed(c, abs(c.delta), groups) if c.decidable else None,
+        tasks=tasks, mde=_finite(c.mde()), standardized=weights is not None,
+        seeds_needed=stats.seeds_needed(c, mde) if c.decidable and mde else None,
         run_share=_finite(c.run_var / var) if c.decidable and var > 0 else None,
         run_scores=[float(x) for x in scores],
     )  # fmt: skip
 
 
-def decide(arms: list[ArmAnalysis], correction: str, alpha: float) -> None:
-    """Verdicts for every arm (after the multiple-testing correction of their primary p-values)."""
+def decide(
+    arms: list[ArmAnalysis], correction: str, alpha: float, allow_task_regression: bool = False
+) -> None:
+    """Verdicts for every arm. The family is every decision the study can make: each arm's
+    primary and each of its guards; `correction` (holm by default) adjusts their p-values
+    together. A primary task significantly worse (Holm over the arm's tasks) blocks include."""
     decidable = [a for a in arms if a.primary is not None and a.primary.p is not None]
-    for a, p_adj in zip(decidable, stats.adjust([a.primary.p for a in decidable], correction),
-                        strict=True):  # fmt: skip
-        a.primary.p_adjusted = _finite(p_adj)
+    family: list[PrimaryResult | GuardResult] = [a.primary for a in decidable]
+    family += [g for a in decidable for g in a.guards if g.p is not None]
+    for test, p_adj in zip(family, stats.adjust([t.p for t in family], correction), strict=True):
+        test.p_adjusted = _finite(p_adj)
+    for a in decidable:
+        for g in a.guards:
+            _guard_status(g, correction, alpha)
+        a.regressed_tasks = _regressed(a, correction, alpha)
+        if a.regressed_tasks:
+            a.flags.append("task-regression")
     for a in arms:
         if a.primary is None:
             continue
@@ -243,10 +305,21 @@ def decide(arms: list[ArmAnalysis], correction: str, alpha: float) -> None:
                 "add seeds: seeds = [0, 1] or more"
             )
             continue
-        _verdict(a, correction, alpha)
+        _verdict(a, correction, alpha, allow_task_regression)
 
 
-def _verdict(out: ArmAnalysis, correction: str, alpha: float) -> None:
+def _regressed(a: ArmAnalysis, correction: str, alpha: float) -> list[str]:
+    """The arm's primary tasks that are significantly worse (Holm over them unless `none`)."""
+    tasks = [t for t in a.primary.tasks if t in a.tasks and a.tasks[t].p is not None]
+    if len(tasks) < 2:
+        return []  # one task: the primary itself says it
+    adj = stats.adjust([a.tasks[t].p for t in tasks], "none" if correction == "none" else "holm")
+    for t, p in zip(tasks, adj, strict=True):
+        a.tasks[t].p_adjusted = _finite(p)
+    return [t for t, p in zip(tasks, adj, strict=True) if p < alpha and a.tasks[t].delta < 0]
+
+
+def _verdict(out: ArmAnalysis, correction: str, alpha: float, allow_regression: bool) -> None:
     p = out.primary
     statuses = {g.status for g in out.guards}
     lo, hi = p.ci
@@ -255,20 +328,25 @@ def _verdict(out: ArmAnalysis, correction: str, alpha: float) -> None:
     else:
         better = worse = p.p_adjusted is not None and p.p_adjusted < alpha
         better, worse = better and p.delta > 0, worse and p.delta < 0
-    tag = "" if correction == "none" else f" (adjusted p {p.p_adjusted:.3g}, {correction})"
+    tag = f" (p {p.p:.3g}; no correction)" if correction == "none" else (
+        f" (p {p.p:.3g}, adjusted {p.p_adjusted:.3g}, {correction})")  # fmt: skip
+    regressed = out.regressed_tasks and not allow_regression
     if "broken" in statuses:
         broken = [g.target for g in out.guards if g.status == "broken"]
         out.verdict, out.reason = "reject", f"guard broken: {', '.join(broken)}"
     elif worse:
         out.verdict, out.reason = "reject", f"primary score worse, interval below 0{tag}"
-    elif better and not statuses & {"at-risk", "missing"}:
+    elif better and not statuses & {"at-risk", "missing"} and not regressed:
         out.verdict, out.reason = (
             "include",
             f"primary score better, interval above 0{tag}; guards hold",
         )
     else:
         out.verdict = "inconclusive"
-        if better:
+        if better and regressed:
+            out.reason = (f"primary better{tag}, but {', '.join(out.regressed_tasks)} got "
+                          "significantly worse (allow_task_regression = true to include anyway)")  # fmt: skip
+        elif better:
             out.reason = "primary better, but a guard may regress beyond its tolerance"
         else:
             out.reason = f"interval contains 0{tag}; minimum detectable effect {p.mde:.3g}"
@@ -289,7 +367,9 @@ def _suggest(p: PrimaryResult) -> str:
 
 
 def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
-    """broken: the interval lies wholly beyond the tolerance; at-risk: the point estimate does."""
+    """broken: the interval lies wholly beyond the tolerance; at-risk: the point estimate does.
+    `p` tests "no regression beyond the tolerance" (two-sided form, so p < alpha exactly when the
+    interval lies beyond it); `decide` settles the status after the study's correction."""
     if g.task:
         rec = arm.tasks.get(g.task)
         sign, target = 1.0, f"task {g.task}"
@@ -303,15 +383,62 @@ def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
     # In "higher is better" units: for bpb, lower is better, so flip the sign.
     signed, ci = sign * delta, sorted(sign * c for c in rec.ci)
     status = "broken" if ci[1] < -g.tolerance else "at-risk" if signed < -g.tolerance else "ok"
-    return GuardResult(target=target, tolerance=g.tolerance, status=status, delta=delta, ci=rec.ci)
+    p = None
+    if rec.se and rec.df:
+        t = (signed + g.tolerance) / rec.se
+        p = float(min(1.0, 2 * sps.t.cdf(t, rec.df))) if t < 0 else 1.0
+    return GuardResult(target=target, tolerance=g.tolerance, status=status, delta=delta,
+                       ci=rec.ci, p=p)  # fmt: skip
+
+
+def _guard_status(g: GuardResult, correction: str, alpha: float) -> None:
+    """With a correction, broken means the adjusted p is below alpha (else at-risk or ok)."""
+    if correction == "none" or g.status == "missing" or g.p_adjusted is None:
+        return
+    if g.p_adjusted < alpha:
+        g.status = "broken"
+    elif g.status == "broken":
+        g.status = "at-risk"
 
 
 def _disagreement(out: ArmAnalysis, sources: list[str]) -> None:
-    """Flag the Marin HQ finding: own-domain loss improves significantly, tasks do not."""
+    """The Marin HQ finding, as tests: `loss-task-disagreement` when the candidate's own-domain
+    loss is significantly lower while the primary is significantly worse (the signs differ
+    significantly); `loss-only-gain` when that loss is significantly lower and the primary's
+    interval contains 0 (the gain does not reach the tasks, as far as this study can tell)."""
     own = [out.domains[s] for s in sources if s in out.domains]
-    p = out.primary
-    if own and all(d.ci[1] < 0 for d in own) and (p is None or not p.ci[0] > 0):
+    if not own or not all(d.ci[1] < 0 for d in own) or out.primary is None:
+        return
+    lo, hi = out.primary.ci
+    if hi < 0:
         out.flags.append("loss-task-disagreement")
+    elif lo <= 0:
+        out.flags.append("loss-only-gain")
+
+
+def anneal_flags(
+    data: StudyData, base: list[str], start: StartPoint, confidence: float
+) -> list[str]:
+    """`control-regresses`: the control's primary fell significantly over the anneal.
+    `anneal-too-short`: the control's held-out loss on no base domain fell measurably below the
+    start checkpoint's (a t-interval over the control's seeds), so the cooldown itself did not
+    register."""
+    flags = []
+    if start.control_gain_ci is not None and start.control_gain_ci[1] < 0:
+        flags.append("control-regresses")
+    ctrl = data.groups.get(CONTROL, [])
+    if data.start is None or len(ctrl) < 2:
+        return flags
+    fell = []
+    for d in base:
+        if d not in data.start.domains or not all(d in ex.domains for ex in ctrl):
+            continue
+        diff = np.array([ex.domain_bpb(d) for ex in ctrl]) - data.start.domain_bpb(d)
+        h = sps.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+        fell.append(diff.mean() + h < 0)
+    if fell and not any(fell):
+        flags.append("anneal-too-short")
+    return flags
 
 
 def start_point(data: StudyData, tasks: list[str], metric: str, noise: NoiseFloor,

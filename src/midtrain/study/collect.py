@@ -72,11 +72,12 @@ class Finished:
         """Finished runs by group (with their seeds); groups without a finished run are left out."""
         groups: dict[str, list[Examples]] = {}
         seeds: dict[str, list[int]] = {}
+        designs = {r.arm: ("cpt" if r.cpt else f"{r.fraction:g}") for r in self.plan.runs}
         for r in self.plan.runs:
             if self.done(r):
                 groups.setdefault(r.arm, []).append(self.evals[r.name])
                 seeds.setdefault(r.arm, []).append(r.seed)
-        return analysis.StudyData(groups, self.start, seeds)
+        return analysis.StudyData(groups, self.start, seeds, designs)
 
 
 def cost(records: list[RunRecord], full: int | None) -> Cost:
@@ -97,16 +98,19 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     cfg, f = plan.config, Finished(plan, errors)
     metric, conf = cfg.analysis.primary, cfg.interval_confidence
     data = f.data()
-    screen, noise, start = [], None, StartPoint()
-    if CONTROL in data.groups:
-        if cfg.eval.tasks:
-            every_task = analysis.pooled_noise(data, cfg.eval.tasks, metric, conf)
-            screen = analysis.screen_tasks(data, cfg, every_task)
+    screen, noise, start, pairs = [], None, StartPoint(), {}
+    if CONTROL in data.groups and cfg.eval.tasks:
+        screen = analysis.screen_tasks(data, cfg)
     primary_tasks = [s.task for s in screen if s.in_primary] or list(cfg.eval.tasks)
+    flags = _study_flags(cfg)
     if CONTROL in data.groups:
         noise = analysis.pooled_noise(data, primary_tasks, metric, conf)
         start = analysis.start_point(data, primary_tasks, metric, noise, conf)
-    flags = _study_flags(cfg, start, noise)
+        pairs = analysis.pairing(data, primary_tasks, metric)
+        base = [d for d in cfg.base if d in cfg.domain_names]
+        flags += analysis.anneal_flags(data, base, start, conf)
+        if noise.df == 0:
+            flags.append("no-seed-noise")
     arms = [_arm(plan, f, data, arm, primary_tasks, flags) for arm in plan.arms()]
     probe = None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
@@ -114,7 +118,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         probe_analysis.apply(arms, probe_data, cfg, conf)
         probe = probe_analysis.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
-                    1 - cfg.interval_confidence)  # fmt: skip
+                    1 - cfg.interval_confidence, cfg.analysis.allow_task_regression)  # fmt: skip
     merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
@@ -123,7 +127,8 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
                       num_fewshot=cfg.eval.num_fewshot),
         confidence=conf, study_flags=flags, screen=screen, probe=probe, merges=merges,
         method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
-                      primary_tasks=primary_tasks),
+                      primary_tasks=primary_tasks, primary_score=cfg.analysis.primary_score,
+                      paired_streams=cfg.paired_streams, pairing=pairs),
     )  # fmt: skip
 
 
@@ -162,16 +167,13 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
     )  # fmt: skip
 
 
-def _study_flags(cfg: StudyConfig, start: StartPoint, noise: NoiseFloor | None) -> list[str]:
-    flags = []
+def _study_flags(cfg: StudyConfig) -> list[str]:
+    """`checkpoint-too-early`: the start checkpoint has seen less than min_checkpoint_progress of
+    the full run (the flags on the anneal itself are `analysis.anneal_flags`)."""
     seen = cfg.checkpoint_tokens
     if seen is None and (state := read_trainer_state(cfg.checkpoint)) is not None:
         seen = state.tokens_seen
     if cfg.full_run_tokens and seen is not None:
         if seen / cfg.full_run_tokens < cfg.analysis.min_checkpoint_progress:
-            flags.append("checkpoint-too-early")
-    if noise is not None and noise.df == 0:
-        flags.append("no-seed-noise")
-    elif start.control_gain_ci is not None and not start.control_gain_ci[0] > 0:
-        flags.append("anneal-too-short")  # the cooldown did not measurably raise the control
-    return flags
+            return ["checkpoint-too-early"]
+    return []

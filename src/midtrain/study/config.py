@@ -93,10 +93,25 @@ class AnalysisSpec(Strict):
         0.95, gt=0.5, lt=1.0, description="Confidence of intervals and verdicts.", unit="fraction"
     )
     correction: Literal["none", "holm", "bh"] = field(
-        "none",
-        description="Multiple-testing correction over the arms' primary p-values: holm "
-        "(family-wise error) or bh (false discovery rate).",
+        "holm",
+        description="Multiple-testing correction over the study's decisions (every arm's primary "
+        "and every guard): holm (family-wise error), bh (false discovery rate) or none.",
     )
+    primary_score: Literal["mean", "standardized"] = field(
+        "mean",
+        description="How tasks combine into the primary: their mean, or standardized (each task "
+        "divided by its run-to-run sd, so one large-swing task cannot hide another).",
+    )
+    allow_task_regression: bool = field(
+        False,
+        description="Include an arm even when a primary task is significantly worse (by default "
+        "that blocks include and flags task-regression).",
+    )
+    mde: float | None = field(
+        None, gt=0,
+        description="The smallest effect on the primary worth detecting: seeds_needed and the "
+        "dry run's plan are computed for it.",
+    )  # fmt: skip
     max_seeds: int = field(
         5, ge=2, le=64, description='With seeds = "auto": the most seeds an arm may get.'
     )
@@ -145,6 +160,12 @@ class StudyConfig(Strict):
         16, gt=0, description="Sequences per forward/backward.", unit="sequences"
     )
     schedule: ScheduleConfig = field(ScheduleConfig(), description="The cooldown's LR schedule.")
+    paired_streams: bool = field(
+        True,
+        description="Common random numbers: an arm's base-mix sequences are its control's, at the "
+        "same steps; its candidate's tokens take the steps they free (docs/studies.md). false: "
+        "each run draws its own mix order.",
+    )
     eval: EvalSpec = field(EvalSpec(), description="Tasks and domains every run is scored on.")
     analysis: AnalysisSpec = field(AnalysisSpec(), description="Statistics and verdict rules.")
     guards: list[Guard] = field(

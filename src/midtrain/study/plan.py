@@ -142,7 +142,7 @@ def arm_list(cfg: StudyConfig) -> list[tuple[str, Candidate | None, float]]:
     return arms
 
 
-def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int) -> dict:
+def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int, paired: bool = False) -> dict:
     used = {m.source for m in mix}
     rc = {
         "init": cfg.checkpoint,
@@ -155,6 +155,8 @@ def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int) -> dict:
         "seed": seed,
         "schedule": cfg.schedule.model_dump(exclude_none=True),
     }
+    if paired:  # the arm shares its control's stream (common random numbers)
+        rc["pair_base"] = {k: v for k, v in sorted(cfg.base.items()) if v > 0}
     rc.update(cfg.train)
     return rc
 
@@ -205,7 +207,8 @@ def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = 
     for arm, cand, frac in arm_list(cfg):
         for seed in (seeds or {}).get(arm, cfg.first_seeds):
             mix = arm_mix(cfg, cand, frac)
-            rc = _run_config(cfg, mix, seed)
+            paired = cfg.paired_streams and cand is not None and not arm.endswith("@" + CPT)
+            rc = _run_config(cfg, mix, seed, paired)
             rid = _run_id(rc)
             run_dir = out / "runs" / f"{slug(arm)}-s{seed}-{rid[:10]}"
             name = f"{arm}/s{seed}"

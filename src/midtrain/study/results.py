@@ -101,6 +101,8 @@ class TaskDelta(BaseModel):
     ci: Interval
     se: float | None = None
     df: float | None = None
+    p: float | None = None  # two-sided, unadjusted
+    p_adjusted: float | None = None  # Holm over the arm's primary tasks (task-regression check)
     n_examples: int
     n_seeds: int
     metric: str
@@ -114,6 +116,7 @@ class DomainDelta(BaseModel):
     delta_bpb: float
     ci: Interval
     se: float | None = None
+    df: float | None = None
     n_docs: int
 
 
@@ -123,6 +126,8 @@ class GuardResult(BaseModel):
     status: Literal["ok", "at-risk", "broken", "missing"]
     delta: float | None = None
     ci: Interval | None = None
+    p: float | None = None  # of "no regression beyond the tolerance" (consistent with ci)
+    p_adjusted: float | None = None  # after the study's correction (guards are in the family)
 
 
 class PrimaryResult(BaseModel):
@@ -137,7 +142,8 @@ class PrimaryResult(BaseModel):
     metric: str
     tasks: list[str]
     mde: float | None  # the effect detectable with 80% power at this noise
-    seeds_needed: int | None = None  # seeds per arm to detect an effect of |delta| (80% power)
+    seeds_needed: int | None = None  # seeds per arm to detect analysis.mde (80% power)
+    standardized: bool = False  # tasks weighted by 1 / their run-to-run sd
     run_share: float | None = None  # share of the variance that is run-to-run noise
     run_scores: list[float] = []  # the arm's primary score per finished seed
 
@@ -191,6 +197,7 @@ class ArmAnalysis(BaseModel):
     tasks: dict[str, TaskDelta] = {}
     domains: dict[str, DomainDelta] = {}
     guards: list[GuardResult] = []
+    regressed_tasks: list[str] = []  # primary tasks significantly worse (after correction)
     probe: ArmProbe | None = None
 
 
@@ -218,12 +225,26 @@ class EvalInfo(BaseModel):
     num_fewshot: int
 
 
+class Pairing(BaseModel):
+    """How much the arms of one design share with the control (from per-run primary scores)."""
+
+    sphericity: float | None  # msd(arm - control) / msd(arm - arm'); 1 = exchangeable runs
+    correlation: float | None  # arm-control correlation: 1 - var(arm - control) / (2 var(run))
+    diff_sd: float | None  # sd over seeds of arm - control
+    run_sd: float | None  # sd over seeds of one run
+    arms: int
+    seeds: int
+
+
 class Method(BaseModel):
     """How the arms were decided (stated in the report)."""
 
-    interval: str = "pooled-run t"
+    interval: str = "paired-difference t"
     confidence: float  # of each interval (lower than the study's with sequential looks)
-    correction: str = "none"  # none | holm | bh, over the arms' primary p-values
+    correction: str = "none"  # none | holm | bh, over the arms' primary and guard p-values
+    primary_score: str = "mean"  # mean | standardized
+    paired_streams: bool = False  # arms share their control's stream (common random numbers)
+    pairing: dict[str, Pairing] = {}  # per design: what pairing bought, on the primary
     looks: int = 1  # seeds = "auto": analyses so far; each used alpha / max looks
     primary_tasks: list[str] = []
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
 
 POWER = 0.8
@@ -159,8 +160,9 @@ class Contrast:
     df: float
     confidence: float
     noise: Pooled  # run-to-run variance not shared within a seed, pooled over the study's groups
-    run_var: float  # the run-to-run part of se^2: noise.var times the contrast's factor
+    run_var: float  # the run-to-run part of se^2: noise.var / seeds
     example_var: float  # the example-to-example part of se^2
+    seeds: int = 0  # the seeds the arm and the control share
 
     @property
     def decidable(self) -> bool:
@@ -168,7 +170,9 @@ class Contrast:
 
     @property
     def t(self) -> float:
-        return self.delta / self.se if self.se > 0 else math.copysign(math.inf, self.delta or 1.0)
+        if self.se > 0:
+            return self.delta / self.se
+        return 0.0 if self.delta == 0 else math.copysign(math.inf, self.delta)
 
     @property
     def ci(self) -> list[float]:
@@ -193,48 +197,140 @@ class Contrast:
 
 
 def contrast(
-    arm: Sequence[Quantity] | Quantity, arm_group: str, control_group: str, confidence: float
-) -> Contrast:
-    """`arm_group` minus `control_group` on the mean of the quantities (tasks) given.
+    arm: Sequence[Quantity] | Quantity, arm_group: str, control_group: str, confidence: float,
+    peers: Sequence[str] | None = None, weights: Sequence[float] | None = None,
+) -> Contrast:  # fmt: skip
+    """`arm_group` minus `control_group` on a weighted sum of the quantities (default: their mean).
 
-    The run-to-run noise comes from the block fit over every group of the quantities; the example
-    term of each quantity from that quantity's own examples.
+    The run-to-run variance comes from the paired differences d_s = S(peer, s) - S(control, s)
+    of `peers` (the arms of the same design; default the arm alone), pooled over them; the
+    example term of each quantity from its own per-example paired differences.
     """
     qs = [arm] if isinstance(arm, Quantity) else list(arm)
-    k = len(qs)
-    groups = list(qs[0].groups)
-    run_scores = {g: sum(q.run_scores()[g] for q in qs) / k for g in groups}
-    fit = block_fit(run_scores, qs[0].run_seeds())
-    delta, factor = fit.contrast(arm_group, control_group)
-    n_a, n_c = len(run_scores[arm_group]), len(run_scores[control_group])
-    w = 1.0 / n_a + 1.0 / n_c
-    ex_var, ex_df = 0.0, 0
-    for q in qs:
-        ya, yc = q.groups[arm_group], q.groups[control_group]
-        d = ya.mean(axis=0) - yc.mean(axis=0)
-        eps, _ = residual_var(list(q.groups.values()))
-        het = max(0.0, float(d.var(ddof=1)) - eps * w) if len(d) > 1 else 0.0
-        ex_var += het / q.n_examples / k**2
-        ex_df += q.n_examples - 1
-    noise = fit.noise
-    if noise.df <= 0 or not math.isfinite(factor):
-        return Contrast(delta, math.nan, 0, confidence, noise, math.nan, ex_var)
-    run_var = noise.var * factor
+    w = np.full(len(qs), 1.0 / len(qs)) if weights is None else np.asarray(weights, float)
+    seeds = qs[0].run_seeds()
+    scores = {g: sum(wt * q.run_scores()[g] for wt, q in zip(w, qs, strict=True))
+              for g in qs[0].groups}  # fmt: skip
+    diffs = {p: paired_diffs(scores, seeds, p, control_group)
+             for p in dict.fromkeys([arm_group, *(peers or [])])}  # fmt: skip
+    d = diffs[arm_group]
+    delta = float(np.mean(d)) if len(d) else math.nan
+    ex_var, ex_df = example_term(qs, w, arm_group, control_group)
+    noise = pooled_diffs(list(diffs.values()))
+    if noise.df <= 0 or len(d) == 0:
+        return Contrast(delta, math.nan, 0, confidence, noise, math.nan, ex_var, len(d))
+    run_var = noise.var / len(d)
     var = run_var + ex_var
-    parts = run_var**2 / noise.df + (ex_var**2 / ex_df if ex_df > 0 else 0.0)
-    df = var**2 / parts if parts > 0 else float(noise.df)
-    return Contrast(delta, math.sqrt(var), df, confidence, noise, run_var, ex_var)
+    df = combined_df(run_var, noise.df, ex_var, ex_df, confidence)
+    return Contrast(delta, math.sqrt(var), df, confidence, noise, run_var, ex_var, len(d))
 
 
-def seeds_needed(c: Contrast, effect: float, groups: int, limit: int = 64) -> int | None:
-    """Seeds per arm and per control (complete blocks) for a true `effect` to be detected with
-    80% power at this study's run-to-run noise, example term and number of groups; None when
-    `limit` seeds do not suffice or there is no noise estimate."""
-    if not c.decidable or not effect > 0:
+def combined_df(
+    run_var: float, run_df: float, ex_var: float, ex_df: int, confidence: float
+) -> float:
+    """The df whose t quantile gives the half-width sqrt(t_run^2 run_var + t_ex^2 ex_var): each
+    term scaled by its own quantile (Graybill and Wang's modified large-sample rule).
+
+    Welch-Satterthwaite weights the two terms by their estimates; with 2-3 seeds the run term is
+    often small by chance, the examples' df then take over and coverage falls (0.93 at 2 seeds in
+    tests/test_stats.py). This rule is exact when either term is zero and conservative between.
+    """
+    if not run_var + ex_var > 0:
+        return float(run_df)
+    q = 0.5 + confidence / 2
+    t_run = sps.t.ppf(q, run_df)
+    t_ex = sps.t.ppf(q, ex_df) if ex_df > 0 else sps.norm.ppf(q)
+    target = math.sqrt((t_run**2 * run_var + t_ex**2 * ex_var) / (run_var + ex_var))
+    if target <= sps.t.ppf(q, 1e6) + 1e-12:
+        return 1e6
+    if target >= t_run:
+        return float(run_df)
+    return float(optimize.brentq(lambda df: sps.t.ppf(q, df) - target, run_df, 1e6))
+
+
+def paired_diffs(
+    scores: dict[str, np.ndarray], seeds: dict[str, list[int]], a: str, c: str
+) -> np.ndarray:
+    """S(a, s) - S(c, s) over the seeds both groups ran, in seed order."""
+    ca = dict(zip(seeds[a], scores[a], strict=True))
+    cc = dict(zip(seeds[c], scores[c], strict=True))
+    return np.array([ca[s] - cc[s] for s in sorted(set(ca) & set(cc))], dtype=np.float64)
+
+
+RHO_FLOOR = (
+    0.5  # correlation of two arms' differences from a shared control when runs are exchangeable
+)
+
+
+def pooled_diffs(diffs: Sequence[np.ndarray]) -> Pooled:
+    """The variance of per-seed paired differences pooled over arms, with Satterthwaite df.
+
+    Arms of one study share their control, so their differences are correlated (rho = 1/2 when
+    the runs of a seed are exchangeable; more when the arms share more with each other than with
+    the control). The pooled variance is unbiased either way; its degrees of freedom shrink from
+    sum(n_a - 1) to sum(n_a - 1) / (1 + (A - 1) rho^2), with rho estimated from the seeds the
+    arms have in common and never taken below 1/2.
+    """
+    used = [d for d in diffs if len(d) > 1]
+    df_raw = sum(len(d) - 1 for d in used)
+    if df_raw == 0:
+        return Pooled(math.nan, 0)
+    var = sum(float(((d - d.mean()) ** 2).sum()) for d in used) / df_raw
+    rho = max(RHO_FLOOR, _diff_correlation(used))
+    df = df_raw / (1 + (len(used) - 1) * rho**2)
+    return Pooled(var, df)
+
+
+def _diff_correlation(diffs: Sequence[np.ndarray]) -> float:
+    """The mean correlation of two arms' paired differences over their common seeds (0 when it
+    cannot be estimated: one arm, or arms of different seed counts)."""
+    n = {len(d) for d in diffs}
+    if len(diffs) < 2 or len(n) != 1 or n.pop() < 3:
+        return 0.0
+    m = np.array([d - d.mean() for d in diffs])
+    cov = m @ m.T
+    v = np.diag(cov).mean()
+    off = (cov.sum() - np.trace(cov)) / (len(diffs) * (len(diffs) - 1))
+    return float(np.clip(off / v, 0.0, 0.95)) if v > 0 else 0.0
+
+
+def example_term(qs: Sequence[Quantity], w: np.ndarray, a: str, c: str) -> tuple[float, int]:
+    """How much the effect varies from example to example ("would it hold on other examples of
+    the task"), from the per-example paired differences D[s, i] = Y(a, s, i) - Y(c, s, i): the
+    variance over examples of their seed means, less what the seed x example residual (double
+    centred, so seed x example variation that cancels in D is not counted) contributes; never
+    negative. Returns (variance of the weighted sum, df)."""
+    var, df = 0.0, 0
+    for wt, q in zip(w, qs, strict=True):
+        seeds = q.run_seeds()
+        rows = dict(zip(seeds[a], q.groups[a], strict=True))
+        crow = dict(zip(seeds[c], q.groups[c], strict=True))
+        common = sorted(set(rows) & set(crow))
+        if not common or q.n_examples < 2:
+            continue
+        dmat = np.array([rows[s] - crow[s] for s in common])
+        n = len(common)
+        resid = 0.0
+        if n > 1:
+            r = dmat - dmat.mean(axis=1, keepdims=True) - dmat.mean(axis=0, keepdims=True)
+            resid = float(((r + dmat.mean()) ** 2).sum()) / ((n - 1) * (q.n_examples - 1))
+        het = max(0.0, float(dmat.mean(axis=0).var(ddof=1)) - resid / n)
+        var += wt**2 * het / q.n_examples
+        df += q.n_examples - 1
+    return var, df
+
+
+def seeds_needed(c: Contrast, effect: float | None, limit: int = 64) -> int | None:
+    """Seeds per arm and per control for a true `effect` (the study's planned minimum effect,
+    never the observed delta) to be detected with 80% power at this contrast's run noise, example
+    term and design (its df grow in proportion to seeds - 1); None when `limit` seeds do not
+    suffice or there is no noise estimate."""
+    if not c.decidable or effect is None or not effect > 0 or c.seeds < 2:
         return None
+    df_per_seed = c.noise.df / (c.seeds - 1)
     for n in range(2, limit + 1):
-        se = math.sqrt(c.noise.var * 2 / n + c.example_var)
-        df = (groups - 1) * (n - 1)
+        se = math.sqrt(c.noise.var / n + c.example_var)
+        df = df_per_seed * (n - 1)
         q = sps.t.ppf(0.5 + c.confidence / 2, df) + sps.t.ppf(POWER, df)
         if q * se <= effect:
             return n
@@ -269,3 +365,42 @@ def adjust(p: Sequence[float], method: str) -> list[float]:
         raise ValueError(f"unknown correction {method!r}")
     out[order] = np.minimum(1.0, adj)
     return list(out)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """How much an arm and its control share, from per-run scores of one design.
+
+    `sphericity`: the mean squared seed-deviation of arm - control over that of arm - arm' (1
+    when the control is exchangeable with the arms, as the paired-stream design intends);
+    `correlation`: 1 - var(arm - control) / (2 var(one run)), the arm-control correlation that
+    pairing buys (0 for independent runs); `diff_sd`, `run_sd`: the two sds behind it."""
+
+    sphericity: float | None
+    correlation: float | None
+    diff_sd: float | None
+    run_sd: float | None
+    arms: int
+    seeds: int
+
+
+def pairing(scores: dict[str, dict[int, float]], control: str) -> Pairing:
+    """`scores[group][seed]`: per-run scores of the control and the arms of one design."""
+    ctrl = scores[control]
+    arms = [g for g in scores if g != control]
+    seeds = sorted(set(ctrl).intersection(*(scores[a] for a in arms))) if arms else []
+    if len(seeds) < 2 or not arms:
+        return Pairing(None, None, None, None, len(arms), len(seeds))
+
+    def var(x: list[float]) -> float:
+        return float(np.var(x, ddof=1))
+
+    ac = float(np.mean([var([scores[a][s] - ctrl[s] for s in seeds]) for a in arms]))
+    aa = [var([scores[a][s] - scores[b][s] for s in seeds])
+          for i, a in enumerate(arms) for b in arms[i + 1 :]]  # fmt: skip
+    one = float(np.mean([var([scores[g][s] for s in seeds]) for g in scores]))
+    return Pairing(
+        sphericity=ac / float(np.mean(aa)) if aa and np.mean(aa) > 0 else None,
+        correlation=1 - ac / (2 * one) if one > 0 else None,
+        diff_sd=math.sqrt(ac), run_sd=math.sqrt(one), arms=len(arms), seeds=len(seeds),
+    )  # fmt: skip

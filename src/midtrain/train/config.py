@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import field_validator
+
 from midtrain.errors import MidtrainError
-from midtrain.mix.spec import MixComponent
+from midtrain.mix.spec import MixComponent, check_ratios
 from midtrain.schema import Strict, absolute_path, field, load_config
 from midtrain.train.trackers import TrackersConfig
 
@@ -83,6 +85,12 @@ class RunConfig(Strict):
     )
     stores: dict[str, str] = field(description="Token store folders by source name.")
     mix: list[MixComponent] = field(description="The run's sources, ratios and repetition caps.")
+    pair_base: dict[str, float] | None = field(
+        None,
+        description="{source = ratio}: the matched control's mix. The run's base sequences take "
+        "the control's windows at the control's steps (same seed); its other sources fill the "
+        "steps they free (common random numbers; docs/studies.md).",
+    )
     tokens: int = field(
         gt=0,
         description="Token budget; the run trains tokens // batch_tokens steps.",
@@ -132,6 +140,13 @@ class RunConfig(Strict):
         "rank 0 only; not part of the run's identity.",
     )
 
+    @field_validator("pair_base")
+    @classmethod
+    def _pair_base_sums_to_one(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            check_ratios(v)
+        return v
+
     def identity(self) -> dict[str, Any]:
         """The fields that change what a run computes (threads, trackers and parallel only change
         its speed or where metrics go; a distributed state/ records its world size and mode,
@@ -149,6 +164,8 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
            if k not in ("threads", "trackers", "parallel", "resolved")}  # fmt: skip
     if out.get("compile") == "auto":
         out["compile"] = False
+    if out.get("pair_base", "") is None:  # unpaired: as before pairing existed
+        del out["pair_base"]
     return out
 
 

@@ -106,7 +106,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     seqs, micro, steps = _geometry(cfg)
     dist = resolve(cfg.parallel)
     check_geometry(seqs, micro, dist)
-    sampler = MixtureSampler(stores, mix, cfg.seq_len, steps * seqs, cfg.seed)
+    sampler = MixtureSampler(stores, mix, cfg.seq_len, steps * seqs, cfg.seed, cfg.pair_base)
     init_state = ckpt.read_trainer_state(cfg.init) if cfg.init else None
     schedule, source, warns = _schedule(cfg, init_state, steps)
     warns += [w for w in [speed.precision_warning(precision, device)] if w]
