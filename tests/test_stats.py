@@ -218,3 +218,37 @@ def test_pairing_measures_sphericity_and_correlation():
         for k, g in enumerate("cabd")
     }
     assert pairing(crn, "c").correlation == pytest.approx(0.8, abs=0.05)
+
+
+def test_auto_seeds_at_the_null_spend_alpha_over_the_looks():
+    """seeds = "auto" with O'Brien-Fleming-type spending: looks after 2..5 seeds, an arm stops
+    when decided; null arms are decided no more often than alpha (+ Monte-Carlo error), and the
+    last look's level is far above Bonferroni's alpha / 4."""
+    from midtrain.study.stats import spending_levels
+
+    info = (2 / 5, 3 / 5, 4 / 5, 1.0)
+    levels = spending_levels(0.05, info)
+    assert levels[-1] > 0.035 > 0.05 / 4 and levels == sorted(levels)
+    rng = np.random.default_rng(21)
+    decided = n = 0
+    while n < 1500:
+        q, peers = design(rng, 5, 4, 0.5, 0.5, n_ex=30)
+        for a in peers:
+            for k, level in enumerate(levels):
+                keep = {g: y[: k + 2] for g, y in q.groups.items()}
+                if contrast(Quantity(keep), a, "control", 0.95, peers).p < level:
+                    decided += 1
+                    break
+            n += 1
+    rate = decided / n
+    assert rate <= 0.05 + 2.6 * math.sqrt(0.05 * 0.95 / n), rate
+
+
+def test_bias_adjusted_estimate_pulls_an_early_stop_towards_zero():
+    from midtrain.study.stats import bias_adjusted, spending_levels
+
+    info = (2 / 5, 3 / 5, 4 / 5, 1.0)
+    levels = spending_levels(0.05, info)
+    early = bias_adjusted(0.6, 0.15, info, levels, 0)
+    assert 0 < early < 0.6
+    assert bias_adjusted(0.0, 0.15, info, levels, 0) == pytest.approx(0.0, abs=0.01)

@@ -291,6 +291,7 @@ def _with_shards(world, text_path: Path) -> None:
 def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
+    from midtrain.study.stats import spending_levels
 
     path = study_file(world, tmp_path, NULL, seeds=(0, 1), extra="")
     path.write_text(
@@ -300,7 +301,10 @@ def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path
     _with_shards(world, path)
     res = run_study(load_study(path), tmp_path / "study")
     arms = {a.name: a for a in res.arms}
-    assert res.method.confidence == pytest.approx(1 - 0.05 / 2)  # two looks allowed
+    # the second of two looks (at 3 of max_seeds 3): O'Brien-Fleming-type alpha spending, not
+    # Bonferroni's 0.05 / 2
+    assert res.method.confidence == pytest.approx(1 - spending_levels(0.05, (2 / 3, 1.0))[1])
+    assert 1 - res.method.confidence > 0.05 / 2
     assert arms["task-items"].verdict == "include" and arms["task-items"].seeds == [0, 1]
     assert arms["null"].verdict == "inconclusive" and arms["null"].seeds == [0, 1, 2]
     assert res.control.seeds == [0, 1, 2] and res.method.looks == 2

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 from scipy import stats as sps
 
 from midtrain.console import err_console
 from midtrain.study.config import StudyConfig
-from midtrain.study.results import StudyResult
+from midtrain.study.results import ArmResult, StudyResult
 
 
 class CalibrationSettings(BaseModel):
@@ -34,6 +35,12 @@ class CalibrationSettings(BaseModel):
     paired: bool = True  # study paired_streams (common random numbers)
     first_seed: int = 0  # seeds of study i: first_seed + i * seeds ...
     reuse: list[str] = []  # study folders whose identical finished runs are linked
+    guards: bool = False  # a guard on every base domain (tolerance guard_tolerance bpb)
+    guard_tolerance: float = 0.01
+    auto_seeds: bool = False  # seeds = "auto" up to max_seeds (group-sequential looks)
+    max_seeds: int = 3
+    select: str = "all"  # eval.select: all | snr
+    correction: str = "holm"
     tokens: int | None = None  # per run (default: half the demo's anneal, or the study file's)
     eval_limit: int | None = None  # examples per task (default: 100 on the demo world)
     workers: int = 1
@@ -56,12 +63,28 @@ def rate(k: int, n: int) -> Rate:
     return Rate(k=k, n=n, rate=k / n, ci=[lo, hi])
 
 
+class DesignRate(BaseModel):
+    """False decisions and primary coverage of the null arms of one design."""
+
+    null_arms: int
+    false_decisions: int
+    false_decision_rate: Rate
+    coverage: Rate
+    domain_coverage: Rate
+    sphericity: list[float | None]  # per study
+    correlation: list[float | None]  # arm-control correlation of the primary, per study
+
+
 class CalibrationResult(BaseModel):
     null_arms: int
     false_decisions: int
     false_include: int
     false_reject: int
     false_decision_rate: Rate
+    false_decision_bootstrap: list[float] | None = None  # 95% cluster bootstrap over studies
+    familywise: Rate | None = None  # studies with at least one false decision
+    designs: dict[str, DesignRate] = {}
+    settings: dict[str, Any] = {}
     coverage: Rate  # primary intervals that contain 0
     task_coverage: Rate  # per-task intervals (primary metric) that contain 0
     acc_coverage: Rate  # per-task accuracy intervals that contain 0
@@ -100,15 +123,29 @@ def study_dicts(base: StudyConfig, shards: dict[str, dict[str, str]], s: Calibra
     ]
     out = []
     for i in range(s.studies):
-        first = s.first_seed + i * s.seeds
+        first = s.first_seed + i * (s.max_seeds if s.auto_seeds else s.seeds)
         d = dict(data, name=f"aa{i}", stores=stores, tokens=tokens, candidates=cands,
                  fractions=list(s.fractions), seeds=list(range(first, first + s.seeds)),
                  paired_streams=s.paired, reuse=[f"{r}/aa{i}" for r in s.reuse])  # fmt: skip
-        d["eval"] = dict(d["eval"], domains=sorted(base.stores))
+        d["eval"] = dict(d["eval"], domains=sorted(base.stores), select=s.select)
         if s.eval_limit:
             d["eval"]["limit"] = s.eval_limit
+        d["analysis"] = dict(d.get("analysis") or {}, correction=s.correction)
+        if s.auto_seeds:
+            d["seeds"] = "auto"
+            d["analysis"]["max_seeds"] = s.max_seeds
+        if s.guards:
+            d["guards"] = [{"domain": src, "tolerance": s.guard_tolerance} for src in base.base]
         out.append(d)
     return out
+
+
+def _covers(ci: list[float] | None) -> bool:
+    return ci is not None and all(math.isfinite(c) for c in ci) and ci[0] <= 0 <= ci[1]
+
+
+def _design(a: ArmResult) -> str:
+    return "cpt" if a.cpt else f"{a.fraction:g}"
 
 
 def summarise(results: list[StudyResult], s: CalibrationSettings, tokens: int,
@@ -116,23 +153,56 @@ def summarise(results: list[StudyResult], s: CalibrationSettings, tokens: int,
     arms = [a for r in results for a in r.arms if a.primary is not None]
     inc = sum(a.verdict == "include" for a in arms)
     rej = sum(a.verdict == "reject" for a in arms)
-
-    def covers(ci: list[float] | None) -> bool:
-        return ci is not None and all(math.isfinite(c) for c in ci) and ci[0] <= 0 <= ci[1]
-
     tasks = [t for a in arms for t in a.tasks.values()]
     doms = [d for a in arms for d in a.domains.values()]
+    per_study = [[a.verdict in ("include", "reject") for a in r.arms if a.primary] for r in results]
     return CalibrationResult(
         null_arms=len(arms), false_decisions=inc + rej, false_include=inc, false_reject=rej,
         false_decision_rate=rate(inc + rej, len(arms)),
-        coverage=rate(sum(covers(a.primary.ci) for a in arms), len(arms)),
-        task_coverage=rate(sum(covers(t.ci) for t in tasks), len(tasks)),
-        acc_coverage=rate(sum(covers(t.acc_ci) for t in tasks if t.acc_ci), sum(1 for t in tasks if t.acc_ci)),
-        domain_coverage=rate(sum(covers(d.ci) for d in doms), len(doms)),
+        false_decision_bootstrap=cluster_bootstrap(per_study),
+        familywise=rate(sum(any(x) for x in per_study), len(per_study)),
+        designs=_designs(results),
+        coverage=rate(sum(_covers(a.primary.ci) for a in arms), len(arms)),
+        task_coverage=rate(sum(_covers(t.ci) for t in tasks), len(tasks)),
+        acc_coverage=rate(sum(_covers(t.acc_ci) for t in tasks if t.acc_ci), sum(1 for t in tasks if t.acc_ci)),
+        domain_coverage=rate(sum(_covers(d.ci) for d in doms), len(doms)),
         nominal=round(1 - results[0].confidence, 6) if results else 0.05,
         run_sd=[r.control.noise_floor.primary_sd if r.control.noise_floor else None for r in results],
         studies=s.studies, shards=s.shards, seeds=s.seeds, tokens=tokens, wall_s=round(wall, 1),
+        settings=s.model_dump(),
     )  # fmt: skip
+
+
+def _designs(results: list[StudyResult]) -> dict[str, DesignRate]:
+    out: dict[str, DesignRate] = {}
+    keys = sorted({_design(a) for r in results for a in r.arms if a.primary})
+    for key in keys:
+        arms = [a for r in results for a in r.arms if a.primary and _design(a) == key]
+        false = sum(a.verdict in ("include", "reject") for a in arms)
+        doms = [d for a in arms for d in a.domains.values()]
+        pairs = [r.method.pairing.get(key) for r in results]
+        out[key] = DesignRate(
+            null_arms=len(arms), false_decisions=false, false_decision_rate=rate(false, len(arms)),
+            coverage=rate(sum(_covers(a.primary.ci) for a in arms), len(arms)),
+            domain_coverage=rate(sum(_covers(d.ci) for d in doms), len(doms)),
+            sphericity=[p.sphericity if p else None for p in pairs],
+            correlation=[p.correlation if p else None for p in pairs],
+        )  # fmt: skip
+    return out
+
+
+def cluster_bootstrap(per_study: list[list[bool]], resamples: int = 2000,
+                      seed: int = 0) -> list[float] | None:  # fmt: skip
+    """A 95% percentile interval of the per-arm false-decision rate resampling whole studies (the
+    arms of a study share its control, so their decisions are not independent)."""
+    if len(per_study) < 2 or not any(per_study):
+        return None
+    rng = np.random.default_rng(seed)
+    k = np.array([sum(x) for x in per_study], dtype=float)
+    n = np.array([len(x) for x in per_study], dtype=float)
+    idx = rng.integers(0, len(per_study), size=(resamples, len(per_study)))
+    rates = k[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1)
+    return [float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))]
 
 
 def run_calibration(out: Path, s: CalibrationSettings, study: Path | None = None,

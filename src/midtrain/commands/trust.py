@@ -30,6 +30,24 @@ def bench_calibrate(
     eval_limit: Annotated[int | None, typer.Option(help="Examples per task.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="The quick demo world (tests).")] = False,
     workers: Annotated[int, typer.Option(help="Parallel run processes.")] = 1,
+    fraction: Annotated[
+        list[float] | None, typer.Option("--fraction", help="Null arms at this share (repeat).")
+    ] = None,
+    cpt: Annotated[bool, typer.Option("--cpt", help="Also @cpt null arms (100% a shard).")] = False,
+    unpaired: Annotated[
+        bool, typer.Option("--unpaired", help="paired_streams = false (own mix order per run).")
+    ] = False,
+    guards: Annotated[bool, typer.Option("--guards", help="Guard every base domain.")] = False,
+    auto_seeds: Annotated[
+        bool, typer.Option("--auto-seeds", help='seeds = "auto" (max_seeds 3).')
+    ] = False,
+    select: Annotated[str, typer.Option(help="eval.select: all | snr.")] = "all",
+    correction: Annotated[str, typer.Option(help="holm | bh | none.")] = "holm",
+    first_seed: Annotated[int, typer.Option(help="The first study's first seed.")] = 0,
+    designs: Annotated[
+        bool,
+        typer.Option("--designs", help="Every design: fractions 0.1/0.3/0.5, @cpt, guards, snr."),
+    ] = False,
 ) -> None:
     """False include/reject rate and interval coverage on candidates that cannot matter."""
     from midtrain.bench.calibrate import CalibrationSettings, run_calibration
@@ -40,8 +58,18 @@ def bench_calibrate(
             raise MidtrainError(f"{name} {v}: must be >= 1")
     if seeds < 2:
         raise MidtrainError(f"--seeds {seeds}: an A/A study needs >= 2 seeds to estimate noise")
-    s = CalibrationSettings(studies=studies, shards=shards, seeds=seeds, tokens=tokens,
-                            eval_limit=eval_limit, workers=workers)  # fmt: skip
+    if select not in ("all", "snr") or correction not in ("holm", "bh", "none"):
+        raise MidtrainError(f"--select {select} / --correction {correction}: select is all|snr, "
+                            "correction holm|bh|none")  # fmt: skip
+    fractions = fraction or ([0.1, 0.3, 0.5] if designs else [0.3])
+    if any(not 0 < f < 1 for f in fractions):
+        raise MidtrainError(f"--fraction {fractions}: each must be in (0, 1); use --cpt for 1")
+    s = CalibrationSettings(
+        studies=studies, shards=shards, seeds=seeds, tokens=tokens, eval_limit=eval_limit,
+        workers=workers, fractions=fractions, cpt=cpt or designs, paired=not unpaired,
+        guards=guards or designs, auto_seeds=auto_seeds, select="snr" if designs else select,
+        correction=correction, first_seed=first_seed,
+    )  # fmt: skip
     res = run_calibration(out, s, study=study, quick=quick)
     if as_json:
         print(res.model_dump_json())
@@ -54,6 +82,16 @@ def bench_calibrate(
         f"{res.coverage.rate:.3f}, task {res.task_coverage.rate:.3f}, domain "
         f"{res.domain_coverage.rate:.3f}; {res.wall_s:.0f}s"
     )
+    if res.familywise is not None and res.familywise.rate is not None:
+        console.print(f"studies with a false decision (family-wise): {res.familywise.k} of "
+                      f"{res.familywise.n} = {res.familywise.rate:.3f}")  # fmt: skip
+    for key, d in res.designs.items():
+        corr = [f"{c:+.2f}" for c in d.correlation if c is not None]
+        console.print(
+            f"  design {key}: {d.false_decisions} of {d.null_arms} decided, primary coverage "
+            f"{d.coverage.rate:.3f}, domain {d.domain_coverage.rate:.3f}; arm-control "
+            f"correlation {', '.join(corr) or '-'}"
+        )
 
 
 def validate(

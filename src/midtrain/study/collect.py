@@ -96,7 +96,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     analyses of a seeds = "auto" study so far.
     """
     cfg, f = plan.config, Finished(plan, errors)
-    metric, conf = cfg.analysis.primary, cfg.interval_confidence
+    metric, conf = cfg.analysis.primary, cfg.look_confidence(look)
     data = f.data()
     screen, noise, start, pairs = [], None, StartPoint(), {}
     if CONTROL in data.groups and cfg.eval.tasks:
@@ -111,14 +111,16 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         flags += analysis.anneal_flags(data, base, start, conf)
         if noise.df == 0:
             flags.append("no-seed-noise")
-    arms = [_arm(plan, f, data, arm, primary_tasks, flags) for arm in plan.arms()]
+    arms = [_arm(plan, f, data, arm, primary_tasks, flags, conf) for arm in plan.arms()]
     probe = None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
         probe_data = probe_analysis.load(plan, f)
         probe_analysis.apply(arms, probe_data, cfg, conf)
         probe = probe_analysis.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
-                    1 - cfg.interval_confidence, cfg.analysis.allow_task_regression)  # fmt: skip
+                    1 - conf, cfg.analysis.allow_task_regression)  # fmt: skip
+    if cfg.seeds == "auto":
+        _adjust_for_looks(cfg, arms)
     merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
@@ -146,14 +148,13 @@ def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
 
 
 def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
-         primary_tasks: list[str], study_flags: list[str]) -> ArmResult:  # fmt: skip
+         primary_tasks: list[str], study_flags: list[str], conf: float) -> ArmResult:  # fmt: skip
     cfg = plan.config
     runs = plan.arm_runs(arm)
     cand = next(c for c in cfg.candidates if c.name == runs[0].candidate)
     records = [f.record(r) for r in runs]
     if arm in data.groups and CONTROL in data.groups:
-        result = analysis.analyse_arm(data, arm, cfg, primary_tasks, sorted(cand.mix),
-                                      cfg.interval_confidence)  # fmt: skip
+        result = analysis.analyse_arm(data, arm, cfg, primary_tasks, sorted(cand.mix), conf)
         result.flags += study_flags
     else:
         why = "no run of this arm finished" if arm not in data.groups else "no control run finished"
@@ -177,3 +178,18 @@ def _study_flags(cfg: StudyConfig) -> list[str]:
         if seen / cfg.full_run_tokens < cfg.analysis.min_checkpoint_progress:
             return ["checkpoint-too-early"]
     return []
+
+
+def _adjust_for_looks(cfg: StudyConfig, arms: list[ArmResult]) -> None:
+    """seeds = "auto": each arm's primary delta also bias-adjusted for where it stopped."""
+    from midtrain.study.stats import bias_adjusted, spending_levels
+
+    n = cfg.analysis.max_seeds
+    info = tuple((k + 2) / n for k in range(cfg.looks))
+    levels = spending_levels(round(1 - cfg.analysis.confidence, 12), info)
+    for a in arms:
+        p = a.primary
+        if p is None or p.se is None or len(a.seeds) < 2:
+            continue
+        stop = min(len(a.seeds) - 2, len(info) - 1)
+        p.delta_adjusted = bias_adjusted(p.delta, p.se, info, levels, stop)

@@ -144,6 +144,7 @@ class PrimaryResult(BaseModel):
     mde: float | None  # the effect detectable with 80% power at this noise
     seeds_needed: int | None = None  # seeds per arm to detect analysis.mde (80% power)
     standardized: bool = False  # tasks weighted by 1 / their run-to-run sd
+    delta_adjusted: float | None = None  # seeds = "auto": bias-adjusted for stopping early
     run_share: float | None = None  # share of the variance that is run-to-run noise
     run_scores: list[float] = []  # the arm's primary score per finished seed
 
