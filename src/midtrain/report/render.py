@@ -51,17 +51,27 @@ def method_text(r: StudyResult) -> str:
         return ""
     text = (
         f"Intervals: {m.confidence * 100:.4g}% t-intervals with the training run as the unit of "
-        "replication: the run-to-run variance of per-run scores is pooled over every run of the "
-        "study (control and arms), plus the effect's example-to-example variation "
+        "replication: each arm's variance comes from its paired differences with the control "
+        "(seed by seed), pooled over the arms of its design (same fraction, or @cpt), plus the "
+        "effect's example-to-example variation "
         '(docs/studies.md, "How the intervals are made").'
     )
+    if m.paired_streams:
+        text += " Arms share their control's data stream (paired_streams: common random numbers)."
+    if m.primary_score == "standardized":
+        text += " The primary weights each task by 1 / its run-to-run sd (standardized)."
     if m.correction != "none":
         name = {"holm": "Holm (family-wise)", "bh": "Benjamini-Hochberg (false discovery)"}
-        text += f" Verdicts use {name[m.correction]}-adjusted p-values over the arms."
+        text += (f" Verdicts use {name[m.correction]}-adjusted p-values over every arm and "
+                 "guard (p adj).")  # fmt: skip
+    else:
+        text += (" No multiple-testing correction (correction = \"none\"): with many arms, "
+                 "some include or reject verdicts are expected by chance.")  # fmt: skip
     if m.looks > 1 or m.confidence < r.confidence - 1e-12:
         text += (
             f" Seeds were added to inconclusive arms after each analysis ({m.looks} so far); "
-            "every analysis uses the error rate split over the most analyses allowed."
+            "alpha is spent over the analyses (O'Brien-Fleming-type boundaries), and each arm's "
+            "delta is also given bias-adjusted for where it stopped."
         )
     return text
 
@@ -81,7 +91,8 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
         acc = [
             t.acc_delta for n, t in arm.tasks.items() if n in in_primary and t.acc_delta is not None
         ]
-        p_value = (p.p_adjusted if p.p_adjusted is not None else p.p) if p else None
+        flags = [f"task-regression ({', '.join(arm.regressed_tasks)})" if f == "task-regression"
+                 else f for f in arm.flags]  # fmt: skip
         rows.append(
             {
                 "arm": arm.arm,
@@ -90,10 +101,12 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
                 "verdict": arm.verdict,
                 "delta": fmt(p.delta if p else None),
                 "ci": fmt_ci(p.ci if p else None),
-                "p": fmt_p(p_value),
+                "p": fmt_p(p.p if p else None),
+                "p_adj": fmt_p(p.p_adjusted if p else None),
                 "acc": fmt(sum(acc) / len(acc)) if acc else "–",
-                "flags": ", ".join(arm.flags) or "–",
+                "flags": ", ".join(flags) or "–",
                 "reason": arm.reason,
+                "adjusted": fmt(p.delta_adjusted) if p and p.delta_adjusted is not None else "",
                 "suggestion": arm.suggestion or "",
             }
         )
@@ -143,6 +156,7 @@ def verdict_table(r: StudyResult) -> Table:
         "Δ primary",
         f"{r.confidence * 100:.4g}% CI",
         "p",
+        "p adj",
         "Δ acc",
         "flags",
     )
@@ -152,7 +166,7 @@ def verdict_table(r: StudyResult) -> Table:
     for row in verdict_rows(r):
         v = f"[{style.get(row['verdict'], 'white')}]{row['verdict']}[/]"
         cells = (row["arm"], row["mix"], row["seeds"], v, row["delta"], row["ci"], row["p"],
-                 row["acc"], row["flags"])  # fmt: skip
+                 row["p_adj"], row["acc"], row["flags"])  # fmt: skip
         t.add_row(*(c if c is v else safe(c) for c in cells))
     return t
 
