@@ -67,6 +67,9 @@ def method_text(r: StudyResult) -> str:
     else:
         text += (" No multiple-testing correction (correction = \"none\"): with many arms, "
                  "some include or reject verdicts are expected by chance.")  # fmt: skip
+    if m.changed_after_results:
+        text += (f" ANALYSIS CHANGED AFTER RESULTS (--reanalyze): {', '.join(m.changed_after_results)} "
+                 "differ from the plan registered before the first run (study.json).")  # fmt: skip
     if m.looks > 1 or m.confidence < r.confidence - 1e-12:
         text += (
             f" Seeds were added to inconclusive arms after each analysis ({m.looks} so far); "

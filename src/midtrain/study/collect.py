@@ -45,6 +45,11 @@ class Finished:
         start = plan.start_chain()[0]
         self.start = Examples.load(Path(start.dir)) if start.cached() is not None else None
 
+    @staticmethod
+    def has_result(r: RunSpec) -> bool:
+        """Whether the run's evaluation finished (results exist), without loading anything."""
+        return (r.eval_dir / "eval.json").is_file()
+
     def done(self, r: RunSpec) -> bool:
         return self.evals[r.name] is not None
 

@@ -268,6 +268,11 @@ class StudyConfig(Strict):
         _check_references(self)
         _check_not_base(self)
         _check_probe(self)
+        if self.analysis.allow_task_regression and not self.eval.tasks:
+            raise _FieldError(
+                "analysis.allow_task_regression",
+                "there are no eval.tasks whose regression it could allow; add tasks or remove it",
+            )
         if self.tokens < self.batch_tokens:
             raise _FieldError(
                 "tokens",

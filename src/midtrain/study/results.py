@@ -246,6 +246,9 @@ class Method(BaseModel):
     primary_score: str = "mean"  # mean | standardized
     paired_streams: bool = False  # arms share their control's stream (common random numbers)
     pairing: dict[str, Pairing] = {}  # per design: what pairing bought, on the primary
+    changed_after_results: list[
+        str
+    ] = []  # analysis fields changed after runs finished (--reanalyze)
     looks: int = 1  # seeds = "auto": analyses so far; each used alpha / max looks
     primary_tasks: list[str] = []
 

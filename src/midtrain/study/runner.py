@@ -22,6 +22,7 @@ from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
 from midtrain.study.merging import merge_arms, merge_chains
 from midtrain.study.plan import StudyPlan, arm_names, make_plan
+from midtrain.study.prereg import analysis_plan, check_plan, registered
 from midtrain.study.probe import plan_probes
 from midtrain.study.results import (
     StudyResult,
@@ -94,7 +95,7 @@ def _check_merges(cfg: StudyConfig, plan: StudyPlan) -> None:
 
 def run_study(
     cfg: StudyConfig, out: Path, *, executor: str = "local", workers: int = 1,
-    address: str | None = None,
+    address: str | None = None, reanalyze: bool = False,
 ) -> StudyResult:  # fmt: skip
     """Run (or resume) a study and write results.json + the report. Returns the results.
 
@@ -106,12 +107,17 @@ def run_study(
     out = Path(out).resolve()
     ex = make_executor(executor, workers, address, cfg.resources)
     plan = prepare(cfg, out)
+    changed = check_plan(cfg, out, any(Finished.has_result(r) for r in plan.runs), reanalyze)
+    registered_plan = (registered(out) if changed else None) or analysis_plan(cfg)
     seeds = {arm: list(cfg.first_seeds) for arm in arm_names(cfg)}
     errors: dict[str, str] = {}
     with study_lock(out):
         for look in range(1, cfg.looks + 1):
             plan = make_plan(cfg, out, seeds)
-            atomic_write_json(out / "study.json", _study_record(plan))
+            record = _study_record(plan) | {"analysis_plan": registered_plan}
+            if changed:
+                record["reanalysis"] = {"plan": analysis_plan(cfg), "changed": changed}
+            atomic_write_json(out / "study.json", record)
             reuse_runs(plan)
             errors |= _execute(plan, ex)
             results = collect(plan, errors, look)
@@ -120,6 +126,7 @@ def run_study(
         if cfg.merge_seeds:  # the merge chains need every seed of their arm
             errors |= _execute(plan, ex, merge_chains(plan, Finished(plan).done), "merges")
             results = collect(plan, errors, look)
+        results.method.changed_after_results = changed
         write_report(results, plan.config, out)
     return results
 
