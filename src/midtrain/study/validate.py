@@ -12,7 +12,7 @@ between them, a pair (arm, control) the decision whether the arm helps at all. R
 - `arm_pairs` and `control_pairs` (the latter: the sign of each arm's delta) separately;
 - `verdict_agreement`: the share of arms with the same verdict;
 - `significant_pairs_kept`: of the pairs the study itself could separate (two arms: the difference
-  of their deltas has an interval excluding 0, with the pooled run-to-run noise; arm and control:
+  of their deltas, paired seed by seed so the shared control cancels, has an interval excluding 0; arm and control:
   the arm's own interval excludes 0), the share the reference orders the same way;
 - `reference_separable`: the share of pairs the reference itself separates; its own seed noise
   bounds what agreement on the other pairs can mean; `reference_separated_accuracy`: the accuracy
@@ -23,6 +23,7 @@ between them, a pair (arm, control) the decision whether the arm helps at all. R
 from __future__ import annotations
 
 import math
+import statistics
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
@@ -172,16 +173,23 @@ def _pair_separated(r: StudyResult, a: ArmResult, b: ArmResult | None) -> bool:
     if b is None:
         lo, hi = a.primary.ci
         return lo > 0 or hi < 0
-    nf = r.control.noise_floor
-    sd, df = (nf.primary_sd, nf.df) if nf is not None else (None, 0)
     if a.decided_on == "sft" and r.probe is not None:  # the SFT score decided: its own noise
         sd, df = r.probe.noise_sd, r.probe.noise_df
-    if sd is None or df <= 0:
+        if sd is None or df <= 0:
+            return False
+        na, nb = len(a.primary.run_scores), len(b.primary.run_scores)
+        q = sps.t.ppf(0.5 + r.confidence / 2, df)
+        return abs(a.primary.delta - b.primary.delta) > q * sd * math.sqrt(1 / na + 1 / nb)
+    # the two arms share the control: their difference is paired seed by seed (a - b), so the
+    # control's noise cancels instead of being counted twice or assumed away
+    sa = dict(zip(a.seeds, a.primary.run_scores, strict=False))
+    sb = dict(zip(b.seeds, b.primary.run_scores, strict=False))
+    d = [sa[s] - sb[s] for s in sorted(set(sa) & set(sb))]
+    if len(d) < 2:
         return False
-    na, nb = len(a.primary.run_scores), len(b.primary.run_scores)
-    se = sd * math.sqrt(1 / na + 1 / nb)
-    q = sps.t.ppf(0.5 + r.confidence / 2, df)
-    return abs(a.primary.delta - b.primary.delta) > q * se
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    q = sps.t.ppf(0.5 + r.confidence / 2, len(d) - 1)
+    return abs(mean) > q * sd / math.sqrt(len(d))
 
 
 def order(diff: float, reference_diff: float) -> Literal["agree", "disagree", "tie"]:
