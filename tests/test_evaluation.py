@@ -214,8 +214,8 @@ def test_lm_eval_glue_checks_its_version_and_patches(env):
 
     from midtrain.eval import lmeval
 
-    for bad in ("0.4.4", "0.5.0", "1.0"):
-        with pytest.raises(MidtrainError, match="midtrain supports lm-eval >=0.4.5,<0.5"):
+    for bad in ("0.4.4", "0.4.11", "0.5.0", "1.0"):
+        with pytest.raises(MidtrainError, match="midtrain supports lm-eval >=0.4.12,<0.5"):
             lmeval.check_version(bad)
     assert lmeval.check_version("0.4.13") == "0.4.13"
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
@@ -224,6 +224,9 @@ def test_lm_eval_glue_checks_its_version_and_patches(env):
     assert lm_eval.utils.env.from_string("{{x}}") is lm_eval.utils.env.from_string("{{x}}")
     assert lm_eval.evaluator.get_git_commit_hash() is None  # no `git` subprocess per eval
     assert lm_eval.evaluator.add_env_info({}) is None
+    from lm_eval.tasks._factory import TaskFactory  # relative data_files: the YAML's folder
+
+    assert TaskFactory._load_full_config._midtrain
 
 
 def test_domains_are_labelled_by_their_name_and_need_the_checkpoints_tokenizer(env, tmp_path):

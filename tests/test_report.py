@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from midtrain.eval.api import tasks_key
 from midtrain.eval.results import DomainExample, EvalResult, TaskExample, summarise, to_json_line
 from midtrain.io import atomic_write_json
 from midtrain.report import write_report
@@ -62,7 +63,7 @@ def write_run(plan: StudyPlan, d: Path, shift: float, seed: int, n: int = 80, ck
     result = EvalResult(
         key="k", checkpoint=str(ckpt or d / "final"), tasks=ev.settings.tasks, include_path=None,
         domains=ev.domains, settings=ev.settings.hashed(), results=summarise(recs), seconds=1.0,
-        timing={},
+        timing={}, tasks_key=tasks_key(ev.settings.tasks, ev.settings.include_path),
     )  # fmt: skip
     atomic_write_json(d / "eval" / "eval.json", result)
     if ckpt is not None:  # the start checkpoint: evaluated, not trained

@@ -154,6 +154,7 @@ def test_a_runs_value_is_the_mean_over_its_sft_seeds():
 def write_probe(j, shift: float, forget: float, key: list[int]) -> None:
     """A finished SFT probe and its evaluation after SFT, as the sft and sft_eval stages write
     them: per-example validation losses (difficulty + run noise + shift) and web bpb."""
+    from midtrain.eval.api import tasks_key
     from midtrain.eval.results import DomainExample, EvalResult, summarise, to_json_line
     from midtrain.io import atomic_write_json
     from midtrain.sft.grid import lr_dir
@@ -186,7 +187,8 @@ def write_probe(j, shift: float, forget: float, key: list[int]) -> None:
     (out / "examples.jsonl").write_text("".join(to_json_line(r) for r in recs))
     ev = EvalResult(key="k", checkpoint=str(lr_dir(d, lr) / "final"), tasks=[], include_path=None,
                     domains=spec.domains, settings=spec.settings.hashed(), results=summarise(recs),
-                    seconds=1.0, timing={})  # fmt: skip
+                    seconds=1.0, timing={},
+                    tasks_key=tasks_key(spec.settings.tasks, spec.settings.include_path))  # fmt: skip
     atomic_write_json(out / "eval.json", ev)
 
 

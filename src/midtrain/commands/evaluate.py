@@ -38,8 +38,12 @@ def _domains(spec: str | None) -> dict[str, Path]:
 
 
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="HF causal-LM folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for eval.json + examples.jsonl.")],
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="HF causal-LM folder (not with --check-tasks).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for eval.json + examples.jsonl.")
+    ] = None,
     tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")] = "",
     include_path: Annotated[Path | None, typer.Option(help="Folder of extra task YAMLs.")] = None,
     domains: Annotated[
@@ -49,20 +53,63 @@ def eval_cmd(
     num_fewshot: Annotated[int, typer.Option(help="Few-shot examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Batch size (tasks and domains).")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    check_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--check-tasks",
+            help="Load the tasks without a model: size, output type, one rendered example each.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a checkpoint on tasks and per-domain loss; cached by content hash."""
     from midtrain.eval import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if check_tasks:
+        _check_tasks(names, include_path, num_fewshot)
+        return
     doms = _domains(domains)
     if not names and not doms:
         raise MidtrainError("nothing to evaluate: pass --tasks and/or --domains")
+    if checkpoint is None or out is None:
+        missing = "CHECKPOINT" if checkpoint is None else "--out"
+        raise MidtrainError(
+            f"eval: {missing} is required; pass a checkpoint folder and --out "
+            "(or --check-tasks to load the tasks alone)"
+        )
     res = evaluate(checkpoint, tasks=names, include_path=include_path, domains=doms, out=out,
                    limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device)  # fmt: skip
     console.print(results_table(res))
     console.print(
         f"{safe(out / 'eval.json')}  ·  {safe(out / 'examples.jsonl')}  ({res.seconds:.1f}s)"
     )
+
+
+def _check_tasks(names: list[str], include_path: Path | None, num_fewshot: int) -> None:
+    """Each task as lm-eval loads it: size, output type, data files and its first example."""
+    from midtrain.eval.lmeval import preview_tasks
+
+    if not names:
+        raise MidtrainError("--check-tasks: no task; pass --tasks NAME[,NAME] (and --include-path)")
+    previews = preview_tasks(names, include_path, num_fewshot)
+    for p in previews:
+        console.print(
+            f"[bold]{safe(p.name)}[/]  {p.output_type}  {p.size} docs ({safe(p.split)} split)"
+        )
+        if p.data_files is not None:
+            console.print(f"  data_files: {safe(p.data_files)}", highlight=False)
+        console.print("  prompt:", highlight=False)
+        for line in p.prompt.splitlines() or [""]:
+            console.print(f"    {safe(line)}", highlight=False)
+        if p.choices is not None:
+            console.print(f"  choices: {safe(p.choices)}", highlight=False)
+            gold = p.target
+            if isinstance(gold, int) and 0 <= gold < len(p.choices):
+                gold = f"{gold} ({p.choices[gold]!r})"
+            console.print(f"  gold: {safe(gold)}", highlight=False)
+        else:
+            console.print(f"  target: {safe(repr(p.target))}", highlight=False)
+    console.print(f"{len(previews)} task(s) load offline")
 
 
 def results_table(res: EvalResult) -> Table:

@@ -5,9 +5,10 @@ For multiple-choice tasks each example also gets `gold_logprob_per_byte` (log-pr
 gold continuation / its UTF-8 bytes) and `margin` (that per-byte value minus the best wrong
 choice's): continuous metrics that carry signal where a small model's accuracy sits at chance.
 
-Results are cached: `OUT/eval.json` carries a key hashing the checkpoint's files, the tasks' files,
-the stores' content hashes and the settings; the same evaluation again returns it without loading
-the model.
+Results are cached: `OUT/eval.json` carries a key hashing the checkpoint's files, what the tasks
+read (the task folder, each task's YAMLs, `!function` modules and data files wherever they are:
+`tasks_key`), the stores' content hashes and the settings; the same evaluation again returns it
+without loading the model.
 """
 
 from __future__ import annotations
@@ -61,15 +62,30 @@ class EvalSettings(Strict):
                 "task_settings": per_task}  # fmt: skip
 
 
+def tasks_key(tasks: list[str], include_path: str | Path | None) -> str:
+    """A hash of everything the tasks read: the include folder's files and, per task, its YAMLs,
+    `!function` modules and data files (also outside the folder; lmeval.task_inputs).
+
+    A data file that does not exist is a one-line error naming the task and the resolved path.
+    """
+    from midtrain.eval import lmeval, task_files
+
+    include_path = Path(include_path) if include_path else None
+    return hash_obj({
+        "task_files": task_files.folder_hash(include_path) if include_path else None,
+        "inputs": lmeval.task_inputs(tasks, include_path) if tasks else {},
+    })  # fmt: skip
+
+
 def cache_key(
-    checkpoint: Path, tasks: list[str], include_path: Path | None, stores: dict[str, TokenStore],
+    checkpoint: Path, tasks: list[str], tasks_hash: str, stores: dict[str, TokenStore],
     settings: dict[str, Any],
 ) -> str:  # fmt: skip
     return hash_obj({
         "format": FORMAT,
         "checkpoint": hash_tree(checkpoint, exclude=("midtrain_state",)),
         "tasks": sorted(tasks),
-        "task_files": hash_tree(include_path) if include_path else None,
+        "task_files": tasks_hash,
         "domains": {n: s.content_hash for n, s in sorted(stores.items())},
         "settings": settings,
     })  # fmt: skip
@@ -127,7 +143,8 @@ def evaluate(
     stores = {n: open_store(p, f"domains.{n}") for n, p in (domains or {}).items()}
     _check_tokenizer(checkpoint, stores)
     settings = s.hashed(seed)
-    key = cache_key(checkpoint, s.tasks, inc, stores, settings)
+    tkey = tasks_key(s.tasks, inc)
+    key = cache_key(checkpoint, s.tasks, tkey, stores, settings)
     if (out / "examples.jsonl").is_file() and (out / "eval.json").is_file():
         if read_json(out / "eval.json").get("key") == key:
             return _relocated(EvalResult.load(out), out, checkpoint, s, stores)
@@ -148,7 +165,7 @@ def evaluate(
     result = EvalResult(
         key=key, checkpoint=str(checkpoint), tasks=s.tasks, include_path=s.include_path,
         domains={n: str(st.path) for n, st in stores.items()}, settings=settings,
-        results=summarise(records), seconds=round(time.time() - t0, 3), timing=timing,
+        tasks_key=tkey, results=summarise(records), seconds=round(time.time() - t0, 3), timing=timing,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "examples.jsonl", "".join(to_json_line(r) for r in records))

@@ -1,7 +1,7 @@
 """Everything midtrain knows about lm-evaluation-harness, in one place.
 
 midtrain runs lm-eval in process (`HFLM` around the loaded model, `simple_evaluate` with
-`log_samples=True`) and changes three things about it, each checked against the installed version
+`log_samples=True`) and changes four things about it, each checked against the installed version
 when this module is imported (`SUPPORTED`; outside it, a one-line error names the range):
 
 - `lm_eval.evaluator.add_env_info` and `get_git_commit_hash` are replaced by no-ops: they collect
@@ -13,11 +13,19 @@ when this module is imported (`SUPPORTED`; outside it, a one-line error names th
   same template.
 - lm-eval's and datasets' logging and tqdm bars are silenced around each call (`quiet()`); bars stay
   on a terminal, where they redraw in place.
+- `TaskFactory._load_full_config` (a task's merged YAML config) makes relative `data_files` of a
+  packaged datasets builder (`dataset_path: json`, ...) absolute against the YAML's folder, and a
+  data file that does not exist a one-line error (task_files.py); lm-eval alone would read them
+  from the working directory and fail inside datasets.
+
+It also reads lm-eval's task index for what a task reads from disk (`task_inputs`, part of the eval
+cache key) and loads tasks without a model for `midtrain eval --check-tasks` (`preview_tasks`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -32,8 +40,9 @@ from packaging.version import Version
 
 from midtrain import env
 from midtrain.errors import MidtrainError
+from midtrain.eval import task_files
 
-SUPPORTED_RANGE = ">=0.4.5,<0.5"  # the same range as pyproject.toml's lm-eval requirement
+SUPPORTED_RANGE = ">=0.4.12,<0.5"  # the same range as pyproject.toml's lm-eval requirement
 SUPPORTED = SpecifierSet(SUPPORTED_RANGE)
 
 
@@ -52,9 +61,11 @@ VERSION = check_version()
 
 
 def _patch() -> None:
-    """The two patches above, applied once per process; each target is checked to exist."""
+    """The patches above, applied once per process; each target is checked to exist."""
     import lm_eval.evaluator
     import lm_eval.utils
+
+    _patch_data_files()
 
     for name in ("add_env_info", "get_git_commit_hash"):
         if not hasattr(lm_eval.evaluator, name):
@@ -80,6 +91,27 @@ def _patch() -> None:
 
     tenv.from_string = from_string
     tenv._midtrain_memoized = True
+
+
+def _patch_data_files() -> None:
+    from lm_eval.tasks._factory import TaskFactory
+
+    load = getattr(TaskFactory, "_load_full_config", None)
+    if load is None:
+        raise MidtrainError(
+            f"lm-eval {VERSION}: no TaskFactory._load_full_config; supported: {SUPPORTED_RANGE}"
+        )
+    if getattr(load, "_midtrain", False):
+        return
+
+    def load_full_config(self, entry, overrides=None):  # noqa: ANN001, ANN202 - lm-eval's signature
+        cfg = load(self, entry, overrides)
+        if getattr(entry, "yaml_path", None) is None:
+            return cfg
+        return task_files.absolute_data_files(cfg, Path(entry.yaml_path))
+
+    load_full_config._midtrain = True  # type: ignore[attr-defined]
+    TaskFactory._load_full_config = load_full_config
 
 
 @contextlib.contextmanager
@@ -129,6 +161,13 @@ def validate_tasks(tasks: list[str], include_path: Path | None, field: str = "ta
     key = (tuple(sorted(tasks)), str(include_path) if include_path else None)
     if not tasks or key in _VALIDATED:
         return
+    load_tasks(tasks, include_path, field)
+    _VALIDATED.add(key)
+
+
+def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks") -> dict[str, Any]:
+    """lm-eval's Task of every leaf task (a group gives its members), its data loaded; an unknown
+    name or data that cannot be loaded offline is a one-line error naming the task."""
     if include_path is not None and not Path(include_path).is_dir():
         raise MidtrainError(f"include_path: {include_path} is not a folder of task YAMLs")
     tm = task_manager(include_path)
@@ -141,19 +180,20 @@ def validate_tasks(tasks: list[str], include_path: Path | None, field: str = "ta
             raise MidtrainError(
                 f"{field}: task {task!r} is not known to lm-eval; check the name{hint}"
             )
-    from lm_eval.tasks import get_task_dict
-
+    loaded: dict[str, Any] = {}
     for task in tasks:
         try:
             with quiet():
-                get_task_dict([task], tm)
+                loaded.update(tm.load([task])["tasks"])
+        except MidtrainError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure here means the data is not there
             reason = " ".join(str(e).split())[:160]
             raise MidtrainError(
                 f"{field}: task {task!r}: its data could not be loaded offline "
                 f"({type(e).__name__}: {reason}); make the dataset available locally"
             ) from None
-    _VALIDATED.add(key)
+    return loaded
 
 
 def run_tasks(
@@ -173,3 +213,97 @@ def run_tasks(
             torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
         )  # fmt: skip
     return res["samples"]
+
+
+FILE_KEYS = ("dataset_path", "dataset_kwargs", "custom_dataset")  # the config keys naming files
+
+
+def task_inputs(tasks: list[str], include_path: Path | None) -> dict[str, Any]:
+    """Per task: the content hashes of every file it reads (task_files.py), for the cache key.
+
+    Names are looked up in an index of the include folder alone (lm-eval's own `TaskIndex`, built
+    in milliseconds; the full TaskManager indexes every lm-eval task, ~5 s): a task found there
+    wins over lm-eval's own of that name, as in lm-eval. A task not found there is one of the
+    installed lm-eval, whose YAMLs ship with its version; its data comes from the HF cache.
+    """
+    index = local_index(include_path)
+    return {name: _inputs(index, name, {}, 0) for name in sorted(set(tasks))}
+
+
+def local_index(include_path: Path | None) -> dict[str, Any]:
+    """lm-eval's index (name -> Entry) of the task YAMLs below `include_path` only."""
+    if include_path is None or not Path(include_path).is_dir():
+        return {}
+    env.setup()
+    from lm_eval.tasks._index import TaskIndex
+
+    with quiet():
+        return TaskIndex.build([Path(include_path)])
+
+
+def _inputs(index: dict[str, Any], name: str, over: dict[str, Any], depth: int) -> Any:
+    """What task, group or tag `name` reads, with a parent group's overrides `over`."""
+    from lm_eval.tasks._index import Kind
+
+    entry = index.get(name)
+    if entry is None or depth > 16:  # lm-eval's own task (or a group nested past reason)
+        return {"lm_eval": VERSION}
+    if entry.kind is Kind.TAG:
+        return {"tag": {t: _inputs(index, t, over, depth + 1) for t in sorted(entry.tags)}}
+    path = Path(entry.yaml_path) if entry.yaml_path else None
+    files = [task_files.file_hash(p) for p in task_files.yaml_files(path)] if path else []
+    raw = entry.cfg or {}
+    if entry.kind is not Kind.GROUP:
+        cfg = {**raw, **over, "task": name}
+        return {"files": files, "data": task_files.data_inputs(cfg, path) if path else None}
+    sub = {**_file_keys(raw), **over}  # as lm-eval merges: the caller's overrides win
+    members: dict[str, Any] = {}
+    for item in raw.get("task") or []:
+        ref = item if isinstance(item, str) else item.get("task") or item.get("group")
+        if isinstance(ref, str):
+            extra = _file_keys(item) if isinstance(item, dict) else {}
+            members[ref] = _inputs(index, ref, {**sub, **extra}, depth + 1)
+    return {"files": files, "members": members}
+
+
+def _file_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg[k] for k in FILE_KEYS if k in cfg}
+
+
+@dataclasses.dataclass
+class TaskPreview:
+    """One task as lm-eval loads it: what `midtrain eval --check-tasks` prints."""
+
+    name: str
+    output_type: str
+    split: str  # the evaluation split (test, else validation)
+    size: int  # documents in it
+    prompt: str  # the first document's prompt, as the model sees it
+    choices: list[str] | None  # multiple choice: the continuations scored
+    target: Any  # the gold answer: a choice index, or the target text
+    data_files: Any  # as read (relative paths resolved), None for a Hub dataset
+
+
+def preview_tasks(
+    tasks: list[str], include_path: Path | None, num_fewshot: int = 0
+) -> list[TaskPreview]:
+    """Load the tasks (no model) and render each one's first document; errors as `load_tasks`."""
+    out = []
+    for name, task in sorted(load_tasks(tasks, include_path).items()):
+        docs = task.eval_docs
+        doc, prompt = (docs[0] if len(docs) else None), ""
+        if doc is not None:
+            task.set_fewshot_seed(0)
+            with quiet():
+                prompt = task.fewshot_context(doc, num_fewshot)
+        kwargs = task.config.dataset_kwargs or {}
+        mc = task.OUTPUT_TYPE == "multiple_choice"
+        out.append(TaskPreview(
+            name=name, output_type=str(task.OUTPUT_TYPE), size=len(docs),
+            split=task.config.test_split if task.has_test_docs() else task.config.validation_split,
+            prompt=str(prompt),
+            choices=list(task.doc_to_choice(doc)) if mc and doc is not None else None,
+            target=task.doc_to_target(doc) if doc is not None else None,
+            data_files=kwargs.get("data_files"),
+        ))  # fmt: skip
+    return out

@@ -89,6 +89,7 @@ class EvalResult(BaseModel):
     include_path: str | None
     domains: dict[str, str]
     settings: dict[str, Any]  # the settings hashed into `key` (limit, few-shot, per task, seed)
+    tasks_key: str | None = None  # the part of `key` hashing what the tasks read (api.tasks_key)
     results: Summaries
     seconds: float
     timing: dict[str, float]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from midtrain.eval.api import EvalSettings, evaluate
+from midtrain.errors import MidtrainError
+from midtrain.eval.api import EvalSettings, evaluate, tasks_key
 from midtrain.eval.results import EvalResult
 from midtrain.jobs import Stage, register
 from midtrain.schema import Strict, field
@@ -35,7 +36,9 @@ class EvalStage(Stage):
     def cached(self, spec: EvalJob, out: Path) -> EvalResult | None:
         """A complete evaluation of this spec in `out` (eval.json is written last).
 
-        Compares the settings and names only; `run` also checks the content key (file hashes).
+        Compares the settings, the names and what the tasks read (`tasks_key`: a changed gold
+        answer in a task's data file means evaluating again); `run` also checks the whole content
+        key (the checkpoint's and the stores' hashes too).
         """
         if not ((out / "eval.json").is_file() and (out / "examples.jsonl").is_file()):
             return None
@@ -46,4 +49,15 @@ class EvalStage(Stage):
             and res.settings == spec.settings.hashed()
             and set(res.domains) == set(spec.domains)
         )
-        return res if same else None
+        if not same or res.tasks_key is None:
+            return None
+        return res if res.tasks_key == _tasks_key(spec.settings) else None
+
+
+def _tasks_key(s: EvalSettings) -> str | None:
+    """The current tasks key; None when it cannot be computed (a data file is missing: running
+    the job gives the one-line error)."""
+    try:
+        return tasks_key(s.tasks, s.include_path)
+    except MidtrainError:
+        return None
