@@ -15,8 +15,9 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
@@ -234,7 +235,8 @@ class RayExecutor:
                 kwargs["address"] = self.address
             else:
                 kwargs.update(num_cpus=os.cpu_count() or 2, object_store_memory=80 * 1024**2)
-            ray.init(**kwargs)
+            with _keep_signal_handlers():
+                ray.init(**kwargs)
         try:
             return self._run(ray, chains, notify)
         finally:
@@ -262,6 +264,22 @@ class RayExecutor:
             ray.wait(list(pending), num_returns=len(pending), timeout=GRACE_S)
             raise
         return outcomes
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """SIGINT and SIGTERM keep this process's handlers (cli.py: mark runs interrupted, exit 130)
+    across a call that installs its own (`ray.init` puts a crash handler on SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
