@@ -253,7 +253,7 @@ CASES: dict[str, Case] = {
     "study: SFT seq_len beyond the model": lambda w, t: (probe_study(w, t, SET, "seq_len = 128\n"), "sft_probe.sets[0] (sums): seq_len"),
     "study: decide_on sft without a probe": lambda w, t: (study(w, t, study_text(w) + '[analysis]\ndecide_on = "sft"\n'), "analysis.decide_on"),
     "study: CPT arm and fraction 1.0": lambda w, t: (study(w, t, study_text(w, fractions="[0.3, 1.0]").replace("max_repetition = 50.0\n", "continued_pretraining = true\n")), "candidates[0].fractions"),
-    "study: CPT arm beyond max_repetition": lambda w, t: (study(w, t, study_text(w, tokens="10240").replace("max_repetition = 50.0\n", CPT_SMALL)), "arm math@cpt: mix[0].max_repetition"),
+    "study: CPT arm beyond max_repetition": lambda w, t: (study(w, t, study_text(w, tokens="10240").replace("max_repetition = 50.0\n", CPT_SMALL)), "candidates[0].max_repetition: arm math@cpt"),
     "study show: corrupt results": lambda w, t: (["study", "show", write(t, "d/results.json", "{").parent], "results.json"),
     "study init: bad --store": lambda w, t: (["study", "init", w["ckpt"], "--store", "web", "--store", "m=x", "--out", t / "s.toml"], "--store"),
     "study init: --out exists": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", write(t, "s.toml", "x")], "--out"),

@@ -62,7 +62,7 @@ BAD = {
     "ratios not summing to 1": (GOOD.replace("web = 1.0", "web = 0.9"), "base"),
     "negative ratio": (
         GOOD.replace("mix = { math = 1.0 }", "mix = { math = -1.0 }"),
-        "candidates.0.mix",
+        "candidates[0].mix",
     ),
     "unknown source": (
         GOOD.replace("mix = { math = 1.0 }", "mix = { maths = 1.0 }"),
@@ -74,12 +74,15 @@ BAD = {
     "misspelt field": (GOOD.replace("seeds = [0, 1]", "seed = [0, 1]"), "seed"),
     "fraction out of range": (GOOD.replace("fractions = [0.3]", "fractions = [1.5]"), "fractions"),
     "duplicate seeds": (GOOD.replace("seeds = [0, 1]", "seeds = [1, 1]"), "seeds"),
-    "duplicate candidate": (GOOD.replace('name = "hq+flan"', 'name = "math"'), "candidates.name"),
+    "duplicate candidate": (
+        GOOD.replace('name = "hq+flan"', 'name = "math"'),
+        "candidates[1].name",
+    ),
     "control as candidate": (GOOD.replace('name = "math"', 'name = "control"'), "control"),
     "guard on unknown task": (GOOD + '\n[[guards]]\ntask = "nope"\n', "guards[0].task"),
     "guard with both targets": (
         GOOD + '\n[[guards]]\ntask = "world_facts"\ndomain = "web"\n',
-        "guards.0",
+        "guards[0]",
     ),
     "train overrides a study field": (GOOD + "\n[train]\nseed = 3\n", "train"),
     "budget below one step": (GOOD.replace("tokens = 8192", "tokens = 100"), "tokens"),

@@ -6,8 +6,13 @@ A `MidtrainError` anywhere becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -94,14 +99,16 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: every error is one line on stderr (`error: <where>: <what>; <fix>`).
 
-    Exit codes: 0 done, 1 some runs of a study failed, 2 bad input, 3 a run diverged.
+    Exit codes: 0 done, 1 some runs of a study failed, 2 bad input, 3 a run diverged,
+    130 interrupted (SIGINT or SIGTERM; run the same command to resume).
     """
     from midtrain.env import die_with_launcher
 
     die_with_launcher()  # a rank of a study's N-process run dies with its chain
     if not sys.stdout.isatty():  # piped or logged: tables at their width, not cut to 80 columns
         os.environ.setdefault("COLUMNS", "200")
-    code = _run(argv)
+    with _interrupt_on_signals():
+        code = _run(argv)
     if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # a torchrun rank whose process group is torn down and whose files are written: leave
         # without interpreter finalization, where gloo objects still referenced by the wrapped
@@ -110,6 +117,34 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+_signals: list[int] = []
+
+
+@contextlib.contextmanager
+def _interrupt_on_signals() -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt once, wherever the command is: each
+    stage's handler marks its run or probe "interrupted", then the command exits 130 with one
+    line. A second signal while that runs is ignored, so the statuses get written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _signals.clear()
+    before = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _signals:
+        return
+    _signals.append(signum)
+    raise KeyboardInterrupt
 
 
 def _run(argv: list[str] | None) -> int:
@@ -125,8 +160,16 @@ def _run(argv: list[str] | None) -> int:
         message = " ".join(e.format_message().split()).rstrip(".")
         return _fail(f"{where or 'midtrain'}: {message}; {fix}", 2)
     except (typer.Abort, KeyboardInterrupt):
-        return _fail("interrupted; run the same command again to resume", 130)
+        return _interrupted()
+    if code == INTERRUPTED and _signals:  # typer turns a KeyboardInterrupt into Exit(130)
+        return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _interrupted() -> int:
+    if os.environ.get("RANK", "0") == "0":
+        print("interrupted; run the same command to resume", file=sys.stderr, flush=True)
+    return INTERRUPTED
 
 
 def _fail(message: str, code: int) -> int:

@@ -158,6 +158,11 @@ def _run_chain(chain: Chain, threads: int, attempts: int) -> Outcome:
         except MidtrainError as e:  # bad input or a diverged run: the same again would fail
             error, tb = str(e), traceback.format_exc()
             break
+        except KeyboardInterrupt:  # SIGINT / SIGTERM (cli.py): the job's status says so
+            from midtrain.train.rundir import mark_interrupted
+
+            mark_interrupted(Path(failed.dir))
+            raise
         except Exception as e:  # noqa: BLE001 - a failed job must not stop the study
             error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
     return Outcome(name=last.name, dir=failed.dir, status="failed", stage=failed.stage,

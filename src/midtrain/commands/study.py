@@ -35,6 +35,7 @@ def study_run(
 ) -> None:
     """Run a microanneal study: control + arms, evaluation, analysis, report."""
     from midtrain.report import verdict_table
+    from midtrain.report.render import lr_edge_note
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
 
@@ -47,6 +48,8 @@ def study_run(
         return
     results = run_study(cfg, out, executor=executor, workers=workers, address=address)
     console.print(verdict_table(results))
+    if (edge := lr_edge_note(results)) is not None:
+        err_console.print(f"warning: {safe(edge)}", highlight=False)
     console.print(f"report: {safe(Path(out) / 'report.md')}  ·  {safe(Path(out) / 'report.html')}")
     exit_on_failed_runs(results, Path(out))
 
@@ -98,7 +101,9 @@ def exit_on_failed_runs(results, out: Path) -> None:
 
 
 def print_plan(cfg, out: Path) -> None:
-    """The runs, their mixes, FLOPs and time estimates, and one token table per distinct mix."""
+    """The runs, their mixes, FLOPs and time estimates, and one token table per distinct mix;
+    runs already finished in OUT are marked and left out of the time still to spend."""
+    from midtrain.jobs import pending
     from midtrain.study.runner import prepare
     from midtrain.train.plan import estimate, plan_run
 
@@ -106,31 +111,54 @@ def print_plan(cfg, out: Path) -> None:
     t = Table(
         title=f"study {safe(cfg.name)}: {len(plan.runs)} runs + 1 eval of the start checkpoint"
     )
-    for col in ("run", "mix", "tokens", "est. FLOPs", "est. seconds", "share of full run"):
+    for col in ("run", "mix", "tokens", "est. FLOPs", "est. seconds", "share of full run", "done"):
         t.add_column(col)
-    tables, total_f, total_s = {}, 0.0, 0.0
+    tables, total_f, total_s, left_s, done, started = {}, 0.0, 0.0, 0.0, 0, False
     for r in plan.runs:
         run_plan = plan_run(r.run_config)
         est = estimate(run_plan)
-        total_f, total_s = total_f + est.flops, total_s + est.seconds
+        trained = _trained(r, plan.eval_job, run_plan.steps)
+        finished = not pending(r.full_chain(plan.eval_job))
+        total_f, total_s, done = total_f + est.flops, total_s + est.seconds, done + finished
+        left_s, started = left_s + est.seconds * (1 - trained), started or trained > 0
         share = f"{cfg.tokens / cfg.full_run_tokens:.3%}" if cfg.full_run_tokens else "–"
         mix = " / ".join(f"{m.source} {m.ratio:.0%}" for m in r.mix)
+        state = "yes" if finished else "trained" if trained == 1 else f"{trained:.0%}"
         t.add_row(safe(r.name), safe(mix), f"{cfg.tokens:,}", f"{est.flops:.3g}",
-                  f"{est.seconds:.0f}", share)  # fmt: skip
+                  f"{est.seconds:.0f}", share, state if finished or trained else "–")  # fmt: skip
         tables.setdefault(mix, run_plan.sampler.token_table())
     console.print(t)
     for table in tables.values():
         console.print(table)
-    console.print(
-        f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
-    )
+    if started:
+        console.print(
+            f"{done} of {len(plan.runs)} runs already done; ~{left_s / 60:.1f} min of training "
+            f"left of ~{total_s / 60:.1f} (before evaluation); total {total_f:.3g} FLOPs"
+        )
+    else:
+        console.print(
+            f"total: {total_f:.3g} FLOPs, ~{total_s / 60:.1f} min of training (before evaluation)"
+        )
     if cfg.sft_probe is not None:
         print_probes(plan)
     console.print(power_line(plan))
 
 
+def _trained(run, ev, steps: int) -> float:
+    """The share of a run's training already done: 1 when its train job is cached (finished),
+    else its saved state's step / steps."""
+    from midtrain.train.checkpoint import read_trainer_state
+
+    if run.chain(ev)[0].cached() is not None:
+        return 1.0
+    state = read_trainer_state(run.dir / "state")
+    step = state.run.step if state is not None and state.run is not None else 0
+    return min(step / steps, 1.0) if steps else 0.0
+
+
 def print_probes(plan) -> None:
-    """The SFT probe's jobs: one per run x set x SFT seed, with tokens and a time estimate."""
+    """The SFT probe's jobs: one per run x set x SFT seed, with tokens and a time estimate;
+    finished ones are marked and left out of the time still to spend."""
     from midtrain.study.probe import plan_probes, probe_estimate
 
     est = {name: probe_estimate(p) for name, p in plan_probes(plan.config).items()}
@@ -138,16 +166,24 @@ def print_probes(plan) -> None:
     jobs += [("start checkpoint", j) for j in plan.start_probes]
     t = Table(title=f"SFT probe: {len(jobs)} fine-tunes (each: every LR of the grid), "
                     "then the base domains scored after SFT")  # fmt: skip
-    for col in ("run", "set", "SFT seed", "tokens", "est. FLOPs", "est. seconds"):
+    for col in ("run", "set", "SFT seed", "tokens", "est. FLOPs", "est. seconds", "done"):
         t.add_column(col)
-    total_s = 0.0
+    total_s, left_s, done = 0.0, 0.0, 0
     for name, j in jobs:
         tokens, flops, secs = est[j.set]
-        total_s += secs
+        finished = j.sft.cached() is not None
+        total_s, done = total_s + secs, done + finished
+        left_s += 0.0 if finished else secs
         t.add_row(safe(name), safe(j.set), str(j.seed), f"{tokens:,}", f"{flops:.3g}",
-                  f"{secs:.1f}")  # fmt: skip
+                  f"{secs:.1f}", "yes" if finished else "–")  # fmt: skip
     console.print(t)
-    console.print(f"SFT probe total: ~{total_s / 60:.1f} min of fine-tuning (before evaluation)")
+    if done:
+        console.print(f"SFT probe: {done} of {len(jobs)} fine-tunes already done; "
+                      f"~{left_s / 60:.1f} min of fine-tuning left (before evaluation)")  # fmt: skip
+    else:
+        console.print(
+            f"SFT probe total: ~{total_s / 60:.1f} min of fine-tuning (before evaluation)"
+        )
 
 
 def power_line(plan) -> str:
@@ -207,7 +243,12 @@ def study_init(
     base: Annotated[
         str | None, typer.Option(help="The store that is the normal mix (default: the first).")
     ] = None,
-    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names.")] = "",
+    tasks: Annotated[
+        list[str], typer.Option(help="lm-eval task names: repeat it or give a comma list.")
+    ] = [],  # noqa: B006 - typer reads the default
+    include_path: Annotated[
+        Path | None, typer.Option(help="A folder of your own lm-eval task YAMLs.")
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -224,26 +265,35 @@ def study_init(
     start: Annotated[
         list[Path], typer.Option(help="--preset liu2025: an earlier start checkpoint; repeatable.")
     ] = [],  # noqa: B006
-    tokens: Annotated[int, typer.Option(help="--preset: anneal tokens per run.")] = 100_000_000,
+    tokens: Annotated[
+        int | None,
+        typer.Option(help="Anneal tokens per run (default: 100M, or less to fit the stores)."),
+    ] = None,
     start_lr: Annotated[
-        float | None, typer.Option(help="--preset: the LR the checkpoint was trained at.")
+        float | None, typer.Option(help="The LR the checkpoint was trained at (default: its own).")
     ] = None,
 ) -> None:
     """Write a commented starter study (or a published protocol's, with --preset)."""
     from midtrain.study.init import write_starter
 
     if preset is not None:
+        from midtrain.study.init import parse_tasks
         from midtrain.study.presets import write_preset
 
-        path = write_preset(preset, checkpoint, stores, out, base=base, tasks=tasks,
-                            role_items=role, sft_items=sft, starts=start, tokens=tokens,
+        if include_path is not None:
+            raise MidtrainError("--include-path: not taken with --preset; set include_path "
+                                "under [eval] of the written file")  # fmt: skip
+        path = write_preset(preset, checkpoint, stores, out, base=base,
+                            tasks=",".join(parse_tasks(tasks)), role_items=role, sft_items=sft,
+                            starts=start, tokens=tokens or 100_000_000,
                             start_lr=start_lr)  # fmt: skip
         console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} "
                       "--out DIR --dry-run`")  # fmt: skip
         return
     if role or sft or start:
         raise MidtrainError("--role, --sft and --start go with --preset NAME")
-    path = write_starter(checkpoint, stores, out, base=base, tasks=tasks)
+    path = write_starter(checkpoint, stores, out, base=base, tasks=tasks,
+                         include_path=include_path, tokens=tokens, start_lr=start_lr)  # fmt: skip
     console.print(
         f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out DIR --dry-run`"
     )

@@ -1,5 +1,7 @@
 """The study report: results.json, report.md, a self-contained report.html and PNG plots.
 
+Paths in the report are relative to the study folder (the report can move with it).
+
 Everything is written atomically; data text (names, task ids, reasons) is escaped: in the HTML by
 jinja2's autoescape, in Markdown by the `md` filter, in the terminal by `console.safe`.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +177,24 @@ def verdict_table(r: StudyResult) -> Table:
     return t
 
 
+def lr_edge_note(r: StudyResult) -> str | None:
+    """How many SFT probes chose the lowest or highest LR of the grid (the best LR may lie
+    beyond it), or None."""
+    lrs = sorted(set(r.probe.lrs)) if r.probe is not None else []
+    if len(lrs) < 2:
+        return None
+    probes = [p for a in r.arms if a.probe for p in a.probe.runs] + r.probe.runs
+    chosen = [p.chosen_lr for p in probes if p.chosen_lr is not None]
+    low, high = chosen.count(lrs[0]), chosen.count(lrs[-1])
+    if not low + high:
+        return None
+    return (
+        f"the chosen SFT LR is at the edge of the grid in {low + high} of {len(chosen)} probes "
+        f"({low} at the lowest, {lrs[0]:g}; {high} at the highest, {lrs[-1]:g}); the best LR may "
+        "lie beyond it: extend sft_probe.lrs"
+    )
+
+
 def md_escape(text: object) -> str:
     """Escape data text for a Markdown table cell (no raw HTML, no stray column breaks)."""
     out = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -183,7 +204,7 @@ def md_escape(text: object) -> str:
     return " ".join(out.splitlines())
 
 
-def _env() -> Environment:
+def _env(out: Path | None = None) -> Environment:
     env = Environment(
         loader=PackageLoader("midtrain", "report/templates"),
         autoescape=select_autoescape(["html", "html.j2"], default_for_string=False, default=False),
@@ -191,6 +212,7 @@ def _env() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["md"] = md_escape
+    env.filters["rel"] = lambda p: os.path.relpath(p, out) if out is not None else p
     return env
 
 
@@ -221,8 +243,9 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "method_text": method_text(r),
         "mix_label": mix_label,
         "images": {k: base64.b64encode(v).decode() for k, v in images.items()},
+        "lr_edge": lr_edge_note(r),
     }
-    env = _env()
+    env = _env(out.resolve())
     atomic_write_text(out / "report.md", env.get_template("report.md.j2").render(**ctx))
     atomic_write_text(out / "report.html", env.get_template("report.html.j2").render(**ctx))
     return {"results": out / "results.json", "md": out / "report.md", "html": out / "report.html"}

@@ -8,6 +8,7 @@ A diverged LR is recorded and skipped; the probe fails only when every LR diverg
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,7 +99,7 @@ def run_sft(
     out = Path(out_dir).resolve()
     rundir.check_existing(out, cfg.identity(), "an SFT probe")
     if (done := finished(out)) is not None:
-        return done
+        return _warn_edge(done)
     plan = plan_sft(cfg)  # every input check; nothing written yet
     for w in plan.warnings if plan.dist.main else ():
         print(f"warning: {w}", file=sys.stderr)
@@ -109,17 +110,40 @@ def run_sft(
         saved = read_trainer_state(lr_dir(out, lr) / "state")
         distributed.check_resume(saved.run if saved else None, plan.dist)
     with distributed.session(plan.dist, plan.device):
-        return distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
+        result = distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
+    return _warn_edge(result)
+
+
+def _warn_edge(result: SftResult) -> SftResult:
+    """Print (rank 0 under torchrun) the warning when the chosen LR is at the grid's edge."""
+    edge = edge_warning([g.lr for g in result.grid], result.chosen_lr)
+    if edge is not None and os.environ.get("RANK", "0") == "0":
+        print(f"warning: {edge}", file=sys.stderr)
+    return result
 
 
 def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | None):
-    """The grid after the checks (rank 0's result; None on the other ranks)."""
+    """The grid after the checks (rank 0's result; None on the other ranks). Interrupted (SIGINT
+    or SIGTERM, cli.py): the probe's status and its running LR's say so."""
     main = plan.dist.main
     if main:
         atomic_write_json(out / "config.json", plan.resolved())
         if not (out / "inputs.json").is_file():
             atomic_write_json(out / "inputs.json", inputs)
         rundir.write_status(out, "running")
+    try:
+        return _points(plan, out, progress)
+    except KeyboardInterrupt:
+        if main:
+            for lr in plan.cfg.lrs:
+                rundir.mark_interrupted(lr_dir(out, lr))
+            rundir.mark_interrupted(out)
+        raise
+
+
+def _points(plan: SftPlan, out: Path, progress: bool | None) -> SftResult | None:
+    """Every LR's fine-tune, the choice, and sft.json (written by rank 0)."""
+    main = plan.dist.main
     grid, runs = [], {}
     for lr in plan.cfg.lrs:
         point, run = grid_point(plan, lr, lr_dir(out, lr), progress, out / BEFORE)
@@ -169,14 +193,28 @@ def val_before(plan: SftPlan, out: Path) -> ValSummary:
     return summary
 
 
+def edge_warning(lrs: list[float], chosen: float) -> str | None:
+    """A warning when the chosen LR is the lowest or highest of a grid of two or more: the best
+    LR may lie beyond the grid."""
+    grid = sorted(set(lrs))
+    if len(grid) < 2 or chosen not in (grid[0], grid[-1]):
+        return None
+    side, way = ("lowest", "below") if chosen == grid[0] else ("highest", "above")
+    return (
+        f"the chosen LR {chosen:g} is the {side} of the grid ({', '.join(f'{x:g}' for x in grid)}); "
+        f"the best LR may lie {way} it: extend the grid (lrs) {way} {chosen:g}"
+    )
+
+
 def _write(
     out: Path, plan: SftPlan, before: ValSummary, grid: list[GridPoint], best: SftRunResult
 ) -> SftResult:
+    edge = edge_warning(plan.cfg.lrs, best.lr)
     result = SftResult(
         checkpoint=plan.cfg.checkpoint, chosen_lr=best.lr, val_loss=best.val.loss, val=best.val,
         val_before=before, grid=grid, final_checkpoint=best.final_checkpoint, steps=plan.steps,
         epochs=plan.cfg.epochs, data=plan.summary(), format_check=dict(plan.fmt.counts),
-        warnings=plan.warnings,
+        warnings=plan.warnings + ([edge] if edge else []),
     )  # fmt: skip
     atomic_write_json(out / "sft.json", result.model_dump(mode="json"))
     rundir.write_status(out, "done", step=plan.steps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import PrivateAttr, field_validator, model_validator
 
 from midtrain.errors import MidtrainError
 from midtrain.eval.api import EvalSettings
@@ -212,6 +212,8 @@ class StudyConfig(Strict):
         description="[resources]: what each run's Ray task asks for (docs/scaling.md).",
     )
 
+    _source: str = PrivateAttr("")  # the study file's name: the prefix of its errors
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, v: Any) -> Any:
@@ -280,6 +282,11 @@ class StudyConfig(Strict):
             )
         return self
 
+    @property
+    def source(self) -> str:
+        """The study file's name, the prefix of its errors ("" for a study made in code)."""
+        return self._source
+
     def fractions_for(self, cand: Candidate) -> list[float]:
         return cand.fractions or self.fractions
 
@@ -347,13 +354,13 @@ def _check_probe(cfg: StudyConfig) -> None:
 
 def _check_names(cfg: StudyConfig) -> None:
     names = [c.name for c in cfg.candidates]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise _FieldError(
-            "candidates.name", f"{sorted(dup)[0]!r} is used twice; names must be unique"
-        )
-    if CONTROL in names:
-        raise _FieldError("candidates.name", f"{CONTROL!r} is reserved for the matched control")
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise _FieldError(f"candidates[{i}].name", f"{n!r} is used twice; names must be unique")
+        if n == CONTROL:
+            raise _FieldError(
+                f"candidates[{i}].name", f"{CONTROL!r} is reserved for the matched control"
+            )
 
 
 def _check_references(cfg: StudyConfig) -> None:
@@ -367,7 +374,7 @@ def _check_references(cfg: StudyConfig) -> None:
         refs += [(f"candidates[{i}].mix.{s}", s) for s in cand.mix]
     refs += [(f"source_max_repetition.{s}", s) for s in cfg.source_max_repetition]
     refs += [(f"guards[{i}].domain", g.domain) for i, g in enumerate(cfg.guards) if g.domain]
-    refs += [(f"eval.domains.{d}", d) for d in cfg.eval.domains or []]
+    refs += [(f"eval.domains[{i}]", d) for i, d in enumerate(cfg.eval.domains or [])]
     for where, name in refs:
         if name not in known:
             raise _FieldError(where, f"unknown source {name!r}; add it to [stores] ({have})")
@@ -383,6 +390,7 @@ def parse_study(
 ) -> StudyConfig:
     """Validate a study dict; paths are resolved against `base_dir` (the study file's folder)."""
     cfg = validate(StudyConfig, data, source=source)
+    cfg._source = source
     return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
 
@@ -409,18 +417,38 @@ def load_study(path: str | Path) -> StudyConfig:
     return parse_study(data, source=path.name, base_dir=path.parent.resolve())
 
 
-def check_inputs(cfg: StudyConfig) -> None:
-    """The checkpoint, stores and include path exist (before anything is created)."""
+def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
+    """The checkpoint, stores and include path exist, and every eval domain's store was
+    tokenised like the checkpoint (before anything is created). Returns the opened stores."""
+    from midtrain.data.store import open_store
     from midtrain.train.checkpoint import check_hf_folder
 
     check_hf_folder(cfg.checkpoint, "checkpoint")
     for i, p in enumerate(cfg.starts):
         check_hf_folder(p, f"starts[{i}]")
-    from midtrain.data.store import open_store
-
-    for name, p in cfg.stores.items():
-        open_store(p, f"stores.{name}")  # reads and checks the manifest and the files
+    # reads and checks each manifest and its files
+    stores = {name: open_store(p, f"stores.{name}") for name, p in cfg.stores.items()}
+    _check_domain_tokenizers(cfg, {d: stores[d] for d in cfg.domain_names})
     if cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
         raise MidtrainError(f"eval.include_path: {cfg.eval.include_path} is not a folder")
     if cfg.sft_probe is not None:
         check_probe_files(cfg.sft_probe)
+    return stores
+
+
+def _check_domain_tokenizers(cfg: StudyConfig, domains: dict[str, Any]) -> None:
+    """A store scored as an eval domain must share the checkpoint's tokenizer, as a training
+    store must (the run planner checks those): else every run would train, then fail its
+    evaluation."""
+    from midtrain.data.tokenizer import load_tokenizer, tokenizer_hash
+
+    if not domains:
+        return
+    ref = tokenizer_hash(load_tokenizer(cfg.checkpoint))
+    for name, store in domains.items():
+        if store.tokenizer_hash != ref:
+            raise MidtrainError(
+                f"stores.{name}: scored as an eval domain but tokenised with tokenizer "
+                f"{store.tokenizer_hash[:12]}, not the checkpoint's ({ref[:12]}); re-prepare it "
+                f"with --tokenizer {cfg.checkpoint}, or leave it out of eval.domains"
+            )

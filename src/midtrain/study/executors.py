@@ -9,10 +9,15 @@ worker that dies, or a Ray task out of retries, is reported as a failure and the
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import re
-from collections.abc import Callable
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
@@ -53,18 +58,74 @@ class LocalExecutor:
         slots = ctx.SimpleQueue()
         for gpus in gpu_slices(visible_gpus(), self.workers, self.processes):
             slots.put(gpus)
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_take_gpus,
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(slots,)) as pool:  # fmt: skip
-            futures = {pool.submit(run_chain, chain, threads, processes=self.processes): chain
+            futures = {pool.submit(_worker_chain, chain, threads, self.processes): chain
                        for chain in chains}  # fmt: skip
-            for fut in as_completed(futures):
-                try:
-                    outcome = fut.result()
-                except Exception as e:  # noqa: BLE001 - the worker process died
-                    outcome = _died(futures[fut], f"worker died: {type(e).__name__}: {e}")
-                outcomes.append(outcome)
-                notify(outcome)
+            try:
+                for fut in as_completed(futures):
+                    try:
+                        outcome = fut.result()
+                    except Exception as e:  # noqa: BLE001 - the worker process died
+                        outcome = _died(futures[fut], f"worker died: {type(e).__name__}: {e}")
+                    outcomes.append(outcome)
+                    notify(outcome)
+            except KeyboardInterrupt:  # SIGINT / SIGTERM (cli.py): stop, statuses written
+                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_workers(ctx)
+                raise
         return outcomes
+
+
+GRACE_S = 30.0  # an interrupted worker's time to mark its run and exit before SIGKILL
+_worker_state = "idle"  # in a worker process: idle (waiting for a chain), chain or stopping
+
+
+def _init_worker(slots: Any) -> None:
+    """Worker initializer: its GPUs, and SIGINT / SIGTERM handled like the CLI's (cli.py)."""
+    _take_gpus(slots)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _worker_signal)
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    """Idle: exit now. In a chain: KeyboardInterrupt once, so its stage marks the run
+    interrupted (a second signal is ignored while that happens); `_worker_chain` then exits."""
+    global _worker_state
+    if _worker_state == "idle":
+        os._exit(130)
+    if _worker_state == "chain":
+        _worker_state = "stopping"
+        raise KeyboardInterrupt
+
+
+def _worker_chain(chain: Chain, threads: int, processes: int) -> Outcome:
+    """`run_chain` in a worker process; interrupted, the worker leaves (no next chain)."""
+    global _worker_state
+    _worker_state = "chain"
+    try:
+        outcome = run_chain(chain, threads, processes=processes)
+        if _worker_state == "chain":
+            _worker_state = "idle"
+            return outcome
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _stop_workers(ctx: Any) -> None:
+    """Interrupt every worker (each marks its run and exits); kill those left after GRACE_S."""
+    workers = ctx.active_children()
+    for p in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + GRACE_S
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
 
 
 def visible_gpus() -> list[str]:
@@ -174,7 +235,8 @@ class RayExecutor:
                 kwargs["address"] = self.address
             else:
                 kwargs.update(num_cpus=os.cpu_count() or 2, object_store_memory=80 * 1024**2)
-            ray.init(**kwargs)
+            with _keep_signal_handlers():
+                ray.init(**kwargs)
         try:
             return self._run(ray, chains, notify)
         finally:
@@ -186,16 +248,38 @@ class RayExecutor:
         threads, n = max(1, int(self.resources.cpus)), self.resources.run_processes()
         pending = {task.remote(chain, threads, processes=n): chain for chain in chains}
         outcomes = []
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            chain = pending.pop(done[0])
-            try:
-                outcome = ray.get(done[0])
-            except Exception as e:  # noqa: BLE001 - its node or worker died max_retries + 1 times
-                outcome = _died(chain, f"ray worker failed: {type(e).__name__}: {e}")
-            outcomes.append(outcome)
-            notify(outcome)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                chain = pending.pop(done[0])
+                try:
+                    outcome = ray.get(done[0])
+                except Exception as e:  # noqa: BLE001 - its node or worker died max_retries + 1
+                    outcome = _died(chain, f"ray worker failed: {type(e).__name__}: {e}")
+                outcomes.append(outcome)
+                notify(outcome)
+        except KeyboardInterrupt:  # SIGINT / SIGTERM (cli.py): a running task gets a
+            for ref in pending:  # KeyboardInterrupt, so its stage marks its run interrupted
+                ray.cancel(ref)
+            ray.wait(list(pending), num_returns=len(pending), timeout=GRACE_S)
+            raise
         return outcomes
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """SIGINT and SIGTERM keep this process's handlers (cli.py: mark runs interrupted, exit 130)
+    across a call that installs its own (`ray.init` puts a crash handler on SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}

@@ -10,14 +10,18 @@ data for the same tokens and schedule.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
 from midtrain.io import hash_obj, hash_tree, read_json
 from midtrain.jobs import Chain, Job
+from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
 from midtrain.study.probe import ProbeJobs, probe_jobs
@@ -125,6 +129,111 @@ def arm_mix(cfg: StudyConfig, cand: Candidate | None, fraction: float) -> list[M
         MixComponent(source=s, ratio=round(r / total, 12), max_repetition=reps[s])
         for s, r in sorted(ratios.items())
     ]
+
+
+def cap_field(cfg: StudyConfig, cand: Candidate | None, fraction: float, source: str) -> str:
+    """The study field that sets `source`'s repetition cap in an arm (as `arm_mix` merges them):
+    source_max_repetition, else the larger of base_max_repetition and the candidate's."""
+    if source in cfg.source_max_repetition:
+        return f"source_max_repetition.{source}"
+    caps = []
+    if source in cfg.base and cfg.base[source] * (1.0 - fraction) > 0:
+        caps.append((cfg.base_max_repetition, "base_max_repetition"))
+    if cand is not None and cand.mix.get(source, 0.0) * fraction > 0:
+        i = next(i for i, c in enumerate(cfg.candidates) if c.name == cand.name)
+        caps.append((cand.max_repetition, f"candidates[{i}].max_repetition"))
+    return max(caps, key=lambda c: c[0])[1] if caps else "base_max_repetition"
+
+
+def _overflow(
+    mix: list[MixComponent], windows: dict[str, int], sequences: int
+) -> MixComponent | None:
+    """The first source of `mix` that `sequences` would repeat beyond its cap (the sampler's
+    allocation, mix/sampler.py), or None when every source fits."""
+    counts = allocate([m.ratio for m in mix], sequences)
+    for m, n in zip(mix, counts, strict=True):
+        if n and n > math.floor(m.max_repetition * windows[m.source] + 1e-9):
+            return m
+    return None
+
+
+def max_tokens(mix: list[MixComponent], windows: dict[str, int], seq_len: int,
+               batch_tokens: int) -> int:  # fmt: skip
+    """The most anneal tokens (whole optimizer steps of `batch_tokens`) for which every source
+    of `mix` stays within its repetition cap; `windows`: each source's `seq_len` windows."""
+    seqs = batch_tokens // seq_len
+    bound = min(
+        (math.floor(m.max_repetition * windows[m.source] + 1e-9) + 1) / m.ratio
+        for m in mix
+        if m.ratio > 0
+    )
+    steps = int(bound // seqs)
+    while steps > 0 and _overflow(mix, windows, steps * seqs) is not None:
+        steps -= 1
+    return steps * batch_tokens
+
+
+def study_max_tokens(cfg: StudyConfig, stores: dict[str, Any]) -> int:
+    """The most anneal tokens every arm's sources allow within their caps (`max_tokens`)."""
+    seq_len = int(cfg.train.get("seq_len", cfg.seq_len))  # [train] may set the geometry
+    batch_tokens = int(cfg.train.get("batch_tokens", cfg.batch_tokens))
+    limits = []
+    for _, cand, frac in arm_list(cfg):
+        mix = arm_mix(cfg, cand, frac)
+        windows = {m.source: stores[m.source].windows(seq_len) for m in mix}
+        limits.append(max_tokens(mix, windows, seq_len, batch_tokens))
+    return min(limits)
+
+
+def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, Any]) -> None:
+    """Every arm's sources hold its tokens x their ratio within their caps: checked by the study,
+    whose error names the study field to change (the run planner would name its `mix[i]`)."""
+    cands = {c.name: c for c in cfg.candidates}
+    for r in {r.arm: r for r in runs}.values():
+        rc = r.run_config
+        if rc.batch_tokens % rc.seq_len:
+            return  # the run planner names batch_tokens
+        seqs = rc.tokens // rc.batch_tokens * (rc.batch_tokens // rc.seq_len)
+        windows = {m.source: stores[m.source].windows(rc.seq_len) for m in r.mix}
+        if (m := _overflow(r.mix, windows, seqs)) is None:
+            continue
+        w = windows[m.source]
+        if w == 0:
+            raise MidtrainError(
+                f"stores.{m.source}: {stores[m.source].n_train_tokens} training tokens, less "
+                f"than one sequence of seq_len {rc.seq_len}; add data or leave it out"
+            )
+        n = allocate([c.ratio for c in r.mix], seqs)[r.mix.index(m)]
+        where = cap_field(cfg, cands.get(r.candidate or ""), r.fraction, m.source)
+        limit = study_max_tokens(cfg, stores)
+        lower = f"lower tokens to {limit:,} or less (what every arm allows), " if limit else ""
+        raise MidtrainError(
+            f"{where}: arm {r.arm} needs {n * rc.seq_len:,} tokens of {m.source!r}, {n / w:.3f} "
+            f"epochs of its {w * rc.seq_len:,}, but the cap is {m.max_repetition:g}; {lower}"
+            f"raise {where} to >= {math.ceil(n / w * 1000) / 1000:g}, or add data"
+        )
+
+
+RUN_TO_STUDY = {"init": "checkpoint", "tokenizer": "checkpoint", "seed": "seeds"}
+_RUN_FIELD = re.compile(r"(?:run config: )?([A-Za-z_][\w.]*(?:\[\d+\][\w.]*)*): (.*)", re.S)
+
+
+def study_error(cfg: StudyConfig, run: RunSpec | None, message: str) -> str:
+    """An error of a run config built from the study, naming the study field the user wrote:
+    `init` is `checkpoint`, a `mix[i]` is its store, a field from [train] is `train.NAME`."""
+    arm = f"arm {run.arm}: " if run is not None else ""
+    m = _RUN_FIELD.fullmatch(message)
+    if m is None:
+        return f"{arm}{message}"
+    path, rest = m.groups()
+    head = re.split(r"[.\[]", path, maxsplit=1)[0]
+    tail = path[len(head) :]
+    index = re.match(r"\[(\d+)\]", tail)
+    if head == "mix" and run is not None and index and int(index.group(1)) < len(run.mix):
+        return f"stores.{run.mix[int(index.group(1))].source}: {arm}{rest}"
+    if head in cfg.train:
+        return f"train.{path}: {rest}"
+    return f"{RUN_TO_STUDY.get(head, head)}{tail}: {rest}"
 
 
 def arm_name(cand: Candidate, fraction: float) -> str:

@@ -21,7 +21,7 @@ from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
 from midtrain.study.merging import merge_arms, merge_chains
-from midtrain.study.plan import StudyPlan, arm_names, make_plan
+from midtrain.study.plan import StudyPlan, arm_names, check_budget, make_plan, study_error
 from midtrain.study.prereg import analysis_plan, check_plan, registered
 from midtrain.study.probe import plan_probes
 from midtrain.study.results import (
@@ -48,27 +48,48 @@ def study_lock(out: Path) -> Iterator[None]:
 
 
 def prepare(cfg: StudyConfig, out: Path) -> StudyPlan:
-    """Every check that can fail on input, before anything is created."""
+    """Every check that can fail on input, before anything is created. An error in the study
+    file names the file and the study's field (`study.toml: base_max_repetition: ...`)."""
+    if out.exists() and not out.is_dir():
+        raise MidtrainError(f"--out {out} is a file; pass a folder for the study")
+    with named_errors(cfg):
+        return _checked_plan(cfg, out)
+
+
+@contextlib.contextmanager
+def named_errors(cfg: StudyConfig) -> Iterator[None]:
+    """A `MidtrainError` raised inside begins with the study file's name."""
+    try:
+        yield
+    except MidtrainError as e:
+        if not cfg.source or str(e).startswith(f"{cfg.source}: "):
+            raise
+        raise MidtrainError(f"{cfg.source}: {e}") from None
+
+
+def _checked_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
     from midtrain.eval.lmeval import validate_tasks
     from midtrain.train.plan import plan_run
     from midtrain.train.trackers import TrackersConfig, check_installed
 
     tracked = validate(TrackersConfig, cfg.train.get("trackers", []), prefix="train.trackers")
     check_installed(tracked.use, "train.trackers")  # before anything loads, on this machine
-    check_inputs(cfg)
-    if out.exists() and not out.is_dir():
-        raise MidtrainError(f"--out {out} is a file; pass a folder for the study")
+    stores = check_inputs(cfg)
     include = Path(cfg.eval.include_path) if cfg.eval.include_path else None
     validate_tasks(cfg.eval.tasks, include, "eval.tasks")
-    plan = make_plan(cfg, out)
+    try:
+        plan = make_plan(cfg, out)
+    except MidtrainError as e:  # a run config built from the study: name the study's field
+        raise MidtrainError(study_error(cfg, None, str(e))) from None
+    check_budget(cfg, plan.runs, stores)
     checked: set[str] = set()
-    for r in plan.runs:  # each distinct mix once: sizes, repetition caps, tokenizer match
+    for r in plan.runs:  # each distinct mix once: sizes, tokenizer match, geometry
         if (key := hash_obj([m.model_dump() for m in r.mix])) not in checked:
             checked.add(key)
             try:
                 plan_run(r.run_config)
-            except MidtrainError as e:  # name the arm: a CPT arm needs more of its sources
-                raise MidtrainError(f"arm {r.arm}: {e}") from None
+            except MidtrainError as e:
+                raise MidtrainError(study_error(cfg, r, str(e))) from None
     plan_probes(cfg)  # each SFT set: rows, template, seq_len (on the start checkpoint)
     _check_merges(cfg, plan)
     for i, d in enumerate(cfg.reuse):

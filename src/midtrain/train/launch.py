@@ -63,6 +63,21 @@ def run_ranks(argv: list[str], config: dict[str, Any], out: Path, n: int) -> Non
     raise RuntimeError(f"{argv[0]} on {n} processes exited {codes}: {last}")
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGINT every rank still running (each marks its run interrupted and exits, cli.py), then
+    SIGKILL those left after GRACE_S."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + GRACE_S
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _threads() -> int:
     import torch
 
@@ -90,11 +105,8 @@ def _start_and_wait(cmd: list[str], n: int, threads: int, tmp: Path) -> tuple[li
                     if p.poll() is None:
                         p.send_signal(signal.SIGKILL)
             time.sleep(0.1)
-    finally:
-        for p in procs:  # this process interrupted: take the ranks with it
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    finally:  # this process interrupted: the ranks mark their run interrupted, then go
+        _stop(procs)
     codes = [p.returncode for p in procs]
     texts = []
     for f in logs:

@@ -72,6 +72,15 @@ def write_status(out: Path, status: str, **info: Any) -> None:
     )
 
 
+def mark_interrupted(out: Path) -> None:
+    """A run or probe in `out` whose status still says running (its process was stopped before
+    its own handler got to it) now says interrupted; any other status stays."""
+    status = read_status(out) if out.is_dir() else None
+    if status is not None and status.status == "running":
+        info = status.model_dump(exclude={"status", "pid", "time"}, exclude_none=True)
+        write_status(out, "interrupted", **info)
+
+
 def finished(out: Path, cls: type[R] = RunResult, name: str = "metrics.json") -> R | None:  # type: ignore[assignment]
     """The result (`cls`, read from `name`) of a finished run or probe in `out`, or None."""
     status = read_status(out)
