@@ -164,9 +164,12 @@ def test_dry_run_power_line_in_noise_units_then_measured(tmp_path):
     data = fake_world(tmp_path)
     plan = make_plan(parse_study(data, base_dir=tmp_path), tmp_path / "study")
     line = power_line(plan)
-    assert "3 groups x 2 seeds = 2 degrees of freedom" in line and "measured" not in line
+    # two arms of one design share the control: 2 x (2 - 1) / (1 + 1/4) = 1.6 df, not 2
+    assert "2 arm(s) x 2 seeds = 1.6 degrees of freedom" in line and "measured" not in line
     factor = float(line.split("= ")[2].split(" x s")[0])
-    assert factor == pytest.approx(4.303 + 1.061, rel=0.01)  # (t_.975 + t_.8) at df 2, x sqrt(2/2)
+    from scipy import stats as sps
+
+    assert factor == pytest.approx(sps.t.ppf(0.975, 1.6) + sps.t.ppf(0.8, 1.6), rel=0.01)
     for r in plan.runs:
         write_run(plan, r.dir, 0.1, r.seed)
     collect(plan).save(plan.out / "results.json")

@@ -5,6 +5,7 @@ Exit codes: 0 every run finished, 1 some runs failed (the report is still writte
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,14 @@ def study_run(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: local Ray).")
     ] = None,
+    reanalyze: Annotated[
+        bool,
+        typer.Option(
+            "--reanalyze",
+            help="Allow an analysis plan that differs from the one registered before the first "
+            "run (the report says the analysis changed after results).",
+        ),
+    ] = False,
 ) -> None:
     """Run a microanneal study: control + arms, evaluation, analysis, report."""
     from midtrain.report import verdict_table
@@ -46,7 +55,8 @@ def study_run(
     if dry_run:
         print_plan(cfg, out)
         return
-    results = run_study(cfg, out, executor=executor, workers=workers, address=address)
+    results = run_study(cfg, out, executor=executor, workers=workers, address=address,
+                        reanalyze=reanalyze)  # fmt: skip
     console.print(verdict_table(results))
     if (edge := lr_edge_note(results)) is not None:
         err_console.print(f"warning: {safe(edge)}", highlight=False)
@@ -189,19 +199,22 @@ def print_probes(plan) -> None:
 def power_line(plan) -> str:
     """The minimum detectable effect this plan can expect: measured when runs already finished
     in OUT, otherwise in units of the run-to-run noise s it will measure."""
-    from midtrain.study.stats import mde_factor
+    from midtrain.study.stats import design_df, mde_factor
 
     cfg = plan.config
-    groups, seeds = len(plan.arms()) + 1, len(cfg.first_seeds)
-    factor = mde_factor(groups, seeds, cfg.interval_confidence)
+    designs = Counter("cpt" if r.cpt else f"{r.fraction:g}" for r in plan.runs
+                      if r.arm != "control" and r.seed == cfg.first_seeds[0])  # fmt: skip
+    arms, seeds = min(designs.values(), default=1), len(cfg.first_seeds)
+    factor = mde_factor(arms, seeds, cfg.look_confidence(1))
     if factor == float("inf"):
         return (
-            f"power: {groups} groups x {seeds} seed(s) leave no degrees of freedom for the run "
-            "noise: no verdict is possible; use seeds >= 2"
+            f"power: {seeds} seed(s) leave no degrees of freedom for the run noise: no verdict "
+            "is possible; use seeds >= 2"
         )
     text = (
-        f"power: {groups} groups x {seeds} seeds = {(groups - 1) * (seeds - 1)} degrees of freedom; "
-        f"minimum detectable effect (80% power) = {factor:.2f} x s, s = the run-to-run noise"
+        f"power: the smallest design has {arms} arm(s) x {seeds} seeds = "
+        f"{design_df(arms, seeds):.3g} degrees of freedom (paired differences, shared control); "
+        f"minimum detectable effect (80% power) = {factor:.2f} x s, s = one run's own noise"
     )
     if (plan.out / "results.json").is_file():
         from midtrain.study.results import StudyResult

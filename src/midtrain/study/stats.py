@@ -339,10 +339,17 @@ def seeds_needed(c: Contrast, effect: float | None, limit: int = 64) -> int | No
     return None
 
 
-def mde_factor(groups: int, seeds: int, confidence: float, power: float = POWER) -> float:
-    """The minimum detectable effect of a complete-block study in units of the run noise s:
-    (t(df, 1-alpha/2) + t(df, power)) * sqrt(2 / seeds), df = (groups - 1)(seeds - 1)."""
-    df = (groups - 1) * (seeds - 1)
+def design_df(arms: int, seeds: int) -> float:
+    """Degrees of freedom of a design's pooled paired differences: `arms` arms with `seeds`
+    complete seeds, sharing one control (rho = 1/2)."""
+    return arms * (seeds - 1) / (1 + (arms - 1) * RHO_FLOOR**2)
+
+
+def mde_factor(arms: int, seeds: int, confidence: float, power: float = POWER) -> float:
+    """The minimum detectable effect of a design of `arms` arms and `seeds` seeds in units of the
+    run noise s (one run's own, var(arm - control) = 2 s^2): (t(df, 1-alpha/2) + t(df, power)) *
+    sqrt(2 / seeds), df = design_df(arms, seeds)."""
+    df = design_df(arms, seeds)
     if df <= 0:
         return math.inf
     q = sps.t.ppf(0.5 + confidence / 2, df) + sps.t.ppf(power, df)
