@@ -224,7 +224,7 @@ def test_auto_seeds_at_the_null_spend_alpha_over_the_looks():
     """seeds = "auto" with O'Brien-Fleming-type spending: looks after 2..5 seeds, an arm stops
     when decided; null arms are decided no more often than alpha (+ Monte-Carlo error), and the
     last look's level is far above Bonferroni's alpha / 4."""
-    from midtrain.study.stats import spending_levels
+    from midtrain.study.sequential import spending_levels
 
     info = (2 / 5, 3 / 5, 4 / 5, 1.0)
     levels = spending_levels(0.05, info)
@@ -245,7 +245,7 @@ def test_auto_seeds_at_the_null_spend_alpha_over_the_looks():
 
 
 def test_bias_adjusted_estimate_pulls_an_early_stop_towards_zero():
-    from midtrain.study.stats import bias_adjusted, spending_levels
+    from midtrain.study.sequential import bias_adjusted, spending_levels
 
     info = (2 / 5, 3 / 5, 4 / 5, 1.0)
     levels = spending_levels(0.05, info)

@@ -291,7 +291,7 @@ def _with_shards(world, text_path: Path) -> None:
 def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
-    from midtrain.study.stats import spending_levels
+    from midtrain.study.sequential import spending_levels
 
     path = study_file(world, tmp_path, NULL, seeds=(0, 1), extra="")
     path.write_text(

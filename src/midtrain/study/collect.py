@@ -187,7 +187,7 @@ def _study_flags(cfg: StudyConfig) -> list[str]:
 
 def _adjust_for_looks(cfg: StudyConfig, arms: list[ArmResult]) -> None:
     """seeds = "auto": each arm's primary delta also bias-adjusted for where it stopped."""
-    from midtrain.study.stats import bias_adjusted, spending_levels
+    from midtrain.study.sequential import bias_adjusted, spending_levels
 
     n = cfg.analysis.max_seeds
     info = tuple((k + 2) / n for k in range(cfg.looks))

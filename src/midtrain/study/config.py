@@ -311,7 +311,7 @@ class StudyConfig(Strict):
         (information = seeds / max_seeds), so the family-wise error over all looks stays alpha."""
         if self.looks == 1:
             return self.analysis.confidence
-        from midtrain.study.stats import spending_levels
+        from midtrain.study.sequential import spending_levels
 
         n = self.analysis.max_seeds
         info = tuple((k + 2) / n for k in range(self.looks))
