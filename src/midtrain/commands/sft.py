@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from midtrain.console import safe
+from midtrain.console import err_console, safe
 
 console = Console()
 
@@ -49,6 +49,7 @@ def sft(
     from midtrain.errors import MidtrainError
     from midtrain.schema import load_toml
     from midtrain.sft import load_sft_config, plan_sft, run_sft
+    from midtrain.sft.grid import edge_warning
 
     fields: dict[str, Any] = {}
     if config is not None:
@@ -74,6 +75,8 @@ def sft(
         raise
     if quiet:
         return
+    if (edge := edge_warning([g.lr for g in result.grid], result.chosen_lr)) is not None:
+        err_console.print(f"warning: {safe(edge)}", highlight=False)  # a study prints a count
     b = result.val_before
     console.print(f"validation loss per response token (mean over {b.examples} examples): "
                   f"{b.loss:.4f} before fine-tuning")  # fmt: skip

@@ -8,7 +8,6 @@ A diverged LR is recorded and skipped; the probe fails only when every LR diverg
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,7 +98,7 @@ def run_sft(
     out = Path(out_dir).resolve()
     rundir.check_existing(out, cfg.identity(), "an SFT probe")
     if (done := finished(out)) is not None:
-        return _warn_edge(done)
+        return done
     plan = plan_sft(cfg)  # every input check; nothing written yet
     for w in plan.warnings if plan.dist.main else ():
         print(f"warning: {w}", file=sys.stderr)
@@ -110,16 +109,7 @@ def run_sft(
         saved = read_trainer_state(lr_dir(out, lr) / "state")
         distributed.check_resume(saved.run if saved else None, plan.dist)
     with distributed.session(plan.dist, plan.device):
-        result = distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
-    return _warn_edge(result)
-
-
-def _warn_edge(result: SftResult) -> SftResult:
-    """Print (rank 0 under torchrun) the warning when the chosen LR is at the grid's edge."""
-    edge = edge_warning([g.lr for g in result.grid], result.chosen_lr)
-    if edge is not None and os.environ.get("RANK", "0") == "0":
-        print(f"warning: {edge}", file=sys.stderr)
-    return result
+        return distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
 
 
 def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | None):
