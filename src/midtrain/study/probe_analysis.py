@@ -123,33 +123,35 @@ def _same_runs(qs: list[stats.Quantity]) -> bool:
     return bool(qs) and all(q.run_seeds() == qs[0].run_seeds() for q in qs)
 
 
-def _domain(qs: list[stats.Quantity], arm: str, conf: float) -> DomainDelta | None:
+def _domain(
+    qs: list[stats.Quantity], arm: str, conf: float, peers: list[str]
+) -> DomainDelta | None:
     """The arm minus the control on the mean of these domains (None when their runs differ)."""
     if not _same_runs(qs):
         return None
-    c = stats.contrast(qs, arm, CONTROL, conf)
+    c = stats.contrast(qs, arm, CONTROL, conf, peers)
     return DomainDelta(delta_bpb=c.delta, ci=c.ci, se=analysis._finite(c.se),
                        n_docs=sum(q.n_examples for q in qs))  # fmt: skip
 
 
-def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float
-                ) -> SftSetDelta | None:  # fmt: skip
+def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float,
+                peers: list[str]) -> SftSetDelta | None:  # fmt: skip
     """One set: Δ validation loss, forgetting (after SFT, and after - before), tasks after SFT."""
     q = data.quantity(("val", s), arm)
     if q is None:
         return None
-    c = stats.contrast(q, arm, CONTROL, conf)
+    c = stats.contrast(q, arm, CONTROL, conf, peers)
     out = SftSetDelta(delta_val_loss=c.delta, ci=c.ci, se=analysis._finite(c.se),
                       n_examples=q.n_examples, val_loss=[float(x) for x in q.run_scores()[arm]])  # fmt: skip
     for kind, per, mean in (("bpb", out.domains, "forgetting"),
                             ("change", out.domains_change, "forgetting_change")):  # fmt: skip
         qs = {d: data.quantity((kind, s, d), arm) for d in base_domains(cfg)}
         qs = {d: x for d, x in qs.items() if x is not None}
-        per.update({d: _domain([x], arm, conf) for d, x in qs.items()})
-        setattr(out, mean, _domain(list(qs.values()), arm, conf))
+        per.update({d: _domain([x], arm, conf, peers) for d, x in qs.items()})
+        setattr(out, mean, _domain(list(qs.values()), arm, conf, peers))
     for t in cfg.eval.tasks if cfg.sft_probe.tasks else []:
         if (qt := data.quantity(("task", s, t), arm)) is not None:
-            ct = stats.contrast(qt, arm, CONTROL, conf)
+            ct = stats.contrast(qt, arm, CONTROL, conf, peers)
             out.tasks[t] = TaskDelta(
                 delta=ct.delta, ci=ct.ci, se=analysis._finite(ct.se), df=ct.df,
                 n_examples=qt.n_examples, n_seeds=len(qt.groups[arm]), metric=cfg.analysis.primary,
@@ -157,15 +159,21 @@ def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float
     return out
 
 
-def analyse_arm(data: ProbeData, cfg: StudyConfig, arm: ArmResult, conf: float) -> ArmProbe:
-    """The arm's probe per set and its SFT score: the mean over sets of minus Δ val loss."""
+def analyse_arm(
+    data: ProbeData, cfg: StudyConfig, arm: ArmResult, conf: float, peers: list[str] | None = None
+) -> ArmProbe:
+    """The arm's probe per set and its SFT score: the mean over sets of minus Δ val loss;
+    `peers` (the arms of its design) pool the run-to-run variance of the paired differences."""
+    peers = peers or [arm.arm]
     names = [s.name for s in cfg.sft_probe.sets]
-    sets = {s: d for s in names if (d := analyse_set(data, cfg, s, arm.arm, conf)) is not None}
+    sets = {
+        s: d for s in names if (d := analyse_set(data, cfg, s, arm.arm, conf, peers)) is not None
+    }
     qs = [data.quantity(("val", s), arm.arm) for s in names]
     primary = None
     if all(q is not None for q in qs) and _same_runs(qs):
         neg = [stats.Quantity({g: -y for g, y in q.groups.items()}, q.seeds) for q in qs]
-        primary = analysis.primary_result(neg, arm.arm, names, SFT_METRIC, conf, len(qs[0].groups))
+        primary = analysis.primary_result(neg, arm.arm, names, SFT_METRIC, conf, peers)
     runs = [p for r in arm.runs for p in data.records.get(r.name, [])]
     return ArmProbe(primary=primary, sets=sets, runs=runs)
 
@@ -175,7 +183,12 @@ def apply(arms: list[ArmResult], data: ProbeData, cfg: StudyConfig, conf: float)
     for arm in arms:
         if arm.verdict == "failed":
             continue
-        arm.probe = analyse_arm(data, cfg, arm, conf)
+        peers = [
+            a.arm
+            for a in arms
+            if a.verdict != "failed" and (a.cpt, a.fraction) == (arm.cpt, arm.fraction)
+        ]
+        arm.probe = analyse_arm(data, cfg, arm, conf, peers)
         if cfg.analysis.decide_on == "sft":
             arm.decided_on, arm.base_primary = "sft", arm.primary
             arm.primary, arm.suggestion = arm.probe.primary, None

@@ -211,8 +211,9 @@ def contrast(
     seeds = qs[0].run_seeds()
     scores = {g: sum(wt * q.run_scores()[g] for wt, q in zip(w, qs, strict=True))
               for g in qs[0].groups}  # fmt: skip
+    peers = [p for p in (peers or []) if p in scores]  # peers with runs of this quantity
     diffs = {p: paired_diffs(scores, seeds, p, control_group)
-             for p in dict.fromkeys([arm_group, *(peers or [])])}  # fmt: skip
+             for p in dict.fromkeys([arm_group, *peers])}  # fmt: skip
     d = diffs[arm_group]
     delta = float(np.mean(d)) if len(d) else math.nan
     ex_var, ex_df = example_term(qs, w, arm_group, control_group)
