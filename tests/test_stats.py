@@ -159,6 +159,18 @@ def design(rng, seeds, arms, rho_aa, rho_ac, n_ex=60, sigma_run=0.1, sigma_eps=0
     return Quantity(groups), names[1:]
 
 
+def null_coverage(draw, intervals: int = 2000) -> float:
+    """The share of null arms' intervals (design of `draw()`, peers pooled) that contain 0."""
+    hits = n = 0
+    while n < intervals:
+        q, peers = draw()
+        for a in peers:
+            lo, hi = contrast(q, a, "control", 0.95, peers).ci
+            hits += lo <= 0 <= hi
+            n += 1
+    return hits / n
+
+
 @pytest.mark.parametrize(
     ("rho_aa", "rho_ac", "arms"),
     [(0.8, 0.6, 10), (0.3, 0.6, 6)],  # arm-arm correlation above and below arm-control
@@ -167,28 +179,18 @@ def test_paired_intervals_cover_when_runs_are_not_equally_correlated(rho_aa, rho
     """The old pooled interval assumed every run of a seed equally correlated (coverage 0.879
     in the first case); the paired differences do not need it. >= 2,000 intervals each."""
     rng = np.random.default_rng(int(rho_aa * 100) + arms)
-    hits = n = 0
-    while n < 2000:
-        q, peers = design(rng, 2, arms, rho_aa, rho_ac)
-        for a in peers:
-            lo, hi = contrast(q, a, "control", 0.95, peers).ci
-            hits += lo <= 0 <= hi
-            n += 1
-    assert hits / n >= 0.93, hits / n
+    cov = null_coverage(lambda: design(rng, 2, arms, rho_aa, rho_ac))
+    assert cov >= 0.93, cov
 
 
 def test_seed_by_example_interaction_does_not_hide_the_example_term():
     """A seed x example interaction cancels in paired differences; estimating the example noise
     from unpaired residuals clipped the example term to 0 (coverage 0.906)."""
     rng = np.random.default_rng(11)
-    hits = n = 0
-    while n < 2000:
-        q, peers = design(rng, 3, 4, 0.5, 0.5, sigma_ge=0.3, sigma_seed_ex=0.5, sigma_run=0.02)
-        for a in peers:
-            lo, hi = contrast(q, a, "control", 0.95, peers).ci
-            hits += lo <= 0 <= hi
-            n += 1
-    assert hits / n >= 0.93, hits / n
+    cov = null_coverage(
+        lambda: design(rng, 3, 4, 0.5, 0.5, sigma_ge=0.3, sigma_seed_ex=0.5, sigma_run=0.02)
+    )
+    assert cov >= 0.93, cov
 
 
 def test_pooling_over_peers_narrows_intervals_with_honest_df():
