@@ -91,7 +91,13 @@ def test_rounds_end_to_end(world, tmp_path):  # noqa: F811 - the fixture
     from midtrain.integrate.report import load_history
     from midtrain.integrate.run import RoundResult
 
-    path = study_file(world, tmp_path, CANDS)
+    path = study_file(
+        world,
+        tmp_path,
+        CANDS,
+        seeds=(0, 1, 2),  # task-items@0.5: 2 df alone
+        extra="[analysis]\nallow_task_regression = true",
+    )  # math: world_facts falls
     path.write_text("merge_seeds = true\n" + path.read_text())
     _with_shards(world, path)
     assert main_code(["study", "run", str(path), "--out", str(tmp_path / "study")]) == 0
@@ -121,7 +127,7 @@ def test_rounds_end_to_end(world, tmp_path):  # noqa: F811 - the fixture
     assert ab.contribution == pytest.approx(rec.primary.delta - ab.vs_previous.delta, abs=1e-9)
     assert ab.ci[0] < ab.contribution < ab.ci[1]
     assert (
-        rec.merge is not None and rec.merge.status == "done" and len(rec.merge.per_seed_delta) == 2
+        rec.merge is not None and rec.merge.status == "done" and len(rec.merge.per_seed_delta) == 3
     )
     # round 2 keeps round 1's sources and beats its mix: its control is round 1's arm, reused
     r2 = tmp_path / "round2.toml"

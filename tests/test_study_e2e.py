@@ -150,7 +150,9 @@ def test_quick_study_verdicts(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
 
-    path = study_file(world, tmp_path, CANDS)
+    # three seeds: task-items@0.5 is the only arm of its design, so its paired differences
+    # alone estimate its noise (2 df; with two seeds, 1)
+    path = study_file(world, tmp_path, CANDS, seeds=(0, 1, 2))
     _with_shards(world, path)
     results = run_study(load_study(path), tmp_path / "study")
     arms = {a.name: a for a in results.arms}
@@ -162,7 +164,7 @@ def test_quick_study_verdicts(world, tmp_path):
     # the tasks' own items, in their own prompt format, raise the gold answers' log-probability
     # where the format is what the base lacks (arithmetic, program output)
     assert pos.tasks["world_arith"].ci[0] > 0 and pos.tasks["world_code"].ci[0] > 0, pos.tasks
-    assert arms["math"].primary is not None and arms["math"].seeds == [0, 1]
+    assert arms["math"].primary is not None and arms["math"].seeds == [0, 1, 2]
     for f in ("report.md", "report.html", "results.json", "plots/deltas.png", "plots/loss.png"):
         assert (tmp_path / "study" / f).is_file()
     # Re-running a finished study only re-renders: no run directory changes.
@@ -305,7 +307,10 @@ def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path
     # Bonferroni's 0.05 / 2
     assert res.method.confidence == pytest.approx(1 - spending_levels(0.05, (2 / 3, 1.0))[1])
     assert 1 - res.method.confidence > 0.05 / 2
-    assert arms["task-items"].verdict == "include" and arms["task-items"].seeds == [0, 1]
+    # O'Brien-Fleming spends little alpha at the first look (0.016 here): task-items, alone in
+    # its design, needs the third seed; both arms were inconclusive at two, so both grew
+    assert arms["task-items"].verdict == "include" and arms["task-items"].seeds == [0, 1, 2]
+    assert arms["task-items"].primary.delta_adjusted is not None
     assert arms["null"].verdict == "inconclusive" and arms["null"].seeds == [0, 1, 2]
     assert res.control.seeds == [0, 1, 2] and res.method.looks == 2
     assert (
@@ -443,7 +448,15 @@ def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, mo
     monkeypatch.setattr(Job, "run", lambda self: pytest.fail(f"{self.stage} ran again"))
     again = run_study(load_study(probe_study(world, tmp_path)), out)
     assert [a.probe for a in again.arms] == [a.probe for a in res.arms]
-    sft = run_study(load_study(probe_study(world, tmp_path, "sft")), out)  # the same runs
+    # the same runs, decided on another score: a changed analysis plan, allowed only as a
+    # re-analysis that the results record
+    from midtrain.errors import MidtrainError
+
+    with pytest.raises(MidtrainError, match="decide_on: the analysis plan changed"):
+        run_study(load_study(probe_study(world, tmp_path, "sft")), out)
+    sft = run_study(load_study(probe_study(world, tmp_path, "sft")), out, reanalyze=True)
+    assert sft.method.changed_after_results == ["decide_on"]
+    assert "ANALYSIS CHANGED AFTER RESULTS" in (out / "report.md").read_text()
     for a, b in zip(sft.arms, res.arms, strict=True):
         assert a.decided_on == "sft" and a.primary.metric == SFT_METRIC
         assert (a.primary.delta, a.primary.ci) == (b.probe.primary.delta, b.probe.primary.ci)

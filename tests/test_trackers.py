@@ -123,7 +123,7 @@ def test_a_missing_tracker_package_is_one_line_before_anything_is_written(
         runner.prepare(cfg, tmp_path / "study")
     assert str(e.value) == "train.trackers: wandb is not installed; pip install 'midtrain[wandb]'"
     cfg = parse_study({**study, "train": {"trackers": ["mlflow"]}})
-    with pytest.raises(MidtrainError, match=r"^train.trackers.use.0: Input should be 'wandb'"):
+    with pytest.raises(MidtrainError, match=r"^train.trackers.use\[0\]: Input should be 'wandb'"):
         runner.prepare(cfg, tmp_path / "study")
 
 

@@ -135,8 +135,9 @@ def _domain(
 
 
 def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float,
-                peers: list[str]) -> SftSetDelta | None:  # fmt: skip
+                peers: list[str] | None = None) -> SftSetDelta | None:  # fmt: skip
     """One set: Δ validation loss, forgetting (after SFT, and after - before), tasks after SFT."""
+    peers = peers or [arm]
     q = data.quantity(("val", s), arm)
     if q is None:
         return None
