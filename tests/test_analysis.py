@@ -219,3 +219,28 @@ def test_select_snr_at_the_null_decides_at_the_error_rate():
         decided += sum(r.verdict in ("include", "reject") for r in res)
         n += len(res)
     assert decided / n <= 0.05 + 2.6 * math.sqrt(0.05 * 0.95 / n), decided / n
+
+
+def test_loss_task_disagreement_when_tasks_fall_short_of_what_the_loss_predicts():
+    """Other arms show lower own-domain loss going with higher scores (slope -1): an arm whose loss
+    fell by 0.3 predicts +0.3; its primary interval [0.02, 0.1] excludes that, so it is flagged
+    (and the prediction recorded); an arm on the line is not; with only two other arms, no fit."""
+    from types import SimpleNamespace as NS
+
+    from midtrain.study.flags import predicted_gain_flags
+
+    def arm(name, loss, delta, ci, loss_ci=None):
+        dom = NS(delta_bpb=loss, ci=loss_ci or [loss - 0.05, loss + 0.05])
+        return NS(arm=name, candidate_mix={name: 1.0}, domains={name: dom}, flags=[],
+                  primary=NS(delta=delta, ci=ci, loss_predicted=None))  # fmt: skip
+
+    line = [arm(f"a{i}", -x, x, [x - 0.05, x + 0.05]) for i, x in enumerate([0.1, 0.2, 0.4])]
+    short = arm("short", -0.3, 0.06, [0.02, 0.10])
+    on = arm("on", -0.3, 0.29, [0.2, 0.38])
+    predicted_gain_flags([*line, short, on])
+    assert "loss-task-disagreement" in short.flags
+    assert short.primary.loss_predicted == pytest.approx(0.3, abs=0.02)
+    assert not on.flags and not any(a.flags for a in line)
+    few = arm("short", -0.3, 0.06, [0.02, 0.10])
+    predicted_gain_flags([*line[:2], few])
+    assert not few.flags

@@ -73,6 +73,12 @@ class DesignRate(BaseModel):
     domain_coverage: Rate
     sphericity: list[float | None]  # per study
     correlation: list[float | None]  # arm-control correlation of the primary, per study
+    # pooled over studies (mean squares), far less noisy than one study's 2-seed values
+    pooled_sphericity: float | None = None
+    pooled_correlation: float | None = None
+    diff_sd: float | None = None  # sd of arm - control over seeds
+    median_half_width: float | None = None  # of the arms' primary intervals
+    mde_2_seeds: float | None = None  # the primary's minimum detectable effect at 2 seeds
 
 
 class CalibrationResult(BaseModel):
@@ -181,14 +187,38 @@ def _designs(results: list[StudyResult]) -> dict[str, DesignRate]:
         false = sum(a.verdict in ("include", "reject") for a in arms)
         doms = [d for a in arms for d in a.domains.values()]
         pairs = [r.method.pairing.get(key) for r in results]
+        pooled = _pooled(pairs, results[0].confidence if results else 0.95)
         out[key] = DesignRate(
             null_arms=len(arms), false_decisions=false, false_decision_rate=rate(false, len(arms)),
             coverage=rate(sum(_covers(a.primary.ci) for a in arms), len(arms)),
             domain_coverage=rate(sum(_covers(d.ci) for d in doms), len(doms)),
             sphericity=[p.sphericity if p else None for p in pairs],
             correlation=[p.correlation if p else None for p in pairs],
+            median_half_width=float(np.median([(a.primary.ci[1] - a.primary.ci[0]) / 2
+                                               for a in arms if a.primary.ci])) if arms else None,
+            **pooled,
         )  # fmt: skip
     return out
+
+
+def _pooled(pairs: list, confidence: float) -> dict[str, float | None]:
+    """Sphericity, correlation, diff sd and 2-seed MDE from the studies' mean squares."""
+    from midtrain.study.stats import mde_factor
+
+    ok = [p for p in pairs if p and p.diff_sd is not None and p.run_sd]
+    if not ok:
+        return {}
+    ac = float(np.mean([p.diff_sd**2 for p in ok]))
+    one = float(np.mean([p.run_sd**2 for p in ok]))
+    aa = [p.arm_arm_sd**2 for p in ok if p.arm_arm_sd is not None]
+    arms = max(p.arms for p in ok)
+    return {
+        "pooled_sphericity": ac / float(np.mean(aa)) if aa and np.mean(aa) > 0 else None,
+        "pooled_correlation": 1 - ac / (2 * one),
+        "diff_sd": math.sqrt(ac),
+        # mde_factor is in units of one run's noise s with var(arm - control) = 2 s^2
+        "mde_2_seeds": mde_factor(arms, 2, confidence) * math.sqrt(ac / 2),
+    }
 
 
 def cluster_bootstrap(per_study: list[list[bool]], resamples: int = 2000,

@@ -92,6 +92,12 @@ def bench_calibrate(
             f"{d.coverage.rate:.3f}, domain {d.domain_coverage.rate:.3f}; arm-control "
             f"correlation {', '.join(corr) or '-'}"
         )
+        if d.pooled_correlation is not None:
+            console.print(
+                f"    pooled over studies: correlation {d.pooled_correlation:+.2f}, sphericity "
+                f"{d.pooled_sphericity or float('nan'):.2f}, diff sd {d.diff_sd:.4f}, median "
+                f"half-width {d.median_half_width:.4f}, MDE at 2 seeds {d.mde_2_seeds:.4f}"
+            )
 
 
 def validate(

@@ -26,7 +26,8 @@ from scipy import stats as sps
 
 from midtrain.eval.results import Examples
 from midtrain.study import stats
-from midtrain.study.config import CONTROL, Guard, StudyConfig
+from midtrain.study.config import CONTROL, StudyConfig
+from midtrain.study.flags import check_guard, guard_status, own_loss_flags
 from midtrain.study.results import (
     ArmAnalysis,
     DomainDelta,
@@ -238,7 +239,7 @@ def analyse_arm(
         out.primary = primary_result(qs, arm, chosen, metric, confidence, peers, w,
                                      cfg.analysis.mde)  # fmt: skip
         out.guards = [check_guard(g, out) for g in cfg.guards]
-    _disagreement(out, sources)
+    own_loss_flags(out, sources)
     return out
 
 
@@ -291,7 +292,7 @@ def decide(
         test.p_adjusted = _finite(p_adj)
     for a in decidable:
         for g in a.guards:
-            _guard_status(g, correction, alpha)
+            guard_status(g, correction, alpha)
         a.regressed_tasks = _regressed(a, correction, alpha)
         if a.regressed_tasks:
             a.flags.append("task-regression")
@@ -366,85 +367,9 @@ def _suggest(p: PrimaryResult) -> str:
     return f"run-to-run noise dominates: {need} (or anneal more tokens)"
 
 
-def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
-    """broken: the interval lies wholly beyond the tolerance; at-risk: the point estimate does.
-    `p` tests "no regression beyond the tolerance" (two-sided form, so p < alpha exactly when the
-    interval lies beyond it); `decide` settles the status after the study's correction."""
-    if g.task:
-        rec = arm.tasks.get(g.task)
-        sign, target = 1.0, f"task {g.task}"
-        delta = rec.delta if rec else None
-    else:
-        rec = arm.domains.get(g.domain or "")
-        sign, target = -1.0, f"domain {g.domain}"
-        delta = rec.delta_bpb if rec else None
-    if rec is None or delta is None or not all(math.isfinite(x) for x in rec.ci):
-        return GuardResult(target=target, tolerance=g.tolerance, status="missing", delta=delta)
-    # In "higher is better" units: for bpb, lower is better, so flip the sign.
-    signed, ci = sign * delta, sorted(sign * c for c in rec.ci)
-    status = "broken" if ci[1] < -g.tolerance else "at-risk" if signed < -g.tolerance else "ok"
-    p = None
-    if rec.se and rec.df:
-        t = (signed + g.tolerance) / rec.se
-        p = float(min(1.0, 2 * sps.t.cdf(t, rec.df))) if t < 0 else 1.0
-    return GuardResult(target=target, tolerance=g.tolerance, status=status, delta=delta,
-                       ci=rec.ci, p=p)  # fmt: skip
-
-
-def _guard_status(g: GuardResult, correction: str, alpha: float) -> None:
-    """With a correction, broken means the adjusted p is below alpha (else at-risk or ok)."""
-    if correction == "none" or g.status == "missing" or g.p_adjusted is None:
-        return
-    if g.p_adjusted < alpha:
-        g.status = "broken"
-    elif g.status == "broken":
-        g.status = "at-risk"
-
-
-def _disagreement(out: ArmAnalysis, sources: list[str]) -> None:
-    """The Marin HQ finding, as tests: `loss-task-disagreement` when the candidate's own-domain
-    loss is significantly lower while the primary is significantly worse (the signs differ
-    significantly); `loss-only-gain` when that loss is significantly lower and the primary's
-    interval contains 0 (the gain does not reach the tasks, as far as this study can tell)."""
-    own = [out.domains[s] for s in sources if s in out.domains]
-    if not own or not all(d.ci[1] < 0 for d in own) or out.primary is None:
-        return
-    lo, hi = out.primary.ci
-    if hi < 0:
-        out.flags.append("loss-task-disagreement")
-    elif lo <= 0:
-        out.flags.append("loss-only-gain")
-
-
-def anneal_flags(
-    data: StudyData, base: list[str], start: StartPoint, confidence: float
-) -> list[str]:
-    """`control-regresses`: the control's primary fell significantly over the anneal.
-    `anneal-too-short`: the control's held-out loss on no base domain fell measurably below the
-    start checkpoint's (a t-interval over the control's seeds), so the cooldown itself did not
-    register."""
-    flags = []
-    if start.control_gain_ci is not None and start.control_gain_ci[1] < 0:
-        flags.append("control-regresses")
-    ctrl = data.groups.get(CONTROL, [])
-    if data.start is None or len(ctrl) < 2:
-        return flags
-    fell = []
-    for d in base:
-        if d not in data.start.domains or not all(d in ex.domains for ex in ctrl):
-            continue
-        diff = np.array([ex.domain_bpb(d) for ex in ctrl]) - data.start.domain_bpb(d)
-        h = sps.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-        fell.append(diff.mean() + h < 0)
-    if fell and not any(fell):
-        flags.append("anneal-too-short")
-    return flags
-
-
 def start_point(data: StudyData, tasks: list[str], metric: str, noise: NoiseFloor,
                 confidence: float) -> StartPoint:  # fmt: skip
     """The start checkpoint's scores and the control's gain over it, with an interval."""
-    from scipy import stats as sps
 
     if data.start is None or not tasks:
         return StartPoint()

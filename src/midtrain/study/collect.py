@@ -13,6 +13,7 @@ from pathlib import Path
 from midtrain.eval.results import Examples
 from midtrain.study import analysis, merging, probe_analysis
 from midtrain.study.config import CONTROL, StudyConfig
+from midtrain.study.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.plan import RunSpec, StudyPlan
 from midtrain.study.results import (
     ArmAnalysis,
@@ -113,10 +114,11 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
         start = analysis.start_point(data, primary_tasks, metric, noise, conf)
         pairs = analysis.pairing(data, primary_tasks, metric)
         base = [d for d in cfg.base if d in cfg.domain_names]
-        flags += analysis.anneal_flags(data, base, start, conf)
+        flags += anneal_flags(data, base, start, conf)
         if noise.df == 0:
             flags.append("no-seed-noise")
     arms = [_arm(plan, f, data, arm, primary_tasks, flags, conf) for arm in plan.arms()]
+    predicted_gain_flags([a for a in arms if a.verdict != "failed"])
     probe = None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
         probe_data = probe_analysis.load(plan, f)
@@ -175,7 +177,7 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
 
 def _study_flags(cfg: StudyConfig) -> list[str]:
     """`checkpoint-too-early`: the start checkpoint has seen less than min_checkpoint_progress of
-    the full run (the flags on the anneal itself are `analysis.anneal_flags`)."""
+    the full run (the flags on the anneal itself are `flags.anneal_flags`)."""
     seen = cfg.checkpoint_tokens
     if seen is None and (state := read_trainer_state(cfg.checkpoint)) is not None:
         seen = state.tokens_seen

@@ -145,6 +145,7 @@ class PrimaryResult(BaseModel):
     seeds_needed: int | None = None  # seeds per arm to detect analysis.mde (80% power)
     standardized: bool = False  # tasks weighted by 1 / their run-to-run sd
     delta_adjusted: float | None = None  # seeds = "auto": bias-adjusted for stopping early
+    loss_predicted: float | None = None  # the delta its own-domain loss predicts (other arms' fit)
     run_share: float | None = None  # share of the variance that is run-to-run noise
     run_scores: list[float] = []  # the arm's primary score per finished seed
 
@@ -235,6 +236,7 @@ class Pairing(BaseModel):
     run_sd: float | None  # sd over seeds of one run
     arms: int
     seeds: int
+    arm_arm_sd: float | None = None  # sd over seeds of arm - arm' (the sphericity's denominator)
 
 
 class Method(BaseModel):

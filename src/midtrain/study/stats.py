@@ -390,6 +390,7 @@ class Pairing:
     run_sd: float | None
     arms: int
     seeds: int
+    arm_arm_sd: float | None = None
 
 
 def pairing(scores: dict[str, dict[int, float]], control: str) -> Pairing:
@@ -411,4 +412,5 @@ def pairing(scores: dict[str, dict[int, float]], control: str) -> Pairing:
         sphericity=ac / float(np.mean(aa)) if aa and np.mean(aa) > 0 else None,
         correlation=1 - ac / (2 * one) if one > 0 else None,
         diff_sd=math.sqrt(ac), run_sd=math.sqrt(one), arms=len(arms), seeds=len(seeds),
+        arm_arm_sd=math.sqrt(float(np.mean(aa))) if aa else None,
     )  # fmt: skip
