@@ -244,3 +244,28 @@ def test_loss_task_disagreement_when_tasks_fall_short_of_what_the_loss_predicts(
     few = arm("short", -0.3, 0.06, [0.02, 0.10])
     predicted_gain_flags([*line[:2], few])
     assert not few.flags
+
+
+def test_select_from_takes_the_screen_of_an_earlier_study(monkeypatch, tmp_path):
+    """With select_from, this study's own start and control do not pick the tasks: an earlier
+    study's screen does (judged with this study's min_snr); a task it did not screen stays."""
+    from types import SimpleNamespace as NS
+
+    from midtrain.study import results
+    from midtrain.study.results import TaskScreen
+
+    def screen(task, snr, sat=None):
+        return TaskScreen(task=task, signal=snr, noise=1.0, snr=snr, start_acc=0.5, chance=0.25,
+                          saturated=sat, in_primary=True)  # fmt: skip
+
+    earlier = NS(study="pilot", screen=[screen("t1", 0.2), screen("t2", 3.0)])
+    monkeypatch.setattr(results.StudyResult, "load", staticmethod(lambda p: earlier))
+    tasks = [*TASKS, "t3"]
+    cfg = study(tasks=tasks, extra={"eval": {"tasks": tasks, "select": "snr",
+                                             "select_from": str(tmp_path)}})  # fmt: skip
+    got = {s.task: s for s in analysis.screen_tasks(data(), cfg)}
+    assert not got["t1"].in_primary and "pilot" in got["t1"].reason and "0.20" in got["t1"].reason
+    assert got["t2"].in_primary and got["t2"].snr == 3.0
+    assert got["t3"].in_primary and "not screened" in got["t3"].reason
+    with pytest.raises(Exception, match="select = \"snr\""):
+        study(extra={"eval": {"tasks": TASKS, "select_from": str(tmp_path)}})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -150,6 +151,8 @@ def screen_tasks(data: StudyData, cfg: StudyConfig) -> list[TaskScreen]:
     the primary score (each with its reason); otherwise every task stays in.
     """
     metric, select = cfg.analysis.primary, cfg.eval.select
+    if cfg.eval.select_from:
+        return _screen_from(cfg)
     out = []
     ctrl = data.groups.get(CONTROL, [])
     for t in cfg.eval.tasks:
@@ -170,10 +173,39 @@ def screen_tasks(data: StudyData, cfg: StudyConfig) -> list[TaskScreen]:
             keep, reason = False, f"SNR {snr:.2f} < min_snr {cfg.analysis.min_snr:g}"
         out.append(TaskScreen(task=t, signal=signal, noise=noise_sd, snr=snr, start_acc=start_acc,
                               chance=chance, saturated=sat, in_primary=keep, reason=reason))  # fmt: skip
+    return _keep_some(out)
+
+
+def _keep_some(out: list[TaskScreen]) -> list[TaskScreen]:
     if out and not any(s.in_primary for s in out):  # never drop every task: keep them all
         for s in out:
             s.in_primary, s.reason = True, s.reason + "; kept: every task was screened out"
     return out
+
+
+def _screen_from(cfg: StudyConfig) -> list[TaskScreen]:
+    """`select_from`: the tasks' signal, noise and saturation from an earlier study's screening
+    (its start and control), judged with this study's `min_snr`; tasks it did not screen stay."""
+    from midtrain.study.results import StudyResult
+
+    earlier = StudyResult.load(Path(cfg.eval.select_from) / "results.json")
+    old = {s.task: s for s in earlier.screen}
+    where = f"screened in {earlier.study}"
+    out = []
+    for t in cfg.eval.tasks:
+        s = old.get(t)
+        if s is None:
+            out.append(TaskScreen(task=t, signal=None, noise=None, snr=None, start_acc=None,
+                                  chance=None, saturated=None, in_primary=True,
+                                  reason=f"not screened in {earlier.study}; kept"))  # fmt: skip
+            continue
+        keep, reason = True, where
+        if s.saturated:
+            keep, reason = False, f"saturated at {s.saturated} ({where})"
+        elif s.snr is not None and s.snr < cfg.analysis.min_snr:
+            keep, reason = False, f"SNR {s.snr:.2f} < min_snr {cfg.analysis.min_snr:g} ({where})"
+        out.append(s.model_copy(update={"in_primary": keep, "reason": reason}))
+    return _keep_some(out)
 
 
 def _start_acc(start: Examples | None, task: str) -> tuple[float | None, float | None]:

@@ -80,6 +80,18 @@ class EvalSpec(EvalSettings):
         description="Tasks in the primary score: all, or snr (drop saturated and low-SNR tasks; "
         "the screening table is always reported).",
     )
+    select_from: str | None = field(
+        None,
+        description='With select = "snr": a finished study folder whose task screening (its '
+        "start checkpoint and control) picks this study's primary tasks, instead of this "
+        "study's own start and control.",
+    )
+
+    @model_validator(mode="after")
+    def _select_from_needs_snr(self) -> EvalSpec:
+        if self.select_from is not None and self.select != "snr":
+            raise ValueError('select_from screens tasks by SNR: set select = "snr" as well')
+        return self
 
 
 class AnalysisSpec(Strict):
@@ -405,6 +417,8 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
     cfg.starts = [res(p) for p in cfg.starts]
     if cfg.eval.include_path:
         cfg.eval.include_path = res(cfg.eval.include_path)
+    if cfg.eval.select_from:
+        cfg.eval.select_from = res(cfg.eval.select_from)
     if cfg.sft_probe is not None:
         cfg.sft_probe.resolve(res)
     return cfg
@@ -431,6 +445,9 @@ def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
     _check_domain_tokenizers(cfg, {d: stores[d] for d in cfg.domain_names})
     if cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
         raise MidtrainError(f"eval.include_path: {cfg.eval.include_path} is not a folder")
+    if cfg.eval.select_from and not (Path(cfg.eval.select_from) / "results.json").is_file():
+        raise MidtrainError(f"eval.select_from: {cfg.eval.select_from} has no results.json; "
+                            "give the folder of a finished study")  # fmt: skip
     if cfg.sft_probe is not None:
         check_probe_files(cfg.sft_probe)
     return stores

@@ -21,7 +21,7 @@ def analysis_plan(cfg: StudyConfig) -> dict[str, Any]:
     """Everything that decides how finished runs become verdicts."""
     a = cfg.analysis
     return {
-        "tasks": list(cfg.eval.tasks), "select": cfg.eval.select, "metric": a.primary,
+        "tasks": list(cfg.eval.tasks), "select": cfg.eval.select, "select_from": cfg.eval.select_from, "metric": a.primary,
         "primary_score": a.primary_score, "correction": a.correction, "confidence": a.confidence,
         "guards": [g.model_dump(mode="json") for g in cfg.guards], "min_snr": a.min_snr,
         "allow_task_regression": a.allow_task_regression, "mde": a.mde, "decide_on": a.decide_on,

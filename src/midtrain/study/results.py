@@ -68,8 +68,8 @@ class TaskScreen(BaseModel):
     """Whether a task can inform a decision: signal, noise, saturation."""
 
     task: str
-    signal: float | None  # sd of the group means (start, control, arms)
-    noise: float | None  # pooled run-to-run sd
+    signal: float | None  # |control mean - start| / sqrt 2 (start and control only, never arms)
+    noise: float | None  # the control's seed-to-seed sd
     snr: float | None
     start_acc: float | None
     chance: float | None
