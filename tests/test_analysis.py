@@ -252,6 +252,7 @@ def test_select_from_takes_the_screen_of_an_earlier_study(monkeypatch, tmp_path)
     from types import SimpleNamespace as NS
 
     from midtrain.study import results
+    from midtrain.study.plan import eval_job
     from midtrain.study.results import TaskScreen
 
     def screen(task, snr, sat=None):
@@ -264,6 +265,7 @@ def test_select_from_takes_the_screen_of_an_earlier_study(monkeypatch, tmp_path)
     cfg = study(tasks=tasks, extra={"eval": {"tasks": tasks, "select": "snr",
                                              "select_from": str(tmp_path)}})  # fmt: skip
     got = {s.task: s for s in analysis.screen_tasks(data(), cfg)}
+    assert eval_job(cfg).settings == eval_job(study(tasks=tasks)).settings  # not the runs' key
     assert not got["t1"].in_primary and "pilot" in got["t1"].reason and "0.20" in got["t1"].reason
     assert got["t2"].in_primary and got["t2"].snr == 3.0
     assert got["t3"].in_primary and "not screened" in got["t3"].reason

@@ -292,7 +292,7 @@ def slug(name: str) -> str:
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:
-    settings = cfg.eval.model_dump(exclude={"domains", "select"})
+    settings = cfg.eval.model_dump(exclude={"domains", "select", "select_from"})
     return EvalJob(
         checkpoint=cfg.checkpoint,
         settings=settings,
