@@ -161,7 +161,7 @@ def test_allow_special_text_records_the_count(toks, tmp_path, monkeypatch, capsy
     clean = jsonl(tmp_path / "clean.jsonl", make_docs(20))
     args = ["data", "prepare", clean, "--name", "c", "--out", tmp_path / "data"]
     assert run_cli([*args, "--tokenizer", toks["a"]], monkeypatch, capsys)[0] == 0
-    assert "special_text" not in TokenStore.open(tmp_path / "data" / "c").manifest
+    assert TokenStore.open(tmp_path / "data" / "c").manifest["special_text"] == {}  # scanned: none
 
 
 def test_special_strings_are_the_tokenizers_special_tokens(toks, tmp_path):

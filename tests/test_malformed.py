@@ -119,6 +119,17 @@ def store_at(w: dict, tmp: Path, name: str) -> Path:
     return tmp / "data" / name
 
 
+def chat_study(w: dict, tmp: Path) -> str:
+    """A study whose candidate's store was prepared with a special token written as text."""
+    from midtrain.data.prepare import prepare_source
+
+    src = write(tmp, "chat.jsonl", '{"text": "a <|endoftext|> b"}\n' + JSONL)
+    store = prepare_source("chat", [src], tmp / "chat", w["tokenizer"], progress=False,
+                           allow_special_text=True)  # fmt: skip
+    text = study_text(w).replace("[base]", f'chat = "{store.path}"\n[base]')
+    return text.replace("mix = { math = 1.0 }", "mix = { chat = 1.0 }")
+
+
 Case = Callable[[dict, Path], tuple[list, str]]  # (world, tmp) -> (argv, text the line must name)
 
 
@@ -244,6 +255,7 @@ CASES: dict[str, Case] = {
     "study: nan fraction": lambda w, t: (study(w, t, study_text(w, fractions="[nan]")), "fractions"),
     "study: corrupt store manifest": lambda w, t: (study(w, t, study_text(w).replace(f'web = "{w["stores"]["web"]}"', f'web = "{corrupt_store(w, t)}"')), "manifest.json"),
     "study: corrupt checkpoint": lambda w, t: (study(w, t, study_text(w, checkpoint=f'"{corrupt_ckpt(w, t)}"')), "checkpoint"),
+    "study: candidate store holding a special token": lambda w, t: (study(w, t, chat_study(w, t)), "candidates[0].mix.chat"),
     "study: --out is a file": lambda w, t: (["study", "run", write(t, "s.toml", study_text(w)), "--out", write(t, "f", "x")], "--out"),
     "study: --workers 0": lambda w, t: (study(w, t, study_text(w), "--workers", "0"), "--workers"),
     "study: unknown executor": lambda w, t: (study(w, t, study_text(w), "--executor", "slurm"), "--executor"),

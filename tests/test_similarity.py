@@ -116,6 +116,99 @@ def test_sampling_is_deterministic_in_the_seed(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# The paper's mode, against numbers computed here without the library
+
+PAPER_CORPUS = {  # token ids 1-9 (EOS is 0); two documents longer than 512 tokens
+    "a": [[1] * 600 + [2] * 100, [2, 3, 3, 4], [5, 1, 1]],
+    "b": [[3, 4, 4, 6, 7], [7] * 520 + [8] * 30],
+    "t": [[1, 2, 3, 9], [4, 4, 7, 8], [9] * 6],
+}
+
+
+def doc_store(root: Path, name: str, docs: list[list[int]]) -> TokenStore:
+    ids = np.concatenate([np.append(np.asarray(d), 0) for d in docs])
+    return write_store(root / name, name, [ids], vocab_size=10, eos_id=0, tokenizer_hash="t")
+
+
+def by_hand(x: list[list[int]], y: list[list[int]], cut: int | None, log) -> tuple:
+    """(cosine, Jaccard, JS, score) of two lists of documents, each cut to `cut` tokens: plain
+    Python counts, JS = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2 in the `log` given."""
+    from collections import Counter
+
+    cx, cy = (Counter(t for d in docs for t in d[:cut]) for docs in (x, y))
+    types = sorted(set(cx) | set(cy))
+    p = np.array([cx[t] for t in types], float) / sum(cx.values())
+    q = np.array([cy[t] for t in types], float) / sum(cy.values())
+    m = (p + q) / 2
+    js = sum(a * log(a / b) for v in (p, q) for a, b in zip(v, m, strict=True) if a > 0) / 2
+    cos = float(p @ q / np.sqrt((p @ p) * (q @ q)))
+    jac = sum(cx[t] > 0 and cy[t] > 0 for t in types) / len(types)
+    return cos, jac, js, 0.4 * cos + 0.3 * jac + 0.3 / (1 + js)
+
+
+def test_paper_mode_matches_a_computation_by_hand(tmp_path):
+    import math
+
+    c = PAPER_CORPUS
+    sets = {n: store_unigram(doc_store(tmp_path, n, d), n, mode="paper") for n, d in c.items()}
+    for x, y in (("a", "t"), ("b", "t"), ("a", "b")):
+        s = similarity(sets[x], sets[y])
+        want = by_hand(c[x], c[y], 512, math.log)  # natural log, first 512 tokens
+        assert (s.cosine, s.jaccard, s.js, s.score) == pytest.approx(want, rel=1e-12)
+    # a 50/50 mix by documents: as many documents of a as of b (a's 3 twice, b's 2 three times)
+    mix = mixture({"a": sets["a"], "b": sets["b"]}, {"a": 0.5, "b": 0.5}, "m")
+    want = by_hand(c["a"] * 2 + c["b"] * 3, c["t"], 512, math.log)
+    got = similarity(mix, sets["t"])
+    assert (got.cosine, got.jaccard, got.js, got.score) == pytest.approx(want, rel=1e-12)
+    base = by_hand(c["a"], c["t"], 512, math.log)[3]
+    assert proximity_advantage(mix, sets["a"], sets["t"]) == pytest.approx(want[3] - base)
+    # the default mode keeps every token, counts JS in bits and mixes by tokens: other numbers
+    full = {n: store_unigram(doc_store(tmp_path / "d", n, d), n) for n, d in c.items()}
+    assert similarity(full["a"], full["t"]).js == pytest.approx(
+        by_hand(c["a"], c["t"], None, math.log2)[2])  # fmt: skip
+    assert similarity(full["a"], full["t"]).score != pytest.approx(
+        similarity(sets["a"], sets["t"]).score
+    )
+    tokens = mixture({"a": full["a"], "b": full["b"]}, {"a": 0.5, "b": 0.5}, "m")
+    assert tokens.probs == pytest.approx(0.5 * full["a"].probs + 0.5 * full["b"].probs)
+    with pytest.raises(MidtrainError, match="counted in mode 'default'"):
+        similarity(sets["a"], full["t"])
+    apart = similarity(uni("p", [1, 0]), uni("q", [0, 1]), mode="paper")
+    assert apart.js == pytest.approx(math.log(2)) and apart.score == pytest.approx(
+        0.3 / (1 + math.log(2))
+    )
+
+
+def test_paper_mode_cuts_raw_documents_at_512_tokens(world):
+    tok = load_tokenizer(world["tok"])
+    text = " ".join(["12 + 34 = 46."] * 400)
+    long = world["root"] / "long.jsonl"
+    long.write_text(json.dumps({"text": text}) + "\n")
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    assert n > 512
+    assert raw_unigram(long, "l", tok, mode="paper").n_tokens == 512
+    assert raw_unigram(long, "l", tok).n_tokens == n
+
+
+def test_the_cli_mode_reaches_every_number(tmp_path, monkeypatch, capsys):
+    import math
+
+    c = PAPER_CORPUS
+    a, b, t = (doc_store(tmp_path, n, c[n]).path for n in ("a", "b", "t"))
+    args = ["similarity", a, b, "--to", t, "--mix", "m=a:0.5,b:0.5", "--base", "a:1.0", "--json"]
+    code, out, err = run_cli([*args, "--mode", "paper"], monkeypatch, capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["settings"]["mode"] == "paper"
+    assert res["matrix"]["b"]["t"]["js"] == pytest.approx(by_hand(c["b"], c["t"], 512, math.log)[2])
+    mixed = by_hand(c["a"] * 2 + c["b"] * 3, c["t"], 512, math.log)[3]
+    assert res["proximity"]["m"]["targets"]["t"]["mix_score"] == pytest.approx(mixed)
+    code, out, err = run_cli(args[:-1], monkeypatch, capsys)
+    assert code == 0, err
+    assert "mode paper" not in out and "mode default (JS in bits)" in out
+
+
+# ------------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -144,6 +237,7 @@ def test_a_tokenizer_mismatch_is_refused_in_one_line(tmp_path, monkeypatch, caps
         (["--mix", "m=zz:1.0", "--base", "a:1.0"], "'zz' is not a SOURCE"),
         (["--mix", "m=a:0.5", "--base", "a:1.0"], "sum to 0.5"),
         (["--docs", "0"], "--docs 0"),
+        (["--mode", "exact"], "--mode 'exact': unknown; use one of default, paper"),
         (["--plot", "x.pdf"], "not a .png"),
         (["--study", "nowhere"], "--study: takes no SOURCE"),
     ],

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
-from midtrain.similarity import DOCS, TOP_K
+from midtrain.similarity import DEFAULT, DOCS, TOP_K, get_mode
 
 console = Console()
 GENERIC_STEMS = {"train", "val", "validation", "test", "data"}
@@ -39,6 +39,13 @@ def similarity(
     docs: Annotated[int, typer.Option(help="Documents sampled per set.")] = DOCS,
     top_k: Annotated[int, typer.Option(help="Token types compared (top by p + q).")] = TOP_K,
     seed: Annotated[int, typer.Option(help="Seed of the document sample.")] = 0,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="default, or paper: the paper's protocol (JS in nats, a document's first 512 "
+            "tokens, mixes by document count)."
+        ),
+    ] = DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG (heatmap; --study: scatter).")
@@ -56,13 +63,13 @@ def similarity(
     ] = None,
 ) -> None:
     """Token-unigram similarity (Liu et al. 2025) of SOURCE sets to --to TARGET sets."""
-    _check_numbers(docs, top_k)
+    _check_numbers(docs, top_k, mode)
     _check_plot(plot)
     if study is not None:
         if sources or to or mix or base or tokenizer:
             raise MidtrainError("--study: takes no SOURCE, --to, --mix, --base or --tokenizer; "
                                 "drop them (the study names its mixes and SFT sets)")  # fmt: skip
-        return _study(study, docs, top_k, seed, as_json, plot)
+        return _study(study, docs, top_k, seed, mode, as_json, plot)
     if not sources or not to:
         raise MidtrainError("similarity: give SOURCE... and at least one --to TARGET (or --study "
                             "DIR); see `midtrain similarity --help`")  # fmt: skip
@@ -73,7 +80,8 @@ def similarity(
             raise MidtrainError(f"--to {path}: the name {name!r} is taken by SOURCE {src[name]}; "
                                 f"name one of them, e.g. --to {name}-sft={path}")  # fmt: skip
     mixes = _mixes(mix or [], base, set(src))
-    result = compare(src, tgt, mixes, tokenizer=tokenizer, docs=docs, top_k=top_k, seed=seed)
+    result = compare(src, tgt, mixes, tokenizer=tokenizer, docs=docs, top_k=top_k, seed=seed,
+                     mode=mode)  # fmt: skip
     if plot is not None:
         from midtrain.commands.similarity_views import heatmap
 
@@ -97,7 +105,7 @@ def similarity(
 
 def compare(
     src: dict[str, Path], tgt: dict[str, Path], mixes: dict[str, dict[str, float]], *,
-    tokenizer: Path | None, docs: int, top_k: int, seed: int,
+    tokenizer: Path | None, docs: int, top_k: int, seed: int, mode: str = DEFAULT,
 ) -> dict[str, Any]:  # fmt: skip
     """Count every set once, then the matrix and each mix's advantage over `base`, as JSON data."""
     from midtrain.data.tokenizer import load_tokenizer
@@ -108,13 +116,15 @@ def compare(
     for where, named in (("SOURCE", src), ("--to", tgt)):
         for name, path in named.items():
             if name not in loaded:
-                loaded[name] = load_set(name, path, f"{where} {name}", tok, docs, seed)
+                loaded[name] = load_set(name, path, f"{where} {name}", tok, docs, seed,
+                                        mode=mode)  # fmt: skip
     grid = matrix([loaded[n] for n in src], [loaded[n] for n in tgt], top_k)
     out: dict[str, Any] = {
         "settings": {
             "docs": docs,
             "top_k": top_k,
             "seed": seed,
+            "mode": mode,
             "score": "0.4 cosine + 0.3 jaccard + 0.3 / (1 + js)",
         },  # fmt: skip
         "sets": {n: u.summary() for n, u in loaded.items()},
@@ -137,7 +147,8 @@ def compare(
     return out
 
 
-def _check_numbers(docs: int, top_k: int) -> None:
+def _check_numbers(docs: int, top_k: int, mode: str = DEFAULT) -> None:
+    get_mode(mode)
     if docs < 1:
         raise MidtrainError(f"--docs {docs}: must be >= 1; e.g. --docs {DOCS}")
     if top_k < 1:
@@ -219,11 +230,13 @@ def _write_plot(path: Path, data: bytes) -> None:
     err_console.print(f"plot: {safe(path)}", highlight=False)
 
 
-def _study(study: Path, docs: int, top_k: int, seed: int, as_json: bool, plot: Path | None) -> None:
+def _study(
+    study: Path, docs: int, top_k: int, seed: int, mode: str, as_json: bool, plot: Path | None
+) -> None:
     from midtrain.commands.similarity_views import scatter, study_tables
     from midtrain.study.similarity import proximity_table
 
-    table = proximity_table(study, docs=docs, top_k=top_k, seed=seed)
+    table = proximity_table(study, docs=docs, top_k=top_k, seed=seed, mode=mode)
     if plot is not None:
         _write_plot(plot, scatter(table))
     if as_json:

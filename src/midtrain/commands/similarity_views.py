@@ -22,7 +22,15 @@ def sets_table(sets: dict[str, dict[str, Any]]) -> Table:
 def settings_line(result: dict[str, Any]) -> str:
     st = result["settings"]
     return (f"score = 0.4 cosine + 0.3 Jaccard + 0.3 / (1 + JS) on the top {st['top_k']:,} types; "
-            f"{st['docs']:,} docs per set, seed {st['seed']}")  # fmt: skip
+            f"{st['docs']:,} docs per set, seed {st['seed']}; {mode_text(st)}")  # fmt: skip
+
+
+def mode_text(settings: dict[str, Any]) -> str:
+    """`mode paper (JS in nats)`: the mode of a result's settings (results without one: default)."""
+    from midtrain.similarity import DEFAULT, get_mode
+
+    mode = get_mode(settings.get("mode", DEFAULT))
+    return f"mode {mode.name} (JS in {mode.js_unit})"
 
 
 def matrix_table(result: dict[str, Any]) -> Table:
@@ -109,7 +117,8 @@ def study_tables(table: Any) -> list[Table]:
     correlation of proximity advantage with SFT gain."""
     st = table.settings
     rows = Table(title=f"study {safe(table.study)}: proximity advantage vs SFT gain (top "
-                 f"{st['top_k']:,} types, {st['docs']:,} docs, seed {st['seed']})")  # fmt: skip
+                 f"{st['top_k']:,} types, {st['docs']:,} docs, seed {st['seed']}, "
+                 f"{mode_text(st)})")  # fmt: skip
     for col in ("arm", "set", "sim(arm)", "sim(base)", "advantage", "SFT gain", "gain CI"):
         rows.add_column(col, justify="left" if col in ("arm", "set") else "right")
     for r in table.rows:

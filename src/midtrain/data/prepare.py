@@ -208,8 +208,7 @@ def _prepare_text(
     mask = heldout_mask(scan.n_docs, opts.heldout_fraction, opts.seed)
     man = base_manifest(name, tok, opts, scan.input_hash)
     man["text_field"] = opts.text_field
-    if scan.special:
-        man["special_text"] = dict(sorted(scan.special.items()))
+    man["special_text"] = dict(sorted(scan.special.items()))  # {}: scanned, none found
     with atomic_dir(out) as tmp, prepare_progress("docs", opts.progress) as bar:
         task = bar.add_task(f"tokenising {name}", total=scan.n_docs)
         w = StoreWriter(tmp, dtype_for_vocab(n_vocab), eos)

@@ -45,6 +45,12 @@ class Candidate(Strict):
         description="Also run a continued-pretraining arm NAME@cpt: 100% candidate data (no base "
         "mix), same tokens and schedule.",
     )
+    allow_special_tokens: bool = field(
+        False,
+        description="Train on this candidate's stores even when they hold the tokenizer's special "
+        "tokens (e.g. chat markers); by default `study run` refuses such a store: midtraining "
+        "data is plain text.",
+    )
 
     @field_validator("mix")
     @classmethod
@@ -432,9 +438,11 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
-    """The checkpoint, stores and include path exist, and every eval domain's store was
-    tokenised like the checkpoint (before anything is created). Returns the opened stores."""
+    """The checkpoint, stores and include path exist, every eval domain's store was tokenised
+    like the checkpoint, and no candidate's store holds special tokens it does not allow (before
+    anything is created). Returns the opened stores."""
     from midtrain.data.store import open_store
+    from midtrain.study.plaintext import check_candidate_stores
     from midtrain.train.checkpoint import check_hf_folder
 
     check_hf_folder(cfg.checkpoint, "checkpoint")
@@ -443,6 +451,7 @@ def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
     # reads and checks each manifest and its files
     stores = {name: open_store(p, f"stores.{name}") for name, p in cfg.stores.items()}
     _check_domain_tokenizers(cfg, {d: stores[d] for d in cfg.domain_names})
+    check_candidate_stores(cfg, stores)
     if cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
         raise MidtrainError(f"eval.include_path: {cfg.eval.include_path} is not a folder")
     if cfg.eval.select_from and not (Path(cfg.eval.select_from) / "results.json").is_file():

@@ -5,7 +5,9 @@ candidate; 100% candidate for a continued-pretraining arm) is compared with each
 training rows (rendered with the probe's template, tokenised with the study checkpoint's
 tokenizer) and so is the base mix; the difference is the arm's proximity advantage (Liu, Neubig
 and Xiong 2025). Its SFT gain on the set is minus the delta of SFT validation loss against the
-control (nats per token, higher is better), from the probe's analysis in results.json.
+control (nats per token, higher is better), from the probe's analysis in results.json. Sets are
+counted, compared and mixed in one mode of `midtrain.similarity` ("default", or "paper": the
+paper's protocol); the table's settings record which.
 The correlation of the two over arms is Pearson and Spearman; how much is said depends on the
 number of arms (an arm's points on every set move together, so arms are the unit):
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from midtrain.errors import MidtrainError
 from midtrain.similarity import (
+    DEFAULT,
     DOCS,
     TOP_K,
     Unigram,
@@ -146,11 +149,12 @@ def load_study_dir(path: str | Path) -> tuple[Any, Any]:
 
 def proximity_table(
     study: str | Path | Any, *, config: Any = None, docs: int = DOCS, top_k: int = TOP_K,
-    seed: int = 0, resamples: int = RESAMPLES, confidence: float = 0.95,
+    seed: int = 0, resamples: int = RESAMPLES, confidence: float = 0.95, mode: str = DEFAULT,
 ) -> ProximityTable:  # fmt: skip
     """Each arm's proximity advantage to each SFT set, and its correlation with the SFT gains.
 
-    `study` is a study directory, or a `StudyResult` with its `StudyConfig` as `config`.
+    `study` is a study directory, or a `StudyResult` with its `StudyConfig` as `config`; `mode`
+    is how sets are counted, compared and mixed (`midtrain.similarity.MODES`).
     """
     if isinstance(study, str | Path):
         where = str(study)
@@ -162,7 +166,7 @@ def proximity_table(
     if cfg.sft_probe is None or res.probe is None:
         raise MidtrainError(f"--study {where or res.study}: the study has no SFT probe; add an "
                             "[sft_probe] section and run it again")  # fmt: skip
-    sources, sets = _count(cfg, res, docs, seed)
+    sources, sets = _count(cfg, res, docs, seed, mode)
     base = mixture(sources, cfg.base, "base")
     rows = []
     for arm in res.arms:
@@ -171,12 +175,12 @@ def proximity_table(
     corr = [correlate(rows, scope, resamples, seed, confidence) for scope in [ALL_SETS, *sets]]
     grid = {n: {s: similarity(u, t, top_k).to_dict() for s, t in sets.items()}
             for n, u in sources.items()}  # fmt: skip
-    settings = {"docs": docs, "top_k": top_k, "seed": seed, "resamples": resamples}
+    settings = {"docs": docs, "top_k": top_k, "seed": seed, "resamples": resamples, "mode": mode}
     return ProximityTable(res.study, where, list(sets), dict(cfg.base), rows, corr, grid, settings)
 
 
 def _count(
-    cfg: Any, res: Any, docs: int, seed: int
+    cfg: Any, res: Any, docs: int, seed: int, mode: str = DEFAULT
 ) -> tuple[dict[str, Unigram], dict[str, Unigram]]:
     """The unigram counts of every source a mix uses and of every SFT set's training rows."""
     from midtrain.data.store import open_store
@@ -185,7 +189,8 @@ def _count(
     used = sorted({s for s, r in cfg.base.items() if r > 0}
                   | {m.source for a in res.arms for m in a.mix if m.ratio > 0})  # fmt: skip
     sources = {
-        s: store_unigram(open_store(cfg.stores[s], f"stores.{s}"), s, docs, seed) for s in used
+        s: store_unigram(open_store(cfg.stores[s], f"stores.{s}"), s, docs, seed, mode)
+        for s in used
     }
     try:
         tok = load_tokenizer(cfg.checkpoint)
@@ -194,7 +199,8 @@ def _count(
     sets = {}
     for i, s in enumerate(cfg.sft_probe.sets):
         try:
-            sets[s.name] = raw_unigram(s.train, s.name, tok, docs, seed, cfg.sft_probe.template)
+            sets[s.name] = raw_unigram(s.train, s.name, tok, docs, seed, cfg.sft_probe.template,
+                                       mode=mode)  # fmt: skip
         except MidtrainError as e:
             raise MidtrainError(f"sft_probe.sets[{i}].train: {e}") from None
     check_same_tokenizer([*sources.values(), *sets.values()])
