@@ -269,5 +269,5 @@ def test_select_from_takes_the_screen_of_an_earlier_study(monkeypatch, tmp_path)
     assert not got["t1"].in_primary and "pilot" in got["t1"].reason and "0.20" in got["t1"].reason
     assert got["t2"].in_primary and got["t2"].snr == 3.0
     assert got["t3"].in_primary and "not screened" in got["t3"].reason
-    with pytest.raises(Exception, match="select = \"snr\""):
+    with pytest.raises(Exception, match='select = "snr"'):
         study(extra={"eval": {"tasks": TASKS, "select_from": str(tmp_path)}})
