@@ -11,6 +11,7 @@ from test_study_e2e import CANDS, _with_shards, study_file, world  # noqa: F401 
 from midtrain.cli import main
 from midtrain.errors import MidtrainError
 from midtrain.integrate.config import RoundSpec, check_round, round_study
+from midtrain.integrate.guards import DOMAIN_TOLERANCE, TASK_TOLERANCE
 
 ROUND = {
     "name": "r1",
@@ -84,6 +85,89 @@ def test_round_file_errors_leave_no_history(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: sources: anchor_share (0.5)"), err
     assert not (tmp_path / "hist").exists()
+
+
+def test_anchor_share_below_the_minimum_is_refused_unless_no_anchor():
+    with pytest.raises(MidtrainError, match=r"^anchor_share: 0.2 is below the minimum anchor "
+                       r"share 0.3 \(.*\); raise it .*, or set no_anchor = true"):  # fmt: skip
+        check_round(_spec(anchor_share=0.2, sources={"math": 0.5, "code": 0.3}))
+    free = _spec(anchor_share=0.0, sources={"math": 0.5, "code": 0.5}, no_anchor=True)
+    check_round(free)
+    assert free.mix() == {"code": 0.5, "math": 0.5}  # no zero-share anchor source in the mix
+
+
+def _guarded_round(tmp_path, **kw) -> tuple:  # noqa: ANN003
+    data = ROUND | {
+        "checkpoint": str(tmp_path), "tokens": 4096,
+        "stores": {"web": "w", "math": "m", "code": "c"},
+        "eval": {"tasks": ["t1", "t2", "t3"]},
+    } | kw  # fmt: skip
+    return round_study(data, base_dir=tmp_path)
+
+
+def test_round_guards_base_domains_and_untargeted_tasks_and_user_guards_override(tmp_path):
+    spec, cfg = _guarded_round(tmp_path, targets=["t1"],
+                               guards=[{"task": "t2", "tolerance": 0.05}])  # fmt: skip
+    got = {(g.domain or g.task): g.tolerance for g in cfg.guards}
+    # web: the anchor (base) domain; t3: not targeted; t2: the user's tolerance; t1: targeted
+    assert got == {"t2": 0.05, "web": DOMAIN_TOLERANCE, "t3": TASK_TOLERANCE}, got
+    assert all(c.targets == ["t1"] for c in cfg.candidates)
+    _, cfg = _guarded_round(tmp_path, guards=[{"domain": "web", "tolerance": 0.1}])
+    got = {(g.domain or g.task): g.tolerance for g in cfg.guards}
+    assert got == {"web": 0.1, "t1": 0.01, "t2": 0.01, "t3": 0.01}, got  # no targets: all tasks
+    _, cfg = _guarded_round(tmp_path, eval={"tasks": ["t1"], "domains": ["math"]})
+    assert [(g.domain, g.task) for g in cfg.guards] == [(None, "t1")]  # web is not scored
+    with pytest.raises(MidtrainError, match=r"^targets\[0\]: 'nope' is not in eval.tasks"):
+        _guarded_round(tmp_path, targets=["nope"])
+
+
+def _propose(study, out, *extra) -> list:  # noqa: ANN001
+    return ["integrate", "propose", str(study), "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (["--anchor-share", "0"], "error: --anchor-share 0: below the minimum anchor share 0.3"),
+        (["--anchor-share", "0.2"], "error: --anchor-share 0.2: below the minimum anchor share"),
+        (["--tokens-scale", "0"], "error: --tokens-scale 0: must be a number > 0"),
+        (["--tokens-scale", "2", "--tokens", "9000"], "error: --tokens-scale: --tokens is given"),
+    ],
+)
+def test_propose_bad_anchor_or_scale_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
+                                                                          extra, line):  # fmt: skip
+    from test_optimize import BIG, _fake_study
+
+    study = _fake_study(tmp_path, BIG)
+    out = tmp_path / "round.toml"
+    before = sorted(tmp_path.rglob("*"))
+    assert main_code(_propose(study, out, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_propose_no_anchor_tokens_scale_and_targets(tmp_path, capsys):
+    from test_optimize import BIG, _fake_study
+
+    from midtrain.integrate.config import load_round
+    from midtrain.io import atomic_write_json, read_json
+
+    study = _fake_study(tmp_path, BIG)
+    meta = read_json(study / "study.json")
+    meta["config"]["candidates"][0]["targets"] = ["t1"]  # code aims at t1
+    atomic_write_json(study / "study.json", meta)
+    out = tmp_path / "round.toml"
+    assert main_code(_propose(study, out, "--anchor-share", "0", "--no-anchor",
+                              "--tokens-scale", "10")) == 0  # fmt: skip
+    spec, cfg = load_round(out)
+    assert spec.no_anchor and spec.anchor_share < 1e-5  # three shares of 1/3, rounded down
+    assert cfg.tokens == 10 * 4096 and "10 x the study's 4,096" in out.read_text()
+    assert spec.targets == ["t1"] and [g.domain for g in cfg.guards] == ["web"]  # t1 aimed at
+    assert (
+        "Automatic guards" in out.read_text()
+        and "automatic guards: none" in capsys.readouterr().out
+    )
 
 
 @pytest.mark.slow

@@ -195,6 +195,10 @@ def probe_study(w, tmp, sets: str, probe: str = "seq_len = 32\n", **top):
 
 SET = '[[sft_probe.sets]]\nname = "sums"\ntrain = "sft.jsonl"\n'
 CPT_SMALL = "max_repetition = 1.0\ncontinued_pretraining = true\n"
+ROUND_LOW_ANCHOR = (
+    'name = "r1"\nanchor = {web = 1.0}\nanchor_share = 0.1\nsources = {math = 0.9}\n'
+    'previous = {web = 1.0}\ncheckpoint = "x"\ntokens = 10\nstores = {}\n'
+)
 CASES: dict[str, Case] = {
     # data prepare
     "prepare: missing input": lambda w, t: (prep(w, t, t / "nope.jsonl"), "nope.jsonl"),
@@ -289,6 +293,11 @@ CASES: dict[str, Case] = {
     "sft: exp schedule to zero": lambda w, t: (sft(w, t, SFT_ROWS, cfg='seq_len = 32\nschedule = "exp"\n'), "final_lr_fraction"),
     "sft: --out is a file": lambda w, t: (sft(w, t, SFT_ROWS)[:5] + [write(t, "f", "x")] + sft(w, t, SFT_ROWS)[6:], "--out"),
     "check-format: missing path": lambda w, t: (["data", "check-format", t / "nope.jsonl"], "nope.jsonl"),
+    # integration rounds, optimize
+    "integrate propose: anchor share below the minimum": lambda w, t: (["integrate", "propose", t / "none", "--out", t / "r.toml", "--anchor-share", "0.1"], "--anchor-share 0.1: below the minimum anchor share"),
+    "integrate propose: --tokens-scale 0": lambda w, t: (["integrate", "propose", t / "none", "--out", t / "r.toml", "--tokens-scale", "0"], "--tokens-scale"),
+    "integrate run: anchor share below the minimum": lambda w, t: (["integrate", "run", write(t, "r.toml", ROUND_LOW_ANCHOR), "--out", t / "hist"], "anchor_share: 0.1 is below the minimum"),
+    "optimize: --tokens and --tokens-scale": lambda w, t: (["optimize", t / "none", "--out", t / "r.toml", "--tokens", "99", "--tokens-scale", "2"], "--tokens-scale"),
     # demo, benchmarks, validate
     "demo world: scale 0": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "0"], "--scale"),
     "demo world: scale too big": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "500"], "--scale"),

@@ -114,6 +114,22 @@ def test_infeasible_budgets_and_caps_name_the_binding_ones():
     )
 
 
+def test_anchor_floor_holds_and_names_what_binds():
+    target = np.array([0.3, 0.3, 0.3, 0.1])  # the law wants web at 0.1
+    assert solve(_concave(target)).r == pytest.approx(target, abs=1e-4)
+    prob = _concave(target)
+    prob.min_anchor = 0.3
+    # a separable quadratic: web held at 0.3, the 0.2 it takes split equally over the others
+    assert solve(prob).r == pytest.approx([0.3 - 0.2 / 3] * 3 + [0.3], abs=1e-3)
+    prob.upper, prob.cap_text = {"web": 0.2}, {"web": "web = 1 (0.2 of the mix at most)"}
+    with pytest.raises(MidtrainError) as e:
+        check_feasible(prob)
+    assert str(e.value) == (
+        "optimize: max_repetition web = 1 (0.2 of the mix at most) allow an anchor share of at "
+        "most 0.2, below the minimum anchor share 0.3; raise a cap or a budget, or pass --no-anchor"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # Through the CLI: synthetic finished studies (study.json + results.json, tiny stores, no eval.json)
 
@@ -215,6 +231,46 @@ def test_cli_writes_a_round_that_validates(tmp_path, capsys):
     got = json.loads(text)
     assert got["primary"]["delta"] > 0 and got["guards"][0]["metric"] == "domain:web"
     assert got["guards"][0]["delta"] <= 0.05 + 1e-6  # the guard holds on the prediction
+
+
+def test_cli_adds_automatic_guards_and_a_study_guard_overrides_one(tmp_path, capsys):
+    import json
+
+    from midtrain.integrate.config import load_round
+    from midtrain.integrate.guards import DOMAIN_TOLERANCE
+
+    def guards(study, *extra: str) -> tuple[dict, list[str]]:  # noqa: ANN001
+        out = tmp_path / "round.toml"
+        code, text, err = _cli(["optimize", str(study), "--out", str(out), "--json", *extra],
+                               capsys)  # fmt: skip
+        assert code == 0, err
+        got = json.loads(text)
+        return {g["metric"]: (g["tolerance"], g["auto"]) for g in got["guards"]}, got["notes"]
+
+    plain = _fake_study(tmp_path / "a", BIG, guard=None)
+    got, notes = guards(plain)  # web: the base domain; t1 untargeted, but never measured per mix
+    assert got == {"domain:web": (DOMAIN_TOLERANCE, True)}, got
+    assert any(n.startswith("no automatic guard on task:t1: 2 points") for n in notes), notes
+    got, _ = guards(_fake_study(tmp_path / "b", BIG, guard=0.05))  # the study's own web guard
+    assert got == {"domain:web": (0.05, False)}, got
+    meta = json.loads((plain / "study.json").read_text())
+    meta["config"]["candidates"][0]["targets"] = ["t1"]
+    (plain / "study.json").write_text(json.dumps(meta))
+    _, notes = guards(plain, "--no-anchor", "--tokens-scale", "10")
+    assert not any("task:t1" in n for n in notes), notes  # aimed at: no guard to fit
+    spec, cfg = load_round(tmp_path / "round.toml")
+    assert spec.targets == ["t1"] and spec.no_anchor and cfg.tokens == 10 * 4096
+
+
+def test_optimize_keeps_the_minimum_anchor_share_unless_no_anchor(tmp_path):
+    from midtrain.optimize.proposal import optimize
+
+    study = _fake_study(tmp_path, BIG, guard=1.0)  # a web guard that never binds
+    web = SOURCES.index("web")
+    held = optimize([study], out=tmp_path / "r.toml", kl=0.0, margin=1.0)  # no trust region
+    free = optimize([study], out=tmp_path / "r.toml", kl=0.0, margin=1.0, no_anchor=True)
+    assert held.proposed[web] == pytest.approx(0.3, abs=1e-3) and held.round["anchor_share"] >= 0.3
+    assert free.proposed[web] < 0.29 and free.round["no_anchor"] is True, free.proposed
 
 
 def test_cli_budget_holds_and_guard_binds(tmp_path, capsys):

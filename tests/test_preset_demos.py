@@ -55,5 +55,7 @@ def test_preset_runs_on_the_demo_world(preset, cache, tmp_path):
         # the anchor takes a third, or more where a winner's repetition cap binds (said in the file)
         assert rnd["anchor"] == {"web": 1.0} and rnd["anchor_share"] >= 0.33 - 1e-6
         assert rnd["merge"]["status"] == "done" and rnd["primary"] is not None
+        study = json.loads((out / "study" / "study.json").read_text())["config"]
+        assert rnd["tokens"] == 10 * study["tokens"]  # Olmo 3: rounds at ~10x the microanneals
     if preset == "marin":
         assert "flan+hq@0.3" in {a["arm"] for a in res["arms"]}

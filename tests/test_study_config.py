@@ -80,6 +80,10 @@ BAD = {
     ),
     "control as candidate": (GOOD.replace('name = "math"', 'name = "control"'), "control"),
     "guard on unknown task": (GOOD + '\n[[guards]]\ntask = "nope"\n', "guards[0].task"),
+    "candidate targets a task not evaluated": (
+        GOOD.replace("mix = { math = 1.0 }", 'mix = { math = 1.0 }\ntargets = ["world_arith"]'),
+        "candidates[0].targets[0]: not in eval.tasks",
+    ),
     "guard with both targets": (
         GOOD + '\n[[guards]]\ntask = "world_facts"\ndomain = "web"\n',
         "guards[0]",

@@ -10,11 +10,19 @@ from rich.console import Console
 
 from midtrain.console import safe
 from midtrain.errors import MidtrainError
+from midtrain.integrate.guards import MIN_ANCHOR_SHARE
 
 console = Console()
 app = typer.Typer(
     help="Integration rounds: the winners plus an anchor as a full mix, round over round.",
     no_args_is_help=True,
+)
+
+ANCHOR_HELP = f"The anchor's share of the mix (at least {MIN_ANCHOR_SHARE:g} unless --no-anchor)."
+NO_ANCHOR_HELP = f"Lift the minimum anchor share ({MIN_ANCHOR_SHARE:g}): any share, 0 included."
+TOKENS_SCALE_HELP = (
+    "Tokens per run as N x the study's (Olmo 3's integration tests: ~10x its microanneals); "
+    "not with --tokens."
 )
 
 
@@ -39,13 +47,15 @@ def propose_cmd(
         Path | None,
         typer.Option(help="Round history: keep the last round's sources, beat its mix."),
     ] = None,
-    anchor_share: Annotated[float, typer.Option(help="The anchor's share of the mix.")] = 0.4,
+    anchor_share: Annotated[float, typer.Option(help=ANCHOR_HELP)] = 0.4,
+    no_anchor: Annotated[bool, typer.Option("--no-anchor", help=NO_ANCHOR_HELP)] = False,
     budget: Annotated[
         list[str], typer.Option(help="Group budget GROUP=SHARE, e.g. math+code=0.4 (repeatable).")
     ] = [],  # noqa: B006 - typer reads the default
     tokens: Annotated[
         int | None, typer.Option(help="Tokens per run (default: the study's).")
     ] = None,
+    tokens_scale: Annotated[float | None, typer.Option(help=TOKENS_SCALE_HELP)] = None,
     ablate: Annotated[
         list[str], typer.Option(help="A source to leave out in an ablation arm (repeatable).")
     ] = [],  # noqa: B006
@@ -53,24 +63,24 @@ def propose_cmd(
     merge_seeds: Annotated[bool, typer.Option(help="Merge the round's seeds.")] = False,
 ) -> None:
     """Draft the next round from finished studies; edit it, then `integrate run` it."""
-    from midtrain.integrate.config import round_study
-    from midtrain.integrate.propose import propose, round_toml
-    from midtrain.io import atomic_write_text
+    from midtrain.integrate.guards import describe
+    from midtrain.integrate.propose import propose, write_round
 
     if out.exists() and out.is_dir():
         raise MidtrainError(
             f"--out {out} is a folder; pass the round file to write, e.g. round.toml"
         )
     rnd, notes = propose(
-        studies, out=out, history=history, anchor_share=anchor_share, budgets=_budgets(budget),
-        tokens=tokens, ablate=ablate, name=name, merge_seeds=merge_seeds,
+        studies, out=out, history=history, anchor_share=anchor_share, no_anchor=no_anchor,
+        budgets=_budgets(budget), tokens=tokens, tokens_scale=tokens_scale, ablate=ablate,
+        name=name, merge_seeds=merge_seeds,
     )  # fmt: skip
-    round_study(dict(rnd), source=out.name, base_dir=out.resolve().parent)  # it must validate
-    atomic_write_text(out, round_toml(rnd, notes, studies))
+    auto = write_round(rnd, notes, studies, out)  # validated first
     console.print(f"round {safe(rnd['name'])}: anchor {rnd['anchor_share']:.0%} + "
                   + ", ".join(f"{safe(s)} {v:.1%}" for s, v in rnd["sources"].items()))  # fmt: skip
     for n in notes:
         console.print(f"  {safe(n)}")
+    console.print(f"  automatic guards: {safe(describe(auto))}")
     console.print(
         f"wrote {safe(out)}; edit it, then `midtrain integrate run {safe(out)} --out HISTORY`"
     )

@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from midtrain.commands.integrate import TOKENS_SCALE_HELP
 from midtrain.console import safe
 from midtrain.errors import MidtrainError
+from midtrain.integrate.guards import MIN_ANCHOR_SHARE
 
 console = Console()
 
@@ -34,25 +36,32 @@ def optimize_cmd(
     tokens: Annotated[
         int | None, typer.Option(help="Tokens per run of the round (default: the study's).")
     ] = None,
+    tokens_scale: Annotated[float | None, typer.Option(help=TOKENS_SCALE_HELP)] = None,
+    no_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--no-anchor",
+            help=f"Lift the minimum anchor share ({MIN_ANCHOR_SHARE:g}) on the solved mix: any "
+            "anchor share, 0 included.",
+        ),
+    ] = False,
     model: Annotated[str, typer.Option(help="loglinear (the mixing law) or gbm.")] = "loglinear",
     as_json: Annotated[bool, typer.Option("--json", help="Print the proposal as JSON.")] = False,
 ) -> None:
     """Propose the next mix from finished studies (and rounds); write it as a round file."""
     from midtrain.commands.integrate import _budgets
-    from midtrain.integrate.config import round_study
-    from midtrain.io import atomic_write_text
+    from midtrain.integrate.propose import write_round
     from midtrain.optimize.proposal import optimize
-    from midtrain.optimize.report import lines, metric_table, mix_table, round_text, to_json
+    from midtrain.optimize.report import lines, metric_table, mix_table, round_head, to_json
 
     if out.exists() and out.is_dir():
         raise MidtrainError(
             f"--out {out} is a folder; pass the round file to write, e.g. round.toml"
         )
     prop = optimize(studies, out=out, history=history, budgets=_budgets(budget), kl=kl,
-                    tokens=tokens, model=model)  # fmt: skip
-    round_study(dict(prop.round), source=out.name, base_dir=out.resolve().parent)
-    text = round_text(prop, studies, history)
-    atomic_write_text(out, text)
+                    tokens=tokens, tokens_scale=tokens_scale, no_anchor=no_anchor,
+                    model=model)  # fmt: skip
+    write_round(prop.round, [], studies, out, head=round_head(prop, studies, history))
     if as_json:
         typer.echo(json.dumps(to_json(prop), indent=2))
         return

@@ -249,11 +249,13 @@ def run_demo(
 
 
 def demo_round(out: Path, results: StudyResult, workers: int = 1, anchor_share: float = 0.4,
-               budgets: dict[str, float] | None = None) -> Path | None:  # fmt: skip
+               budgets: dict[str, float] | None = None,
+               tokens_scale: float | None = None) -> Path | None:  # fmt: skip
     """One integration round from the study's winners with web as the anchor (40%), the source
     of the strongest single-source winner left out in an ablation, and the round's seeds merged.
-    Same tokens and seeds as the anneals, so the round's control (the base mix) is the study's."""
-    from midtrain.integrate.propose import propose, round_toml
+    Same tokens and seeds as the anneals (unless `tokens_scale`), so the round's control (the
+    base mix) is the study's."""
+    from midtrain.integrate.propose import propose, write_round
     from midtrain.integrate.report import write
     from midtrain.integrate.run import run_round
 
@@ -267,7 +269,7 @@ def demo_round(out: Path, results: StudyResult, workers: int = 1, anchor_share: 
     ablate = list(best.candidate_mix) if best and len(sources) > 1 else []  # else: the control
     path = out / "round-1.toml"
     rnd, notes = propose([out / "study"], out=path, anchor_share=anchor_share, ablate=ablate,
-                         budgets=budgets, merge_seeds=True)  # fmt: skip
-    atomic_write_text(path, round_toml(rnd, notes, [out / "study"]))
+                         budgets=budgets, merge_seeds=True, tokens_scale=tokens_scale)  # fmt: skip
+    write_round(rnd, notes, [out / "study"], path)
     run_round(path, out / "rounds", workers=workers)
     return write(out / "rounds")[1]

@@ -25,6 +25,7 @@ from midtrain.demo.pipeline import (
     study_file,
 )
 from midtrain.io import atomic_write_text
+from midtrain.study.presets import OLMO3_TOKENS_SCALE
 
 DEMO_ROLES = {"flan": "flan", "hq": "hq", "math": "math", "code": "code"}
 QUICK_LIU_ROLES = {"math": "math", "code": "code"}
@@ -91,8 +92,8 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
         from midtrain.study.runner import run_study
 
         results = run_study(cfg, out / "study", workers=workers)
-        if preset == "olmo3":  # the protocol's integration round of the winners, seeds merged
-            demo_round(out, results, workers, anchor_share=0.33,
-                       budgets={"code": 0.2, "math": 0.2})  # fmt: skip
+        if preset == "olmo3":  # the protocol's integration round of the winners, seeds merged,
+            demo_round(out, results, workers, anchor_share=0.33,  # at 10x the anneals' tokens
+                       budgets={"code": 0.2, "math": 0.2}, tokens_scale=OLMO3_TOKENS_SCALE)  # fmt: skip
     console.print(f"demo --preset {preset} finished in {time.time() - t0:.0f}s")
     return path

@@ -7,6 +7,8 @@ compiles into an ordinary study (`round_study`): the control trains on `previous
 `NAME@1` on the round's mix, and one arm `NAME-no-SOURCE@1` per ablation (same tokens, the removed
 share given back to the anchor). Every other field (checkpoint, stores, tokens, seeds, schedule,
 eval, analysis, guards, sft_probe, train, reuse) is a study field and means what it means there.
+The round's study also gets the automatic no-regression guards and the anchor floor of
+`integrate.guards` (`no_anchor`, `targets`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 from pydantic import field_validator
 
 from midtrain.errors import MidtrainError
+from midtrain.integrate.guards import MIN_ANCHOR_SHARE, anchor_floor, auto_guards
 from midtrain.mix.spec import RATIO_TOL, check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
-from midtrain.study.config import StudyConfig, parse_study
+from midtrain.study.config import Guard, StudyConfig, parse_study
 
 ROUND_OWNED = ("base", "candidates", "fractions", "base_max_repetition", "source_max_repetition",
                "merge_seeds")  # fmt: skip
@@ -34,8 +37,16 @@ class RoundSpec(Strict):
         description="{source = ratio}: the anchor's own sources (replayed base data)."
     )
     anchor_share: float = field(
-        ge=0.0, le=1.0, description="The anchor's share of the round's mix.", unit="fraction"
+        ge=0.0, le=1.0, description=f"The anchor's share of the round's mix (at least "
+        f"{MIN_ANCHOR_SHARE:g} unless no_anchor).", unit="fraction",
+    )  # fmt: skip
+    no_anchor: bool = field(
+        False, description=f"Allow an anchor share below {MIN_ANCHOR_SHARE:g} (0 included)."
     )
+    targets: list[str] = field(
+        [], description="Tasks of eval.tasks the round aims at; every other task and every "
+        "scored anchor source is guarded automatically (a [[guards]] entry overrides)."
+    )  # fmt: skip
     sources: dict[str, float] = field(
         description="{source = share}: every other source, as a share of the whole mix; the "
         "shares and anchor_share sum to 1.",
@@ -74,7 +85,7 @@ class RoundSpec(Strict):
         out = {s: anchor * r for s, r in self.anchor.items() if r > 0}
         for s, v in shares.items():
             out[s] = out.get(s, 0.0) + v
-        return {s: round(v, 12) for s, v in sorted(out.items())}
+        return {s: round(v, 12) for s, v in sorted(out.items()) if round(v, 12) > 0}
 
     def arm(self) -> str:
         return f"{self.name}@1"
@@ -84,7 +95,14 @@ class RoundSpec(Strict):
 
 
 def check_round(spec: RoundSpec) -> None:
-    """Shares sum to 1, budgets hold, ablations name sources (one line naming the field)."""
+    """The anchor floor holds, shares sum to 1, budgets hold, ablations name sources (one line
+    naming the field)."""
+    if spec.anchor_share < anchor_floor(spec.no_anchor) - RATIO_TOL:
+        raise MidtrainError(
+            f"anchor_share: {spec.anchor_share:g} is below the minimum anchor share "
+            f"{MIN_ANCHOR_SHARE:g} (the replayed base mix, docs/integration.md); raise it (and "
+            "lower the sources' shares), or set no_anchor = true to allow it"
+        )
     total = spec.anchor_share + sum(spec.sources.values())
     if abs(total - 1.0) > RATIO_TOL:
         raise MidtrainError(
@@ -147,7 +165,22 @@ def round_study(data: dict[str, Any], source: str = "",
         # paired arm's stream is aligned with its own control's, not with a later round's
         "paired_streams": rest.get("paired_streams", False),
     }  # fmt: skip
-    return spec, parse_study(study, source=source, base_dir=base_dir)
+    return spec, with_guards(spec, parse_study(study, source=source, base_dir=base_dir), source)
+
+
+def with_guards(spec: RoundSpec, cfg: StudyConfig, source: str = "") -> StudyConfig:
+    """The round's targets on its arms, and the automatic guards (on the scored anchor sources
+    and on every task the round does not target) after the file's own guards."""
+    for i, t in enumerate(spec.targets):
+        if t not in cfg.eval.tasks:
+            where = f"{source}: targets[{i}]" if source else f"targets[{i}]"
+            raise MidtrainError(f"{where}: {t!r} is not in eval.tasks; add it there or drop it")
+    for c in cfg.candidates:
+        c.targets = list(spec.targets)
+    scored = [s for s, r in spec.anchor.items() if r > 0 and s in cfg.domain_names]
+    given = [g.model_dump() for g in cfg.guards]
+    cfg.guards += [Guard(**g) for g in auto_guards(scored, cfg.eval.tasks, spec.targets, given)]
+    return cfg
 
 
 def load_round(path: str | Path) -> tuple[RoundSpec, StudyConfig]:

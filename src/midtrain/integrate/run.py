@@ -57,6 +57,7 @@ class RoundResult(BaseModel):
     anchor: dict[str, float]
     anchor_share: float
     sources: dict[str, float]
+    targets: list[str] = []  # the tasks the round aimed at (the others were guarded)
     previous: dict[str, float]
     previous_name: str
     tokens: int
@@ -104,7 +105,8 @@ def summarise(spec, cfg: StudyConfig, results: StudyResult, out: Path) -> RoundR
     metric = cfg.analysis.primary
     rec = RoundResult(
         name=spec.name, round=spec.round, mix=spec.mix(), anchor=spec.anchor,
-        anchor_share=spec.anchor_share, sources=spec.sources, previous=spec.previous,
+        anchor_share=spec.anchor_share, sources=spec.sources, targets=spec.targets,
+        previous=spec.previous,
         previous_name=spec.previous_name, tokens=cfg.tokens, seeds=cfg.first_seeds,
         verdict=arm.verdict if arm else "failed", reason=arm.reason if arm else "no run finished",
         metric=metric,

@@ -1,20 +1,24 @@
 """`optimize`: finished studies (and rounds) → fitted responses → the next mix as a round file.
 
 The round it drafts follows `midtrain integrate propose`: the anchor is the first study's base
-mix at the proposed anchor share, `sources` every other measured source (zero shares kept, so that
-budgets can name them), `previous` the current mix (the last round's, or the base mix), and the
-study fields copied from the first study. It validates with `integrate.config.round_study`.
+mix at the proposed anchor share (at least the minimum anchor share unless `no_anchor`), `sources`
+every other measured source (zero shares kept, so that budgets can name them), `previous` the
+current mix (the last round's, or the base mix), `targets` the tasks any measured candidate
+targets, and the study fields copied from the first study. It validates with
+`integrate.config.round_study`. The guards are the first study's plus the automatic ones of
+`integrate.guards` (base domains, untargeted tasks) that were measured well enough to fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from midtrain.errors import MidtrainError
+from midtrain.integrate.guards import anchor_floor, auto_guards, candidate_targets
 from midtrain.optimize import boost, fit
 from midtrain.optimize.points import PRIMARY, Points, current_mix, load_points
 from midtrain.optimize.solve import Guard, Problem, Solution, solve
@@ -38,6 +42,7 @@ class Predicted:
     cv_mixes: int = 0
     cv_worst: str | None = None  # "ORIGIN (error)"
     measured: float | None = None  # the mean of the points measured at the current mix
+    auto: bool = False  # an automatic guard (integrate.guards), not one of the study's
 
 
 @dataclass
@@ -57,19 +62,22 @@ class Proposal:
     primary: Predicted
     guards: list[Predicted]
     outside: list[str]  # where the optimum without the trust region lies
+    targets: list[str] = field(default_factory=list)  # tasks left unguarded (aimed at)
     notes: list[str] = field(default_factory=list)
     round: dict[str, Any] = field(default_factory=dict)
 
 
 def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
              budgets: dict[str, float] | None = None, kl: float = 0.1, tokens: int | None = None,
+             tokens_scale: float | None = None, no_anchor: bool = False,
              model: str = "loglinear", margin: float = MARGIN, ucb: bool = False,
              seed: int = 0) -> Proposal:  # fmt: skip
-    """Fit, solve and draft the round (not written: see `round_text`)."""
+    """Fit, solve and draft the round (not written: see `integrate.propose.write_round`)."""
+    from midtrain.integrate.propose import check_tokens, round_tokens
+
     if kl < 0:
         raise MidtrainError(f"--kl {kl}: must be >= 0")
-    if tokens is not None and tokens <= 0:
-        raise MidtrainError(f"--tokens {tokens}: must be > 0")
+    check_tokens(tokens, tokens_scale)
     if model not in ("loglinear", "gbm"):
         raise MidtrainError(f"--model {model}: use loglinear or gbm")
     pts = load_points(studies, history)
@@ -78,18 +86,22 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
     anchor = {s: float(r) for s, r in cfg0["base"].items() if r > 0}
     sources = sorted(set(pts.sources) | set(cur) | set(anchor))
     budgets = _check_budgets(budgets or {}, sources)
-    tokens = tokens or int(cfg0["tokens"])
+    tokens = round_tokens(int(cfg0["tokens"]), tokens, tokens_scale)
     caps, upper, cap_text = _caps(pts, sources, tokens)
     current = np.array([cur.get(s, 0.0) for s in sources])
     primary = _model(pts, PRIMARY, sources, anchor, model, seed)
     x, y, _ = pts.matrix(PRIMARY, sources)
     lo, hi = np.clip(x.min(axis=0) - margin, 0, 1), np.clip(x.max(axis=0) + margin, 0, 1)
-    guards, gmodels = _guards(pts, cfg0, sources, anchor, model, seed, current, ucb)
+    tasks = pts.studies[0][2].eval.tasks
+    targets = [t for t in candidate_targets(cfg for _, cfg, _ in pts.studies) if t in tasks]
+    specs, notes = guard_specs(pts, cfg0, anchor, targets)
+    guards, gmodels = _guards(pts, specs, sources, anchor, model, seed, current, ucb, notes)
     spread = float(y.max() - y.min()) or 1.0
     prob = Problem(sources=sources, anchor=anchor, current=current,
                    primary=lambda r: float(primary.predict(r)[0]), spread=spread, kl=kl,
                    budgets=budgets, upper=upper, cap_text=cap_text, guards=guards, lo=lo, hi=hi,
-                   smooth=getattr(primary, "smooth", True))  # fmt: skip
+                   smooth=getattr(primary, "smooth", True),
+                   min_anchor=anchor_floor(no_anchor))  # fmt: skip
     sol = solve(prob, seed=seed)
 
     def pred(metric: str, m: Any, hb: bool, tol: float | None = None) -> Predicted:
@@ -99,10 +111,12 @@ def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
         sources=sources, current=current, current_name=cur_name, proposed=sol.r, lo=lo, hi=hi,
         caps=caps, cap_share=upper, model=primary.kind, law=primary.describe(), points=primary.n,
         mixes=primary.mixes, primary=pred(PRIMARY, primary, True),
-        guards=[pred(g.name, m, hb, g.tolerance) for g, (m, hb) in zip(guards, gmodels, strict=True)],
-        outside=sol.outside, notes=pts.notes + primary.notes,
+        guards=[replace(pred(g.name, m, hb, g.tolerance), auto=auto)
+                for g, (m, hb, auto) in zip(guards, gmodels, strict=True)],
+        outside=sol.outside, notes=pts.notes + primary.notes + notes, targets=targets,
     )  # fmt: skip
-    prop.round = _round(prop, sol, prob, pts, history, budgets, tokens, out, studies)
+    own = {"targets": targets} | ({"no_anchor": True} if no_anchor else {})
+    prop.round = _round(prop, sol, prob, pts, history, budgets, tokens, out, studies, own)
     return prop
 
 
@@ -187,15 +201,38 @@ def _g(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
-def _guards(pts: Points, cfg0: dict[str, Any], sources: list[str], anchor: dict[str, float],
-            kind: str, seed: int, current: np.ndarray, ucb: bool) -> tuple[list[Guard], list]:  # fmt: skip
-    """Each guard of the first study as a constraint on its fitted response."""
+def guard_specs(pts: Points, cfg0: dict[str, Any], anchor: dict[str, float],
+                targets: list[str]) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+    """The first study's guards, then the automatic ones (base domains, tasks no candidate
+    targets) on metrics some run measured (each flagged `auto`); notes on those left out."""
+    given = list(cfg0.get("guards") or [])
+    auto = auto_guards(anchor, pts.studies[0][2].eval.tasks, targets, given)  # tasks: 1st study
+    kept = [g | {"auto": True} for g in auto if _metric(g)[0] in pts.metrics]
+    notes = [f"no automatic guard on {_metric(g)[0]}: no run measured it" for g in auto
+             if _metric(g)[0] not in pts.metrics]  # fmt: skip
+    return given + kept, notes
+
+
+def _metric(g: dict[str, Any]) -> tuple[str, bool]:
+    """A guard's metric and whether higher is better."""
+    return (f"domain:{g['domain']}", False) if g.get("domain") else (f"task:{g['task']}", True)
+
+
+def _guards(pts: Points, specs: list[dict[str, Any]], sources: list[str],
+            anchor: dict[str, float], kind: str, seed: int, current: np.ndarray, ucb: bool,
+            notes: list[str]) -> tuple[list[Guard], list]:  # fmt: skip
+    """Each guard as a constraint on its fitted response (an automatic guard whose metric cannot
+    be fitted is left out, with a note)."""
     guards, models = [], []
-    for g in cfg0.get("guards") or []:
-        metric, hb = (
-            (f"domain:{g['domain']}", False) if g.get("domain") else (f"task:{g['task']}", True)
-        )
-        m = _model(pts, metric, sources, anchor, kind, seed)
+    for g in specs:
+        metric, hb = _metric(g)
+        try:
+            m = _model(pts, metric, sources, anchor, kind, seed)
+        except MidtrainError as e:
+            if not g.get("auto"):
+                raise
+            notes.append(f"no automatic guard on {metric}: {str(e).removeprefix('optimize: ')}")
+            continue
         sign = -1.0 if hb else 1.0
 
         def worse(r: np.ndarray, m: Any = m, sign: float = sign) -> float:
@@ -205,7 +242,7 @@ def _guards(pts: Points, cfg0: dict[str, Any], sources: list[str], anchor: dict[
             return sign * d + Z_UCB * se
 
         guards.append(Guard(metric, float(g.get("tolerance", 0.0)), worse))
-        models.append((m, hb))
+        models.append((m, hb, bool(g.get("auto"))))
     return guards, models
 
 
@@ -224,7 +261,8 @@ def _predicted(pts: Points, metric: str, m: Any, r: np.ndarray, current: np.ndar
 
 
 def _round(prop: Proposal, sol: Solution, prob: Problem, pts: Points, history: Path | None,
-           budgets: dict[str, float], tokens: int, out: Path, studies: list[Path]) -> dict:  # fmt: skip
+           budgets: dict[str, float], tokens: int, out: Path, studies: list[Path],
+           own: dict[str, Any]) -> dict:  # fmt: skip
     """The proposal as a round (study fields from the first study, paths relative to `out`)."""
     from midtrain.integrate.propose import _last_round, finish_round
 
@@ -239,7 +277,7 @@ def _round(prop: Proposal, sol: Solution, prob: Problem, pts: Points, history: P
     used = set(prob.anchor) | {s for s, v in shares.items() if v > 0}
     rnd = {
         "name": f"round-{idx}", "round": idx, "anchor": prob.anchor, "anchor_share": anchor_share,
-        "sources": shares, "previous": cur, "previous_name": prop.current_name, "ablate": [],
+        **own, "sources": shares, "previous": cur, "previous_name": prop.current_name, "ablate": [],
         "budgets": budgets, "max_repetition": {s: prop.caps[s] for s in sorted(used | set(shares))},
         "merge_seeds": False,
     }  # fmt: skip

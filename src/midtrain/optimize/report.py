@@ -35,6 +35,7 @@ def metric_table(p: Proposal) -> Table:
             "—"
             if m.tolerance is None
             else f"Δ {'≥ -' if m.higher_better else '≤ +'}{m.tolerance:g}"
+            + (" (auto)" if m.auto else "")
         )
         cv = "—" if m.cv_rmse is None else f"{m.cv_rmse:.3g}"
         meas = "—" if m.measured is None else f"{m.measured:.4f}"
@@ -68,7 +69,7 @@ def to_json(p: Proposal) -> dict[str, Any]:
     def pred(m: Predicted) -> dict[str, Any]:
         return {k: getattr(m, k) for k in ("metric", "current", "proposed", "delta", "se",
                                             "higher_better", "tolerance", "cv_rmse", "cv_mixes",
-                                            "cv_worst", "measured")}  # fmt: skip
+                                            "cv_worst", "measured", "auto")}  # fmt: skip
 
     return {
         "model": p.model, "law": p.law, "points": p.points, "mixes": p.mixes,
@@ -78,22 +79,20 @@ def to_json(p: Proposal) -> dict[str, Any]:
                         "cap_share": p.cap_share[s]}
                     for i, s in enumerate(p.sources)},
         "primary": pred(p.primary), "guards": [pred(g) for g in p.guards],
-        "extrapolation": p.outside, "notes": p.notes, "round": p.round,
+        "targets": p.targets, "extrapolation": p.outside, "notes": p.notes, "round": p.round,
     }  # fmt: skip
 
 
-def round_text(p: Proposal, studies: list[Path], history: Path | None) -> str:
-    from midtrain.integrate.propose import round_toml
-
-    head = [
+def round_head(p: Proposal, studies: list[Path], history: Path | None) -> list[str]:
+    """The round file's header comments: what the proposal rests on and predicts."""
+    return [
         "# An integration round proposed by `midtrain optimize` from:",
         *[f"#   {s}" for s in studies], *([f"#   history {history}"] if history else []),
         f"# model: {p.model}; {p.points} points at {p.mixes} distinct mixes",
         f"# predicted {p.primary.metric}: {p.primary.delta:+.4f} ± {p.primary.se:.4f} (se) "
         f"vs {p.current_name}",
-        *[f"# predicted {g.metric}: {g.delta:+.4f} ± {g.se:.4f} (tolerance {g.tolerance:g})"
-          for g in p.guards],
+        *[f"# predicted {g.metric}: {g.delta:+.4f} ± {g.se:.4f} (tolerance {g.tolerance:g}"
+          f"{', automatic' if g.auto else ''})" for g in p.guards],
         *[f"# {line}" for line in lines(p)[1:]],
         "# Then: midtrain integrate run THIS --out HISTORY",
     ]  # fmt: skip
-    return round_toml(p.round, [], studies, head=head)

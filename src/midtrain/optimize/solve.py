@@ -10,6 +10,7 @@ where P is the fitted primary law, `spread` the range of the measured primary sc
 count in it as ε/S (ε = 0.01) so that adding one costs a finite divergence. Subject to:
 
 - the simplex: z ≥ 0, Σ z = 1;
+- the anchor floor: z_anchor ≥ `min_anchor` (the minimum anchor share, 0 with --no-anchor);
 - group budgets: Σ_{s ∈ G} r_s ≤ b_G;
 - repetition caps: r_s · tokens ≤ cap_s · store_tokens_s, i.e. r_s ≤ u_s;
 - guards: a guarded domain's predicted bpb at r not above the current mix's by more than its
@@ -61,6 +62,7 @@ class Problem:
     upper: dict[str, float] = field(default_factory=dict)  # cap shares u_s
     cap_text: dict[str, str] = field(default_factory=dict)  # "web = 1 (0.3 of the mix at most)"
     guards: list[Guard] = field(default_factory=list)
+    min_anchor: float = 0.0  # the least share of the anchor variable
     lo: np.ndarray | None = None  # trust region over `sources`
     hi: np.ndarray | None = None
     smooth: bool = True  # False (trees): seeded random search instead of SLSQP
@@ -122,14 +124,38 @@ def _linear(prob: Problem, trust: bool) -> tuple[np.ndarray, np.ndarray, list[st
 
 
 def check_feasible(prob: Problem) -> np.ndarray:
-    """A z meeting the simplex, budgets and caps; else one line naming what binds."""
+    """A z meeting the simplex, budgets, caps and the anchor floor; else one line naming what
+    binds."""
     a, b, names = _linear(prob, trust=False)
     n = len(prob.units)
     res = linprog(-np.ones(n), A_ub=a if len(b) else None, b_ub=b if len(b) else None,
                   bounds=[(0, 1)] * n, method="highs")  # fmt: skip
     if res.status == 0 and res.x.sum() >= 1 - TOL:
-        return res.x / res.x.sum()
-    slack = b - a @ res.x
+        return _anchor_floor(prob, a, b, names, res.x / res.x.sum())
+    raise MidtrainError(_binding(prob, a, b, names, res.x, "cannot hold with shares summing to 1"))
+
+
+def _anchor_floor(prob: Problem, a: np.ndarray, b: np.ndarray, names: list[str],
+                  z: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The largest anchor share the simplex, budgets and caps allow, when `z` is below the floor;
+    one line naming what binds when even that is below it."""
+    if z[0] >= prob.min_anchor - TOL:
+        return z
+    n = len(prob.units)
+    res = linprog(-np.eye(n)[0], A_ub=a if len(b) else None, b_ub=b if len(b) else None,
+                  A_eq=np.ones((1, n)), b_eq=[1.0], bounds=[(0, 1)] * n, method="highs")  # fmt: skip
+    if res.status == 0 and res.x[0] >= prob.min_anchor - TOL:
+        return res.x
+    what = (f"allow an anchor share of at most {res.x[0]:.3g}, below the minimum anchor share "
+            f"{prob.min_anchor:g}")  # fmt: skip
+    raise MidtrainError(_binding(prob, a, b, names, res.x, what,
+                                 fix="raise a cap or a budget, or pass --no-anchor"))  # fmt: skip
+
+
+def _binding(prob: Problem, a: np.ndarray, b: np.ndarray, names: list[str], x: np.ndarray,
+             what: str, fix: str = "raise a cap or a budget") -> str:  # fmt: skip
+    """`optimize: budgets ... and max_repetition ... WHAT; FIX`: the constraints tight at `x`."""
+    slack = b - a @ x
     tight = [nm for nm, sl in zip(names, slack, strict=True) if sl < 1e-7]
     groups = [nm.split(":", 1)[1] for nm in tight if nm.startswith("budget:")]
     covered = {x.strip() for g in groups for x in g.split("+")}
@@ -140,8 +166,7 @@ def check_feasible(prob: Problem) -> np.ndarray:
         parts.append("budgets " + ", ".join(f"{g} <= {prob.budgets[g]:g}" for g in groups))
     if caps:
         parts.append("max_repetition " + ", ".join(prob.cap_text.get(s, s) for s in caps))
-    raise MidtrainError(f"optimize: {' and '.join(parts) or 'the constraints'} cannot hold with "
-                        "shares summing to 1; raise a cap or a budget")  # fmt: skip
+    return f"optimize: {' and '.join(parts) or 'the constraints'} {what}; {fix}"
 
 
 def solve(prob: Problem, seed: int = 0, starts: int = 8) -> Solution:
@@ -172,7 +197,8 @@ def _solve(prob: Problem, trust: bool, z0: np.ndarray, seed: int,
         r = m @ z
         return -(prob.primary(r) - p0) / prob.spread + prob.kl * kl_div(r, prob.current)
 
-    cons = [{"type": "eq", "fun": lambda z: np.sum(z) - 1.0}]
+    cons = [{"type": "eq", "fun": lambda z: np.sum(z) - 1.0},
+            {"type": "ineq", "fun": lambda z: z[0] - prob.min_anchor}]  # fmt: skip
     if len(b):
         cons.append({"type": "ineq", "fun": lambda z: b - a @ z})
     for g in prob.guards:

@@ -51,6 +51,11 @@ class Candidate(Strict):
         "tokens (e.g. chat markers); by default `study run` refuses such a store: midtraining "
         "data is plain text.",
     )
+    targets: list[str] = field(
+        [],
+        description="Tasks of eval.tasks the candidate is meant to improve. Integration rounds "
+        "and `optimize` guard every other task automatically (docs/integration.md).",
+    )
 
     @field_validator("mix")
     @classmethod
@@ -397,6 +402,8 @@ def _check_references(cfg: StudyConfig) -> None:
         if name not in known:
             raise _FieldError(where, f"unknown source {name!r}; add it to [stores] ({have})")
     task_refs = [(f"guards[{i}].task", g.task) for i, g in enumerate(cfg.guards) if g.task]
+    task_refs += [(f"candidates[{i}].targets[{j}]", t) for i, c in enumerate(cfg.candidates)
+                  for j, t in enumerate(c.targets)]  # fmt: skip
     task_refs += [(f"eval.task_settings.{t}", t) for t in cfg.eval.task_settings]
     for where, task in task_refs:
         if task not in cfg.eval.tasks:

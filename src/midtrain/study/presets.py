@@ -17,6 +17,7 @@ from typing import Any
 from midtrain.errors import MidtrainError
 
 ROLES = ("flan", "hq", "math", "code", "qa")
+OLMO3_TOKENS_SCALE = 10  # Olmo 3's integration tests ran ~10x the tokens of its microanneals
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,11 @@ PRESETS = {
                "OLMo 2 (Team OLMo 2024), section 4: mid-training and model souping"),
         Preset("olmo3", "microanneal = equal tokens of candidate and web against a web-only "
                "control of the same total, with a quick SFT probe; then an integration round of "
-               "the winners (a third general anchor, code and math at most 20% each) and a merge "
-               "of 2 seeds", "Olmo 3 (Ai2 2025), midtraining: microanneals and integration tests",
+               "the winners (a third general anchor, code and math at most 20% each, ~10x the "
+               "microanneals' tokens) and a merge of 2 seeds", "Olmo 3 (Ai2 2025), midtraining: microanneals and integration tests",
                sft=True, then="midtrain integrate propose OUT --out round-1.toml --anchor-share "
-               "0.33 --budget code=0.2 --budget math=0.2 --merge-seeds"),
+               f"0.33 --budget code=0.2 --budget math=0.2 --tokens-scale {OLMO3_TOKENS_SCALE} "
+               "--merge-seeds"),
         Preset("liu2025", "midtraining mixes (code 20%, math 12%, FLAN 5%, knowledge QA 20%, "
                "high-quality web 20%, rest the pretraining data) against continued pretraining on "
                "100% of each for the same tokens; SFT probes with forgetting; with --start, a "
