@@ -322,3 +322,17 @@ def test_score_primary_counts_generative_and_multiple_choice_tasks_together():
     # +0.2 (make_eval's shift) and exact match by +0.3
     assert res.primary.delta == pytest.approx((0.2 + 0.2 + 0.3) / 3, abs=0.06)
     assert res.primary.score_delta == pytest.approx(res.primary.delta)
+
+
+def test_likelihood_only_flags_an_include_whose_accuracy_did_not_move():
+    """The likelihood of the gold answers rises by 0.2 in both; in one the accuracy rises with
+    it (0.5 -> 0.9), in the other it stays at 0.5."""
+    both = run(data({"task_shift": 0.2, "acc_p": 0.7}, seeds=4))
+    assert both.verdict == "include" and both.primary.score_ci[0] > 0
+    assert "likelihood-only" not in both.flags
+    only = data({"task_shift": 0.2, "acc_p": 0.3}, seeds=4)
+    res = run(only)
+    assert res.verdict == "include" and res.primary.score_ci[0] <= 0 <= res.primary.score_ci[1]
+    assert "likelihood-only" in res.flags
+    acc = run(only, study(extra={"analysis": {"primary": "acc"}}))
+    assert "likelihood-only" not in acc.flags  # an accuracy primary is never flagged

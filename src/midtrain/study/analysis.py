@@ -27,7 +27,7 @@ from scipy import stats as sps
 from midtrain.eval.results import Examples
 from midtrain.study import stats
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.flags import check_guard, guard_status, own_loss_flags
+from midtrain.study.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.study.results import (
     ArmAnalysis,
     DomainDelta,
@@ -275,7 +275,8 @@ def decide(
 ) -> None:
     """Verdicts for every arm. The family is every decision the study can make: each arm's
     primary and each of its guards; `correction` (holm by default) adjusts their p-values
-    together. A primary task significantly worse (Holm over the arm's tasks) blocks include."""
+    together. A primary task significantly worse (Holm over the arm's tasks) blocks include; an
+    include on a likelihood whose tasks' scores did not improve is flagged `likelihood-only`."""
     decidable = [a for a in arms if a.primary is not None and a.primary.p is not None]
     family: list[PrimaryResult | GuardResult] = [a.primary for a in decidable]
     family += [g for a in decidable for g in a.guards if g.p is not None]
@@ -298,6 +299,7 @@ def decide(
             )
             continue
         _verdict(a, correction, alpha, allow_task_regression)
+        likelihood_only_flag(a)
 
 
 def _regressed(a: ArmAnalysis, correction: str, alpha: float) -> list[str]:
