@@ -350,6 +350,19 @@ def test_generative_task_records_one_exact_match_per_document(ckpt, tmp_path):
     summary = res.results.tasks["gen"]
     assert summary.score.mean == 1.0 and summary.score.n == 7 and summary.acc.n == 0
 
+    # An evaluation written before generative tasks had scores is done again (the stage's cache)
+    from midtrain.eval.api import EvalSettings
+    from midtrain.eval.stage import EvalJob, EvalStage
+
+    job = EvalJob(
+        checkpoint=str(ckpt), settings=EvalSettings(tasks=["gen"], include_path=str(tasks))
+    )
+    assert EvalStage().cached(job, tmp_path / "e") == res
+    old = json.loads((tmp_path / "e" / "eval.json").read_text())
+    del old["results"]["tasks"]["gen"]["score"]
+    (tmp_path / "e" / "eval.json").write_text(json.dumps(old))
+    assert EvalStage().cached(job, tmp_path / "e") is None
+
 
 def test_code_task_needs_allow_code_execution(ckpt, tmp_path, capsys, monkeypatch):
     import os
