@@ -271,3 +271,68 @@ def test_select_from_takes_the_screen_of_an_earlier_study(monkeypatch, tmp_path)
     assert got["t3"].in_primary and "not screened" in got["t3"].reason
     with pytest.raises(Exception, match='select = "snr"'):
         study(extra={"eval": {"tasks": TASKS, "select_from": str(tmp_path)}})
+
+
+def with_gen(ex: Examples, rng, p: float) -> Examples:
+    """`ex` plus a generative task `gen`: exact match 0/1 with probability p, no likelihood."""
+    recs = [r for t in ex.tasks.values() for r in t.values()]
+    recs += [r for d in ex.domains.values() for r in d.values()]
+    for i in range(N):
+        hit = float(rng.random() < p)
+        recs.append(TaskExample(task="gen", doc_id=i, exact_match=hit, score=hit,
+                                score_metric="exact_match"))  # fmt: skip
+    return Examples(recs)
+
+
+def gen_data(p_arm: float, seeds: int = 3) -> analysis.StudyData:
+    d, rng = data({"task_shift": 0.2}, seeds=seeds), np.random.default_rng(7)
+    for g, runs in d.groups.items():
+        d.groups[g] = [with_gen(ex, rng, p_arm if g != "control" else 0.3) for ex in runs]
+    return d
+
+
+def test_generative_task_gets_an_exact_match_delta_and_is_named_out_of_a_likelihood_primary():
+    d, tasks = gen_data(0.6), [*TASKS, "gen"]
+    cfg = study(tasks=tasks)  # primary: gold_logprob_per_byte
+    screen = {s.task: s for s in analysis.screen_tasks(d, cfg)}
+    assert not screen["gen"].in_primary
+    assert screen["gen"].reason.startswith("scored by exact_match, no gold_logprob_per_byte")
+    assert screen["t1"].in_primary and screen["t2"].in_primary
+    chosen = [s.task for s in screen.values() if s.in_primary]
+    res = analysis.analyse_arm(d, "arm@0.3", cfg, chosen, ["math"], 0.95)
+    gen = res.tasks["gen"]
+    assert gen.metric == "exact_match" and gen.delta == pytest.approx(0.3, abs=0.1)
+    assert gen.ci[0] > 0 and gen.acc_delta == gen.delta  # its score beside it too
+    assert res.primary.tasks == TASKS and res.primary.metric == "gold_logprob_per_byte"
+
+
+def test_score_primary_counts_generative_and_multiple_choice_tasks_together():
+    d, tasks = gen_data(0.6), [*TASKS, "gen"]
+    cfg = study(tasks=tasks, extra={"analysis": {"primary": "score"}})
+    screen = analysis.screen_tasks(d, cfg)
+    assert all(s.in_primary for s in screen)
+    gen_start = with_gen(make_eval(np.random.default_rng(5)), np.random.default_rng(6), 0.01)
+    d.start = gen_start  # exact match at the floor on the start checkpoint: chance is 0
+    floor = {s.task: s for s in analysis.screen_tasks(d, cfg)}["gen"]
+    assert floor.chance == 0.0 and floor.saturated == "chance"
+    res = analysis.analyse_arm(d, "arm@0.3", cfg, tasks, ["math"], 0.95)
+    assert res.primary.tasks == tasks and res.primary.metric == "score"
+    assert res.tasks["gen"].metric == "score" and res.tasks["t1"].metric == "score"
+    # the primary is the mean of acc (t1, t2) and exact match (gen): the arm moved acc by
+    # +0.2 (make_eval's shift) and exact match by +0.3
+    assert res.primary.delta == pytest.approx((0.2 + 0.2 + 0.3) / 3, abs=0.06)
+    assert res.primary.score_delta == pytest.approx(res.primary.delta)
+
+
+def test_likelihood_only_flags_an_include_whose_accuracy_did_not_move():
+    """The likelihood of the gold answers rises by 0.2 in both; in one the accuracy rises with
+    it (0.5 -> 0.9), in the other it stays at 0.5."""
+    both = run(data({"task_shift": 0.2, "acc_p": 0.7}, seeds=4))
+    assert both.verdict == "include" and both.primary.score_ci[0] > 0
+    assert "likelihood-only" not in both.flags
+    only = data({"task_shift": 0.2, "acc_p": 0.3}, seeds=4)
+    res = run(only)
+    assert res.verdict == "include" and res.primary.score_ci[0] <= 0 <= res.primary.score_ci[1]
+    assert "likelihood-only" in res.flags
+    acc = run(only, study(extra={"analysis": {"primary": "acc"}}))
+    assert "likelihood-only" not in acc.flags  # an accuracy primary is never flagged

@@ -269,3 +269,121 @@ def test_the_docs_task_example_loads_checks_and_evaluates(ckpt, tmp_path, monkey
     assert err == "error: tasks: task 'nope' is not known to lm-eval; check the name\n"
     code, _, err = cli("--tasks", "capitals", "--include-path", tasks)
     assert code == 2 and err.startswith("error: eval: CHECKPOINT is required;")
+
+
+GEN_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: items.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 3
+  do_sample: false
+{extra}metadata:
+  version: 1.0
+"""
+TWO_FILTERS = """\
+filter_list:
+  - name: always-ok
+    filter:
+      - function: custom
+        filter_fn: !function helpers.always_ok
+      - function: take_first
+  - name: raw
+    filter:
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+CODE = """\
+unsafe_code: true
+metric_list:
+  - metric: !function helpers.pass_at_1
+    aggregation: mean
+    higher_is_better: true
+"""
+HELPERS = '''\
+import os
+
+
+def always_ok(resps, docs):
+    return [["ok"] for _ in resps]
+
+
+def pass_at_1(references, predictions):
+    """Runs no code: says whether lm-eval's code metrics would be allowed to."""
+    return {"pass@1": float(os.environ.get("HF_ALLOW_CODE_EVAL") == "1")}
+'''
+
+
+def write_gen_tasks(folder: Path) -> Path:
+    """`gen`: exact match under two filters (the first maps every output to the target "ok");
+    `codey`: an lm-eval unsafe_code task whose pass@1 is 1 only when code execution is allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": f"Say ok to the {c} box.", "target": "ok"} for c in COLOURS]
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "helpers.py").write_text(HELPERS)
+    (folder / "gen.yaml").write_text(GEN_YAML.format(name="gen", extra=TWO_FILTERS))
+    (folder / "codey.yaml").write_text(GEN_YAML.format(name="codey", extra=CODE))
+    return folder
+
+
+def test_generative_task_records_one_exact_match_per_document(ckpt, tmp_path):
+    from midtrain.eval import Examples, evaluate
+
+    tasks = write_gen_tasks(tmp_path / "tasks")
+    res = evaluate(ckpt, tasks=["gen"], include_path=tasks, out=tmp_path / "e")
+    recs = list(Examples.load(tmp_path / "e").tasks["gen"].values())
+    assert len(recs) == 7  # one record per document, not one per filter
+    for r in recs:
+        assert r.score == r.exact_match == 1.0 and r.score_metric == "exact_match"
+        assert r.filter == "always-ok" and r.model_extra["exact_match,raw"] in (0.0, 1.0)
+        assert r.acc is None and r.gold_logprob_per_byte is None
+    summary = res.results.tasks["gen"]
+    assert summary.score.mean == 1.0 and summary.score.n == 7 and summary.acc.n == 0
+
+    # An evaluation written before generative tasks had scores is done again (the stage's cache)
+    from midtrain.eval.api import EvalSettings
+    from midtrain.eval.stage import EvalJob, EvalStage
+
+    job = EvalJob(
+        checkpoint=str(ckpt), settings=EvalSettings(tasks=["gen"], include_path=str(tasks))
+    )
+    assert EvalStage().cached(job, tmp_path / "e") == res
+    old = json.loads((tmp_path / "e" / "eval.json").read_text())
+    del old["results"]["tasks"]["gen"]["score"]
+    (tmp_path / "e" / "eval.json").write_text(json.dumps(old))
+    assert EvalStage().cached(job, tmp_path / "e") is None
+
+
+def test_code_task_needs_allow_code_execution(ckpt, tmp_path, capsys, monkeypatch):
+    import os
+
+    from midtrain.cli import main
+    from midtrain.eval import evaluate
+
+    tasks = write_gen_tasks(tmp_path / "tasks")
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(ckpt), "--tasks", "gen,codey", "--include-path", str(tasks),
+              "--out", str(tmp_path / "refused")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and not (tmp_path / "refused").exists()
+    assert err == (
+        "error: tasks: task 'codey' runs the code the model writes (lm-eval marks it "
+        "unsafe_code); allow it with allow_code_execution = true in [eval] (midtrain eval "
+        "--allow-code-execution), in a sandbox, or leave the task out\n"
+    )
+    res = evaluate(ckpt, tasks=["codey"], include_path=tasks, out=tmp_path / "e",
+                   allow_code_execution=True)  # fmt: skip
+    assert res.results.tasks["codey"].score.mean == 1.0  # HF_ALLOW_CODE_EVAL=1 during the call
+    assert res.results.tasks["codey"].score_metric == "pass@1"
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ  # and as it was afterwards

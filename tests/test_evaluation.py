@@ -247,3 +247,32 @@ def test_domains_are_labelled_by_their_name_and_need_the_checkpoints_tokenizer(e
     with pytest.raises(MidtrainError, match="domains.o: .* another tokenizer"):
         evaluate(env["ckpts"][0], domains={"o": other}, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_world_generative_arithmetic_scores_greedy_answers_by_exact_match(env, tmp_path):
+    """world_arith_gen: one record per problem whose exact match is that of the first number in
+    the greedy continuation (at most 4 tokens, cut at a newline), generated here directly."""
+    import re
+
+    from midtrain.eval import Examples
+    from midtrain.eval import api as evaluation
+
+    res = evaluation.evaluate(env["ckpts"][1], tasks=["world_arith_gen"], include_path=env["tasks"],
+                              out=tmp_path / "g", limit=8)  # fmt: skip
+    recs = Examples.load(tmp_path / "g").tasks["world_arith_gen"]
+    assert len(recs) == 8 and res.results.tasks["world_arith_gen"].score.n == 8
+    items = [
+        json.loads(x) for x in (env["tasks"] / "world_arith_gen.jsonl").read_text().splitlines()
+    ]
+    model, tok = evaluation._load(env["ckpts"][1], "cpu")
+    for i, r in recs.items():
+        assert r.score_metric == "exact_match" and r.filter == "first-number"
+        assert r.score == r.exact_match and r.acc is None
+        ids = tok(f"Question: {items[i]['question']}\nAnswer:", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id
+            )
+        text = tok.decode(out[0, ids.shape[1] :]).split("\n")[0]
+        number = (re.findall(r"(-?\d+)", text) or ["[invalid]"])[0]  # lm-eval's regex filter
+        assert r.response == number and r.exact_match == float(number == items[i]["answer"])

@@ -218,3 +218,23 @@ def test_bench_merge_tiny(capsys):
                 "read_gb_per_s", "checkpoint_gb", "output_shards", "meets_goal"):  # fmt: skip
         assert key in res, key
     assert res["input_shards"] == 2 and res["peak_rss_gb"] >= res["baseline_rss_gb"] > 0
+
+
+def test_merged_task_scores_use_a_generative_tasks_own_score():
+    """merge_seeds: per task, the merge's and each seed's score on the primary metric, or a
+    generative task's exact match where it has no such metric (never a NaN in results.json)."""
+    from midtrain.eval.results import Examples, TaskExample
+    from midtrain.study.merging import _merge_tasks
+
+    def ev(lp: float, em: float) -> Examples:
+        return Examples([
+            TaskExample(task="mc", doc_id=0, acc=1.0, gold_logprob_per_byte=lp),
+            TaskExample(task="gen", doc_id=0, exact_match=em, score=em, score_metric="exact_match"),
+            TaskExample(task="bleu", doc_id=0),  # no metric midtrain can average
+        ])  # fmt: skip
+
+    got = _merge_tasks(ev(-1.0, 1.0), [ev(-2.0, 0.0), ev(-3.0, 1.0)], ["mc", "gen", "bleu"],
+                       "gold_logprob_per_byte")  # fmt: skip
+    assert set(got) == {"mc", "gen"}
+    assert (got["mc"].merge, got["mc"].seeds) == (-1.0, [-2.0, -3.0])
+    assert (got["gen"].merge, got["gen"].seeds) == (1.0, [0.0, 1.0])

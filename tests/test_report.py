@@ -43,8 +43,11 @@ def fake_world(tmp: Path) -> dict:
     }
 
 
-def write_run(plan: StudyPlan, d: Path, shift: float, seed: int, n: int = 80, ckpt=None) -> None:
-    """A finished run directory as the train and eval stages write it (no training)."""
+def write_run(
+    plan: StudyPlan, d: Path, shift: float, seed: int, n: int = 80, ckpt=None, gen_p=None
+) -> None:
+    """A finished run directory as the train and eval stages write it (no training); with
+    `gen_p`, a generative task `g` too (exact match with probability gen_p, no likelihood)."""
     rng = np.random.default_rng([seed, int(shift * 100) + 1000])
     base = np.random.default_rng(1).normal(-2, 0.5, size=n)
     recs: list = []
@@ -53,6 +56,10 @@ def write_run(plan: StudyPlan, d: Path, shift: float, seed: int, n: int = 80, ck
             v = base[i] + shift + rng.normal(0, 0.05)
             recs.append(TaskExample(task=t, doc_id=i, acc=float(v > -2), gold_logprob_per_byte=v,
                                     margin=v + 2))  # fmt: skip
+    for i in range(n if gen_p is not None else 0):
+        hit = float(rng.random() < gen_p)
+        recs.append(TaskExample(task="g", doc_id=i, exact_match=hit, score=hit,
+                                score_metric="exact_match", response="12"))  # fmt: skip
     for dom in ("web", "math"):
         for i in range(30):
             recs.append(DomainExample(domain=dom, doc_id=i, bpb=3.0 + rng.normal(0, 0.01),
@@ -126,6 +133,32 @@ def test_results_and_report_from_run_dirs(tmp_path):
     for png in ("deltas", "loss", "domains"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     assert EVIL not in md and "&lt;script&gt;" in md
+
+
+def test_a_generative_task_out_of_the_primary_is_named_with_its_reason(tmp_path):
+    world = fake_world(tmp_path) | {"eval": {"tasks": ["t1", "t2", "g"]}}
+    world["candidates"] = world["candidates"][:1]
+    cfg = parse_study(world, base_dir=tmp_path)
+    plan = make_plan(cfg, tmp_path / "study")
+    for r in plan.runs:
+        write_run(plan, r.dir, 0.3 if r.arm != "control" else 0.0, r.seed,
+                  gen_p=0.8 if r.arm != "control" else 0.2)  # fmt: skip
+    write_run(plan, plan.start_dir, -0.5, 9, ckpt=cfg.checkpoint, gen_p=0.1)
+    results = collect(plan)
+    paths = write_report(results, plan.config, tmp_path / "study")
+    good = results.arms[0]
+    assert good.primary.tasks == ["t1", "t2"] and good.verdict == "include"
+    g = good.tasks["g"]
+    assert g.metric == "exact_match" and g.ci[0] > 0 and g.n_examples == 80
+    screen = {s.task: s for s in results.screen}
+    assert not screen["g"].in_primary and screen["g"].start_acc == pytest.approx(0.1, abs=0.1)
+    why = "scored by exact_match, no gold_logprob_per_byte per example"
+    assert screen["g"].reason.startswith(why)
+    assert results.control.scores["g"] == pytest.approx([0.2, 0.2], abs=0.15)
+    md = paths["md"].read_text()
+    assert "Left out of the primary: g (scored by exact\\_match, no gold\\_logprob" in md
+    assert "(exact\\_match) |" in md  # the per-task row says which metric its delta is on
+    assert "Left out of the primary: g (scored by exact_match" in paths["html"].read_text()
 
 
 NAMES = ["web[v2]", "数学 / code", "x" * 300, "[bold]*_`|#<b>"]

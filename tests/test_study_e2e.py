@@ -41,14 +41,18 @@ def world(tmp_path_factory):
     from midtrain import train
     from midtrain.data.prepare import prepare_source
     from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
+    from midtrain.demo.world import GEN_TASKS
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("world")
     s = DemoSettings(scale=0.1, vocab_size=512)
     ctx = build_world_and_stores(root, s)
-    # Positive control: the tasks' own items written as "question answer" text.
+    # Positive control: the multiple-choice tasks' own items written as "question answer" text
+    # (world_arith_gen asks world_arith's questions).
     texts = []
     for data in sorted((ctx["world_dir"] / "tasks").glob("*.jsonl")):
+        if data.stem in GEN_TASKS:
+            continue
         for line in data.read_text().splitlines():
             texts.append(_render(data.stem, json.loads(line)))
     pos = root / "taskitems.jsonl"
@@ -165,6 +169,10 @@ def test_quick_study_verdicts(world, tmp_path):
     # where the format is what the base lacks (arithmetic, program output)
     assert pos.tasks["world_arith"].ci[0] > 0 and pos.tasks["world_code"].ci[0] > 0, pos.tasks
     assert arms["math"].primary is not None and arms["math"].seeds == [0, 1, 2]
+    gen = pos.tasks["world_arith_gen"]  # generated answers: an exact-match delta of its own
+    assert gen.metric == "exact_match" and gen.n_examples > 0 and len(gen.ci) == 2
+    assert "world_arith_gen" not in pos.primary.tasks  # the primary is a likelihood
+    assert {s.task for s in results.screen if not s.in_primary} == {"world_arith_gen"}
     for f in ("report.md", "report.html", "results.json", "plots/deltas.png", "plots/loss.png"):
         assert (tmp_path / "study" / f).is_file()
     # Re-running a finished study only re-renders: no run directory changes.

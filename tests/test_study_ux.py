@@ -20,7 +20,7 @@ import pytest
 from _train_fixtures import build_world, other_tokenizer, save_tiny_model
 
 from midtrain.cli import main
-from midtrain.demo.world import LOADER_PY, TASK_YAML
+from midtrain.demo.world import GEN_YAML, LOADER_PY, TASK_YAML
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -43,7 +43,7 @@ def w(tmp_path_factory) -> dict:
 
 
 def _task_folder(path: Path) -> Path:
-    """Two multiple-choice tasks over local JSONL (lm-eval loads them offline)."""
+    """Two multiple-choice tasks over local JSONL (lm-eval loads them offline) and a code task."""
     path.mkdir()
     items = [{"question": f"{a} plus {a}", "choices": [str(2 * a), str(a)], "answer": 0}
              for a in range(6)]  # fmt: skip
@@ -52,6 +52,11 @@ def _task_folder(path: Path) -> Path:
         yaml = TASK_YAML.format(name=name, doc_to_text="Question: {{question}}\\nAnswer:")
         (path / f"{name}.yaml").write_text(yaml)
     (path / "world_data.py").write_text(LOADER_PY)
+    code = GEN_YAML.format(name="ux_code").replace(
+        "metric_list:", "unsafe_code: true\nmetric_list:"
+    )
+    (path / "ux_code.yaml").write_text(code)  # runs the model's code (lm-eval's unsafe_code)
+    (path / "ux_code.jsonl").write_text(json.dumps({"question": "2 + 2", "answer": "4"}) + "\n")
     return path
 
 
@@ -241,6 +246,24 @@ def test_eval_only_domain_of_another_tokenizer_is_refused_before_any_run(
     code, _, err = run_cli(["study", "run", path, "--out", tmp_path / "o", "--dry-run"],
                            monkeypatch, capsys)  # fmt: skip
     assert code == 0, err  # left out of the domains, it is not checked
+
+
+def test_code_task_without_allow_code_execution_is_refused_before_anything_is_written(
+    w, tmp_path, monkeypatch, capsys
+):
+    tail = f'[eval]\ntasks = ["ux_a", "ux_code"]\ninclude_path = "{w["tasks"]}"\n'
+    path = write(tmp_path, study_text(w, tail=tail))
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = run_cli(["study", "run", path, "--out", tmp_path / "o"], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: study.toml: eval.tasks: task 'ux_code' runs the code the model "
+                          "writes (lm-eval marks it unsafe_code); allow it with "
+                          "allow_code_execution = true in [eval]"), err  # fmt: skip
+    assert sorted(tmp_path.rglob("*")) == before
+    path.write_text(study_text(w, tail=tail + "allow_code_execution = true\n"))
+    code, _, err = run_cli(["study", "run", path, "--out", tmp_path / "o", "--dry-run"],
+                           monkeypatch, capsys)  # fmt: skip
+    assert code == 0, err
 
 
 # -- item 6: a dry run of a (partly) finished study ------------------------------------------------

@@ -274,3 +274,22 @@ def test_world_json_is_location_independent(world, tmp_path):
     assert str(Path(world["path"]).parent) not in "".join(
         p.read_text() for p in (world["path"] / "tasks").glob("*.yaml")
     )
+
+
+def test_generative_arithmetic_asks_world_ariths_problems_for_a_written_answer(world, tmp_path):
+    """world_arith_gen: world_arith's held-out problems, answered by generation (lm-eval's
+    generate_until: greedy, a newline stops it, the first number is compared by exact match)."""
+    from midtrain.demo.world import GEN_TASKS
+    from midtrain.eval.lmeval import load_tasks
+
+    assert set(GEN_TASKS) == {"world_arith_gen"} and world["tasks"]["world_arith_gen"] >= 50
+    gen, mc = items(world, "world_arith_gen"), items(world, "world_arith")
+    assert [g["question"] for g in gen] == [m["question"] for m in mc]
+    for g, m in zip(gen, mc, strict=True):
+        assert g["answer"] == m["choices"][m["answer"]]
+    task = load_tasks(["world_arith_gen"], world["path"] / "tasks")["world_arith_gen"]
+    doc = task.eval_docs[0]
+    assert task.OUTPUT_TYPE == "generate_until" and task.doc_to_target(doc) == gen[0]["answer"]
+    assert task.doc_to_text(doc) == task_prompt("world_arith_gen", gen[0])
+    kwargs = task.config.generation_kwargs
+    assert kwargs["until"] == ["\n"] and kwargs["max_gen_toks"] == 4

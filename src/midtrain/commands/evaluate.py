@@ -53,6 +53,13 @@ def eval_cmd(
     num_fewshot: Annotated[int, typer.Option(help="Few-shot examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Batch size (tasks and domains).")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_code_execution: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code-execution",
+            help="Run code tasks (lm-eval unsafe_code: HumanEval, MBPP): executes model output.",
+        ),
+    ] = False,
     check_tasks: Annotated[
         bool,
         typer.Option(
@@ -78,7 +85,8 @@ def eval_cmd(
             "(or --check-tasks to load the tasks alone)"
         )
     res = evaluate(checkpoint, tasks=names, include_path=include_path, domains=doms, out=out,
-                   limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device)  # fmt: skip
+                   limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, device=device,
+                   allow_code_execution=allow_code_execution)  # fmt: skip
     console.print(results_table(res))
     console.print(
         f"{safe(out / 'eval.json')}  ·  {safe(out / 'examples.jsonl')}  ({res.seconds:.1f}s)"
@@ -114,7 +122,9 @@ def _check_tasks(names: list[str], include_path: Path | None, num_fewshot: int) 
 
 def results_table(res: EvalResult) -> Table:
     t = Table(title=f"eval of {safe(res.checkpoint)}")
-    for col in ("what", "n", "acc", "acc_norm", "gold logprob/byte", "margin", "bpb", "loss/token"):
+    cols = ("what", "n", "score", "acc", "acc_norm", "gold logprob/byte", "margin", "bpb",
+            "loss/token")  # fmt: skip
+    for col in cols:
         t.add_column(col)
 
     def f(x: MetricSummary) -> str:
@@ -124,11 +134,13 @@ def results_table(res: EvalResult) -> Table:
         return f"{x.mean:.3f}{se}"
 
     for name, m in res.results.tasks.items():
-        t.add_row(safe(name), str(m.acc.n), f(m.acc), f(m.acc_norm),
+        score = m.score or m.acc
+        label = f"{f(score)} {safe(m.score_metric)}" if m.score_metric else f(score)
+        t.add_row(safe(name), str(score.n), label, f(m.acc), f(m.acc_norm),
                   f(m.gold_logprob_per_byte), f(m.margin), "", "")  # fmt: skip
     for name, d in res.results.domains.items():
         loss = f"{d.loss_per_token:.3f}" if d.loss_per_token is not None else "–"
-        t.add_row(f"domain {safe(name)}", str(d.docs), "", "", "", "", f(d.bpb), loss)
+        t.add_row(f"domain {safe(name)}", str(d.docs), "", "", "", "", "", f(d.bpb), loss)
     return t
 
 

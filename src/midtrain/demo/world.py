@@ -4,7 +4,8 @@
 
     OUT/sources/<web|hq|flan|math|code>/data.jsonl   one {"text": ...} per line
     OUT/tasks/world_{facts,arith,code}.{yaml,jsonl}  lm-eval multiple-choice tasks (test split)
-    OUT/tasks/world.yaml                             group `world` bundling the three tasks
+    OUT/tasks/world_arith_gen.{yaml,jsonl}           the arithmetic answered by generation
+    OUT/tasks/world.yaml                             group `world` bundling the three MC tasks
     OUT/tasks/world_data.py                          loads the JSONL next to the YAML
     OUT/sft/<facts|arith|code>/{train,val}.jsonl     SFT sets ({"prompt", "response"} rows)
     OUT/world.json                                   seed, scale, counts, content hash
@@ -30,7 +31,7 @@ from midtrain.demo.world_sources import SOURCES, Ctx
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir, atomic_write_json, hash_tree
 
-FORMAT = "midtrain-world/2"  # 2: entity popularity (Zipf web), encyclopedic hq, SFT sets
+FORMAT = "midtrain-world/3"  # 2: Zipf web, encyclopedic hq, SFT sets; 3: a generative task
 TASK_ITEMS_AT_SCALE_1 = 300
 MIN_TASK_ITEMS = 50
 
@@ -51,6 +52,38 @@ metric_list:
     aggregation: mean
     higher_is_better: true
   - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+# The arithmetic problems answered by generation (GSM8K-style): greedy, at most 4 new tokens,
+# stopped at a newline; the first number of the output (a regex filter, as GSM8K's strict-match)
+# is compared with the answer by exact match.
+GEN_YAML = r"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {name}.jsonl
+custom_dataset: !function world_data.load_test
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until:
+    - "\n"
+  max_gen_toks: 4
+  do_sample: false
+filter_list:
+  - name: first-number
+    filter:
+      - function: regex
+        regex_pattern: "(-?\\d+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
     aggregation: mean
     higher_is_better: true
 metadata:
@@ -142,7 +175,14 @@ def code_items(skills: Skills, n: int, rng: random.Random) -> list[dict]:
     return items
 
 
+def arith_gen_items(skills: Skills, n: int, rng: random.Random) -> list[dict]:
+    """world_arith's problems, to be answered by writing the number."""
+    return [{"question": f"What is {fmt(t)}?", "answer": str(value(t)), "kind": t[1]}
+            for t in skills.task_triples[:n]]  # fmt: skip
+
+
 TASKS = {"world_facts": facts_items, "world_arith": arith_items, "world_code": code_items}
+GEN_TASKS = {"world_arith_gen": arith_gen_items}  # generate_until, exact match
 
 
 def task_prompt(task: str, item: dict) -> str:
@@ -178,12 +218,16 @@ def _write_tasks(path: Path, world: World, skills: Skills, seed: int, scale: flo
     path.mkdir(parents=True)
     n = max(MIN_TASK_ITEMS, round(TASK_ITEMS_AT_SCALE_1 * scale))
     counts = {}
-    for name, make in TASKS.items():
+    for name, make in {**TASKS, **GEN_TASKS}.items():
         rng = random.Random(f"midtrain-world:{seed}:task:{name}")
         items = make(world if name == "world_facts" else skills, n, rng)
         body = "".join(json.dumps(it, ensure_ascii=True, sort_keys=True) + "\n" for it in items)
         (path / f"{name}.jsonl").write_text(body, encoding="utf-8")
-        yaml = TASK_YAML.format(name=name, doc_to_text=DOC_TO_TEXT[name])
+        yaml = (
+            GEN_YAML.format(name=name)
+            if name in GEN_TASKS
+            else TASK_YAML.format(name=name, doc_to_text=DOC_TO_TEXT[name])
+        )
         (path / f"{name}.yaml").write_text(yaml, encoding="utf-8")
         counts[name] = len(items)
     (path / "world.yaml").write_text(GROUP_YAML, encoding="utf-8")
@@ -234,7 +278,7 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
         "path": out,
         "tasks_dir": out / "tasks",
         "source_paths": {n: out / "sources" / n / "data.jsonl" for n in SOURCES},
-        "task_paths": {n: out / "tasks" / f"{n}.jsonl" for n in TASKS},
+        "task_paths": {n: out / "tasks" / f"{n}.jsonl" for n in [*TASKS, *GEN_TASKS]},
         "sft_paths": {
             n: {split: out / "sft" / n / f"{split}.jsonl" for split in ("train", "val")}
             for n in SFT_SETS

@@ -4,6 +4,8 @@ Both are kept per example so that a study can pair an arm with its control examp
 For multiple-choice tasks each example also gets `gold_logprob_per_byte` (log-probability of the
 gold continuation / its UTF-8 bytes) and `margin` (that per-byte value minus the best wrong
 choice's): continuous metrics that carry signal where a small model's accuracy sits at chance.
+Every example gets `score`, its task's headline metric (accuracy; exact match for a generative
+task, pass@1 for a code task): records are made from lm-eval's samples in `samples.py`.
 
 Results are cached: `OUT/eval.json` carries a key hashing the checkpoint's files, what the tasks
 read (the task folder, each task's YAMLs, `!function` modules and data files wherever they are:
@@ -54,9 +56,15 @@ class EvalSettings(Strict):
     task_settings: dict[str, TaskSetting] = field(
         {}, description="[eval.task_settings.TASK]: per-task limit / num_fewshot / batch_size."
     )
+    allow_code_execution: bool = field(
+        False,
+        description="Run tasks that execute the code the model writes (lm-eval's unsafe_code "
+        "tasks: HumanEval, MBPP; pass@k). Without it such a task is refused; use a sandbox.",
+    )
 
     def hashed(self, seed: int = 0) -> dict[str, Any]:
-        """The settings that change an evaluation's records (part of its cache key)."""
+        """The settings that change an evaluation's records (part of its cache key);
+        `allow_code_execution` is a permission, not one of them."""
         per_task = {t: ts.model_dump(exclude_none=True) for t, ts in self.task_settings.items()}
         return {"limit": self.limit, "num_fewshot": self.num_fewshot, "seed": seed,
                 "task_settings": per_task}  # fmt: skip
@@ -120,10 +128,13 @@ def evaluate(
     task_settings: dict[str, dict[str, Any]] | None = None,
     device: str = "auto",
     seed: int = 0,
+    allow_code_execution: bool = False,
 ) -> EvalResult:
     """Evaluate `checkpoint`; write OUT/eval.json + OUT/examples.jsonl; reuse a cached result.
 
     `domains` maps a label to a token store folder; records and tables use the label.
+    `allow_code_execution` lets lm-eval run the code a code task's model writes (its
+    `unsafe_code` tasks); without it such a task is a one-line error before any model loads.
     """
     from midtrain.eval import lmeval
     from midtrain.train.checkpoint import check_hf_folder
@@ -132,7 +143,7 @@ def evaluate(
     s = validate(EvalSettings, {
         "tasks": list(tasks or []), "include_path": str(include_path) if include_path else None,
         "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
-        "task_settings": task_settings or {},
+        "task_settings": task_settings or {}, "allow_code_execution": allow_code_execution,
     })  # fmt: skip
     dev = env.resolve_device(device, "--device")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -147,8 +158,10 @@ def evaluate(
     key = cache_key(checkpoint, s.tasks, tkey, stores, settings)
     if (out / "examples.jsonl").is_file() and (out / "eval.json").is_file():
         if read_json(out / "eval.json").get("key") == key:
-            return _relocated(EvalResult.load(out), out, checkpoint, s, stores)
-    lmeval.validate_tasks(s.tasks, inc)
+            cached = EvalResult.load(out)
+            if not cached.lacks_scores():
+                return _relocated(cached, out, checkpoint, s, stores)
+    lmeval.validate_tasks(s.tasks, inc, allow_code=s.allow_code_execution)
     t0 = time.time()
     model, tok = _load(checkpoint, dev)
     records: list[TaskExample | DomainExample] = []
@@ -210,6 +223,7 @@ def _tasks(model: Any, tok: Any, s: EvalSettings, inc: Path | None, seed: int) -
     """Group tasks by their (limit, num_fewshot, batch_size) and run lm-eval once per group."""
     from midtrain.eval import lmeval
     from midtrain.eval.domains import context_length
+    from midtrain.eval.samples import task_records
 
     groups: dict[tuple[int | None, int, int], list[str]] = {}
     for t in s.tasks:
@@ -224,28 +238,7 @@ def _tasks(model: Any, tok: Any, s: EvalSettings, inc: Path | None, seed: int) -
     for (lim, shots, bs), names in groups.items():
         samples = lmeval.run_tasks(
             model, tok, names, inc, limit=lim, num_fewshot=shots, batch_size=bs,
-            max_length=context_length(model), seed=seed,
+            max_length=context_length(model), seed=seed, allow_code=s.allow_code_execution,
         )  # fmt: skip
-        records += [task_example(task, x) for task, xs in samples.items() for x in xs]
+        records += [r for task, xs in samples.items() for r in task_records(task, xs)]
     return records
-
-
-def task_example(task: str, s: dict[str, Any]) -> TaskExample:
-    """One lm-eval logged sample as a record: acc, acc_norm, and for multiple choice the gold
-    answer's log-probability per byte and its margin over the best wrong choice."""
-    rec: dict[str, Any] = {"task": task, "doc_id": s["doc_id"]}
-    for m in ("acc", "acc_norm"):
-        rec[m] = float(s[m]) if m in s and s[m] is not None else None
-    resps, args, gold = s.get("filtered_resps"), s.get("arguments"), s.get("target")
-    if resps and args and isinstance(gold, int) and len(resps) == len(args) > 1:
-        lls = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in resps]
-        per_byte = [ll / max(1, len(a[1].encode("utf-8"))) for ll, a in zip(lls, args, strict=True)]
-        wrong = [v for i, v in enumerate(per_byte) if i != gold]
-        rec["gold_logprob_per_byte"] = per_byte[gold]
-        rec["margin"] = per_byte[gold] - max(wrong)
-        rec["choices"] = len(args)
-    for k, v in s.items():  # other output types: keep lm-eval's own per-sample metrics
-        skip = ("doc_id", "gold_logprob_per_byte", "margin", "kind", "task", "choices")
-        if k not in rec and k not in skip and isinstance(v, (int, float)):
-            rec[k] = float(v)
-    return TaskExample.model_validate(rec)

@@ -18,6 +18,9 @@ when this module is imported (`SUPPORTED`; outside it, a one-line error names th
   data file that does not exist a one-line error (task_files.py); lm-eval alone would read them
   from the working directory and fail inside datasets.
 
+A task that runs the code the model writes (lm-eval's `unsafe_code`: HumanEval, MBPP) is refused
+unless the caller allows code execution (`validate_tasks`, `run_tasks`).
+
 It also reads lm-eval's task index for what a task reads from disk (`task_inputs`, part of the eval
 cache key) and loads tasks without a model for `midtrain eval --check-tasks` (`preview_tasks`).
 """
@@ -29,6 +32,7 @@ import dataclasses
 import functools
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from importlib import metadata
@@ -153,16 +157,26 @@ def _cached_task_manager(include_path: str | None) -> Any:
         return TaskManager(include_path=include_path)
 
 
-_VALIDATED: set[tuple[tuple[str, ...], str | None]] = set()
+_VALIDATED: dict[tuple[tuple[str, ...], str | None], list[str]] = {}  # -> its unsafe_code tasks
 
 
-def validate_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks") -> None:
-    """Every task must be known to lm-eval and its data loadable offline; checked before any model."""
+def validate_tasks(
+    tasks: list[str], include_path: Path | None, field: str = "tasks", allow_code: bool = False
+) -> None:
+    """Every task must be known to lm-eval and its data loadable offline; a task that executes the
+    model's code (lm-eval's `unsafe_code`) needs `allow_code`. Checked before any model."""
     key = (tuple(sorted(tasks)), str(include_path) if include_path else None)
-    if not tasks or key in _VALIDATED:
+    if not tasks:
         return
-    load_tasks(tasks, include_path, field)
-    _VALIDATED.add(key)
+    if key not in _VALIDATED:
+        loaded = load_tasks(tasks, include_path, field)
+        _VALIDATED[key] = sorted(n for n, t in loaded.items() if getattr(t, "UNSAFE_CODE", False))
+    if _VALIDATED[key] and not allow_code:
+        raise MidtrainError(
+            f"{field}: task {_VALIDATED[key][0]!r} runs the code the model writes (lm-eval marks "
+            "it unsafe_code); allow it with allow_code_execution = true in [eval] "
+            "(midtrain eval --allow-code-execution), in a sandbox, or leave the task out"
+        )
 
 
 def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks") -> dict[str, Any]:
@@ -198,21 +212,42 @@ def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks"
 
 def run_tasks(
     model: Any, tok: Any, tasks: list[str], include_path: Path | None, *, limit: int | None,
-    num_fewshot: int, batch_size: int, max_length: int, seed: int,
+    num_fewshot: int, batch_size: int, max_length: int, seed: int, allow_code: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """lm-eval's logged samples per task (`simple_evaluate(..., log_samples=True)["samples"]`)."""
+    """lm-eval's logged samples per task (`simple_evaluate(..., log_samples=True)["samples"]`).
+
+    `allow_code` confirms lm-eval's unsafe_code tasks and sets `HF_ALLOW_CODE_EVAL=1` for the call
+    (the `code_eval` metric of HF evaluate refuses without it)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     tm = task_manager(include_path)
-    with quiet():
+    with quiet(), _code_eval(allow_code):
         lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length)
         res = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
             log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
+            confirm_run_unsafe_code=allow_code,
         )  # fmt: skip
     return res["samples"]
+
+
+@contextlib.contextmanager
+def _code_eval(allow: bool) -> Iterator[None]:
+    """HF_ALLOW_CODE_EVAL=1 inside, when allowed; the variable as it was afterwards."""
+    if not allow:
+        yield
+        return
+    old = os.environ.get("HF_ALLOW_CODE_EVAL")
+    os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_ALLOW_CODE_EVAL", None)
+        else:
+            os.environ["HF_ALLOW_CODE_EVAL"] = old
 
 
 FILE_KEYS = ("dataset_path", "dataset_kwargs", "custom_dataset")  # the config keys naming files

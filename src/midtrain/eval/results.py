@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from midtrain.io import read_json
 
 FORMAT = "midtrain-eval/1"
 LN2 = math.log(2.0)
-TASK_METRICS = ("acc", "acc_norm", "gold_logprob_per_byte", "margin")
+TASK_METRICS = ("acc", "acc_norm", "gold_logprob_per_byte", "margin", "score")
 
 DocId = int | str
 
@@ -38,6 +38,15 @@ class TaskExample(BaseModel):
     gold_logprob_per_byte: float | None = None  # log p(gold continuation) / its UTF-8 bytes
     margin: float | None = None  # gold per-byte log-prob minus the best wrong choice's
     choices: int | None = None  # number of choices (multiple choice): chance is 1 / choices
+    score: float | None = None  # the task's headline metric (acc, exact_match: samples.py)
+    score_metric: str | None = None  # which metric `score` is
+
+    @model_validator(mode="after")
+    def _score_is_acc_by_default(self) -> TaskExample:
+        """A record made before `score` existed (or by hand) with an accuracy scores by it."""
+        if self.score is None and self.score_metric is None and self.acc is not None:
+            self.score, self.score_metric = self.acc, "acc"
+        return self
 
 
 class DomainExample(BaseModel):
@@ -63,6 +72,8 @@ class TaskSummary(BaseModel):
     acc_norm: MetricSummary
     gold_logprob_per_byte: MetricSummary
     margin: MetricSummary
+    score: MetricSummary | None = None  # None: written before per-example scores existed
+    score_metric: str | None = None
 
 
 class DomainSummary(BaseModel):
@@ -98,6 +109,11 @@ class EvalResult(BaseModel):
     def load(cls, out: Path) -> EvalResult:
         return cls.model_validate(read_json(Path(out) / "eval.json"))
 
+    def lacks_scores(self) -> bool:
+        """Written before tasks without an accuracy (generative ones) got per-example scores:
+        evaluate again so that they count (multiple-choice records score by `acc` as they are)."""
+        return any(t.score is None and t.acc.n == 0 for t in self.results.tasks.values())
+
     def examples(self, out: Path) -> Examples:
         return Examples.load(Path(out))
 
@@ -119,12 +135,15 @@ def summarise(records: list[TaskExample | DomainExample]) -> Summaries:
         else:
             domains.setdefault(r.domain, []).append(r)
     return Summaries(
-        tasks={
-            name: TaskSummary(**{m: mean_se([getattr(r, m) for r in rs]) for m in TASK_METRICS})
-            for name, rs in sorted(tasks.items())
-        },
+        tasks={name: _task_summary(rs) for name, rs in sorted(tasks.items())},
         domains={name: _domain_summary(rs) for name, rs in sorted(domains.items())},
     )
+
+
+def _task_summary(rs: list[TaskExample]) -> TaskSummary:
+    named = next((r.score_metric for r in rs if r.score_metric), None)
+    return TaskSummary(**{m: mean_se([getattr(r, m) for r in rs]) for m in TASK_METRICS},
+                       score_metric=named)  # fmt: skip
 
 
 def _domain_summary(rs: list[DomainExample]) -> DomainSummary:
@@ -191,6 +210,11 @@ class Examples:
         """The task's mean of `metric` over its examples (nan when none has it)."""
         vals = list((self.values("tasks", task, metric) or {}).values())
         return float(np.mean(vals)) if vals else float("nan")
+
+    def score_metric(self, task: str) -> str | None:
+        """What the task's `score` is (acc, exact_match, pass@1; None when it has none)."""
+        recs = self.tasks.get(task, {}).values()
+        return next((r.score_metric for r in recs if r.score_metric and r.score is not None), None)
 
     def domain_bpb(self, domain: str) -> float:
         vals = list((self.values("domains", domain, "bpb") or {}).values())

@@ -31,6 +31,7 @@ class EvalStage(Stage):
             spec.checkpoint, tasks=s.tasks, include_path=s.include_path, domains=spec.domains,
             out=out, limit=s.limit, num_fewshot=s.num_fewshot, batch_size=s.batch_size,
             task_settings={t: ts.model_dump(exclude_none=True) for t, ts in s.task_settings.items()},
+            allow_code_execution=s.allow_code_execution,
         )  # fmt: skip
 
     def cached(self, spec: EvalJob, out: Path) -> EvalResult | None:
@@ -38,7 +39,8 @@ class EvalStage(Stage):
 
         Compares the settings, the names and what the tasks read (`tasks_key`: a changed gold
         answer in a task's data file means evaluating again); `run` also checks the whole content
-        key (the checkpoint's and the stores' hashes too).
+        key (the checkpoint's and the stores' hashes too). An evaluation whose generative tasks
+        have no per-example score (written by an older midtrain) is done again.
         """
         if not ((out / "eval.json").is_file() and (out / "examples.jsonl").is_file()):
             return None
@@ -49,7 +51,7 @@ class EvalStage(Stage):
             and res.settings == spec.settings.hashed()
             and set(res.domains) == set(spec.domains)
         )
-        if not same or res.tasks_key is None:
+        if not same or res.tasks_key is None or res.lacks_scores():
             return None
         return res if res.tasks_key == _tasks_key(spec.settings) else None
 

@@ -63,7 +63,9 @@ def plot_deltas(r: StudyResult) -> bytes:
                     if point is None:
                         continue
                     value, ci = point
-                    labels.append(label(f"{arm.arm} · {k}", 60))
+                    t = arm.tasks.get(k)
+                    unit = f" ({t.metric})" if t and t.metric != r.eval.primary_metric else ""
+                    labels.append(label(f"{arm.arm} · {k}{unit}", 60))
                     vals.append(value)
                     lo.append(value - ci[0])
                     hi.append(ci[1] - value)

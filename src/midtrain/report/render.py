@@ -97,6 +97,8 @@ def verdict_rows(r: StudyResult) -> list[dict[str, str]]:
         acc = [
             t.acc_delta for n, t in arm.tasks.items() if n in in_primary and t.acc_delta is not None
         ]
+        if tasks_primary and tasks_primary.score_delta is not None:  # accuracy / exact match
+            acc = [tasks_primary.score_delta]
         flags = [f"task-regression ({', '.join(arm.regressed_tasks)})" if f == "task-regression"
                  else f for f in arm.flags]  # fmt: skip
         rows.append(
@@ -234,6 +236,7 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "r": r,
         "cfg": cfg,
         "rows": verdict_rows(r),
+        "left_out": [s for s in r.screen if not s.in_primary],
         "probe_rows": probe_rows(r),
         "score_rows": score_rows(r),
         "decided_on_sft": any(a.decided_on == "sft" for a in r.arms),

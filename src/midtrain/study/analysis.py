@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,7 +27,7 @@ from scipy import stats as sps
 from midtrain.eval.results import Examples
 from midtrain.study import stats
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.flags import check_guard, guard_status, own_loss_flags
+from midtrain.study.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.study.results import (
     ArmAnalysis,
     DomainDelta,
@@ -39,10 +38,10 @@ from midtrain.study.results import (
     StartPoint,
     TaskDelta,
     TaskNoise,
-    TaskScreen,
 )
+from midtrain.study.screen import screen_tasks
 
-CEILING = 0.95  # start accuracy at or above this: the task cannot show a gain
+__all__ = ["StudyData", "analyse_arm", "decide", "screen_tasks"]
 
 
 @dataclass
@@ -72,6 +71,22 @@ class StudyData:
         if k not in self._cache:
             self._cache[k] = self._quantity(kind, key, metric, groups)
         return self._cache[k]
+
+    def has(self, task: str, metric: str) -> bool:
+        """Whether `task`'s records carry `metric` (in the first run that evaluated the task)."""
+        for runs in self.groups.values():
+            for ex in runs:
+                vals = ex.values("tasks", task, metric)
+                if vals is not None:
+                    return bool(vals)
+        return False
+
+    def score_metric(self, task: str) -> str | None:
+        """What the task's per-example `score` is (acc, exact_match, pass@1), from its records."""
+        for ex in (e for runs in self.groups.values() for e in runs):
+            if task in ex.tasks:
+                return ex.score_metric(task)
+        return None
 
     def _quantity(
         self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
@@ -141,93 +156,6 @@ def pairing(data: StudyData, tasks: list[str], metric: str) -> dict[str, Pairing
     return out
 
 
-def screen_tasks(data: StudyData, cfg: StudyConfig) -> list[TaskScreen]:
-    """Signal, noise, SNR and saturation per task, from the start checkpoint and the control
-    only (never the arms, so that selecting tasks cannot favour an arm's result): signal = how far
-    the control's mean moved from the start (|control - start| / sqrt 2, the sd of the two), noise
-    = the control's seed-to-seed sd.
-
-    With `[eval] select = "snr"`, saturated tasks and tasks with SNR below `analysis.min_snr` leave
-    the primary score (each with its reason); otherwise every task stays in.
-    """
-    metric, select = cfg.analysis.primary, cfg.eval.select
-    if cfg.eval.select_from:
-        return _screen_from(cfg)
-    out = []
-    ctrl = data.groups.get(CONTROL, [])
-    for t in cfg.eval.tasks:
-        scores = [ex.score(t, metric) for ex in ctrl]
-        scores = [x for x in scores if math.isfinite(x)]
-        signal = noise_sd = None
-        if scores and data.start is not None and t in data.start.tasks:
-            signal = abs(float(np.mean(scores)) - data.start.score(t, metric)) / math.sqrt(2)
-        if len(scores) > 1:
-            noise_sd = float(np.std(scores, ddof=1))
-        snr = signal / noise_sd if signal is not None and noise_sd else None
-        start_acc, chance = _start_acc(data.start, t)
-        sat = _saturation(start_acc, chance)
-        reason, keep = "", True
-        if select == "snr" and sat:
-            keep, reason = False, f"saturated at {sat} (start acc {start_acc:.3f})"
-        elif select == "snr" and snr is not None and snr < cfg.analysis.min_snr:
-            keep, reason = False, f"SNR {snr:.2f} < min_snr {cfg.analysis.min_snr:g}"
-        out.append(TaskScreen(task=t, signal=signal, noise=noise_sd, snr=snr, start_acc=start_acc,
-                              chance=chance, saturated=sat, in_primary=keep, reason=reason))  # fmt: skip
-    return _keep_some(out)
-
-
-def _keep_some(out: list[TaskScreen]) -> list[TaskScreen]:
-    if out and not any(s.in_primary for s in out):  # never drop every task: keep them all
-        for s in out:
-            s.in_primary, s.reason = True, s.reason + "; kept: every task was screened out"
-    return out
-
-
-def _screen_from(cfg: StudyConfig) -> list[TaskScreen]:
-    """`select_from`: the tasks' signal, noise and saturation from an earlier study's screening
-    (its start and control), judged with this study's `min_snr`; tasks it did not screen stay."""
-    from midtrain.study.results import StudyResult
-
-    earlier = StudyResult.load(Path(cfg.eval.select_from) / "results.json")
-    old = {s.task: s for s in earlier.screen}
-    where = f"screened in {earlier.study}"
-    out = []
-    for t in cfg.eval.tasks:
-        s = old.get(t)
-        if s is None:
-            out.append(TaskScreen(task=t, signal=None, noise=None, snr=None, start_acc=None,
-                                  chance=None, saturated=None, in_primary=True,
-                                  reason=f"not screened in {earlier.study}; kept"))  # fmt: skip
-            continue
-        keep, reason = True, where
-        if s.saturated:
-            keep, reason = False, f"saturated at {s.saturated} ({where})"
-        elif s.snr is not None and s.snr < cfg.analysis.min_snr:
-            keep, reason = False, f"SNR {s.snr:.2f} < min_snr {cfg.analysis.min_snr:g} ({where})"
-        out.append(s.model_copy(update={"in_primary": keep, "reason": reason}))
-    return _keep_some(out)
-
-
-def _start_acc(start: Examples | None, task: str) -> tuple[float | None, float | None]:
-    if start is None or task not in start.tasks:
-        return None, None
-    recs = list(start.tasks[task].values())
-    acc = [r.acc for r in recs if r.acc is not None]
-    n = [r.choices for r in recs if r.choices]
-    chance = float(np.mean([1.0 / c for c in n])) if n else None
-    return (float(np.mean(acc)) if acc else None), chance
-
-
-def _saturation(acc: float | None, chance: float | None) -> str | None:
-    if acc is None:
-        return None
-    if acc >= CEILING:
-        return "ceiling"
-    if chance is not None and acc <= chance + 0.02:
-        return "chance"
-    return None
-
-
 def analyse_arm(
     data: StudyData, arm: str, cfg: StudyConfig, primary_tasks: list[str], sources: list[str],
     confidence: float,
@@ -236,20 +164,14 @@ def analyse_arm(
     groups, metric, peers = list(data.groups), cfg.analysis.primary, data.peers(arm)
     tasks, task_qs = {}, {}
     for t in cfg.eval.tasks:
-        q = data.quantity("tasks", t, metric, groups)
+        m = metric if data.has(t, metric) else "score"  # a task without it: its own score
+        q = data.quantity("tasks", t, m, groups)
         if q is None:
             continue
-        task_qs[t] = q
-        c = stats.contrast(q, arm, CONTROL, confidence, peers)
-        rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p),
-                        n_examples=q.n_examples, n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
-        for m in ("acc", "margin"):  # reported beside the primary metric
-            qm = data.quantity("tasks", t, m, groups)
-            if qm is not None:
-                cm = stats.contrast(qm, arm, CONTROL, confidence, peers)
-                setattr(rec, f"{m}_delta", cm.delta)
-                setattr(rec, f"{m}_ci", cm.ci)
-        tasks[t] = rec
+        if m == metric:
+            task_qs[t] = q
+        label = m if m == metric else (data.score_metric(t) or m)
+        tasks[t] = task_delta(data, t, q, arm, label, confidence, peers)
     domains = {}
     for d in cfg.domain_names:
         q = data.quantity("domains", d, "bpb", groups)
@@ -263,6 +185,9 @@ def analyse_arm(
     if not cfg.eval.tasks:
         out.flags.append("perplexity-only")
         out.reason = "no downstream task is configured; per-domain loss alone cannot decide"
+    elif not chosen and tasks:
+        out.reason = (f"no primary task has {metric} per example (the task table says why); "
+                      'primary = "score" counts generative tasks')  # fmt: skip
     elif not chosen:
         out.reason = "no task results were available for this arm"
     else:
@@ -270,9 +195,43 @@ def analyse_arm(
         w = primary_weights(data, qs, cfg.analysis.primary_score)
         out.primary = primary_result(qs, arm, chosen, metric, confidence, peers, w,
                                      cfg.analysis.mde)  # fmt: skip
+        out.primary.score_delta, out.primary.score_ci = score_contrast(
+            data, arm, chosen, confidence, peers
+        )
         out.guards = [check_guard(g, out) for g in cfg.guards]
     own_loss_flags(out, sources)
     return out
+
+
+def task_delta(
+    data: StudyData, t: str, q: stats.Quantity, arm: str, metric: str, confidence: float,
+    peers: list[str],
+) -> TaskDelta:  # fmt: skip
+    """The arm's contrast on one task, with accuracy (a generative task: its score, exact match or
+    pass@1) and margin beside it."""
+    c = stats.contrast(q, arm, CONTROL, confidence, peers)
+    rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p),
+                    n_examples=q.n_examples, n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
+    acc = "acc" if data.has(t, "acc") else "score"
+    for m, name in ((acc, "acc"), ("margin", "margin")):  # reported beside the primary metric
+        qm = data.quantity("tasks", t, m, list(data.groups))
+        if qm is not None:
+            cm = stats.contrast(qm, arm, CONTROL, confidence, peers)
+            setattr(rec, f"{name}_delta", cm.delta)
+            setattr(rec, f"{name}_ci", cm.ci)
+    return rec
+
+
+def score_contrast(
+    data: StudyData, arm: str, tasks: list[str], confidence: float, peers: list[str]
+) -> tuple[float | None, list[float] | None]:
+    """The arm's delta and interval on the primary tasks' mean `score` (accuracy; exact match or
+    pass@1 for a generative task): what the `likelihood-only` flag reads."""
+    qs = [data.quantity("tasks", t, "score", list(data.groups)) for t in tasks]
+    if not qs or any(q is None for q in qs):
+        return None, None
+    c = stats.contrast(qs, arm, CONTROL, confidence, peers)
+    return _finite(c.delta), (c.ci if c.decidable else None)
 
 
 def primary_weights(data: StudyData, qs: list[stats.Quantity], how: str) -> list[float] | None:
@@ -316,7 +275,8 @@ def decide(
 ) -> None:
     """Verdicts for every arm. The family is every decision the study can make: each arm's
     primary and each of its guards; `correction` (holm by default) adjusts their p-values
-    together. A primary task significantly worse (Holm over the arm's tasks) blocks include."""
+    together. A primary task significantly worse (Holm over the arm's tasks) blocks include; an
+    include on a likelihood whose tasks' scores did not improve is flagged `likelihood-only`."""
     decidable = [a for a in arms if a.primary is not None and a.primary.p is not None]
     family: list[PrimaryResult | GuardResult] = [a.primary for a in decidable]
     family += [g for a in decidable for g in a.guards if g.p is not None]
@@ -339,6 +299,7 @@ def decide(
             )
             continue
         _verdict(a, correction, alpha, allow_task_regression)
+        likelihood_only_flag(a)
 
 
 def _regressed(a: ArmAnalysis, correction: str, alpha: float) -> list[str]:

@@ -146,9 +146,11 @@ def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
     cfg = plan.config
     done = data.groups.get(CONTROL, [])
     records = [f.record(r) for r in plan.controls()]
+    metric = {t: cfg.analysis.primary if data.has(t, cfg.analysis.primary) else "score"
+              for t in cfg.eval.tasks}  # fmt: skip
     return ControlResult(
         seeds=[r.seed for r in plan.controls() if f.done(r)], runs=records, noise_floor=noise,
-        scores={t: [e.score(t, cfg.analysis.primary) for e in done] for t in cfg.eval.tasks},
+        scores={t: [e.score(t, metric[t]) for e in done] for t in cfg.eval.tasks},
         domains={d: [e.domain_bpb(d) for e in done if d in e.domains] for d in cfg.domain_names},
         cost=cost(records, cfg.full_run_tokens),
     )  # fmt: skip

@@ -108,9 +108,12 @@ class EvalSpec(EvalSettings):
 class AnalysisSpec(Strict):
     """How arms are compared with the control and decided."""
 
-    primary: Literal["gold_logprob_per_byte", "acc", "acc_norm", "margin"] = field(
+    primary: Literal["gold_logprob_per_byte", "acc", "acc_norm", "margin", "score"] = field(
         "gold_logprob_per_byte",
-        description="Per-example task metric averaged over tasks into the primary score.",
+        description="Per-example task metric averaged over tasks into the primary score; score: "
+        "each task's own headline metric on a 0-1 scale (accuracy for multiple choice, exact "
+        "match for generative tasks, pass@1 for code). Tasks without the metric leave the "
+        "primary, each named with the reason.",
     )
     confidence: float = field(
         0.95, gt=0.5, lt=1.0, description="Confidence of intervals and verdicts.", unit="fraction"

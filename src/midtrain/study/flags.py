@@ -2,8 +2,9 @@
 
 Each flag is a test with a stated meaning (docs/studies.md, "Flags"):
 `loss-task-disagreement` and `loss-only-gain` (the candidate's own-domain loss against the
-primary), `control-regresses` and `anneal-too-short` (the anneal itself). Guards turn a domain's
-or a task's interval into ok / at-risk / broken.
+primary), `likelihood-only` (a likelihood primary against the tasks' scores), `control-regresses`
+and `anneal-too-short` (the anneal itself). Guards turn a domain's or a task's interval into
+ok / at-risk / broken.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from midtrain.study.analysis import StudyData
 
 MIN_FIT_ARMS = 3  # other arms needed to predict an arm's task gain from its loss gain
+LIKELIHOOD_METRICS = ("gold_logprob_per_byte", "margin")  # primaries read from log-likelihoods
 
 
 def check_guard(g: Guard, arm: ArmAnalysis) -> GuardResult:
@@ -71,6 +73,19 @@ def own_loss_flags(out: ArmAnalysis, sources: list[str]) -> None:
         out.flags.append("loss-task-disagreement")
     elif lo <= 0:
         out.flags.append("loss-only-gain")
+
+
+def likelihood_only_flag(a: ArmAnalysis) -> None:
+    """`likelihood-only`: the arm is included on a likelihood primary (gold_logprob_per_byte or
+    margin) while the same tasks' mean score (accuracy; exact match or pass@1 for a generative
+    task) is not significantly better: its interval (unadjusted) contains 0 or lies below it.
+    The model puts more probability on the right answers, but picks or writes them no more often,
+    as far as this study can tell."""
+    p = a.primary
+    if a.verdict != "include" or p is None or p.metric not in LIKELIHOOD_METRICS:
+        return
+    if p.score_ci is not None and p.score_ci[0] <= 0 and "likelihood-only" not in a.flags:
+        a.flags.append("likelihood-only")
 
 
 def anneal_flags(

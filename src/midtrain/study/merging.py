@@ -136,9 +136,20 @@ def compare(plan, finished, tasks: list[str], noise: NoiseFloor | None) -> list[
             )
             res.per_seed_ci = [[d - h1, d + h1] for d in res.per_seed_delta]
             res.ci = [res.delta - hn, res.delta + hn]
-        res.tasks = {t: MergeTask(merge=merged.score(t, metric), seeds=[e.score(t, metric) for e in evs])
-                     for t in cfg.eval.tasks if t in merged.tasks}  # fmt: skip
+        res.tasks = _merge_tasks(merged, evs, cfg.eval.tasks, metric)
         res.domains = {d: MergeTask(merge=merged.domain_bpb(d), seeds=[e.domain_bpb(d) for e in evs])
                        for d in cfg.domain_names if d in merged.domains}  # fmt: skip
         out.append(res)
+    return out
+
+
+def _merge_tasks(merged: Examples, evs: list[Examples], tasks: list[str], metric: str) -> dict:
+    """Each task's score of the merge and of each seed: the primary metric, or a task's own score
+    where its records have no such metric (a generative task); a task with neither is left out."""
+    out = {}
+    for t in (t for t in tasks if t in merged.tasks):
+        m = metric if merged.values("tasks", t, metric) else "score"
+        task = MergeTask(merge=merged.score(t, m), seeds=[e.score(t, m) for e in evs])
+        if all(math.isfinite(x) for x in [task.merge, *task.seeds]):
+            out[t] = task
     return out

@@ -82,7 +82,7 @@ class ControlResult(BaseModel):
     seeds: list[int]
     runs: list[RunRecord]
     noise_floor: NoiseFloor | None
-    scores: dict[str, list[float]]  # per task: the primary metric per finished control seed
+    scores: dict[str, list[float]]  # per task: the primary metric (else its score) per control seed
     domains: dict[str, list[float]]  # per domain: mean held-out bpb per finished control seed
     cost: Cost
 
@@ -105,8 +105,8 @@ class TaskDelta(BaseModel):
     p_adjusted: float | None = None  # Holm over the arm's primary tasks (task-regression check)
     n_examples: int
     n_seeds: int
-    metric: str
-    acc_delta: float | None = None
+    metric: str  # the primary's, or a task without it: its score's (exact_match, pass@1)
+    acc_delta: float | None = None  # accuracy (a task without one: its score)
     acc_ci: Interval | None = None
     margin_delta: float | None = None
     margin_ci: Interval | None = None
@@ -148,6 +148,8 @@ class PrimaryResult(BaseModel):
     loss_predicted: float | None = None  # the delta its own-domain loss predicts (other arms' fit)
     run_share: float | None = None  # share of the variance that is run-to-run noise
     run_scores: list[float] = []  # the arm's primary score per finished seed
+    score_delta: float | None = None  # the same tasks' mean score (accuracy; exact match, pass@1)
+    score_ci: Interval | None = None  # its interval (unadjusted): the likelihood-only flag reads it
 
 
 class ProbeRun(BaseModel):

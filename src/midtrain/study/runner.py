@@ -76,7 +76,7 @@ def _checked_plan(cfg: StudyConfig, out: Path) -> StudyPlan:
     check_installed(tracked.use, "train.trackers")  # before anything loads, on this machine
     stores = check_inputs(cfg)
     include = Path(cfg.eval.include_path) if cfg.eval.include_path else None
-    validate_tasks(cfg.eval.tasks, include, "eval.tasks")
+    validate_tasks(cfg.eval.tasks, include, "eval.tasks", cfg.eval.allow_code_execution)
     try:
         plan = make_plan(cfg, out)
     except MidtrainError as e:  # a run config built from the study: name the study's field

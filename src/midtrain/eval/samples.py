@@ -1,0 +1,81 @@
+"""lm-eval's logged samples (`simple_evaluate(..., log_samples=True)["samples"]`) as records.
+
+lm-eval logs one sample per document **and filter**, with the task's per-sample metrics as keys
+(their names listed under `"metrics"`). midtrain keeps one `TaskExample` per document:
+
+- the first filter's metrics (lm-eval's order: the task's first `filter_list` entry, `none` for a
+  task without filters) are the record's fields; the other filters' are kept as `METRIC,FILTER`
+  fields, lm-eval's own naming (`exact_match,flexible-extract`);
+- multiple choice: `gold_logprob_per_byte` and `margin` from the choices' log-likelihoods;
+  generated text: `response`, the first filter's output (what the metric compared);
+- `score`, the task's headline per-example metric on a 0–1 scale: `acc` when lm-eval reports it
+  (multiple choice, loglikelihood tasks), else the first numeric metric of the task's
+  `metric_list`: `exact_match` for a GSM8K-style generative task, `pass@1` for a HumanEval-style
+  code task. `score_metric` names it. Metrics that are not numbers per sample (corpus-level ones
+  such as bleu) are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from midtrain.eval.results import TaskExample
+
+# keys of a logged sample that are not metrics (used when lm-eval does not list its metrics)
+NOT_METRICS = {"doc_id", "target", "doc", "arguments", "resps", "filtered_resps", "filter",
+               "metrics", "doc_hash", "prompt_hash", "target_hash"}  # fmt: skip
+
+
+def task_records(task: str, samples: list[dict[str, Any]]) -> list[TaskExample]:
+    """One record per document of `task` (its samples in lm-eval's order: filter by filter)."""
+    by_doc: dict[Any, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_doc.setdefault(s["doc_id"], []).append(s)
+    return [task_example(task, ss[0], ss[1:]) for ss in by_doc.values()]
+
+
+def task_example(task: str, s: dict[str, Any], others: list[dict[str, Any]] = ()) -> TaskExample:
+    """One document's record: the first filter's sample `s`, the other filters' `others`."""
+    metrics = sample_metrics(s)
+    rec: dict[str, Any] = {"task": task, "doc_id": s["doc_id"]}
+    rec |= {m: metrics.get(m) for m in ("acc", "acc_norm")}
+    rec |= choice_metrics(s)
+    rec |= {k: v for k, v in metrics.items() if k not in rec}
+    for o in others:
+        rec |= {f"{k},{o.get('filter')}": v for k, v in sample_metrics(o).items()}
+    headline = "acc" if "acc" in metrics else next(iter(metrics), None)
+    if headline is not None:
+        rec["score"], rec["score_metric"] = metrics[headline], headline
+    if s.get("filter") not in (None, "none"):  # the filter the record's metrics come from
+        rec["filter"] = s["filter"]
+    resps = s.get("filtered_resps")
+    if "choices" not in rec and isinstance(resps, list) and len(resps) == 1:
+        if isinstance(resps[0], str):  # generated: the (filtered) answer that was scored
+            rec["response"] = resps[0]
+    return TaskExample.model_validate(rec)
+
+
+def sample_metrics(s: dict[str, Any]) -> dict[str, float]:
+    """The sample's numeric per-sample metrics, in the task's order."""
+    names = s.get("metrics")
+    if not isinstance(names, list):
+        names = [k for k in s if k not in NOT_METRICS]
+    out = {}
+    for k in names:
+        v = s.get(k)
+        if isinstance(v, (int, float)):  # bools too: exact_match may be one
+            out[k] = float(v)
+    return out
+
+
+def choice_metrics(s: dict[str, Any]) -> dict[str, Any]:
+    """Multiple choice: the gold answer's log-probability per UTF-8 byte, its margin over the best
+    wrong choice's, and the number of choices ({} for any other output type)."""
+    resps, args, gold = s.get("filtered_resps"), s.get("arguments"), s.get("target")
+    if not (resps and args and isinstance(gold, int) and len(resps) == len(args) > 1):
+        return {}
+    lls = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in resps]
+    per_byte = [ll / max(1, len(a[1].encode("utf-8"))) for ll, a in zip(lls, args, strict=True)]
+    wrong = [v for i, v in enumerate(per_byte) if i != gold]
+    return {"gold_logprob_per_byte": per_byte[gold], "margin": per_byte[gold] - max(wrong),
+            "choices": len(args)}  # fmt: skip
