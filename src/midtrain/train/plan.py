@@ -237,9 +237,10 @@ def _schedule(
     bound = make_schedule(s.name, start, final, steps, s.warmup_steps)
     first = bound.lr_at(0)
     if ckpt_lr is not None and not math.isclose(first, ckpt_lr, rel_tol=1e-9):
+        jump = f"x{first / ckpt_lr:.3g}" if ckpt_lr else "from 0"  # an anneal's final: LR 0
         warns.append(
             f"first step LR {first:.4g} differs from the checkpoint's LR {ckpt_lr:.4g} "
-            f"(x{first / ckpt_lr:.3g} jump at step 1; from schedule.start_lr/warmup_steps)"
+            f"({jump} jump at step 1; from schedule.start_lr/warmup_steps)"
         )
     return bound, "config" if s.start_lr is not None else "checkpoint", warns
 
