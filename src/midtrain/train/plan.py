@@ -110,10 +110,22 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     init_state = ckpt.read_trainer_state(cfg.init) if cfg.init else None
     schedule, source, warns = _schedule(cfg, init_state, steps)
     warns += [w for w in [speed.precision_warning(precision, device)] if w]
+    warns += _pruned_init(cfg)
     return RunPlan(
         cfg, device, precision, tok, tok_hash, model_config, stores, sampler, seqs, micro,
         steps, schedule, init_state, source, warns, dist, speed.resolve_compile(cfg.compile, device),
     )  # fmt: skip
+
+
+def _pruned_init(cfg: RunConfig) -> list[str]:
+    """A warm start whose AdamW moments a study's keep policy removed starts them fresh."""
+    if cfg.init is None or not cfg.optimizer.load_state:
+        return []
+    if f"{ckpt.STATE_DIR}/optimizer.pt" not in ckpt.removed_by_keep(cfg.init):
+        return []
+    return [f"init: {cfg.init} had its AdamW moments removed by the keep policy of the study "
+            "that wrote it; this run starts with fresh moments (that study's [keep] run = "
+            '"full" keeps them)']  # fmt: skip
 
 
 def _tokenizer(path: str) -> tuple[Any, str]:
