@@ -160,7 +160,8 @@ def test_per_task_eval_settings_reach_every_job(tmp_path):
     plan = make_plan(cfg, tmp_path / "out")
     want = {"world_facts": {"limit": 50, "num_fewshot": 3}}
     chains = plan.chains()
-    assert all(c[-1].spec.settings.hashed()["task_settings"] == want for c in chains)
+    evals = [[j for j in c if j.stage == "eval"][-1] for c in chains]  # each chain ends pruning
+    assert all(j.spec.settings.hashed()["task_settings"] == want for j in evals)
     assert chains[0][0].spec.checkpoint == cfg.checkpoint  # the start checkpoint is evaluated too
     # eval settings do not change what a run trains: same run ids as without them
     plain = make_plan(load_study(write(tmp_path, GOOD)), tmp_path / "out")

@@ -25,8 +25,8 @@ source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
 - **Study file** (`midtrain study run FILE`): [StudyConfig](#studyconfig) with
   [Candidate](#candidate), [Guard](#guard), [EvalSpec](#evalspec) (with [TaskSetting](#tasksetting)),
   [AnalysisSpec](#analysisspec), [ScheduleConfig](#scheduleconfig) and
-  [SftProbeSpec](#sftprobespec) (with [SftSet](#sftset); its settings are [SftConfig](#sftconfig)'s)
-  and [Resources](#resources).
+  [SftProbeSpec](#sftprobespec) (with [SftSet](#sftset); its settings are [SftConfig](#sftconfig)'s),
+  [Resources](#resources) and [KeepSpec](#keepspec).
 - **SFT config** (`midtrain sft CKPT --config FILE`, the `sft` stage): [SftConfig](#sftconfig) with
   [SftTemplate](#sfttemplate) and [OptimizerConfig](#optimizerconfig) (docs/sft.md).
 """
@@ -38,6 +38,7 @@ def models() -> list[type[BaseModel]]:
     from midtrain.sft.config import SftConfig, SftTemplate
     from midtrain.study.config import AnalysisSpec, Candidate, EvalSpec, Guard, StudyConfig
     from midtrain.study.executors import Resources
+    from midtrain.study.keep import KeepSpec
     from midtrain.study.probe_config import SftProbeSpec, SftSet
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
     from midtrain.train.trackers import TrackersConfig
@@ -45,7 +46,7 @@ def models() -> list[type[BaseModel]]:
     return [
         RunConfig, ScheduleConfig, OptimizerConfig, MixComponent, TrackersConfig,
         StudyConfig, Candidate, Guard, EvalSpec, TaskSetting, AnalysisSpec, SftProbeSpec, SftSet,
-        SftConfig, SftTemplate, Resources,
+        SftConfig, SftTemplate, Resources, KeepSpec,
     ]  # fmt: skip
 
 

@@ -32,6 +32,7 @@ BUILTIN_STAGES = {
     "sft": "midtrain.sft.stage",
     "sft_eval": "midtrain.sft.stage",
     "merge": "midtrain.study.merging",
+    "prune": "midtrain.study.keep",
 }
 STAGES: dict[str, Stage] = {}
 

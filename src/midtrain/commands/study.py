@@ -1,4 +1,5 @@
-"""`midtrain study run|show|init`: run a study from one TOML file, print its verdicts, start one.
+"""`midtrain study run|show|init|prune`: run a study from one TOML file, print its verdicts, start
+one, remove the checkpoints a finished study no longer needs.
 
 Exit codes: 0 every run finished, 1 some runs failed (the report is still written), 2 bad input.
 """
@@ -151,7 +152,17 @@ def print_plan(cfg, out: Path) -> None:
         )
     if cfg.sft_probe is not None:
         print_probes(plan)
+    print_disk(plan)
     console.print(power_line(plan))
+
+
+def print_disk(plan) -> None:
+    """What the study's checkpoints take on disk under its [keep] policy (study/disk.py)."""
+    from midtrain.study.disk import disk_table
+
+    table, line = disk_table(plan)
+    console.print(table)
+    console.print(line)
 
 
 def _trained(run, ev, steps: int) -> float:
@@ -312,7 +323,29 @@ def study_init(
     )
 
 
+def study_prune(
+    study_dir: Annotated[Path, typer.Argument(help="A study directory (or a `starts` grid's).")],
+    keep: Annotated[
+        str | None,
+        typer.Option(help="weights, full or none: instead of the study's own [keep] run."),
+    ] = None,
+) -> None:
+    """Remove the checkpoints a finished study no longer needs under its [keep] policy."""
+    from midtrain.study.keep import fmt_bytes, prune_study
+
+    report = prune_study(study_dir, keep)
+    for path in report.removed:
+        console.print(f"removed {safe(path)}", highlight=False)
+    for path in report.left_alone:
+        err_console.print(f"left alone {safe(path)}: not in the plan rebuilt from study.json "
+                          "(its inputs moved or changed)", highlight=False)  # fmt: skip
+    linked = f" ({fmt_bytes(report.bytes - report.freed)} still linked from other studies)"
+    console.print(f"pruned {len(report.removed)} paths: {fmt_bytes(report.freed)} freed"
+                  f"{linked if report.bytes > report.freed else ''}", highlight=False)  # fmt: skip
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["study"].command("run")(study_run)
     groups["study"].command("show")(study_show)
     groups["study"].command("init")(study_init)
+    groups["study"].command("prune")(study_prune)

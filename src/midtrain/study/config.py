@@ -18,6 +18,7 @@ from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
 from midtrain.study.executors import Resources
+from midtrain.study.keep import KeepSpec
 from midtrain.study.probe_config import SftProbeSpec, check_probe_files, probe_problem
 from midtrain.train.config import ScheduleConfig
 
@@ -236,6 +237,10 @@ class StudyConfig(Strict):
     resources: Resources = field(
         Resources(),
         description="[resources]: what each run's Ray task asks for (docs/scaling.md).",
+    )
+    keep: KeepSpec = field(
+        KeepSpec(),
+        description="[keep]: which checkpoints stay once nothing reads them (docs/studies.md).",
     )
 
     _source: str = PrivateAttr("")  # the study file's name: the prefix of its errors

@@ -26,6 +26,7 @@ from midtrain.io import atomic_write_json, hash_obj, read_json
 from midtrain.jobs import Chain, Job, Stage, register
 from midtrain.schema import Strict, field
 from midtrain.study.config import CONTROL, StudyConfig
+from midtrain.study.keep import merge_targets, with_prune
 from midtrain.study.results import MergeResult, MergeTask, NoiseFloor
 
 MERGE_DIR = "merges"
@@ -83,7 +84,8 @@ def merge_dir(out: Path, arm: str, inputs: list[str]) -> Path:
 
 
 def merge_chains(plan, done) -> list[Chain]:  # noqa: ANN001 - a StudyPlan; done(RunSpec) -> bool
-    """One chain (merge, then eval) per merged arm whose runs all finished (two at least)."""
+    """One chain (merge, eval, then its prune job) per merged arm whose runs all finished (two
+    at least)."""
     chains = []
     for arm in merge_arms(plan.config, plan.arms()):
         runs = plan.arm_runs(arm) if arm != CONTROL else plan.controls()
@@ -92,10 +94,12 @@ def merge_chains(plan, done) -> list[Chain]:  # noqa: ANN001 - a StudyPlan; done
         inputs = [str(r.dir / "final") for r in runs]
         mdir = merge_dir(plan.out, arm, inputs)
         ev = plan.eval_job.model_copy(update={"checkpoint": str(mdir / MODEL)})
-        chains.append([
+        chain = [
             Job.of("merge", f"{arm}/merge", mdir, MergeSpec(inputs=inputs)),
             Job.of("eval", f"{arm}/merge", mdir / "eval", ev),
-        ])  # fmt: skip
+        ]
+        targets = merge_targets(plan.config.keep, mdir, inputs)
+        chains.append(with_prune(chain, f"{arm}/merge", targets))
     return chains
 
 

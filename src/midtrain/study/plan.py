@@ -24,6 +24,8 @@ from midtrain.jobs import Chain, Job
 from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
+from midtrain.study.keep import probe_targets, run_targets, with_prune
+from midtrain.study.merging import merge_arms
 from midtrain.study.probe import ProbeJobs, probe_jobs
 from midtrain.train.config import RunConfig, load_run_config
 
@@ -96,8 +98,15 @@ class StudyPlan:
         return [Job.of("eval", "start checkpoint", self.start_dir / EVAL_DIR, spec)]
 
     def chains(self) -> list[Chain]:
+        """Each chain ends with the prune job of the folders it wrote (study/keep.py)."""
+        keep, merged = self.config.keep, set(merge_arms(self.config, self.arms()))
         start = self.start_chain() + [j for p in self.start_probes for j in (p.sft, p.eval)]
-        return [start] + [r.full_chain(self.eval_job) for r in self.runs]
+        chains = [with_prune(start, "start checkpoint",
+                             probe_targets(keep, [p.dir for p in self.start_probes]))]  # fmt: skip
+        for r in self.runs:
+            targets = run_targets(keep, r.dir, [p.dir for p in r.probes], r.arm in merged)
+            chains.append(with_prune(r.full_chain(self.eval_job), r.name, targets))
+        return chains
 
 
 @cache

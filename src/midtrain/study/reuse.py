@@ -7,6 +7,8 @@ cannot be made: another file system), with its evaluation and SFT probes; each j
 its own cache, so a probe with other settings runs anew. Every file of a finished run was written
 atomically (replaced, never changed in place), so the linked copies share nothing that changes.
 An integration round reuses its control this way: the previous round's mix, trained alike.
+The linked evaluations are re-pointed at the linked checkpoints (the same files), so they stay
+cached without reading weights that the other study's keep policy may have removed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from midtrain.console import err_console, safe
-from midtrain.io import read_json
+from midtrain.io import atomic_write_json, read_json
 from midtrain.study.plan import StudyPlan
 from midtrain.train.rundir import finished
 
@@ -51,6 +53,7 @@ def reuse_runs(plan: StudyPlan) -> int:
     for r in plan.runs:
         src = sources.get(r.run_id)
         if src is not None and _link_tree(src, r.dir):
+            _repoint_evals(src, r.dir)
             err_console.print(f"  [cyan]reused[/] {safe(r.name)} from {safe(src)}", highlight=False)
             n += 1
     for d in plan.config.reuse:  # the start checkpoint's evaluation (its folder names its hash)
@@ -58,6 +61,19 @@ def reuse_runs(plan: StudyPlan) -> int:
         if (start / "eval" / "eval.json").is_file():
             _link_tree(start, plan.start_dir)
     return n
+
+
+def _repoint_evals(src: Path, dst: Path) -> None:
+    """Each linked eval.json of a checkpoint inside `src` names the same checkpoint inside `dst`
+    (what the eval stage's relocation would record after hashing it); written anew, so the
+    other study's file is untouched."""
+    prefixes = {str(src), str(src.resolve())}
+    for f in dst.rglob("eval.json"):
+        rec = read_json(f)
+        ckpt = str(rec.get("checkpoint", ""))
+        head = next((p for p in prefixes if ckpt.startswith(p + os.sep)), None)
+        if head is not None:
+            atomic_write_json(f, rec | {"checkpoint": str(dst) + ckpt[len(head) :]})
 
 
 def _link_tree(src: Path, dst: Path) -> bool:

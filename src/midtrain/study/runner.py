@@ -20,6 +20,7 @@ from midtrain.schema import validate
 from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
+from midtrain.study.keep import check_readable
 from midtrain.study.merging import merge_arms, merge_chains
 from midtrain.study.plan import StudyPlan, arm_names, check_budget, make_plan, study_error
 from midtrain.study.prereg import analysis_plan, check_plan, registered
@@ -156,6 +157,7 @@ def _execute(plan: StudyPlan, ex, chains: list | None = None, what: str = "jobs"
     """Run the plan's pending chains; the errors of those that failed, by run name."""
     chains = plan.chains() if chains is None else chains
     todo = [c for c in chains if pending(c)]
+    check_readable(todo)  # a job that needs weights a keep policy removed: one line, first
     err_console.print(
         f"study {safe(plan.config.name)}: {len(chains)} {what}, {len(chains) - len(todo)} already done"
     )

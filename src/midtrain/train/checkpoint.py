@@ -5,6 +5,7 @@ CKPT/config.json, model.safetensors, tokenizer files   # loads with AutoModelFor
 CKPT/midtrain_state/trainer.json    lr (the LR the next step would use), tokens_seen, steps, schedule
 CKPT/midtrain_state/optimizer.pt    AdamW state_dict (torch.load(weights_only=True))
 CKPT/midtrain_state/rng.pt          RNG states (run-directory `state/` only, for exact resume)
+CKPT/midtrain_state/pruned.json     what a study's [keep] policy removed since (study/keep.py)
 ```
 
 Writes are atomic (`io.atomic_dir` with fsync): a reader finds either the previous complete
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 STATE_DIR = "midtrain_state"
 STATE_FORMAT = "midtrain-state/1"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+MOMENT_FILES = ("optimizer.pt", "rng.pt")  # in STATE_DIR: what only resuming from it needs
+PRUNED = "pruned.json"
 
 
 class RunPosition(BaseModel):
@@ -101,6 +104,17 @@ def read_trainer_state(path: str | Path) -> TrainerState | None:
         raise MidtrainError(
             f"{f} is corrupt ({reason}); delete {f.parent} to start fresh"
         ) from None
+
+
+def removed_by_keep(path: str | Path) -> list[str]:
+    """The files (relative to the checkpoint) a keep policy removed from it; [] when none."""
+    f = Path(path) / STATE_DIR / PRUNED
+    if not f.is_file():
+        return []
+    try:
+        return list(json.loads(f.read_text(encoding="utf-8")).get("removed", []))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return []
 
 
 def load_model(path: str | Path, device: str = "cpu", field: str = "init") -> PreTrainedModel:
@@ -181,3 +195,10 @@ def save_checkpoint(
             torch.save(rng, sdir / "rng.pt")
         atomic_write_json(sdir / "trainer.json", state.model_dump(mode="json", exclude_none=True))
     return path
+
+
+def write_removed(path: str | Path, name: str, policy: str) -> None:
+    """Add `name` (a file of the checkpoint, relative) to its midtrain_state/pruned.json."""
+    removed = sorted({*removed_by_keep(path), name})
+    (Path(path) / STATE_DIR).mkdir(exist_ok=True)
+    atomic_write_json(Path(path) / STATE_DIR / PRUNED, {"removed": removed, "policy": policy})

@@ -110,10 +110,22 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     init_state = ckpt.read_trainer_state(cfg.init) if cfg.init else None
     schedule, source, warns = _schedule(cfg, init_state, steps)
     warns += [w for w in [speed.precision_warning(precision, device)] if w]
+    warns += _pruned_init(cfg)
     return RunPlan(
         cfg, device, precision, tok, tok_hash, model_config, stores, sampler, seqs, micro,
         steps, schedule, init_state, source, warns, dist, speed.resolve_compile(cfg.compile, device),
     )  # fmt: skip
+
+
+def _pruned_init(cfg: RunConfig) -> list[str]:
+    """A warm start whose AdamW moments a study's keep policy removed starts them fresh."""
+    if cfg.init is None or not cfg.optimizer.load_state:
+        return []
+    if f"{ckpt.STATE_DIR}/optimizer.pt" not in ckpt.removed_by_keep(cfg.init):
+        return []
+    return [f"init: {cfg.init} had its AdamW moments removed by the keep policy of the study "
+            "that wrote it; this run starts with fresh moments (that study's [keep] run = "
+            '"full" keeps them)']  # fmt: skip
 
 
 def _tokenizer(path: str) -> tuple[Any, str]:
@@ -237,9 +249,10 @@ def _schedule(
     bound = make_schedule(s.name, start, final, steps, s.warmup_steps)
     first = bound.lr_at(0)
     if ckpt_lr is not None and not math.isclose(first, ckpt_lr, rel_tol=1e-9):
+        jump = f"x{first / ckpt_lr:.3g}" if ckpt_lr else "from 0"  # an anneal's final: LR 0
         warns.append(
             f"first step LR {first:.4g} differs from the checkpoint's LR {ckpt_lr:.4g} "
-            f"(x{first / ckpt_lr:.3g} jump at step 1; from schedule.start_lr/warmup_steps)"
+            f"({jump} jump at step 1; from schedule.start_lr/warmup_steps)"
         )
     return bound, "config" if s.start_lr is not None else "checkpoint", warns
 

@@ -1,0 +1,373 @@
+"""What a study keeps on disk: the `[keep]` policy, the `prune` stage that applies it, and
+`midtrain study prune`.
+
+A finished run's `final/` holds its weights and, in `midtrain_state/`, the AdamW moments (twice
+the weights) that only a run continuing from it would load; every LR of an SFT probe's grid and
+every merge writes a checkpoint too. Nothing inside a study resumes from a *finished* run's
+moments (every run starts from the study's checkpoint; probes start fresh AdamW; merges read the
+weights), so by default they go once the run, its evaluation and its SFT probes are done:
+
+- `run = "weights"` (default): drop a finished run's moments (and any leftover `state/`);
+  `"full"`: keep everything; `"none"`: drop the weights too, after every job reading them (its
+  evaluation, its probes, the merge of its arm's seeds) has finished.
+- `sft = "none"` (default): no SFT checkpoint stays; `"chosen"`: the chosen LR's weights;
+  `"all"`: every LR's checkpoint as written.
+- `merge = false` (default): a merge's averaged weights go once the merge is evaluated.
+
+Each chain of a study ends with a `prune` job over the folders the chain wrote, so a finished
+chain is pruned at once (on the worker that ran it). A run's identity, its results, records,
+logs and evaluations are never touched: every job's `cached()` still finds its result, and an
+unfinished run or probe (its `state/`) is never pruned. What was removed from a checkpoint is
+recorded in its `midtrain_state/pruned.json` (`train.checkpoint.removed_by_keep`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from midtrain.errors import MidtrainError
+from midtrain.jobs import Chain, Job, Stage, register
+from midtrain.schema import Strict, field
+from midtrain.train.checkpoint import MOMENT_FILES, STATE_DIR, removed_by_keep, write_removed
+
+Level = Literal["full", "weights", "none"]
+RunPolicy = Literal["weights", "full", "none"]
+SFT_LEVEL: dict[str, Level] = {"all": "full", "chosen": "weights", "none": "none"}
+WEIGHT_GLOBS = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+
+
+class KeepSpec(Strict):
+    """The study's [keep]: which checkpoints stay once nothing in the study reads them."""
+
+    run: RunPolicy = field(
+        "weights",
+        description='A finished run\'s final/: "weights" drops the AdamW moments once the run, its '
+        'evaluation and its SFT probes are done; "full" keeps them (a later run can continue '
+        'from it with its moments); "none" drops the weights too, once every job reading them '
+        "(evaluation, SFT probes, the merge of its seeds) is done.",
+    )
+    sft: Literal["none", "chosen", "all"] = field(
+        "none",
+        description='SFT probe checkpoints once the probe is evaluated: "none", the "chosen" '
+        'LR\'s weights, or "all" (every LR of the grid, as written).',
+    )
+    merge: bool = field(False, description="Keep each merge's averaged weights once evaluated.")
+
+    def describe(self) -> str:
+        return f'[keep] run = "{self.run}", sft = "{self.sft}", merge = {str(self.merge).lower()}'
+
+
+class PruneTarget(Strict):
+    """A folder some chain wrote, and what of its checkpoints stays."""
+
+    kind: Literal["run", "probe", "merge"]
+    dir: str
+    level: Level
+    policy: str = ""  # the [keep] line that asked for it (recorded with what it removes)
+
+
+class PruneSpec(Strict):
+    targets: list[PruneTarget]
+
+
+class PruneResult(BaseModel):
+    removed: list[str] = []
+    bytes: int = 0  # the size of what was removed
+    freed: int = 0  # of which no other hard link remains (a `reuse` link keeps the rest)
+
+
+# -- what a policy removes ------------------------------------------------------------------------
+
+
+def checkpoint_removals(ckpt: Path, level: Level) -> list[Path]:
+    """The files of a checkpoint folder that `level` does not keep (those present)."""
+    if level == "full" or not ckpt.is_dir():
+        return []
+    found = [ckpt / STATE_DIR / f for f in MOMENT_FILES]
+    if level == "none":
+        found += [p for g in WEIGHT_GLOBS for p in sorted(ckpt.glob(g))]
+    return [p for p in found if p.is_file()]
+
+
+def _run(t: PruneTarget) -> list[Path]:
+    from midtrain.train.rundir import finished
+
+    d = Path(t.dir)
+    if t.level == "full" or finished(d) is None:  # never a run that may still resume
+        return []
+    return [p for p in [d / "state"] if p.exists()] + checkpoint_removals(d / "final", t.level)
+
+
+def _probe(t: PruneTarget) -> list[Path]:
+    from midtrain.sft.grid import finished, lr_dir
+
+    d = Path(t.dir)
+    res = finished(d)
+    if t.level == "full" or res is None:
+        return []
+    chosen = lr_dir(d, res.chosen_lr)
+    out = []
+    for lr in sorted(d.glob("lr-*")):
+        keep: Level = t.level if lr == chosen else "none"
+        out += [p for p in [lr / "state"] if p.exists()] + checkpoint_removals(lr / "final", keep)
+    return out
+
+
+def _merge(t: PruneTarget) -> list[Path]:
+    from midtrain.study.merging import MODEL, RECORD
+
+    d = Path(t.dir)
+    if not ((d / RECORD).is_file() and (d / "eval" / "eval.json").is_file()):
+        return []
+    return checkpoint_removals(d / MODEL, t.level)
+
+
+REMOVALS: dict[str, Callable[[PruneTarget], list[Path]]] = {
+    "run": _run, "probe": _probe, "merge": _merge,
+}  # fmt: skip
+
+
+def removals(spec: PruneSpec) -> list[Path]:
+    return [p for t in spec.targets for p in REMOVALS[t.kind](t)]
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+@register
+class PruneStage(Stage):
+    """Remove what the policy does not keep; done when nothing it would remove is left."""
+
+    name = "prune"
+    Spec = PruneSpec
+    Result = PruneResult
+
+    def run(self, spec: PruneSpec, out: Path) -> PruneResult:
+        res = PruneResult()
+        for t in spec.targets:
+            for p in REMOVALS[t.kind](t):
+                _record(p, t.policy)
+                size, freed = _sizes(p)
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                res.removed.append(str(p))
+                res.bytes, res.freed = res.bytes + size, res.freed + freed
+        return res
+
+    def cached(self, spec: PruneSpec, out: Path) -> PruneResult | None:
+        return None if removals(spec) else PruneResult()
+
+
+def _record(p: Path, policy: str) -> None:
+    """A file leaving a checkpoint folder is listed in its midtrain_state/pruned.json first."""
+    ckpt = p.parent.parent if p.parent.name == STATE_DIR else p.parent
+    if p.is_file() and (ckpt / "config.json").is_file():
+        write_removed(ckpt, p.relative_to(ckpt).as_posix(), policy)
+
+
+def _sizes(p: Path) -> tuple[int, int]:
+    """(bytes, bytes whose last hard link this is) of a file or a folder."""
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file() and not f.is_symlink()]
+    stats = [os.stat(f) for f in files]
+    return sum(s.st_size for s in stats), sum(s.st_size for s in stats if s.st_nlink == 1)
+
+
+# -- the study's prune jobs -----------------------------------------------------------------------
+
+
+def prune_job(name: str, targets: list[PruneTarget]) -> Job | None:
+    return Job.of("prune", name, targets[0].dir, PruneSpec(targets=targets)) if targets else None
+
+
+def run_targets(
+    keep: KeepSpec, run_dir: Path, probes: list[Path], merged: bool
+) -> list[PruneTarget]:
+    """A run's folder and its probes'. A run whose arm is merged keeps its weights until the
+    merge chain (`merge_targets`) has read them."""
+    level: Level = "weights" if merged and keep.run == "none" else keep.run
+    policy = keep.describe()
+    out = [PruneTarget(kind="run", dir=str(run_dir), level=level, policy=policy)]
+    return out + probe_targets(keep, probes)
+
+
+def probe_targets(keep: KeepSpec, probes: list[Path]) -> list[PruneTarget]:
+    return [PruneTarget(kind="probe", dir=str(p), level=SFT_LEVEL[keep.sft], policy=keep.describe())
+            for p in probes]  # fmt: skip
+
+
+def merge_targets(keep: KeepSpec, merge_dir: Path, inputs: list[str]) -> list[PruneTarget]:
+    """A merge's folder, and (run = "none") the weights of the runs it averaged."""
+    policy = keep.describe()
+    out = [PruneTarget(kind="merge", dir=str(merge_dir), level="full" if keep.merge else "none",
+                       policy=policy)]  # fmt: skip
+    if keep.run == "none":
+        out += [PruneTarget(kind="run", dir=str(Path(i).parent), level="none", policy=policy)
+                for i in inputs]  # fmt: skip
+    return out
+
+
+def with_prune(chain: Chain, name: str, targets: list[PruneTarget]) -> Chain:
+    job = prune_job(name, targets)
+    return chain + [job] if job is not None else chain
+
+
+# -- a job that must read weights a policy removed ------------------------------------------------
+
+
+def _sft_eval_reads(spec: Any) -> list[str]:
+    from midtrain.sft.stage import chosen_eval
+
+    job = chosen_eval(spec)
+    return [job.checkpoint] if job is not None else []
+
+
+READS: dict[str, Callable[[Any], list[str]]] = {
+    "eval": lambda s: [s.checkpoint], "sft": lambda s: [s.checkpoint],
+    "merge": lambda s: list(s.inputs), "sft_eval": _sft_eval_reads,
+}  # fmt: skip
+
+
+def check_readable(chains: list[Chain]) -> None:
+    """Every pending job's checkpoints still hold their weights; else one line naming the
+    checkpoint, the job and the fix (before anything runs)."""
+    for chain in chains:
+        for job in chain:
+            gone = [c for c in READS.get(job.stage, lambda s: [])(job.spec) if _weights_gone(c)]
+            if gone and job.cached() is None:
+                raise MidtrainError(
+                    f"{gone[0]}: its weights were removed by the study's keep policy, but the "
+                    f"{job.stage} job of {job.name} must run again and reads them; delete "
+                    f"{_owner(Path(gone[0]))} to compute it again, or undo the change that "
+                    "asks for the new job"
+                )
+
+
+def _owner(ckpt: Path) -> Path:
+    """The folder of the job that wrote a checkpoint: a run, an SFT probe (an LR's final), a
+    merge."""
+    return ckpt.parent.parent if ckpt.parent.name.startswith("lr-") else ckpt.parent
+
+
+def _weights_gone(ckpt: str) -> bool:
+    return any(not f.startswith(STATE_DIR) for f in removed_by_keep(ckpt))
+
+
+# -- midtrain study prune -------------------------------------------------------------------------
+
+
+class PruneReport(BaseModel):
+    removed: list[str] = []  # relative to the folder given
+    bytes: int = 0
+    freed: int = 0
+    left_alone: list[str] = []  # run folders of study.json the rebuilt plan does not name
+
+
+def study_folders(out: Path) -> list[Path]:
+    """The study in `out`, each start's study of a `starts` grid, or each round's study of an
+    integration history."""
+    if (out / "study.json").is_file():
+        return [out]
+    found = sorted(p.parent for g in ("starts/*/study.json", "*/study.json") for p in out.glob(g))
+    if not found:
+        raise MidtrainError(
+            f"{out}: not a study folder (no study.json); pass the --out folder of "
+            "`midtrain study run`"
+        )
+    return found
+
+
+@contextlib.contextmanager
+def _locked(folders: list[Path]) -> Iterator[None]:
+    from midtrain.study.runner import study_lock
+
+    with contextlib.ExitStack() as stack:
+        for f in folders:
+            try:
+                stack.enter_context(study_lock(f))
+            except MidtrainError:
+                raise MidtrainError(
+                    f"{f}: the study is still running (another midtrain process holds its "
+                    "lock); wait for it to finish, then prune"
+                ) from None
+        yield
+
+
+def prune_study(out: str | Path, run: str | None = None) -> PruneReport:
+    """Apply the study's [keep] (its `run` replaced by `run` when given) to what has finished."""
+    out = Path(out).resolve()
+    if run is not None and run not in get_args(RunPolicy):
+        raise MidtrainError(
+            f'--keep: {run!r} is not a keep policy; use "weights", "full" or "none"'
+        )
+    if not out.is_dir():
+        raise MidtrainError(f"{out}: no such folder; pass the --out folder of `midtrain study run`")
+    folders = study_folders(out)
+    report = PruneReport()
+    with _locked(folders):
+        plans = [_recorded_plan(f, run) for f in folders]
+        for f, (plan, chains) in zip(folders, plans, strict=True):
+            _prune_chains(chains, out, report)
+            report.left_alone += _left_alone(f, plan, out)
+    return report
+
+
+def _recorded_plan(folder: Path, run: str | None) -> tuple[Any, list[Chain]]:
+    """The plan of the study as study.json recorded it (its config, its runs' seeds), and its
+    chains with their prune jobs (the merge chains too)."""
+    from midtrain.io import read_json
+    from midtrain.study.collect import Finished
+    from midtrain.study.config import StudyConfig
+    from midtrain.study.merging import merge_chains
+    from midtrain.study.plan import make_plan
+
+    record = read_json(folder / "study.json")
+    try:
+        cfg = StudyConfig.model_validate(record["config"])
+    except (ValidationError, KeyError, TypeError):
+        raise MidtrainError(f"{folder / 'study.json'}: not a study record of this midtrain "
+                            "version; run the study again with `midtrain study run`") from None  # fmt: skip
+    if run is not None:
+        cfg = cfg.model_copy(update={"keep": cfg.keep.model_copy(update={"run": run})})
+    seeds: dict[str, list[int]] = {}
+    for r in record.get("runs", []):
+        seeds.setdefault(r["arm"], []).append(int(r["seed"]))
+    plan = make_plan(cfg, folder, seeds)
+    merges = merge_chains(plan, Finished(plan).done) if cfg.merge_seeds else []
+    return plan, plan.chains() + merges
+
+
+def _prune_chains(chains: list[Chain], out: Path, report: PruneReport) -> None:
+    for chain in chains:
+        tail = chain[-1]
+        if tail.stage != "prune" or any(j.cached() is None for j in chain[:-1]):
+            continue  # unfinished: a job of it may still read what the policy would remove
+        res = tail.run()
+        report.removed += [os.path.relpath(p, out) for p in res.removed]
+        report.bytes, report.freed = report.bytes + res.bytes, report.freed + res.freed
+
+
+def _left_alone(folder: Path, plan: Any, out: Path) -> list[str]:
+    from midtrain.io import read_json
+
+    planned = {r.dir.resolve() for r in plan.runs}
+    dirs = [folder / r["dir"] for r in read_json(folder / "study.json").get("runs", [])]
+    return [os.path.relpath(d, out) for d in dirs if d.is_dir() and d.resolve() not in planned]
+
+
+def fmt_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as `du --si` prints them)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
