@@ -45,6 +45,7 @@ class ProbeData:
     tables: dict[tuple, dict[str, list[Table]]] = field(default_factory=dict)
     seeds: dict[tuple, dict[str, list[int]]] = field(default_factory=dict)
     records: dict[str, list[ProbeRun]] = field(default_factory=lambda: defaultdict(list))
+    metrics: dict[str, str] = field(default_factory=dict)  # per task: the metric scored after SFT
 
     def add(self, key: tuple, group: str, seed: int, table: Table | None) -> None:
         if table:
@@ -111,8 +112,16 @@ def _add_run(data: ProbeData, cfg: StudyConfig, r, name: str, jobs: list[ProbeJo
             data.add(("change", name, d), r.arm, r.seed, change)
     if cfg.sft_probe.tasks:
         for t in cfg.eval.tasks:
-            vals = [ex.values("tasks", t, cfg.analysis.primary) for ex in after]
+            # a task without the primary metric (a generative one) is scored by its own score
+            metric = task_metric(after, t, cfg.analysis.primary)
+            vals = [ex.values("tasks", t, metric) for ex in after]
             data.add(("task", name, t), r.arm, r.seed, mean_table(vals))
+            data.metrics[t] = metric
+
+
+def task_metric(evs: list, task: str, primary: str) -> str:
+    """`primary` when the task's records carry it, else `score` (exact match, pass@1)."""
+    return primary if all(ex.values("tasks", task, primary) for ex in evs) else "score"
 
 
 def base_domains(cfg: StudyConfig) -> list[str]:
@@ -155,7 +164,8 @@ def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float
             ct = stats.contrast(qt, arm, CONTROL, conf, peers)
             out.tasks[t] = TaskDelta(
                 delta=ct.delta, ci=ct.ci, se=analysis._finite(ct.se), df=ct.df,
-                n_examples=qt.n_examples, n_seeds=len(qt.groups[arm]), metric=cfg.analysis.primary,
+                n_examples=qt.n_examples, n_seeds=len(qt.groups[arm]),
+                metric=data.metrics.get(t, cfg.analysis.primary),
             )  # fmt: skip
     return out
 
