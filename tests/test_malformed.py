@@ -275,6 +275,8 @@ CASES: dict[str, Case] = {
     "study prune: unknown --keep": lambda w, t: (["study", "prune", t, "--keep", "moments"], "--keep"),
     "study show: corrupt results": lambda w, t: (["study", "show", write(t, "d/results.json", "{").parent], "results.json"),
     "study init: bad --store": lambda w, t: (["study", "init", w["ckpt"], "--store", "web", "--store", "m=x", "--out", t / "s.toml"], "--store"),
+    "study init: --preset without --full-run-tokens": lambda w, t: (["study", "init", w["ckpt"], "--preset", "olmo2", "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", t / "s.toml"], "--full-run-tokens: required with --preset"),
+    "study init: --base ratios not summing to 1": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--store", f"code={w['stores']['math']}", "--base", "web:0.5,code:0.2", "--out", t / "s.toml"], "--base web:0.5,code:0.2: ratios sum to 0.7"),
     "study init: --out exists": lambda w, t: (["study", "init", w["ckpt"], "--store", f"web={w['stores']['web']}", "--store", f"math={w['stores']['math']}", "--out", write(t, "s.toml", "x")], "--out"),
     # sft, data check-format
     "sft: row without prompt/response or messages": lambda w, t: (sft(w, t, SFT_ROWS + '{"text": "a"}\n'), "train.jsonl line 5"),

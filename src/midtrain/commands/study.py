@@ -154,6 +154,26 @@ def print_plan(cfg, out: Path) -> None:
         print_probes(plan)
     print_disk(plan)
     console.print(power_line(plan))
+    for line in plan_notes(cfg):
+        console.print(line, highlight=False)
+
+
+def plan_notes(cfg) -> list[str]:
+    """The guards, and where the start checkpoint sits in the full run (checkpoint-too-early)."""
+    from midtrain.integrate.guards import describe
+    from midtrain.study.collect import checkpoint_seen
+
+    lines = [f"guards: {safe(describe([g.model_dump() for g in cfg.guards]))}"]
+    seen, full = checkpoint_seen(cfg), cfg.full_run_tokens
+    least = cfg.analysis.min_checkpoint_progress
+    if full and seen is not None:
+        flag = "checkpoint-too-early" if seen / full < least else "not too early"
+        lines.append(f"checkpoint: has seen {seen:,} of full_run_tokens {full:,} "
+                     f"({seen / full:.0%}; {flag}, the least is {least:.0%})")  # fmt: skip
+    elif full:
+        lines.append("checkpoint: the tokens it has seen are unknown (no midtrain_state); set "
+                     "checkpoint_tokens, or checkpoint-too-early cannot be checked")  # fmt: skip
+    return lines
 
 
 def print_disk(plan) -> None:
@@ -265,7 +285,11 @@ def study_init(
     ],
     out: Annotated[Path, typer.Option("--out", help="The study file to write (must not exist).")],
     base: Annotated[
-        str | None, typer.Option(help="The store that is the normal mix (default: the first).")
+        str | None,
+        typer.Option(
+            help="The normal mix: a store, or several as NAME:RATIO,... (NAME,NAME: shares by "
+            "their tokens); default: the first store."
+        ),
     ] = None,
     tasks: Annotated[
         list[str], typer.Option(help="lm-eval task names: repeat it or give a comma list.")
@@ -291,7 +315,17 @@ def study_init(
     ] = [],  # noqa: B006
     tokens: Annotated[
         int | None,
-        typer.Option(help="Anneal tokens per run (default: 100M, or less to fit the stores)."),
+        typer.Option(
+            help="Anneal tokens per run (default: 100M, or less to fit the stores; with --preset "
+            "the protocol's share of --full-run-tokens)."
+        ),
+    ] = None,
+    full_run_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Tokens of the whole pretraining run, written as full_run_tokens (cost shares, "
+            "checkpoint-too-early); required with --preset."
+        ),
     ] = None,
     start_lr: Annotated[
         float | None, typer.Option(help="The LR the checkpoint was trained at (default: its own).")
@@ -302,25 +336,36 @@ def study_init(
 
     if preset is not None:
         from midtrain.study.init import parse_tasks
-        from midtrain.study.presets import write_preset
+        from midtrain.study.preset_file import write_preset
 
         if include_path is not None:
             raise MidtrainError("--include-path: not taken with --preset; set include_path "
                                 "under [eval] of the written file")  # fmt: skip
         path = write_preset(preset, checkpoint, stores, out, base=base,
                             tasks=",".join(parse_tasks(tasks)), role_items=role, sft_items=sft,
-                            starts=start, tokens=tokens or 100_000_000,
+                            starts=start, tokens=tokens, full_run_tokens=full_run_tokens,
                             start_lr=start_lr)  # fmt: skip
-        console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} "
-                      "--out DIR --dry-run`")  # fmt: skip
+        _print_preset_next(preset, path)
         return
     if role or sft or start:
         raise MidtrainError("--role, --sft and --start go with --preset NAME")
     path = write_starter(checkpoint, stores, out, base=base, tasks=tasks,
-                         include_path=include_path, tokens=tokens, start_lr=start_lr)  # fmt: skip
+                         include_path=include_path, tokens=tokens, start_lr=start_lr,
+                         full_run_tokens=full_run_tokens)  # fmt: skip
     console.print(
         f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out DIR --dry-run`"
     )
+
+
+def _print_preset_next(preset: str, path: Path) -> None:
+    """How to check a preset's study, and the protocol's next step (its folder filled in)."""
+    from midtrain.study.presets import PRESETS
+
+    folder = safe(str(path.with_suffix("")))
+    console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out "
+                  f"{folder} --dry-run`")  # fmt: skip
+    if then := PRESETS[preset].then:
+        console.print(f"then, once it has run: `{safe(then.format(dir=folder))}`")
 
 
 def study_prune(

@@ -3,9 +3,12 @@
 The world's sources play the preset's roles (web the base mix, flan the FLAN-like source, hq the
 high-quality web, math, code; the world has no knowledge-QA source). The study is the preset's
 own (`midtrain study init --preset`), with the demo's budgets (tokens, eval limit, SFT sets and LR
-grid sized for its tiny model). liu2025's timing grid starts from the base and from an earlier
-checkpoint (the base's recipe at half its tokens); with `quick`, liu2025 keeps two roles (math,
-with the weight grid, and code) so that it fits a few minutes.
+grid sized for its tiny model) and the demo's full run (`DemoSettings.full_run_tokens`: the base's
+stable phase is 5/6 of it). Its tokens are the demo's, not the protocol's share of that run: the
+published shares (0.17-0.4% of a run for the microanneals) would be less than one demo step.
+liu2025's timing grid starts from the base and from an earlier checkpoint (the base's recipe at
+half its tokens); with `quick`, liu2025 keeps two roles (math, with the weight grid, and code) so
+that it fits a few minutes.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSetti
     sets = [{"name": x["name"], "train": str((out / x["train"]).resolve()),
              "val": str((out / x["val"]).resolve())} for x in demo["sft_probe"]["sets"]]  # fmt: skip
     study = preset_study(
-        preset, checkpoint=str(base), stores=stores, base="web", roles=roles,
+        preset, checkpoint=str(base), stores=stores, base={"web": 1.0}, roles=roles,
         tasks=demo["eval"]["tasks"], sft=sets, starts=starts, tokens=s.anneal_tokens,
+        full_run_tokens=s.full_run_tokens,
     )  # fmt: skip
-    study |= {k: demo[k] for k in ("seq_len", "batch_tokens", "micro_batch", "full_run_tokens")}
+    study |= {k: demo[k] for k in ("seq_len", "batch_tokens", "micro_batch")}
     study["eval"] |= {"include_path": str((out / demo["eval"]["include_path"]).resolve()),
                       "limit": s.eval_limit}  # fmt: skip
-    study["guards"] = demo["guards"]
+    study["guards"] = demo["guards"]  # the demo's own tolerance on web, for its tiny model
     if PRESETS[preset].sft:
         study["sft_probe"] |= {k: demo["sft_probe"][k] for k in ("lrs", "epochs", "batch_size")}
     return study
@@ -64,7 +68,8 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
     """Run the preset on the demo world into `out`; returns the study file it wrote."""
     from midtrain.demo.pipeline import FULL, QUICK
     from midtrain.study.config import load_study
-    from midtrain.study.presets import PRESETS, preset_text
+    from midtrain.study.preset_file import preset_text
+    from midtrain.study.presets import PRESETS
 
     if preset not in PRESETS:
         from midtrain.errors import MidtrainError

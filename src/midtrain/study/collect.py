@@ -177,12 +177,18 @@ def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
     )  # fmt: skip
 
 
-def _study_flags(cfg: StudyConfig) -> list[str]:
-    """`checkpoint-too-early`: the start checkpoint has seen less than min_checkpoint_progress of
-    the full run (the flags on the anneal itself are `flags.anneal_flags`)."""
+def checkpoint_seen(cfg: StudyConfig) -> int | None:
+    """The tokens the start checkpoint has seen: checkpoint_tokens, else its midtrain_state."""
     seen = cfg.checkpoint_tokens
     if seen is None and (state := read_trainer_state(cfg.checkpoint)) is not None:
         seen = state.tokens_seen
+    return seen
+
+
+def _study_flags(cfg: StudyConfig) -> list[str]:
+    """`checkpoint-too-early`: the start checkpoint has seen less than min_checkpoint_progress of
+    the full run (the flags on the anneal itself are `flags.anneal_flags`)."""
+    seen = checkpoint_seen(cfg)
     if cfg.full_run_tokens and seen is not None:
         if seen / cfg.full_run_tokens < cfg.analysis.min_checkpoint_progress:
             return ["checkpoint-too-early"]

@@ -23,7 +23,8 @@ from midtrain.io import atomic_write_text
 from midtrain.study.config import Candidate, EvalSpec, StudyConfig, parse_study
 from midtrain.train.config import ScheduleConfig
 
-TOP = ("name", "checkpoint", "tokens", "seeds", "fractions", "seq_len", "batch_tokens")
+TOP = ("name", "checkpoint", "tokens", "seeds", "fractions", "seq_len", "batch_tokens",
+       "full_run_tokens")  # fmt: skip
 
 
 def _comment(model: type[BaseModel], name: str) -> str:
@@ -68,8 +69,9 @@ class Sizing:
     note: str  # the comment above `tokens`: how it was chosen
 
 
-def starter(checkpoint: Path, stores: dict[str, str], base: str, tasks: list[str], out: Path,
-            size: Sizing, include: Path | None = None, start_lr: float | None = None) -> str:  # fmt: skip
+def starter(checkpoint: Path, stores: dict[str, str], base: dict[str, float], tasks: list[str],
+            out: Path, size: Sizing, include: Path | None = None, start_lr: float | None = None,
+            full_run_tokens: int | None = None) -> str:  # fmt: skip
     """The text of a starter study (paths relative to the file's folder).
 
     Top-level values first, then the candidates (an inline array), then the tables: TOML puts
@@ -81,14 +83,14 @@ def starter(checkpoint: Path, stores: dict[str, str], base: str, tasks: list[str
     top = {
         "name": out.stem, "checkpoint": os.path.relpath(checkpoint.resolve(), here),
         "tokens": size.tokens, "seeds": size.seeds, "fractions": [0.3], "seq_len": size.seq_len,
-        "batch_tokens": size.batch_tokens,
+        "batch_tokens": size.batch_tokens, "full_run_tokens": full_run_tokens,
     }  # fmt: skip
     text = ["# A midtrain study (docs/studies.md; every field: docs/config.md).", ""]
     for k in TOP:
         if top[k] is not None:
             text += [f"# {size.note}"] if k == "tokens" else []
             text.append(_entry(StudyConfig, k, top[k]))
-    cands = [{"name": n, "mix": {n: 1.0}} for n in stores if n != base]
+    cands = [{"name": n, "mix": {n: 1.0}} for n in stores if n not in base]
     text.append(_comment(Candidate, "mix").replace("# ", "# candidates: ", 1))
     text.append(_entry(StudyConfig, "candidates", cands))
     text.append("[stores]  " + _comment(StudyConfig, "stores"))
@@ -96,7 +98,7 @@ def starter(checkpoint: Path, stores: dict[str, str], base: str, tasks: list[str
         tomli_w.dumps({k: os.path.relpath(Path(v).resolve(), here) for k, v in stores.items()})
     )
     text.append("[base]  " + _comment(StudyConfig, "base"))
-    text.append(tomli_w.dumps({base: 1.0}))
+    text.append(tomli_w.dumps(base))
     text.append("[schedule]")
     text.append(_entry(ScheduleConfig, "name", "linear"))
     text.append(_entry(ScheduleConfig, "final_lr_fraction", 0.0))
@@ -121,7 +123,9 @@ def starter(checkpoint: Path, stores: dict[str, str], base: str, tasks: list[str
     return "\n".join(text)
 
 
-def sizing(checkpoint: Path, stores: dict[str, str], base: str, tokens: int | None) -> Sizing:
+def sizing(
+    checkpoint: Path, stores: dict[str, str], base: dict[str, float], tokens: int | None
+) -> Sizing:
     """`tokens` (default: 100M, or a round number a bit under what the stores hold within one
     epoch, base_max_repetition = 1), the seeds (3 with one candidate, 2 with more: at least 2
     degrees of freedom for the run-to-run noise), seq_len (when the model's positions are fewer
@@ -129,10 +133,10 @@ def sizing(checkpoint: Path, stores: dict[str, str], base: str, tokens: int | No
     from midtrain.data.store import open_store
     from midtrain.study.plan import study_max_tokens
 
-    seeds = [0, 1, 2] if len(stores) == 2 else [0, 1]
+    seeds = [0, 1, 2] if len(stores) - len(base) == 1 else [0, 1]
     seq_len = _seq_len(checkpoint)
-    draft = {"checkpoint": str(checkpoint), "stores": stores, "base": {base: 1.0},
-             "candidates": [{"name": n, "mix": {n: 1.0}} for n in stores if n != base],
+    draft = {"checkpoint": str(checkpoint), "stores": stores, "base": base,
+             "candidates": [{"name": n, "mix": {n: 1.0}} for n in stores if n not in base],
              "tokens": 10**12} | ({"seq_len": seq_len} if seq_len else {})  # fmt: skip
     cfg = parse_study(draft, source="--store")
     opened = {n: open_store(p, f"--store {n}") for n, p in stores.items()}
@@ -222,35 +226,77 @@ def check_task_names(names: list[str], include_path: Path | None) -> None:
 
 def check_init(
     checkpoint: Path, store_items: list[str], out: Path, base: str | None
-) -> tuple[dict[str, str], str]:
-    """The inputs every `study init` checks first: (stores by name, the base store's name)."""
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The inputs every `study init` checks first: (stores by name, the base mix)."""
     from midtrain.data.store import open_store
     from midtrain.train.checkpoint import check_hf_folder
 
     check_hf_folder(checkpoint, "CHECKPOINT")
     stores = _parse_stores(store_items)
-    for name, path in stores.items():
-        open_store(path, f"--store {name}")
-    base = base or next(iter(stores))
-    if base not in stores:
-        raise MidtrainError(f"--base {base!r}: not one of the --store names ({', '.join(stores)})")
+    sizes = {name: open_store(path, f"--store {name}").n_train_tokens
+             for name, path in stores.items()}  # fmt: skip
+    mix = parse_base(base or next(iter(stores)), sizes)
     if out.exists():
         raise MidtrainError(f"--out {out} exists; pick a new file name (init never overwrites)")
-    return stores, base
+    return stores, mix
+
+
+def parse_base(text: str, sizes: dict[str, int]) -> dict[str, float]:
+    """--base: one store, or several as NAME:RATIO,... (ratios summing to 1) or NAME,NAME
+    (shares proportional to the stores' training tokens: the stores' data concatenated).
+    At least one store stays out of it, as a candidate."""
+    pairs = [(n.strip(), sep, r) for n, sep, r in (p.partition(":") for p in text.split(","))]
+    names = [n for n, _, _ in pairs]
+    for n in names:
+        if n not in sizes:
+            raise MidtrainError(f"--base {text}: {n!r} is not one of the --store names "
+                                f"({', '.join(sizes)}); name a store")  # fmt: skip
+        if names.count(n) > 1:
+            raise MidtrainError(f"--base {text}: {n!r} is named twice; name each store once")
+    if len(names) == len(sizes):
+        raise MidtrainError(f"--base {text}: every store is in the base mix; leave at least one "
+                            "--store out of it as a candidate")  # fmt: skip
+    if not any(sep for _, sep, _ in pairs):
+        total = sum(sizes[n] for n in names) or 1
+        return {n: sizes[n] / total for n in names}
+    return _base_ratios(text, pairs)
+
+
+def _base_ratios(text: str, pairs: list[tuple[str, str, str]]) -> dict[str, float]:
+    from midtrain.mix.spec import check_ratios
+
+    if not all(sep for _, sep, _ in pairs):
+        raise MidtrainError(f"--base {text}: some stores have a ratio and some not; give every "
+                            "store a ratio or none")  # fmt: skip
+    try:
+        ratios = {n: float(r) for n, _, r in pairs}
+    except ValueError:
+        raise MidtrainError(f"--base {text}: a ratio is not a number; write NAME:RATIO,"
+                            "NAME:RATIO, e.g. web:0.7,books:0.3") from None  # fmt: skip
+    try:
+        check_ratios(ratios)
+    except ValueError as e:
+        raise MidtrainError(f"--base {text}: {e}") from None
+    return ratios
 
 
 def write_starter(checkpoint: Path, store_items: list[str], out: Path, *, base: str | None,
                   tasks: list[str], include_path: Path | None = None, tokens: int | None = None,
-                  start_lr: float | None = None) -> Path:  # fmt: skip
+                  start_lr: float | None = None,
+                  full_run_tokens: int | None = None) -> Path:  # fmt: skip
     """Check every input, size the study to the stores, validate the text, then write it."""
     stores, base = check_init(checkpoint, store_items, out, base)
     if tokens is not None and tokens <= 0:
         raise MidtrainError(f"--tokens {tokens}: must be > 0")
+    if full_run_tokens is not None and full_run_tokens <= 0:
+        raise MidtrainError(f"--full-run-tokens {full_run_tokens}: must be > 0")
     if include_path is not None and not include_path.is_dir():
         raise MidtrainError(f"--include-path {include_path}: not a folder of task YAMLs")
     names = parse_tasks(tasks)
     check_task_names(names, include_path)
     size = sizing(checkpoint, stores, base, tokens)
-    text = starter(checkpoint, stores, base, names, out, size, include_path, start_lr)
+    text = starter(
+        checkpoint, stores, base, names, out, size, include_path, start_lr, full_run_tokens
+    )
     parse_study(tomllib.loads(text), source=str(out), base_dir=out.parent.resolve())
     return atomic_write_text(out, text)
