@@ -65,3 +65,34 @@ def test_starts_cross_start_with_fraction(world, early, tmp_path):  # noqa: F811
     assert all(c["delta"] > 0 for c in cells.values()), cells  # the tasks' own items help
     md = (out / "grid.md").read_text()
     assert "## task-items" in md and "| 31% |" in md and (out / "grid.png").stat().st_size > 0
+
+
+def test_to_end_trains_each_start_to_the_end_of_the_full_run(world, early, tmp_path):  # noqa: F811
+    """starts_mode = "to_end": the early start's runs train what it has left of the full run (its
+    control too), the late one's theirs; the stable-phase starts take the study's schedule from
+    their own LR."""
+    from midtrain.train.checkpoint import read_trainer_state
+
+    one = ITEMS.replace("fractions = [0.25, 0.6]", "fractions = [0.6]")
+    path = study_file(world, tmp_path, one, seeds=(0,))
+    full = 60 * 2048 + 4 * 2048  # the base has seen 60 steps: 4 left; the early start 34
+    text = path.read_text().replace("full_run_tokens = 200000", f"full_run_tokens = {full}")
+    path.write_text(f'starts = ["{early}"]\nstarts_mode = "to_end"\n' + text)
+    out = tmp_path / "grid"
+    assert main_code(["study", "run", str(path), "--out", str(out)]) == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["mode"] == "to_end" and [s["tokens"] for s in grid["starts"]] == [34 * 2048,
+                                                                                 4 * 2048]  # fmt: skip
+    for s in grid["starts"]:
+        assert s["dir"].endswith("-to_end") and s["schedule_from"] == "study"
+        lr = read_trainer_state(s["checkpoint"]).lr
+        res = json.loads((out / s["dir"] / "results.json").read_text())
+        runs = res["control"]["runs"] + res["arms"][0]["runs"]
+        assert len(runs) == 2 and all(r["tokens"] == s["tokens"] for r in runs)
+        for r in runs:
+            sched = json.loads((out / s["dir"] / r["dir"] / "config.json").read_text())
+            sched = sched["resolved"]["schedule"]
+            assert (sched["name"], sched["final_lr"]) == ("linear", 0.0)
+            assert sched["start_lr"] == lr and sched["total_steps"] == s["tokens"] // 2048
+    assert "Each start trained to the end of the full run (131,072 tokens" in (
+        out / "grid.md").read_text()  # fmt: skip

@@ -35,11 +35,12 @@ def test_preset_runs_on_the_demo_world(preset, cache, tmp_path):
     proc = _demo(preset, out, cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / f"{preset}.toml").read_text().startswith(f"# midtrain preset {preset}: ")
-    if preset == "liu2025":  # the timing grid: two starts, math at four weights, each with @cpt
+    if preset == "liu2025":  # the timing grid: two starts, code at four weights, each with @cpt
         grid = json.loads((out / "study" / "grid.json").read_text())
         assert len(grid["starts"]) == 2
-        math = {(c["start"], c["fraction"]) for c in grid["cells"] if c["candidate"] == "math"}
-        assert {f for _, f in math} == {0.1, 0.3, 0.5, 0.8, None}
+        code = {(c["start"], c["fraction"]) for c in grid["cells"] if c["candidate"] == "code"}
+        assert {f for _, f in code} == {0.1, 0.3, 0.5, 0.8, None}
+        assert all(c["sft"] is not None for c in grid["cells"])  # the SFT probe in every cell
         assert "timing x weight" in proc.stdout
         return
     res = json.loads((out / "study" / "results.json").read_text())

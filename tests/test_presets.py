@@ -109,11 +109,11 @@ def test_presets_follow_their_protocols(user, tmp_path):
     olmo3 = tomllib.loads(_init(user, tmp_path, "olmo3", *sft)[1].read_text())
     assert {tuple(c["fractions"]) for c in olmo3["candidates"]} == {(0.5,)} and olmo3["sft_probe"]
     liu = _arms(_init(user, tmp_path, "liu2025", *sft, "--start", str(user["early"]))[1])
-    assert {n: f for n, (_, f, _) in liu.items()} == {
-        "flan": [0.1, 0.3, 0.5, 0.8],
+    assert {n: f for n, (_, f, _) in liu.items()} == {  # the weight grid: code by default
+        "flan": [0.05],
         "hq": [0.2],
         "math": [0.12],
-        "code": [0.2],
+        "code": [0.1, 0.3, 0.5, 0.8],
         "qa": [0.2],
     }
     assert all(cpt for _, _, cpt in liu.values())  # each against continued pretraining
@@ -121,6 +121,73 @@ def test_presets_follow_their_protocols(user, tmp_path):
     assert llama == {"hq": ({"hq": 1.0}, [0.3], False)}
     data = tomllib.loads((tmp_path / "llama3.toml").read_text())
     assert data["schedule"] == {"name": "linear", "final_lr_fraction": 0.0, "start_lr": 3e-4}
+
+
+def test_liu2025_grid_role_default_code_and_chosen(user, tmp_path):
+    sft, start = ["--sft", f"chat={user['sft']}"], ["--start", str(user["early"])]
+    code, path = _init(user, tmp_path, "liu2025", *sft, *start)
+    assert code == 0
+    text = path.read_text()
+    assert _arms(path)["code"][1] == [0.1, 0.3, 0.5, 0.8]
+    assert tomllib.loads(text)["starts_mode"] == "cooldown"  # no midtrain_state: seen unknown
+    assert "# Starts: the checkpoint, --start " in text and 'starts_mode = "to_end"' in text
+    path.unlink()
+    code, path = _init(user, tmp_path, "liu2025", *sft, *start, "--grid-role", "math")
+    grids = {n for n, (_, f, _) in _arms(path).items() if len(f) == 4}
+    assert code == 0 and grids == {"math"}
+
+
+def _with_state(src, dst, seen: int):
+    import shutil
+
+    from midtrain.train.checkpoint import STATE_DIR, TrainerState
+
+    shutil.copytree(src, dst)
+    (dst / STATE_DIR).mkdir()
+    (dst / STATE_DIR / "trainer.json").write_text(
+        TrainerState(lr=3e-4, tokens_seen=seen).model_dump_json()
+    )
+    return dst
+
+
+def test_liu2025_starts_run_to_the_end_when_every_start_knows_its_place(user, tmp_path, capsys):
+    """Checkpoint and start with midtrain_state: starts_mode = "to_end" (each start trains the
+    rest of the run); a start with no step left before the end is one line, nothing written."""
+    full = full_run_tokens("liu2025")
+    me = dict(user, ckpt=_with_state(user["ckpt"], tmp_path / "ckpt", full - 5000))
+    early = _with_state(user["early"], tmp_path / "early", 2000)
+    code, path = _init(me, tmp_path, "liu2025", "--sft", f"chat={user['sft']}", "--start",
+                       str(early))  # fmt: skip
+    assert code == 0
+    data = tomllib.loads(path.read_text())
+    assert data["starts_mode"] == "to_end" and data["full_run_tokens"] == full
+    assert 'subtracted (starts_mode = "to_end", as the paper ran them)' in path.read_text()
+    late = _with_state(user["early"], tmp_path / "late", full - 100)
+    path.unlink()
+    capsys.readouterr()
+    code, path = _init(me, tmp_path, "liu2025", "--sft", f"chat={user['sft']}", "--start",
+                       str(late))  # fmt: skip
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err.startswith("error: --start[0]: ") and "no step before" in err, err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "stores", "message"),
+    [
+        (["--grid-role", "code"], ROLES, "error: --grid-role code: the weight grid comes with"),
+        (["--start", "EARLY", "--grid-role", "nope"], ROLES, "error: --grid-role nope: not a role"),
+        (["--start", "EARLY"], ("web", "flan", "math"), "error: --grid-role code: no store plays"),
+    ],
+)
+def test_liu2025_grid_role_bad_input(user, tmp_path, capsys, extra, stores, message):
+    extra = [str(user["early"]) if x == "EARLY" else x for x in extra]
+    capsys.readouterr()
+    code, out = _init(user, tmp_path, "liu2025", "--sft", f"chat={user['sft']}", *extra,
+                      stores=stores)  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -227,9 +227,14 @@ def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
     assert cpt.verdict == "inconclusive" and res.probe.control[EVIL] and res.missing_probes == []
     assert res.probe.start[EVIL] > max(res.probe.control[EVIL])  # in no contrast, but reported
     assert res.probe.noise_df == (4 - 1) * (3 - 1) and 0 < res.probe.noise_sd < 0.1  # 4 groups
+    (vs,) = res.versus_cpt  # midtraining minus continued pretraining, directly
+    assert (vs.arm, vs.cpt_arm) == (f"{EVIL}@0.3", f"{EVIL}@cpt") and vs.primary.seeds == 3
+    assert vs.forgetting.ci[1] < 0 and vs.forgetting.delta == pytest.approx(-0.05, abs=0.01)
+    assert vs.sft.ci[0] < 0 < vs.sft.ci[1]  # the same SFT loss
     paths = write_report(res, plan.config, tmp_path / "study")
     md, html = paths["md"].read_text(), paths["html"].read_text()
     assert "<script>" not in md and "<script>" not in html and "## SFT probe" in md
     assert "decided on the SFT probe" in md and "SFT probe</h2>" in html
+    assert "## Midtraining vs continued pretraining" in md and "Δ forgetting (bpb)" in html
     back = json.loads(paths["results"].read_text())
     assert back["arms"][0]["probe"]["sets"][EVIL]["delta_val_loss"] < 0

@@ -313,6 +313,13 @@ def study_init(
     start: Annotated[
         list[Path], typer.Option(help="--preset liu2025: an earlier start checkpoint; repeatable.")
     ] = [],  # noqa: B006
+    grid_role: Annotated[
+        str | None,
+        typer.Option(
+            help="--preset liu2025 with --start: the role whose candidate gets the "
+            "weight grid (default code, the paper's case study)."
+        ),
+    ] = None,
     tokens: Annotated[
         int | None,
         typer.Option(
@@ -344,11 +351,11 @@ def study_init(
         path = write_preset(preset, checkpoint, stores, out, base=base,
                             tasks=",".join(parse_tasks(tasks)), role_items=role, sft_items=sft,
                             starts=start, tokens=tokens, full_run_tokens=full_run_tokens,
-                            start_lr=start_lr)  # fmt: skip
+                            start_lr=start_lr, grid_role=grid_role)  # fmt: skip
         _print_preset_next(preset, path)
         return
-    if role or sft or start:
-        raise MidtrainError("--role, --sft and --start go with --preset NAME")
+    if role or sft or start or grid_role:
+        raise MidtrainError("--role, --sft, --start and --grid-role go with --preset NAME")
     path = write_starter(checkpoint, stores, out, base=base, tasks=tasks,
                          include_path=include_path, tokens=tokens, start_lr=start_lr,
                          full_run_tokens=full_run_tokens)  # fmt: skip

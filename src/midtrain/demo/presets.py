@@ -7,8 +7,9 @@ grid sized for its tiny model) and the demo's full run (`DemoSettings.full_run_t
 stable phase is 5/6 of it). Its tokens are the demo's, not the protocol's share of that run: the
 published shares (0.17-0.4% of a run for the microanneals) would be less than one demo step.
 liu2025's timing grid starts from the base and from an earlier checkpoint (the base's recipe at
-half its tokens); with `quick`, liu2025 keeps two roles (math, with the weight grid, and code) so
-that it fits a few minutes.
+half its tokens), in the `cooldown` starts mode (every start the demo's short anneal: `to_end`
+from the early start would train ~9x its tokens); with `quick`, liu2025 keeps two roles (code,
+with the weight grid as in the paper, and math) so that it fits a few minutes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSetti
     study = preset_study(
         preset, checkpoint=str(base), stores=stores, base={"web": 1.0}, roles=roles,
         tasks=demo["eval"]["tasks"], sft=sets, starts=starts, tokens=s.anneal_tokens,
-        full_run_tokens=s.full_run_tokens,
+        full_run_tokens=s.full_run_tokens, starts_mode="cooldown",
     )  # fmt: skip
     study |= {k: demo[k] for k in ("seq_len", "batch_tokens", "micro_batch")}
     study["eval"] |= {"include_path": str((out / demo["eval"]["include_path"]).resolve()),

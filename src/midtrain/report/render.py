@@ -151,6 +151,21 @@ def score_rows(r: StudyResult) -> list[dict[str, str]]:
     return rows
 
 
+def versus_rows(r: StudyResult) -> list[dict[str, str]]:
+    """Midtraining minus continued pretraining: one row of display strings per mixed arm."""
+    rows = []
+    for v in r.versus_cpt:
+        row = {"arm": v.arm, "cpt": v.cpt_arm}
+        for key, est, digits in (("primary", v.primary, 3), ("sft", v.sft, 3),
+                                 ("forget", v.forgetting, 4)):  # fmt: skip
+            row[key] = fmt(est.delta if est else None, digits)
+            row[f"{key}_ci"] = fmt_ci(est.ci if est else None, digits)
+            row[f"{key}_p"] = fmt_p(est.p if est else None)
+        row["seeds"] = str(v.primary.seeds if v.primary else v.sft.seeds if v.sft else 0)
+        rows.append(row)
+    return rows
+
+
 def verdict_table(r: StudyResult) -> Table:
     metric = f"mean {r.eval.primary_metric}"
     if any(a.decided_on == "sft" for a in r.arms):
@@ -239,6 +254,7 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "left_out": [s for s in r.screen if not s.in_primary],
         "probe_rows": probe_rows(r),
         "score_rows": score_rows(r),
+        "versus_rows": versus_rows(r),
         "decided_on_sft": any(a.decided_on == "sft" for a in r.arms),
         "fmt": fmt,
         "fmt_ci": fmt_ci,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis, merging, probe_analysis
+from midtrain.study import analysis, merging, probe_analysis, versus_cpt
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.plan import RunSpec, StudyPlan
@@ -119,7 +119,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
             flags.append("no-seed-noise")
     arms = [_arm(plan, f, data, arm, primary_tasks, flags, conf) for arm in plan.arms()]
     predicted_gain_flags([a for a in arms if a.verdict != "failed"])
-    probe = None
+    probe, probe_data = None, None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
         probe_data = probe_analysis.load(plan, f)
         probe_analysis.apply(arms, probe_data, cfg, conf)
@@ -129,12 +129,14 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     if cfg.seeds == "auto":
         _adjust_for_looks(cfg, arms)
     merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
+    versus = versus_cpt.contrasts(data, probe_data, cfg, arms, conf)
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
         eval=EvalInfo(include_path=cfg.eval.include_path, tasks=list(cfg.eval.tasks),
                       domains=cfg.domain_names, primary_metric=metric, limit=cfg.eval.limit,
                       num_fewshot=cfg.eval.num_fewshot),
         confidence=conf, study_flags=flags, screen=screen, probe=probe, merges=merges,
+        versus_cpt=versus,
         method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
                       primary_tasks=primary_tasks, primary_score=cfg.analysis.primary_score,
                       paired_streams=cfg.paired_streams, pairing=pairs),

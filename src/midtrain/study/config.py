@@ -229,6 +229,12 @@ class StudyConfig(Strict):
         "whole study runs from `checkpoint` and from each of these, each with its own control, "
         "and grid.md crosses start with fraction.",
     )
+    starts_mode: Literal["cooldown", "to_end"] = field(
+        "cooldown",
+        description="How each start of `starts` trains: cooldown (every start the study's own "
+        "`tokens` and [schedule]) or to_end (Liu et al.: each start trains to full_run_tokens, "
+        "its own tokens seen subtracted, on its checkpoint's schedule continued; docs/studies.md).",
+    )
     reuse: list[str] = field(
         [],
         description="Study folders whose finished runs are reused (hard-linked) when a run of "
@@ -301,6 +307,7 @@ class StudyConfig(Strict):
         _check_references(self)
         _check_not_base(self)
         _check_probe(self)
+        _check_starts_mode(self)
         if self.analysis.allow_task_regression and not self.eval.tasks:
             raise _FieldError(
                 "analysis.allow_task_regression",
@@ -376,6 +383,18 @@ def _check_not_base(cfg: StudyConfig) -> None:
                 "equals the base mix, so every arm of it would retrain the control; "
                 "name other sources (for an A/A check use `midtrain bench calibrate`)",
             )
+
+
+def _check_starts_mode(cfg: StudyConfig) -> None:
+    """to_end runs every start to the end of the full run: it needs the full run and starts."""
+    if cfg.starts_mode != "to_end":
+        return
+    if cfg.full_run_tokens is None:
+        raise _FieldError("starts_mode", '"to_end" trains each start to the end of the full run; '
+                          "set full_run_tokens (the full run's tokens)")  # fmt: skip
+    if not cfg.starts:
+        raise _FieldError("starts_mode", '"to_end" applies to the starts of a timing grid; add '
+                          'starts = [...] or remove starts_mode')  # fmt: skip
 
 
 def _check_probe(cfg: StudyConfig) -> None:

@@ -137,7 +137,7 @@ def _check_scale(name: str, full: int, tokens: int | None, seen: int | None) -> 
 def write_preset(name: str, checkpoint: Path, store_items: list[str], out: Path, *,
                  base: str | None, tasks: str, role_items: list[str], sft_items: list[str],
                  starts: list[Path], full_run_tokens: int | None, tokens: int | None = None,
-                 start_lr: float | None = None) -> Path:  # fmt: skip
+                 start_lr: float | None = None, grid_role: str | None = None) -> Path:  # fmt: skip
     """Check every input, then write the preset's study file (validated first)."""
     from midtrain.io import atomic_write_text
     from midtrain.study.init import check_init
@@ -155,20 +155,51 @@ def write_preset(name: str, checkpoint: Path, store_items: list[str], out: Path,
     roles = roles_for(stores, base_mix, role_items)
     sft = _sft_files(sft_items)
     chosen, notes = budget_notes(name, tokens, full, seen)
+    mode, mode_notes = starts_mode(starts, seen, full)
     study = preset_study(
         name, checkpoint=str(checkpoint.resolve()), base=base_mix, roles=roles,
         stores={k: str(Path(v).resolve()) for k, v in stores.items()},
         tasks=[t.strip() for t in tasks.split(",") if t.strip()],
         sft=sft, starts=[str(s.resolve()) for s in starts], tokens=chosen, full_run_tokens=full,
+        grid=grid_role, starts_mode=mode,
     )  # fmt: skip
     if start_lr is not None:
         study["schedule"]["start_lr"] = start_lr
-    text = preset_text(name, study, out, roles, notes)
+    text = preset_text(name, study, out, roles, notes + mode_notes)
     if start_lr is None and state is None:
         text = ("# REQUIRED: this checkpoint has no midtrain_state, so the LR it was trained at is\n"
                 "# unknown: set [schedule] start_lr (or pass --start-lr to study init).\n" + text)  # fmt: skip
     validate_text(text, out)
     return atomic_write_text(out, text)
+
+
+def starts_mode(starts: list[Path], seen: int | None, full: int) -> tuple[str, list[str]]:
+    """liu2025's starts run to the end of the full run (starts_mode = "to_end", as the paper ran
+    them) when every start and the checkpoint say how many tokens they have seen; else each runs
+    the study's cooldown, and the header says why. A start at or past the full run's end (less
+    than one step before it) is an error."""
+    from midtrain.study.config import StudyConfig
+    from midtrain.train.checkpoint import read_trainer_state
+
+    if not starts:
+        return "cooldown", []
+    step, unknown = StudyConfig.model_fields["batch_tokens"].default, []
+    for i, s in enumerate(starts):
+        state = read_trainer_state(s)
+        if state is None:
+            unknown.append(f"--start {s}")
+        elif full - state.tokens_seen < step:
+            raise MidtrainError(f"--start[{i}]: {s} has seen {state.tokens_seen:,} tokens, no "
+                                f"step before --full-run-tokens {full:,}; drop it or {FULL_RUN_FIX}")  # fmt: skip
+    if seen is None:
+        unknown.insert(0, "the checkpoint")
+    if not unknown:
+        return "to_end", ["# Starts: each trains to the end of the full run, its own tokens seen "
+                          'subtracted (starts_mode = "to_end", as the paper ran them).']  # fmt: skip
+    has = "has" if len(unknown) == 1 else "have"
+    why = f"# Starts: {', '.join(unknown)} {has} no midtrain_state (tokens seen unknown),"
+    return "cooldown", [f"{why} so each start runs the study's cooldown; the paper ran each to the "
+                        'end of the run: starts_mode = "to_end" (docs/studies.md).']  # fmt: skip
 
 
 def _sft_files(items: list[str]) -> list[dict[str, str]]:

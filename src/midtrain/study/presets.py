@@ -79,7 +79,8 @@ PRESETS = {
         Preset("liu2025", "midtraining mixes (code 20%, math 12%, FLAN 5%, knowledge QA 20%, "
                "high-quality web 20%, rest the pretraining data) against continued pretraining on "
                "100% of each for the same tokens; SFT probes with forgetting; with --start, a "
-               "timing (starts) x weight (10/30/50/80%) grid of the first role; token proximity "
+               "timing (starts, each to the end of the run) x weight (10/30/50/80%) grid of the "
+               "code role (--grid-role); token proximity "
                "(midtrain similarity)", "Liu, Neubig & Xiong (2025), Midtraining bridges "
                "pretraining and posttraining distributions",
                Scale(21_035, 61_035, 40_000 / 61_035, "midtraining from step 40,000 to the end "
@@ -93,6 +94,7 @@ PRESETS = {
 }  # fmt: skip
 LIU_FRACTIONS = {"code": 0.2, "math": 0.12, "flan": 0.05, "qa": 0.2, "hq": 0.2}
 GRID_FRACTIONS = [0.1, 0.3, 0.5, 0.8]
+GRID_ROLE = "code"  # liu2025's timing x weight grid: the paper's case study is code
 
 
 def preset(name: str) -> Preset:
@@ -114,8 +116,8 @@ def _cand(name: str, store: str, fractions: list[float], **kw: Any) -> dict[str,
     return {"name": name, "mix": {store: 1.0}, "fractions": fractions, "max_repetition": 4.0, **kw}
 
 
-def candidates(name: str, roles: dict[str, str], others: list[str],
-               starts: bool) -> list[dict[str, Any]]:  # fmt: skip
+def candidates(name: str, roles: dict[str, str], others: list[str], starts: bool,
+               grid_role: str = GRID_ROLE) -> list[dict[str, Any]]:  # fmt: skip
     """The preset's arms over the stores playing its roles (and the other candidate stores)."""
     singles = list(dict.fromkeys([*roles.values(), *others]))
     if name == "marin":
@@ -133,9 +135,8 @@ def candidates(name: str, roles: dict[str, str], others: list[str],
     if name == "llama3":
         return [_cand(roles["hq"], roles["hq"], [0.3])]
     out = []  # liu2025: each role at its paper share, and its continued-pretraining arm
-    for i, (role, store) in enumerate(roles.items()):
-        grid = starts and i == 0
-        fracs = GRID_FRACTIONS if grid else [LIU_FRACTIONS[role]]
+    for role, store in roles.items():
+        fracs = GRID_FRACTIONS if starts and role == grid_role else [LIU_FRACTIONS[role]]
         out.append(_cand(store, store, fracs, continued_pretraining=True))
     return out
 
@@ -153,16 +154,35 @@ def _check_roles(p: Preset, roles: dict[str, str], sft: list[dict[str, str]],
         raise MidtrainError("--start: only the liu2025 preset has a timing grid; drop --start")
 
 
+def grid_role(roles: dict[str, str], starts: list[str], role: str | None) -> str:
+    """The role of liu2025's weight grid: code unless --grid-role says otherwise; it needs
+    --start and a store playing it."""
+    if role is not None and not starts:
+        raise MidtrainError(f"--grid-role {role}: the weight grid comes with the timing grid; "
+                            "add --start CKPT (--preset liu2025) or drop --grid-role")  # fmt: skip
+    role = role or GRID_ROLE
+    if role not in ROLES:
+        raise MidtrainError(f"--grid-role {role}: not a role; use one of {', '.join(ROLES)}")
+    if starts and role not in roles:
+        raise MidtrainError(f"--grid-role {role}: no store plays {role}; name one with --role "
+                            f"{role}=STORE or choose --grid-role from {', '.join(roles) or 'none'}")  # fmt: skip
+    return role
+
+
 def preset_study(name: str, *, checkpoint: str, stores: dict[str, str], base: dict[str, float],
                  roles: dict[str, str], tasks: list[str], sft: list[dict[str, str]],
-                 starts: list[str], tokens: int, full_run_tokens: int) -> dict[str, Any]:  # fmt: skip
+                 starts: list[str], tokens: int, full_run_tokens: int, grid: str | None = None,
+                 starts_mode: str = "to_end") -> dict[str, Any]:  # fmt: skip
     """The study as data (absolute paths); raises MidtrainError when a needed role is absent.
-    Guards: every base domain, at the automatic guards' tolerance (integrate/guards.py)."""
+    Guards: every base domain, at the automatic guards' tolerance (integrate/guards.py).
+    liu2025 with starts: `grid` is the weight grid's role (default code), `starts_mode` how far
+    each start trains (to_end: as the paper ran it)."""
     p = preset(name)
     _check_roles(p, roles, sft, starts)
+    grid = grid_role(roles, starts, grid)
     used = set(roles.values()) | set(base)
     others = [] if name in ("liu2025", "llama3") else [s for s in stores if s not in used]
-    cands = candidates(name, roles, others, bool(starts))
+    cands = candidates(name, roles, others, bool(starts), grid)
     study: dict[str, Any] = {
         "name": name, "checkpoint": checkpoint, "tokens": tokens,
         "full_run_tokens": full_run_tokens, "seeds": [0, 1, 2] if name == "olmo2" else [0, 1],
@@ -173,7 +193,7 @@ def preset_study(name: str, *, checkpoint: str, stores: dict[str, str], base: di
     if name == "olmo2":  # the final mix's seeds only (the last arm: final-mix, or the only one)
         study["merge_seeds"] = [f"{cands[-1]['name']}@0.5"]
     if starts:
-        study["starts"] = starts
+        study |= {"starts": starts, "starts_mode": starts_mode}
     if p.sft:
         study["sft_probe"] = {"lrs": [1e-5, 3e-5, 1e-4], "epochs": 1, "sets": sft}
     return study

@@ -299,6 +299,30 @@ class MergeResult(BaseModel):
     domains: dict[str, MergeTask] = {}  # bits per byte (lower is better)
 
 
+class Versus(BaseModel):
+    """One arm minus another on one score, from their paired per-seed differences (the
+    run-to-run variance from these differences alone: df = seeds - 1)."""
+
+    delta: float
+    ci: Interval | None = None
+    se: float | None = None
+    df: float | None = None
+    p: float | None = None  # two-sided, unadjusted (descriptive: not in the decision family)
+    seeds: int
+
+
+class CptContrast(BaseModel):
+    """Midtraining against continued pretraining: a candidate's mixed arm minus its @cpt arm."""
+
+    candidate: str
+    arm: str  # NAME@fraction
+    cpt_arm: str  # NAME@cpt
+    metric: str  # the tasks' primary metric
+    primary: Versus | None = None  # the tasks' primary score (higher is better)
+    sft: Versus | None = None  # the SFT score: minus SFT val loss, mean over sets (higher better)
+    forgetting: Versus | None = None  # bpb on the base mix after SFT, mean (lower is better)
+
+
 class StudyResult(BaseModel):
     format: str = FORMAT
     study: str
@@ -312,6 +336,7 @@ class StudyResult(BaseModel):
     screen: list[TaskScreen] = []
     probe: ProbeInfo | None = None
     merges: list[MergeResult] = []  # merge_seeds: each merged arm against its seeds
+    versus_cpt: list[CptContrast] = []  # each mixed arm minus its candidate's @cpt arm
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
