@@ -142,6 +142,8 @@ def main() -> None:
         t: [json.loads(x) for x in p.read_text().splitlines()][: args.limit]
         for t, p in info["task_paths"].items()
     }
+    # multiple-choice tasks only: the generative one (world_arith_gen) has no choices to score
+    items = {t: its for t, its in items.items() if its and "choices" in its[0]}
 
     cfg = LlamaConfig(
         vocab_size=len(tok),
