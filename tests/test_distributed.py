@@ -307,7 +307,7 @@ def test_fsdp_ranks_beyond_the_first_never_hold_the_whole_model():
         p.start()
     got = {}
     for _ in procs:
-        rank, peak_mib, probe = queue.get(timeout=240)
+        rank, peak_mib, probe = queue.get(timeout=600)  # a loaded 2-core machine is slow
         got[rank] = (peak_mib, probe)
     for p in procs:
         p.join(timeout=60)
