@@ -308,6 +308,7 @@ CASES: dict[str, Case] = {
     "demo world: scale too big": lambda w, t: (["demo", "world", "--out", t / "world", "--scale", "500"], "--scale"),
     "demo world: --out is a file": lambda w, t: (["demo", "world", "--out", write(t, "f", "x")], "--out"),
     "demo: --workers 0": lambda w, t: (["demo", "--out", t / "demo", "--workers", "0"], "--workers"),
+    "demo: --to-end without liu2025": lambda w, t: (["demo", "--out", t / "demo", "--preset", "marin", "--to-end"], "--to-end: only with --preset liu2025"),
     "bench train: --rounds 0": lambda w, t: (["bench", "train", "--rounds", "0"], "--rounds"),
     "bench train: negative --threads": lambda w, t: (["bench", "train", "--threads", "-1"], "--threads"),
     "bench train: --precision fp16": lambda w, t: (["bench", "train", "--precision", "fp16"], "--precision"),

@@ -32,6 +32,13 @@ def demo(
             help="Cache for the demo base model (default $MIDTRAIN_CACHE or ~/.cache/midtrain)."
         ),
     ] = None,
+    to_end: Annotated[
+        bool,
+        typer.Option(
+            "--to-end",
+            help="liu2025: every start trains to the end of the run (the paper's timing grid).",
+        ),
+    ] = False,
 ) -> None:
     """Generate the demo world, build (or reuse) the base, run the demo study, write the report."""
     if ctx.invoked_subcommand is not None:
@@ -43,8 +50,10 @@ def demo(
         raise MidtrainError(f"--workers {workers}: must be >= 1")
     if out.exists() and not out.is_dir():
         raise MidtrainError(f"--out {out} is a file; pass a folder for the demo")
+    if to_end and preset != "liu2025":
+        raise MidtrainError("--to-end: only with --preset liu2025 (the preset with starts)")
     if preset is not None:
-        _preset(out, preset, quick, workers, cache)
+        _preset(out, preset, quick, workers, cache, "to_end" if to_end else "cooldown")
         return
     from midtrain.report import verdict_table
 
@@ -53,10 +62,12 @@ def demo(
     _tables(Path(out))
 
 
-def _preset(out: Path, preset: str, quick: bool, workers: int, cache: Path | None) -> None:
+def _preset(out: Path, preset: str, quick: bool, workers: int, cache: Path | None,
+            starts_mode: str) -> None:  # fmt: skip
     from midtrain.demo.presets import run_preset_demo
 
-    path = run_preset_demo(out, preset, quick=quick, workers=workers, cache=cache)
+    path = run_preset_demo(out, preset, quick=quick, workers=workers, cache=cache,
+                           starts_mode=starts_mode)  # fmt: skip
     study = Path(out) / "study"
     if (study / "grid.json").is_file():
         from midtrain.study.grid import GridResult, table

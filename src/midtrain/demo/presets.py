@@ -7,8 +7,9 @@ grid sized for its tiny model) and the demo's full run (`DemoSettings.full_run_t
 stable phase is 5/6 of it). Its tokens are the demo's, not the protocol's share of that run: the
 published shares (0.17-0.4% of a run for the microanneals) would be less than one demo step.
 liu2025's timing grid starts from the base and from an earlier checkpoint (the base's recipe at
-half its tokens), in the `cooldown` starts mode (every start the demo's short anneal: `to_end`
-from the early start would train ~9x its tokens); with `quick`, liu2025 keeps two roles (code,
+half its tokens), in the `cooldown` starts mode (every start the demo's short anneal) unless
+`starts_mode="to_end"` (`--to-end`: each start trains to the end of the demo's full run, as the
+paper did; from the early start that is ~9x the demo's anneal); with `quick`, liu2025 keeps two roles (code,
 with the weight grid as in the paper, and math) so that it fits a few minutes.
 """
 
@@ -36,7 +37,8 @@ QUICK_LIU_ROLES = {"math": "math", "code": "code"}
 
 
 def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path,
-                      quick: bool, starts: list[str]) -> dict[str, Any]:  # fmt: skip
+                      quick: bool, starts: list[str],
+                      starts_mode: str = "cooldown") -> dict[str, Any]:  # fmt: skip
     """The preset's study on the demo world (absolute paths), with the demo's budgets."""
     from midtrain.study.presets import PRESETS, preset_study
 
@@ -48,7 +50,7 @@ def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSetti
     study = preset_study(
         preset, checkpoint=str(base), stores=stores, base={"web": 1.0}, roles=roles,
         tasks=demo["eval"]["tasks"], sft=sets, starts=starts, tokens=s.anneal_tokens,
-        full_run_tokens=s.full_run_tokens, starts_mode="cooldown",
+        full_run_tokens=s.full_run_tokens, starts_mode=starts_mode,
     )  # fmt: skip
     study |= {k: demo[k] for k in ("seq_len", "batch_tokens", "micro_batch")}
     study["eval"] |= {"include_path": str((out / demo["eval"]["include_path"]).resolve()),
@@ -65,7 +67,8 @@ def early_start(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
 
 
 def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int = 1,
-                    cache: Path | None = None, settings: DemoSettings | None = None) -> Path:  # fmt: skip
+                    cache: Path | None = None, settings: DemoSettings | None = None,
+                    starts_mode: str = "cooldown") -> Path:  # fmt: skip
     """Run the preset on the demo world into `out`; returns the study file it wrote."""
     from midtrain.demo.pipeline import FULL, QUICK
     from midtrain.study.config import load_study
@@ -85,7 +88,7 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
     ctx = build_world_and_stores(out, s)
     base = pretrain_base(ctx, s, cache)
     starts = [str(early_start(ctx, s, cache))] if preset == "liu2025" else []
-    study = preset_demo_study(preset, ctx, base, s, out, quick, starts)
+    study = preset_demo_study(preset, ctx, base, s, out, quick, starts, starts_mode)
     roles = QUICK_LIU_ROLES if quick and preset == "liu2025" else DEMO_ROLES
     path = out / f"{preset}.toml"
     atomic_write_text(path, preset_text(preset, study, path, roles))
