@@ -325,7 +325,9 @@ def test_fsdp_ranks_beyond_the_first_never_hold_the_whole_model():
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    print(f"\npeak growth rank 0 {got[0][0]:.0f} MiB, rank 1 {got[1][0]:.0f} MiB; model {mib:.0f} MiB")
+    print(
+        f"\npeak growth rank 0 {got[0][0]:.0f} MiB, rank 1 {got[1][0]:.0f} MiB; model {mib:.0f} MiB"
+    )
     assert got[0][1] == got[1][1]  # rank 1 holds rank 0's weights
     # both peaks count from a warmed-up process (imports, gloo), so only the model differs: rank 0
     # grew by the whole model more than rank 1 (measured 248 MiB of 253 alone on 2 cores)
