@@ -87,7 +87,10 @@ def test_each_preset_writes_a_study_that_dry_runs(user, tmp_path, capsys, preset
     capsys.readouterr()
     assert main_code(["study", "run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     shown = _said(capsys)
-    assert f"{data['tokens']:,}" in shown and "guards: domain web <= +0.02" in shown, shown
+    steps = data["tokens"] // data.get("batch_tokens", 4096)  # the table shows whole steps
+    assert f"{steps * 4096:,}" in shown and "guards: domain web <= +0.02" in shown, shown
+    if steps * 4096 != data["tokens"]:
+        assert f"tokens: {data['tokens']:,} asked; a run trains whole optimizer steps" in shown
     assert "checkpoint: the tokens it has seen are unknown" in shown
     assert not (tmp_path / "run" / "results.json").exists()  # a dry run runs nothing
 

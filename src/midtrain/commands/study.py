@@ -125,6 +125,7 @@ def print_plan(cfg, out: Path) -> None:
     for col in ("run", "mix", "tokens", "est. FLOPs", "est. seconds", "share of full run", "done"):
         t.add_column(col)
     tables, total_f, total_s, left_s, done, started = {}, 0.0, 0.0, 0.0, 0, False
+    rounded: set[tuple[int, int]] = set()
     for r in plan.runs:
         run_plan = plan_run(r.run_config)
         est = estimate(run_plan)
@@ -132,13 +133,18 @@ def print_plan(cfg, out: Path) -> None:
         finished = not pending(r.full_chain(plan.eval_job))
         total_f, total_s, done = total_f + est.flops, total_s + est.seconds, done + finished
         left_s, started = left_s + est.seconds * (1 - trained), started or trained > 0
-        share = f"{cfg.tokens / cfg.full_run_tokens:.3%}" if cfg.full_run_tokens else "–"
+        tokens = run_plan.steps * run_plan.tokens_per_step  # whole optimizer steps
+        if tokens != r.run_config.tokens:
+            rounded.add((r.run_config.tokens, run_plan.steps))
+        share = f"{tokens / cfg.full_run_tokens:.3%}" if cfg.full_run_tokens else "–"
         mix = " / ".join(f"{m.source} {m.ratio:.0%}" for m in r.mix)
         state = "yes" if finished else "trained" if trained == 1 else f"{trained:.0%}"
-        t.add_row(safe(r.name), safe(mix), f"{cfg.tokens:,}", f"{est.flops:.3g}",
+        t.add_row(safe(r.name), safe(mix), f"{tokens:,}", f"{est.flops:.3g}",
                   f"{est.seconds:.0f}", share, state if finished or trained else "–")  # fmt: skip
         tables.setdefault(mix, run_plan.sampler.token_table())
     console.print(t)
+    for asked, steps in sorted(rounded):
+        console.print(f"tokens: {asked:,} asked; a run trains whole optimizer steps, {steps} here")
     for table in tables.values():
         console.print(table)
     if started:
