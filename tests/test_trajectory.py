@@ -215,3 +215,16 @@ def test_predict_tokens_gives_each_trajectory_a_prediction_beside_the_verdict():
     assert p is not None and p.tokens == 16384 and p.form in predict.FORMS
     assert p.interval[0] < p.delta < p.interval[1] and p.run_half_width > 0
     assert traj([0.1, 0.2, 0.25, 0.27]).prediction is None  # only when asked for
+
+
+def test_the_report_shows_the_trajectories_plot_and_the_eval_share(two_points):
+    out, res = two_points
+    md = (out / "report.md").read_text()
+    assert "## Trajectories" in md and "![trajectories](plots/trajectories.png)" in md
+    section = md.split("## Trajectories")[1].split("## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| math@0.3 | "))
+    assert row.count("[") == 3  # an interval at each of the two points and for the change
+    assert "Evaluation took" in md and "late-point noise" in md
+    assert (out / "plots" / "trajectories.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert "<h2>Trajectories</h2>" in html and 'alt="trajectories"' in html
