@@ -135,11 +135,12 @@ class Checkpoints(Callback):
     point of `save_points` (OUT/points/step-N); OUT/final at the end."""
 
     dist = distributed.SINGLE  # a distributed run's: DCP state, rank 0 writes final/
+    points: frozenset[int] = frozenset()  # steps whose weights are saved (a subclass: none)
 
     def __init__(self, plan: RunPlan, out: Path, log: RunLog):
         self.plan, self.out, self.log, self.every = plan, out, log, plan.cfg.checkpoint_every
         self.dist = plan.dist
-        self.points = set(point_steps(plan.cfg.save_points, plan.steps))
+        self.points = frozenset(point_steps(plan.cfg.save_points, plan.steps))
 
     def due(self, done: int, steps: int) -> bool:
         return self.every > 0 and done % self.every == 0 and done < steps
