@@ -102,6 +102,20 @@ def test_a_finished_study_evaluates_nothing_again(w, two_points):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("eval.json")} == evals
 
 
+def test_a_study_stopped_after_a_point_resumes_without_evaluating_it_again(w, tmp_path):
+    """A run whose point was evaluated (and its weights deleted) but whose end was not: the
+    next invocation evaluates the end only."""
+    out = tmp_path / "study"
+    run(w, out, "[0.5, 1.0]")
+    r = sorted((out / "runs").glob("math-0.3-s0-*"))[0]
+    point, end = r / "eval-points" / "step-2" / "eval.json", r / "eval" / "eval.json"
+    before = point.stat().st_mtime_ns
+    end.unlink()  # as if killed after the point's evaluation, before the end's
+    res = run(w, out, "[0.5, 1.0]")
+    assert end.is_file() and point.stat().st_mtime_ns == before
+    assert res.arms[0].trajectory is not None and len(res.arms[0].trajectory.points) == 2
+
+
 def test_the_end_alone_reproduces_the_verdicts_and_run_ids_of_no_points(w, two_points, tmp_path):
     """points = [1.0]: run ids without save_points (as before points existed), no trajectory,
     and the same verdict and interval as the study with a point at 0.5 (saving weights midway
