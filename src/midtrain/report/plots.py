@@ -129,3 +129,26 @@ def plot_domains(r: StudyResult) -> bytes:
         ax.set_ylabel("held-out bits per byte (mean over docs and seeds)")
         ax.legend(fontsize=8)
         return png(fig)
+
+
+def plot_trajectories(r: StudyResult) -> bytes | None:
+    """Δ primary against anneal tokens: one line per arm with its interval as a band, the 0 line
+    (None when no arm has a trajectory: eval.points = [1.0])."""
+    arms = [a for a in r.arms if a.trajectory is not None]
+    if not arms:
+        return None
+    with figure(figsize=(8, 4.5)) as (fig, ax):
+        for a in arms:
+            pts = [p for p in a.trajectory.points if p.primary is not None]
+            if not pts:
+                continue
+            x = [p.tokens for p in pts]
+            (line,) = ax.plot(x, [p.primary.delta for p in pts], "o-", label=label(a.arm))
+            ax.fill_between(x, [p.primary.ci[0] for p in pts], [p.primary.ci[1] for p in pts],
+                            color=line.get_color(), alpha=0.15)  # fmt: skip
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_xlabel("anneal tokens at the eval point (a point mid-cooldown is at a higher LR)")
+        ax.set_ylabel(f"Δ primary ({r.eval.primary_metric})")
+        ax.set_title("trajectories: arm − control at each eval point", fontsize=10)
+        ax.legend(fontsize=8)
+        return png(fig)

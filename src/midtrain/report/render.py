@@ -166,6 +166,38 @@ def versus_rows(r: StudyResult) -> list[dict[str, str]]:
     return rows
 
 
+def trajectory_rows(r: StudyResult) -> list[dict[str, str]]:
+    """Per arm: Δ primary with its interval at each eval point, the change over the last two,
+    whether it is still moving, and the prediction at predict_tokens."""
+    rows = []
+    for a in r.arms:
+        t = a.trajectory
+        if t is None:
+            continue
+        pts = [f"{fmt(p.primary.delta)} {fmt_ci(p.primary.ci)}" if p.primary else "–"
+               for p in t.points]  # fmt: skip
+        pred = t.prediction
+        rows.append({
+            "arm": a.arm, "verdict": a.verdict, "points": pts,
+            "change": f"{fmt(t.change.delta)} {fmt_ci(t.change.ci)}" if t.change else "–",
+            "moving": ("yes: " + t.why_moving) if t.still_moving else
+                      ("no" if t.still_moving is False else "–"),
+            "prediction": (f"{fmt(pred.delta)} {fmt_ci(pred.interval)} ({pred.form}, "
+                           f"{pred.extrapolation:.3g}x)") if pred else "–",
+        })  # fmt: skip
+    return rows
+
+
+def eval_share_text(r: StudyResult) -> str | None:
+    """The share of the study's training and evaluation time spent evaluating."""
+    t = r.trajectories
+    if t is None or t.eval_share is None:
+        return None
+    return (f"Evaluation took {t.eval_seconds:.0f} s of {t.eval_seconds + t.train_seconds:.0f} s "
+            f"of training and evaluation ({t.eval_share:.0%}; {len(t.fractions)} eval point(s) "
+            "per run plus the start checkpoint; SFT probes not counted)")  # fmt: skip
+
+
 def verdict_table(r: StudyResult) -> Table:
     metric = f"mean {r.eval.primary_metric}"
     if any(a.decided_on == "sft" for a in r.arms):
@@ -242,6 +274,8 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "loss": plots.plot_loss(r, out),
         "domains": plots.plot_domains(r),
     }
+    if (traj := plots.plot_trajectories(r)) is not None:
+        images["trajectories"] = traj
     for name, data in images.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", data)
     proximity, proximity_error = _proximity(r, cfg, out)
@@ -255,6 +289,8 @@ def write_report(r: StudyResult, cfg: StudyConfig, out: Path) -> dict[str, Path]
         "probe_rows": probe_rows(r),
         "score_rows": score_rows(r),
         "versus_rows": versus_rows(r),
+        "trajectory_rows": trajectory_rows(r),
+        "eval_share": eval_share_text(r),
         "decided_on_sft": any(a.decided_on == "sft" for a in r.arms),
         "fmt": fmt,
         "fmt_ci": fmt_ci,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis, merging, probe_analysis, versus_cpt
+from midtrain.study import analysis, merging, probe_analysis, trajectory, versus_cpt
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.plan import RunSpec, StudyPlan
@@ -27,6 +27,7 @@ from midtrain.study.results import (
     StartPoint,
     StudyResult,
 )
+from midtrain.study.trajectory_results import TrajectoryInfo
 from midtrain.train.checkpoint import read_trainer_state
 from midtrain.train.rundir import RunResult, read_status
 
@@ -38,13 +39,23 @@ class Finished:
         self.plan, self.errors = plan, errors or {}
         self.train: dict[str, RunResult | None] = {}
         self.evals: dict[str, Examples | None] = {}
+        self.points: dict[str, dict[int, Examples]] = {}  # run -> {step: its point's records}
+        self.eval_seconds = 0.0  # every finished evaluation of the runs and the start
         for r in plan.runs:
             train_job, eval_job = r.chain(plan.eval_job)
             self.train[r.name] = train_job.cached()  # type: ignore[assignment]
             ev = eval_job.cached() if self.train[r.name] else None
             self.evals[r.name] = Examples.load(r.eval_dir) if ev is not None else None
+            self.eval_seconds += ev.seconds if ev is not None else 0.0
+            self.points[r.name] = {}
+            for p, job in zip(r.points, r.point_jobs(plan.eval_job), strict=False):
+                if self.train[r.name] and (pe := job.cached()) is not None:
+                    self.points[r.name][p.step] = Examples.load(Path(job.dir))
+                    self.eval_seconds += pe.seconds  # type: ignore[attr-defined]
         start = plan.start_chain()[0]
-        self.start = Examples.load(Path(start.dir)) if start.cached() is not None else None
+        cached = start.cached()
+        self.start = Examples.load(Path(start.dir)) if cached is not None else None
+        self.eval_seconds += cached.seconds if cached is not None else 0.0  # type: ignore[attr-defined]
 
     @staticmethod
     def has_result(r: RunSpec) -> bool:
@@ -128,6 +139,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
                     1 - conf, cfg.analysis.allow_task_regression)  # fmt: skip
     if cfg.seeds == "auto":
         _adjust_for_looks(cfg, arms)
+    tinfo = _trajectories(plan, f, arms, screen, flags, primary_tasks, conf)
     merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     versus = versus_cpt.contrasts(data, probe_data, cfg, arms, conf)
     return StudyResult(
@@ -136,11 +148,41 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
                       domains=cfg.domain_names, primary_metric=metric, limit=cfg.eval.limit,
                       num_fewshot=cfg.eval.num_fewshot),
         confidence=conf, study_flags=flags, screen=screen, probe=probe, merges=merges,
-        versus_cpt=versus,
+        versus_cpt=versus, trajectories=tinfo,
         method=Method(confidence=conf, correction=cfg.analysis.correction, looks=look,
                       primary_tasks=primary_tasks, primary_score=cfg.analysis.primary_score,
                       paired_streams=cfg.paired_streams, pairing=pairs),
     )  # fmt: skip
+
+
+def _trajectories(plan: StudyPlan, f: Finished, arms: list[ArmResult], screen: list,
+                  flags: list[str], primary_tasks: list[str], conf: float) -> TrajectoryInfo:  # fmt: skip
+    """Each arm's trajectory over the eval points (and `still-moving`), the control's base-domain
+    loss along them, `anneal-too-short` read from both, the late-point noise of each task."""
+    cfg = plan.config
+    points = trajectory.point_data(plan, f)
+    base = [d for d in cfg.base if d in cfg.domain_names]
+    records = [f.record(r) for r in plan.runs]
+    tinfo = trajectory.info(plan, points, f, base, conf, records)
+    if not points:  # eval.points = [1.0]: the end alone, as before points existed
+        return tinfo
+    for a in arms:
+        if a.verdict == "failed":
+            continue
+        a.trajectory = trajectory.arm_trajectory(points, a.arm, cfg, primary_tasks,
+                                                 sorted(a.candidate_mix), conf)  # fmt: skip
+        if a.trajectory is not None and a.trajectory.still_moving:
+            a.flags.append("still-moving")
+    why = trajectory.too_short(tinfo.control, arms)
+    if why is None and "anneal-too-short" in flags:
+        why = "the control's base-domain loss did not fall measurably below the start's"
+    tinfo.anneal_too_short = why
+    if why is not None and "anneal-too-short" not in flags:
+        flags.append("anneal-too-short")
+        for a in arms:
+            a.flags.append("anneal-too-short")
+    trajectory.late_noise(screen, points, cfg.analysis.primary)
+    return tinfo
 
 
 def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,

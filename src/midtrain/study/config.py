@@ -98,6 +98,31 @@ class EvalSpec(EvalSettings):
         "start checkpoint and control) picks this study's primary tasks, instead of this "
         "study's own start and control.",
     )
+    points: list[float] = field(
+        [0.5, 1.0],
+        description="Points along each run's anneal, as fractions of its tokens, where its "
+        "weights are saved (weights only), evaluated like the final checkpoint and deleted: the "
+        "trajectories (docs/studies.md#trajectories). The end (1.0) is always evaluated; [1.0]: "
+        "the end only.",
+        unit="fraction",
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _points_in_order(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < p <= 1.0 for p in v):
+            bad = next(p for p in v if not 0.0 < p <= 1.0)
+            raise ValueError(f"{bad:g} is outside (0, 1]; give fractions of the run's tokens, "
+                             "e.g. [0.5, 1.0]")  # fmt: skip
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("must be sorted and distinct (each point once, in increasing "
+                             f"order); write {sorted(set(v))}")  # fmt: skip
+        return v
+
+    @property
+    def point_fractions(self) -> list[float]:
+        """Every evaluated point, the end (1.0) included."""
+        return [p for p in self.points if p < 1.0] + [1.0]
 
     @model_validator(mode="after")
     def _select_from_needs_snr(self) -> EvalSpec:
@@ -157,6 +182,14 @@ class AnalysisSpec(Strict):
         description="The score that decides the verdict: base (the tasks' primary score) or sft "
         "(the SFT probe: mean over sets of minus the delta of SFT validation loss).",
     )
+    predict_tokens: int | None = field(
+        None, gt=0,
+        description="Predict each arm's primary delta at this anneal length (tokens) from its "
+        "trajectory (a fitted form, chosen by leave-one-point-out error, with a prediction "
+        "interval); shown beside the verdict, never replacing it. Needs >= 3 eval.points and "
+        "at least the study's tokens.",
+        unit="tokens",
+    )  # fmt: skip
 
 
 class StudyConfig(Strict):
@@ -318,6 +351,7 @@ class StudyConfig(Strict):
                 "tokens",
                 f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})",
             )
+        _check_prediction(self)
         return self
 
     @property
@@ -364,6 +398,20 @@ class StudyConfig(Strict):
 class _FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
+
+
+def _check_prediction(cfg: StudyConfig) -> None:
+    """predict_tokens extrapolates a trajectory: at least 3 points, and not below the anneal."""
+    n = cfg.analysis.predict_tokens
+    if n is None:
+        return
+    if n < cfg.tokens:
+        raise _FieldError("analysis.predict_tokens", f"{n:,} is below the anneal's tokens "
+                          f"({cfg.tokens:,}); give the longer length you plan (>= {cfg.tokens:,})")  # fmt: skip
+    if len(pts := cfg.eval.point_fractions) < 3:
+        raise _FieldError("analysis.predict_tokens", f"needs at least 3 eval.points to fit a "
+                          f"trajectory, the study evaluates {len(pts)} ({pts}); set eval.points "
+                          "= [0.25, 0.5, 0.75, 1.0]")  # fmt: skip
 
 
 def _check_fractions(v: list[float], where: str = "") -> None:

@@ -97,7 +97,9 @@ def disk_rows(plan: Any, size: ModelSize) -> list[DiskRow]:
     """One row per kind of checkpoint the study writes: runs, SFT probes, merges."""
     cfg, keep = plan.config, plan.config.keep
     full = size.checkpoint("full")
-    rows = [DiskRow("run", len(plan.runs), 2 * full, size.checkpoint(keep.run))]
+    points = len(cfg.eval.point_fractions) - 1  # eval points' weights, deleted once evaluated
+    peak = 2 * full + points * size.checkpoint("weights")
+    rows = [DiskRow("run", len(plan.runs), peak, size.checkpoint(keep.run))]
     probes = sum(len(r.probes) for r in plan.runs) + len(plan.start_probes)
     if probes:
         lrs = len(cfg.sft_probe.lrs)

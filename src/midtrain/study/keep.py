@@ -68,7 +68,7 @@ class KeepSpec(Strict):
 class PruneTarget(Strict):
     """A folder some chain wrote, and what of its checkpoints stays."""
 
-    kind: Literal["run", "probe", "merge"]
+    kind: Literal["run", "probe", "merge", "points"]
     dir: str
     level: Level
     policy: str = ""  # the [keep] line that asked for it (recorded with what it removes)
@@ -130,8 +130,20 @@ def _merge(t: PruneTarget) -> list[Path]:
     return checkpoint_removals(d / MODEL, t.level)
 
 
+def _points(t: PruneTarget) -> list[Path]:
+    """A run's eval-point weights (RUN/points/step-N), each once its evaluation is done."""
+    from midtrain.study.plan import POINT_EVALS
+
+    d = Path(t.dir)
+    out = []
+    for ckpt in sorted((d / "points").glob("step-*")):
+        if (d / POINT_EVALS / ckpt.name / "eval.json").is_file():
+            out += checkpoint_removals(ckpt, t.level)
+    return out
+
+
 REMOVALS: dict[str, Callable[[PruneTarget], list[Path]]] = {
-    "run": _run, "probe": _probe, "merge": _merge,
+    "run": _run, "probe": _probe, "merge": _merge, "points": _points,
 }  # fmt: skip
 
 
@@ -253,9 +265,10 @@ def check_readable(chains: list[Chain]) -> None:
 
 
 def _owner(ckpt: Path) -> Path:
-    """The folder of the job that wrote a checkpoint: a run, an SFT probe (an LR's final), a
-    merge."""
-    return ckpt.parent.parent if ckpt.parent.name.startswith("lr-") else ckpt.parent
+    """The folder of the job that wrote a checkpoint: a run (its final/ or an eval point's
+    points/step-N), an SFT probe (an LR's final), a merge."""
+    nested = ckpt.parent.name.startswith("lr-") or ckpt.parent.name == "points"
+    return ckpt.parent.parent if nested else ckpt.parent
 
 
 def _weights_gone(ckpt: str) -> bool:

@@ -24,12 +24,14 @@ from midtrain.jobs import Chain, Job
 from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
-from midtrain.study.keep import probe_targets, run_targets, with_prune
+from midtrain.study.keep import PruneSpec, PruneTarget, probe_targets, run_targets, with_prune
 from midtrain.study.merging import merge_arms
 from midtrain.study.probe import ProbeJobs, probe_jobs
-from midtrain.train.config import RunConfig, load_run_config
+from midtrain.train.config import RunConfig, load_run_config, point_steps
+from midtrain.train.loop import point_dir
 
 EVAL_DIR = "eval"
+POINT_EVALS = "eval-points"  # RUN/eval-points/step-N: the evaluation of RUN/points/step-N
 CPT = "cpt"  # the arm suffix of continued pretraining: NAME@cpt
 
 
@@ -46,6 +48,7 @@ class RunSpec:
     run_id: str
     dir: Path
     probes: list[ProbeJobs] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)  # eval points before the end
 
     @property
     def name(self) -> str:
@@ -67,9 +70,36 @@ class RunSpec:
             Job.of("eval", self.name, self.eval_dir, spec),
         ]
 
+    def point_eval_dir(self, step: int) -> Path:
+        return self.dir / POINT_EVALS / f"step-{step}"
+
+    def point_jobs(self, ev: EvalJob) -> Chain:
+        """Each eval point's weights evaluated as the final checkpoint is (same tasks, limits,
+        domains), then a prune job that deletes those weights (their records stay)."""
+        if not self.points:
+            return []
+        jobs = [Job.of("eval", f"{self.name} @{p.fraction:g}", self.point_eval_dir(p.step),
+                       ev.model_copy(update={"checkpoint": str(point_dir(self.dir, p.step))}))
+                for p in self.points]  # fmt: skip
+        target = PruneTarget(kind="points", dir=str(self.dir), level="none",
+                             policy="[eval] points: deleted once evaluated")  # fmt: skip
+        return jobs + [Job.of("prune", self.name, self.dir, PruneSpec(targets=[target]))]
+
     def full_chain(self, ev: EvalJob) -> Chain:
-        """The chain, then each SFT probe and the evaluation after it."""
-        return self.chain(ev) + [j for p in self.probes for j in (p.sft, p.eval)]
+        """The chain, the eval points, then each SFT probe and the evaluation after it."""
+        probes = [j for p in self.probes for j in (p.sft, p.eval)]
+        return self.chain(ev) + self.point_jobs(ev) + probes
+
+
+@dataclass(frozen=True)
+class Point:
+    """An eval point of a run: the fraction of its tokens and the step its weights are from."""
+
+    fraction: float
+    step: int
+
+    def tokens(self, batch_tokens: int) -> int:
+        return self.step * batch_tokens
 
 
 @dataclass
@@ -223,7 +253,8 @@ def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, Any]) 
         )
 
 
-RUN_TO_STUDY = {"init": "checkpoint", "tokenizer": "checkpoint", "seed": "seeds"}
+RUN_TO_STUDY = {"init": "checkpoint", "tokenizer": "checkpoint", "seed": "seeds",
+                "save_points": "eval.points"}  # fmt: skip
 _RUN_FIELD = re.compile(r"(?:run config: )?([A-Za-z_][\w.]*(?:\[\d+\][\w.]*)*): (.*)", re.S)
 
 
@@ -275,8 +306,17 @@ def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int, paired: bo
     }
     if paired:  # the arm shares its control's stream (common random numbers)
         rc["pair_base"] = {k: v for k, v in sorted(cfg.base.items()) if v > 0}
+    if before := cfg.eval.point_fractions[:-1]:  # absent without points: ids as before them
+        rc["save_points"] = before
     rc.update(cfg.train)
     return rc
+
+
+def run_points(rc: RunConfig) -> list[Point]:
+    """The run's eval points before its end, with the step each falls on."""
+    fracs = rc.save_points or []
+    return [Point(f, k) for f, k in zip(fracs, point_steps(fracs, rc.tokens // rc.batch_tokens),
+                                        strict=True)]  # fmt: skip
 
 
 def _run_id(rc: dict) -> str:
@@ -301,7 +341,7 @@ def slug(name: str) -> str:
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:
-    settings = cfg.eval.model_dump(exclude={"domains", "select", "select_from"})
+    settings = cfg.eval.model_dump(exclude={"domains", "select", "select_from", "points"})
     return EvalJob(
         checkpoint=cfg.checkpoint,
         settings=settings,
@@ -332,8 +372,9 @@ def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = 
             name = f"{arm}/s{seed}"
             probes = probe_jobs(cfg, name, str(run_dir / "final"), run_dir, seed, ev)
             cand_name = cand.name if cand else None
-            runs.append(RunSpec(arm, cand_name, frac, seed, mix, load_run_config(rc), rid, run_dir,
-                                probes))  # fmt: skip
+            run_cfg = load_run_config(rc)
+            runs.append(RunSpec(arm, cand_name, frac, seed, mix, run_cfg, rid, run_dir, probes,
+                                run_points(run_cfg)))  # fmt: skip
     start_dir = out / "runs" / f"start-{content_hash(cfg.checkpoint)[:10]}"
     start_probes = []
     if cfg.sft_probe is not None and cfg.sft_probe.start:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from midtrain.io import atomic_write_json, read_json
 from midtrain.mix.spec import MixComponent
+from midtrain.study.trajectory_results import Trajectory, TrajectoryInfo
 
 FORMAT = "midtrain-study/2"
 CONTROL_ARM = "control"
@@ -70,6 +71,7 @@ class TaskScreen(BaseModel):
     task: str
     signal: float | None  # |control mean - start| / sqrt 2 (start and control only, never arms)
     noise: float | None  # the control's seed-to-seed sd
+    noise_late: float | None = None  # Signal-and-Noise's: sd over one run's late eval points
     snr: float | None
     start_acc: float | None
     chance: float | None
@@ -215,6 +217,7 @@ class ArmResult(ArmAnalysis):
     fraction: float
     cpt: bool = False  # continued pretraining: 100% candidate data, no base mix
     seeds: list[int]  # seeds whose arm and control runs both finished
+    trajectory: Trajectory | None = None  # its deltas at every eval point (eval.points)
     runs: list[RunRecord]
     checkpoints: list[str]
     cost: Cost
@@ -337,6 +340,7 @@ class StudyResult(BaseModel):
     probe: ProbeInfo | None = None
     merges: list[MergeResult] = []  # merge_seeds: each merged arm against its seeds
     versus_cpt: list[CptContrast] = []  # each mixed arm minus its candidate's @cpt arm
+    trajectories: TrajectoryInfo | None = None  # the eval points, the control along them
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:

@@ -134,6 +134,12 @@ class RunConfig(Strict):
     )
     schedule: ScheduleConfig = field(ScheduleConfig(), description="The LR schedule.")
     optimizer: OptimizerConfig = field(OptimizerConfig(), description="AdamW settings.")
+    save_points: list[float] | None = field(
+        None,
+        description="Fractions of the run's steps (in (0, 1), increasing) after which its weights "
+        "alone are saved to OUT/points/step-N (a study's eval.points; the end is final/).",
+        unit="fraction",
+    )
     trackers: TrackersConfig = field(
         TrackersConfig(),
         description='Also log to trackers: ["wandb", "tensorboard"] or a table (docs/runs.md); '
@@ -166,6 +172,24 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
         out["compile"] = False
     if out.get("pair_base", "") is None:  # unpaired: as before pairing existed
         del out["pair_base"]
+    if not out.get("save_points", 1):  # no points: as before points existed
+        del out["save_points"]
+    return out
+
+
+def point_steps(points: list[float] | None, steps: int) -> list[int]:
+    """The optimizer step after which each point's weights are saved: round(p x steps); a point
+    before the first step, at the end, or on another point's step is a one-line error."""
+    out: list[int] = []
+    for p in points or []:
+        k = round(p * steps)
+        if not 0.0 < p < 1.0 or k < 1 or k >= steps or (out and k <= out[-1]):
+            raise MidtrainError(
+                f"save_points: {p:g} of {steps} steps falls on step {k}, which is not a distinct "
+                f"step strictly inside the run; space the points at least 1/{steps} apart, "
+                "inside (0, 1), or train more steps"
+            )
+        out.append(k)
     return out
 
 

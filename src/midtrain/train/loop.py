@@ -27,7 +27,7 @@ from midtrain.console import progress
 from midtrain.io import fault_point, hash_obj, recover_dir
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import distributed, optim, rundir, trackers
-from midtrain.train.config import RunConfig, load_run_config
+from midtrain.train.config import RunConfig, load_run_config, point_steps
 from midtrain.train.log import Diverged, RunLog
 from midtrain.train.plan import RunPlan, estimate, plan_run
 
@@ -122,21 +122,47 @@ class LogCallback(Callback):
             self.log.flush()
 
 
+POINTS_DIR = "points"
+
+
+def point_dir(out: Path, step: int) -> Path:
+    """Where a run's weights after `step` go (a study's eval point; train/config.point_steps)."""
+    return out / POINTS_DIR / f"step-{step}"
+
+
 class Checkpoints(Callback):
-    """OUT/state every `every` steps (with RNG, for exact resume); OUT/final at the end."""
+    """OUT/state every `every` steps (with RNG, for exact resume); the weights alone at each
+    point of `save_points` (OUT/points/step-N); OUT/final at the end."""
 
     dist = distributed.SINGLE  # a distributed run's: DCP state, rank 0 writes final/
+    points: frozenset[int] = frozenset()  # steps whose weights are saved (a subclass: none)
 
     def __init__(self, plan: RunPlan, out: Path, log: RunLog):
         self.plan, self.out, self.log, self.every = plan, out, log, plan.cfg.checkpoint_every
         self.dist = plan.dist
+        self.points = frozenset(point_steps(plan.cfg.save_points, plan.steps))
 
     def due(self, done: int, steps: int) -> bool:
         return self.every > 0 and done % self.every == 0 and done < steps
 
     def on_step(self, t: Trainer, out: StepOutput) -> None:
+        if out.step in self.points:  # before state/: a resume from it never skips a point
+            self.save_point(t, out.step)
         if self.due(out.step, t.steps):
             self.save(t, "state", out.step, rng=optim.rng_state())
+
+    def save_point(self, t: Trainer, done: int) -> None:
+        """The weights (no optimizer, no RNG): an evaluation reads them, nothing resumes."""
+        d, path = self.dist, point_dir(self.out, done)
+        if not d.active:
+            ckpt.save_checkpoint(path, t.model, self.plan.tokenizer, self.state(done), step=done)
+            return
+        weights, _ = distributed.full_state(t.model, t.opt)
+        if d.main:
+            model = distributed.unwrap(t.model)
+            ckpt.save_checkpoint(path, model, self.plan.tokenizer, self.state(done), None, None,
+                                 done, weights=weights)  # fmt: skip
+        distributed.barrier(d)
 
     def on_end(self, t: Trainer) -> None:
         self.save(t, "final", t.steps, rng=None)
@@ -226,6 +252,8 @@ def build(plan: RunPlan, out: Path) -> tuple[Trainer, float]:
     if d.main:
         recover_dir(resume)
         recover_dir(out / "final")
+        for k in point_steps(cfg.save_points, plan.steps):
+            recover_dir(point_dir(out, k))
     distributed.barrier(d)
     torch.manual_seed(cfg.seed)
     model, source = _model(plan, resume)

@@ -16,7 +16,7 @@ from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import speed
-from midtrain.train.config import RunConfig
+from midtrain.train.config import RunConfig, point_steps
 from midtrain.train.distributed import SINGLE, Dist, check_geometry, resolve
 from midtrain.train.schedules import BoundSchedule, make_schedule, resolve_final_lr
 
@@ -104,6 +104,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     _check_stores(stores, tok_hash, tok_path, model_config.vocab_size)
     _check_seq_len(cfg, model_config)
     seqs, micro, steps = _geometry(cfg)
+    point_steps(cfg.save_points, steps)  # each point a distinct step inside the run
     dist = resolve(cfg.parallel)
     check_geometry(seqs, micro, dist)
     sampler = MixtureSampler(stores, mix, cfg.seq_len, steps * seqs, cfg.seed, cfg.pair_base)
