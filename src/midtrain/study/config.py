@@ -99,7 +99,7 @@ class EvalSpec(EvalSettings):
         "study's own start and control.",
     )
     points: list[float] = field(
-        [0.5, 1.0],
+        [1.0],
         description="Points along each run's anneal, as fractions of its tokens, where its "
         "weights are saved (weights only), evaluated like the final checkpoint and deleted: the "
         "trajectories (docs/studies.md#trajectories). The end (1.0) is always evaluated; [1.0]: "
