@@ -65,6 +65,7 @@ def _register_all() -> None:
         data,
         demo,
         evaluate,
+        gpu,
         integrate,
         merge,
         optimize,
@@ -88,6 +89,7 @@ def _register_all() -> None:
         demo,
         config,
         trust,
+        gpu,
     )
     for module in modules:
         module.register(app, GROUPS)
