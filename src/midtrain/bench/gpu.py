@@ -52,13 +52,13 @@ PEAK_BF16: tuple[tuple[str, float], ...] = (
 VOCAB, SEQ_LEN, BATCH_TOKENS, WARMUP = 32_000, 2048, 32_768, 10
 _LLAMA = {"model_type": "llama", "vocab_size": VOCAB, "max_position_embeddings": SEQ_LEN,
           "tie_word_embeddings": False}  # fmt: skip
-MODELS: dict[str, dict[str, Any]] = {  # (the [model] table, micro batch)
-    "125m": {"model": {**_LLAMA, "hidden_size": 768, "num_hidden_layers": 12,
-                       "num_attention_heads": 12, "num_key_value_heads": 12,
-                       "intermediate_size": 2048}, "micro_batch": 16},  # fmt: skip
-    "1b": {"model": {**_LLAMA, "hidden_size": 2048, "num_hidden_layers": 16,
-                     "num_attention_heads": 32, "num_key_value_heads": 8,
-                     "intermediate_size": 8192}, "micro_batch": 8},  # fmt: skip
+_125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "num_key_value_heads": 12, "intermediate_size": 2048}  # fmt: skip
+_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+       "num_key_value_heads": 8, "intermediate_size": 8192}  # Llama 3.2 1B's blocks  # fmt: skip
+MODELS: dict[str, dict[str, Any]] = {  # the [model] table and the micro batch of each
+    "125m": {"model": {**_LLAMA, **_125M}, "micro_batch": 16},
+    "1b": {"model": {**_LLAMA, **_1B}, "micro_batch": 8},
 }
 EVAL_MODEL = "125m"
 TASK, TASK_ITEMS, HELDOUT_DOCS, HELDOUT_LEN, EVAL_BATCH = "bench_mc", 256, 256, 512, 64
