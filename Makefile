@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test test-presets lint format install bench clean
+.PHONY: demo test test-presets test-gpu lint format install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: lint
 
 test-presets: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m presets --durations=0
+
+# On a machine with a CUDA GPU (docs/benchmarks.md#gpu): the GPU tests, then the GPU benchmark.
+# Without CUDA the tests skip themselves and `bench gpu` stops with one error line (exit 2).
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu tests/gpu
+	$(BIN)/midtrain bench gpu --json
 
 bench: $(STAMP)
 	$(BIN)/midtrain bench mix --json
