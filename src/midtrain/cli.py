@@ -66,6 +66,7 @@ def _register_all() -> None:
         demo,
         evaluate,
         integrate,
+        memory,
         merge,
         optimize,
         sft,
@@ -88,6 +89,7 @@ def _register_all() -> None:
         demo,
         config,
         trust,
+        memory,
     )
     for module in modules:
         module.register(app, GROUPS)
