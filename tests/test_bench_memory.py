@@ -85,3 +85,6 @@ def test_bench_memory_tiny(capsys):
     for r in ranks:
         assert r["step_loss"] == pytest.approx(single["step_loss"], abs=1e-3)
     assert ev["peak_growth_mib"] > 0 and ev["task_examples"] == 9 and ev["examples_per_s"] > 0
+    fixed = res["fixed_mmap_threshold"]  # the same steps with glibc returning freed memory at once
+    assert fixed["single"]["step_loss"] == single["step_loss"] and len(fixed["fsdp"]) == 2
+    assert fixed["single"]["peak_growth_mib"] > 0 and "error" not in fixed["fsdp"][1]

@@ -227,17 +227,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_fsdp(rc: dict[str, Any], root: Path, world: int = 2) -> list[dict[str, Any]]:
+def run_fsdp(rc: dict[str, Any], root: Path, world: int = 2,
+             extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """`world` FSDP2 ranks over gloo on this host, started as torchrun would; each rank's result."""
     port = str(_free_port())
     procs = []
     for r in range(world):
-        env = {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+        env = {**(extra_env or {}), "RANK": str(r), "LOCAL_RANK": str(r),
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
         job = {"kind": "train", "rc": {**rc, "parallel": "fsdp"}, "out": str(root / "fsdp"),
                "save": False}  # fmt: skip
         procs.append((_spawn(job, root / f"fsdp-{r}.log", env), root / f"fsdp-{r}.log"))
     return [_collect(p, log) for p, log in procs]
+
+
+def train_pair(rc: dict[str, Any], root: Path, save: bool,
+               extra_env: dict[str, str] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+    """(one process, the FSDP2 ranks), one after the other, in processes with `extra_env`."""
+    job = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": save}
+    single = _collect(_spawn(job, root / "single.log", extra_env), root / "single.log")
+    _say(f"one process{' ' + str(extra_env) if extra_env else ''}: {single}")
+    ranks = run_fsdp(rc, root, extra_env=extra_env)
+    _say(f"fsdp ranks: {ranks}")
+    return single, ranks
+
+
+# glibc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in the heap; a fixed
+# 128 KiB threshold returns every tensor's memory when it is freed: what the peak is without that
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -267,8 +284,10 @@ def run_config(model: dict[str, Any], world: dict[str, Any], steps: int, seq_len
 
 
 def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_batch: int = 1,
-              threads: int = 1, eval_limit: int = 50, eval_batch: int = 8) -> dict[str, Any]:  # fmt: skip
-    """(a) one process, (b) two FSDP2 ranks, (c) the evaluation: each in fresh subprocesses."""
+              threads: int = 1, eval_limit: int = 50, eval_batch: int = 32,
+              allocator_check: bool = True) -> dict[str, Any]:  # fmt: skip
+    """(a) one process, (b) two FSDP2 ranks, (c) the evaluation, each in fresh subprocesses; with
+    `allocator_check`, (a) and (b) again with glibc's mmap threshold fixed at 128 KiB."""
     from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
 
     model = PRESETS[params]
@@ -278,11 +297,7 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
         world = build_world_and_stores(root, DemoSettings(scale=0.05, vocab_size=384))
         rc = run_config(model, world, steps, seq_len, micro_batch, threads)
         t0 = time.perf_counter()
-        job = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": True}
-        single = _collect(_spawn(job, root / "single.log"), root / "single.log")
-        _say(f"one process: {single}")
-        ranks = run_fsdp(rc, root)
-        _say(f"fsdp ranks: {ranks}")
+        single, ranks = train_pair(rc, root, save=True)
         ev = {"error": "not run: the one-process run failed"}
         if "error" not in single:
             job = {"kind": "eval", "checkpoint": str(root / "single" / "final"),
@@ -291,11 +306,35 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
                    "limit": eval_limit, "batch_size": eval_batch, "threads": threads}  # fmt: skip
             ev = _collect(_spawn(job, root / "eval.log"), root / "eval.log")
             _say(f"evaluation: {ev}")
+        fixed = train_pair(rc, root, save=False, extra_env=FIXED_MMAP) if allocator_check else None
         wall = time.perf_counter() - t0
     setup = {"preset": params, "model": model, "seq_len": seq_len, "micro_batch": micro_batch,
              "batch_seqs": 2 * micro_batch, "steps": steps, "threads": threads,
              "eval_limit": eval_limit, "eval_batch": eval_batch, "wall_s": round(wall, 1)}  # fmt: skip
-    return report(need, single, ranks, ev, setup)
+    res = report(need, single, ranks, ev, setup)
+    res["fixed_mmap_threshold"] = _allocator(need, single, ranks, fixed) if fixed else None
+    return res
+
+
+def _allocator(need: dict, single: dict, ranks: list[dict], fixed: tuple) -> dict[str, Any]:
+    """The same runs with freed memory returned at once: their ratios, and what glibc's heap
+    kept at the peak with its defaults (the default peak minus this one)."""
+    f_single, f_ranks = fixed
+    peak = f_single.get("peak_growth_mib")
+    kept = [_minus(single, f_single)] + [_minus(a, b) for a, b in zip(ranks, f_ranks, strict=True)]
+    return {
+        "env": FIXED_MMAP,
+        "single": f_single,
+        "fsdp": f_ranks,
+        "ratio_single_vs_analytic": _ratio(peak, need["need_mib"]),
+        "ratio_fsdp_rank_vs_single": [_ratio(r.get("peak_growth_mib"), peak) for r in f_ranks],
+        "heap_kept_mib": {"single": kept[0], "fsdp": kept[1:]},
+    }
+
+
+def _minus(a: dict, b: dict) -> float | None:
+    x, y = a.get("peak_growth_mib"), b.get("peak_growth_mib")
+    return round(x - y, 1) if x is not None and y is not None else None
 
 
 def _say(msg: str) -> None:

@@ -27,6 +27,13 @@ def bench_memory(
     ] = 1,
     threads: Annotated[int, typer.Option(min=1, help="torch threads per process.")] = 1,
     eval_limit: Annotated[int, typer.Option(min=1, help="Examples per evaluation task.")] = 50,
+    eval_batch: Annotated[int, typer.Option(min=1, help="Evaluation batch size.")] = 32,
+    allocator_check: Annotated[
+        bool,
+        typer.Option(
+            help="Train again with glibc's mmap threshold fixed at 128 KiB: the heap's share."
+        ),
+    ] = True,
 ) -> None:
     """Peak RSS: one process vs the analytic need, FSDP2 ranks vs one process, evaluation."""
     from midtrain.bench.memory import PRESETS, run_bench
@@ -36,7 +43,8 @@ def bench_memory(
             f"--params: {params!r} is not a preset; use one of {', '.join(PRESETS)}"
         )
     result = run_bench(params=params, steps=steps, seq_len=seq_len, micro_batch=micro_batch,
-                       threads=threads, eval_limit=eval_limit)  # fmt: skip
+                       threads=threads, eval_limit=eval_limit, eval_batch=eval_batch,
+                       allocator_check=allocator_check)  # fmt: skip
     if as_json:
         print(json.dumps(result))
     else:
@@ -60,6 +68,13 @@ def table(r: dict[str, Any]) -> Table:
     eps = ev.get("examples_per_s")
     t.add_row("evaluation", _mib(ev), f"weights {a['weights_mib']:,.0f} MiB",
               _num(r["ratio_eval_vs_weights"]), f"{eps} examples/s" if eps else "-", "-")  # fmt: skip
+    if (fx := r["fixed_mmap_threshold"]) is not None:
+        t.add_row("one process, fixed mmap threshold", _mib(fx["single"]),
+                  f"analytic {a['need_mib']:,.0f} MiB", _num(fx["ratio_single_vs_analytic"]),
+                  "(heap's share)", "-")  # fmt: skip
+        for i, rank in enumerate(fx["fsdp"]):
+            t.add_row(f"FSDP2 rank {i}, fixed mmap threshold", _mib(rank), "one process, fixed",
+                      _num(fx["ratio_fsdp_rank_vs_single"][i]), "(heap's share)", "-")  # fmt: skip
     for where, err in r["errors"].items():
         t.add_row(where, "error", err[:80], "", "", "")
     return t
