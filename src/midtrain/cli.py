@@ -67,6 +67,7 @@ def _register_all() -> None:
         evaluate,
         gpu,
         integrate,
+        memory,
         merge,
         optimize,
         sft,
@@ -90,6 +91,7 @@ def _register_all() -> None:
         config,
         trust,
         gpu,
+        memory,
     )
     for module in modules:
         module.register(app, GROUPS)
