@@ -43,6 +43,8 @@ def test_prepare_counts_the_same_tokens_on_both_sides(tmp_path):
     assert res["input_bytes"]["x2"] == 2 * res["input_bytes"]["x1"]
     rss = res["peak_rss_mib"]
     assert set(rss) == {"imports_and_tokenizer", "x1", "x2"} and all(v > 50 for v in rss.values())
+    grew = res["prepare_rss_growth_mib"]
+    assert set(grew) == set(rss) and all(0 <= v < 200 for v in grew.values())
     assert res["rss_growth"] == pytest.approx(rss["x2"] / rss["x1"], rel=1e-2)
     assert all(len(v) == 1 for v in res["rounds"].values())
     assert not any(tmp_path.iterdir())  # its temporary folder is gone

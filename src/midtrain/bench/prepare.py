@@ -16,7 +16,7 @@ Tokens are the ids the documents encode to (ours: the store's ids less the EOS i
 each document); both sides must count the same, or the benchmark fails. Peak RSS of `data
 prepare` alone is measured in subprocesses on the file and on `copies` concatenated copies of it
 (memory should not grow with the input), next to a subprocess that only imports and loads the
-tokenizer.
+tokenizer; each also reports how far the peak rose above its RSS when preparing began.
 """
 
 from __future__ import annotations
@@ -103,26 +103,35 @@ def _reference(tok: Any, docs: list[str], method: str) -> tuple[float, int]:
 
 RSS_CODE = """
 import resource, sys
+from pathlib import Path
 from midtrain import env
 env.setup()
 from midtrain.data.prepare import prepare_source
 from midtrain.data.tokenizer import load_tokenizer
 tok = load_tokenizer(sys.argv[1])
+status = Path("/proc/self/status")
+def kib(key):
+    line = next(x for x in status.read_text().splitlines() if x.startswith(key))
+    return int(line.split()[1])
+start = kib("VmRSS:")
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from here
 if len(sys.argv) > 2:
     prepare_source("bench", [sys.argv[2]], sys.argv[3], tok, progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, (kib("VmHWM:") - start) / 1024)
 """
 
 
-def peak_rss_mib(tokenizer: Path, src: Path | None, out: Path) -> float:
-    """Peak RSS (MiB) of a fresh process that loads the tokenizer and prepares `src` (None:
-    only the imports and the tokenizer)."""
+def peak_rss_mib(tokenizer: Path, src: Path | None, out: Path) -> tuple[float, float]:
+    """A fresh process that loads the tokenizer and prepares `src` (None: only the imports and
+    the tokenizer): its peak RSS (MiB), and the peak while preparing over the RSS before (Linux:
+    /proc/self/clear_refs restarts the peak)."""
     args = [str(tokenizer)] + ([str(src), str(out)] if src else [])
     proc = subprocess.run([sys.executable, "-c", RSS_CODE, *args], capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
         raise MidtrainError(f"bench prepare: the RSS subprocess failed: {proc.stderr[-400:]}")
-    return round(float(proc.stdout.strip().splitlines()[-1]), 1)
+    peak, grew = map(float, proc.stdout.strip().splitlines()[-1].split())
+    return round(peak, 1), round(grew, 1)
 
 
 def run_bench(
@@ -158,15 +167,19 @@ def run_bench(
     return _result(rates, rows, mem, tokens, len(docs), sizes, scale, rounds)
 
 
-def _rss(paths: dict[str, Path], out: Path, copies: int) -> dict[str, float]:
-    return {
+def _rss(paths: dict[str, Path], out: Path, copies: int) -> dict[str, dict[str, float]]:
+    runs = {
         "imports_and_tokenizer": peak_rss_mib(paths["tokenizer"], None, out),
         "x1": peak_rss_mib(paths["tokenizer"], paths["x1"], out),
         f"x{copies}": peak_rss_mib(paths["tokenizer"], paths["xN"], out),
     }
+    return {
+        "peak_rss_mib": {k: peak for k, (peak, _) in runs.items()},
+        "prepare_rss_growth_mib": {k: grew for k, (_, grew) in runs.items()},
+    }
 
 
-def _result(rates: dict[str, float], rows: dict[str, list[float]], mem: dict[str, float] | None,
+def _result(rates: dict[str, float], rows: dict[str, list[float]], mem: dict[str, dict[str, float]] | None,
             tokens: dict[str, int], n_docs: int, sizes: dict[str, int], scale: float, rounds: int
             ) -> dict[str, Any]:  # fmt: skip
     from midtrain.data.encode import encode_threads
@@ -174,8 +187,9 @@ def _result(rates: dict[str, float], rows: dict[str, list[float]], mem: dict[str
     ratio = rates["ours"] / rates["encode_batch"]
     growth = None
     if mem is not None:
-        big = next(k for k in mem if k not in ("x1", "imports_and_tokenizer"))
-        growth = round(mem[big] / mem["x1"], 3)
+        peak = mem["peak_rss_mib"]
+        big = next(k for k in peak if k not in ("x1", "imports_and_tokenizer"))
+        growth = round(peak[big] / peak["x1"], 3)
     return {
         "benchmark": "prepare",
         "ratio": round(ratio, 3),
@@ -186,7 +200,8 @@ def _result(rates: dict[str, float], rows: dict[str, list[float]], mem: dict[str
         "tokens": tokens,  # per side, the last round's
         "documents": n_docs,
         "input_bytes": sizes,
-        "peak_rss_mib": mem,
+        "peak_rss_mib": mem and mem["peak_rss_mib"],  # of the whole process
+        "prepare_rss_growth_mib": mem and mem["prepare_rss_growth_mib"],  # peak over the start
         "rss_growth": growth,
         "rss_flat": None if growth is None else growth <= RSS_FLAT,
         "rounds": {k: [round(v) for v in vs] for k, vs in rows.items()},
