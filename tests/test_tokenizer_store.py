@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from _data_fixtures import big_vocab_tokenizer, make_docs, train_tiny_tokenizer
 
+from midtrain.data import encode as encode_mod
 from midtrain.data import prepare as store_mod
 from midtrain.data.prepare import prepare_source
 from midtrain.data.store import TokenStore, heldout_count
@@ -113,8 +114,10 @@ def test_streaming_batches_give_the_same_store(tmp_path, tok, monkeypatch):
     src = write_inputs("jsonl", tmp_path / "in", DOCS)
     one = prepare_source("s", [src], tmp_path / "one", tok, heldout_fraction=0.1)
     monkeypatch.setattr(store_mod, "ENCODE_BATCH_DOCS", 7)  # many small batches
-    many = prepare_source("s", [src], tmp_path / "many", tok, heldout_fraction=0.1)
-    assert_same_tree(one.path, many.path)
+    for threads in (1, 3):  # encoded on threads, written in input order
+        monkeypatch.setattr(encode_mod, "encode_threads", lambda n=threads: n)
+        many = prepare_source("s", [src], tmp_path / f"many{threads}", tok, heldout_fraction=0.1)
+        assert_same_tree(one.path, many.path)
 
 
 def assert_same_tree(a: Path, b: Path) -> None:
@@ -205,5 +208,8 @@ def test_tokenising_streams_documents(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(store_mod, "encode_docs", spying_encode)
     prepare_source("s", [src], tmp_path / "st", tok, heldout_fraction=0.0)
     assert len(seen) == 9  # 60 docs in batches of 7
-    # each batch is encoded as soon as it is read: the validating pass (60 docs) plus 7 per batch
-    assert seen == [len(DOCS) + 7 * (i + 1) for i in range(8)] + [2 * len(DOCS)]
+    # batch i is encoded once read (the validating pass, 60 docs, plus 7 per batch) and before
+    # more than AHEAD batches per encoding thread are read past it (threads: any order)
+    ahead = encode_mod.AHEAD * encode_mod.encode_threads()
+    for i, n in enumerate(sorted(seen)):
+        assert len(DOCS) + min(7 * (i + 1), len(DOCS)) <= n <= len(DOCS) + 7 * (i + ahead) + 7

@@ -61,6 +61,7 @@ def _main(
 
 def _register_all() -> None:
     from midtrain.commands import (
+        bench_io,  # midtrain bench eval | prepare
         config,
         data,
         demo,
@@ -92,6 +93,7 @@ def _register_all() -> None:
         trust,
         gpu,
         memory,
+        bench_io,
     )
     for module in modules:
         module.register(app, GROUPS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from midtrain.console import progress as progress_bar
 from midtrain.console import unit_column
-from midtrain.data import readers
+from midtrain.data import encode, readers
 from midtrain.data.store import (
     DTYPES,
     FORMAT,
@@ -212,16 +212,12 @@ def _prepare_text(
     with atomic_dir(out) as tmp, prepare_progress("docs", opts.progress) as bar:
         task = bar.add_task(f"tokenising {name}", total=scan.n_docs)
         w = StoreWriter(tmp, dtype_for_vocab(n_vocab), eos)
+        groups = encode.batches(
+            readers.iter_texts(inputs, opts.text_field), ENCODE_BATCH_DOCS, ENCODE_BATCH_CHARS
+        )
         i = 0
-        for texts in _batches(readers.iter_texts(inputs, opts.text_field)):
-            docs = encode_docs(tok, texts)
-            held = mask[i : i + len(docs)]
-            train = [np.append(d, eos) for d, h in zip(docs, held, strict=True) if not h]
-            if train:
-                w.add_train(np.concatenate(train), len(train))
-            for d, t, h in zip(docs, texts, held, strict=True):
-                if h:
-                    w.add_heldout(d, len(t.encode("utf-8")))
+        for texts, docs in encode.encoded(tok, groups, encode_docs):
+            _write_batch(w, texts, docs, mask[i : i + len(docs)])
             i += len(docs)
             bar.advance(task, len(docs))
         w.finish(man)
@@ -242,18 +238,18 @@ def check_special_text(name: str, scan: readers.Scan, allow: bool) -> None:
     )
 
 
-def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
-    """Groups of documents for encode_batch, bounded in count and characters (streaming)."""
-    batch: list[str] = []
-    chars = 0
-    for t in texts:
-        batch.append(t)
-        chars += len(t)
-        if len(batch) >= ENCODE_BATCH_DOCS or chars >= ENCODE_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+def _write_batch(
+    w: StoreWriter, texts: list[str], docs: list[np.ndarray], held: np.ndarray
+) -> None:
+    """One encoded batch: its training documents as one run of ids with EOS after each (one
+    concatenation), its held-out ones one by one with their UTF-8 byte counts."""
+    eos = np.asarray([w.eos_id], dtype=np.int64)
+    train = [a for d, h in zip(docs, held, strict=True) if not h for a in (d, eos)]
+    if train:
+        w.add_train(np.concatenate(train), len(train) // 2)
+    for d, t, h in zip(docs, texts, held, strict=True):
+        if h:
+            w.add_heldout(d, len(t.encode("utf-8")))
 
 
 # ------------------------------------------------------------------------------------------------

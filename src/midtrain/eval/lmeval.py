@@ -76,8 +76,8 @@ def _patch() -> None:
             raise MidtrainError(
                 f"lm-eval {VERSION}: no evaluator.{name}; supported: {SUPPORTED_RANGE}"
             )
-    lm_eval.evaluator.add_env_info = lambda *a, **k: None
-    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    _replace(lm_eval.evaluator, "add_env_info", lambda *a, **k: None)
+    _replace(lm_eval.evaluator, "get_git_commit_hash", lambda: None)
     tenv = getattr(lm_eval.utils, "env", None)
     if tenv is None or not hasattr(tenv, "from_string"):
         raise MidtrainError(
@@ -93,8 +93,32 @@ def _patch() -> None:
             return compile_uncached(source, *args, **kwargs)
         return cached(source)
 
-    tenv.from_string = from_string
+    _replace(tenv, "from_string", from_string)
     tenv._midtrain_memoized = True
+
+
+_PATCHED: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, lm-eval's own, ours)
+
+
+def _replace(owner: Any, name: str, ours: Any) -> None:
+    """Patch `owner.name` once per process, keeping lm-eval's own for `unpatched`."""
+    if any(o is owner and n == name for o, n, _, _ in _PATCHED):
+        return
+    _PATCHED.append((owner, name, getattr(owner, name), ours))
+    setattr(owner, name, ours)
+
+
+@contextlib.contextmanager
+def unpatched() -> Iterator[None]:
+    """lm-eval as installed, our patches undone inside (the reference of `midtrain bench eval`);
+    they are back on exit. Patches are applied when the first TaskManager is built."""
+    for owner, name, theirs, _ in _PATCHED:
+        setattr(owner, name, theirs)
+    try:
+        yield
+    finally:
+        for owner, name, _, ours in _PATCHED:
+            setattr(owner, name, ours)
 
 
 def _patch_data_files() -> None:
@@ -115,7 +139,7 @@ def _patch_data_files() -> None:
         return task_files.absolute_data_files(cfg, Path(entry.yaml_path))
 
     load_full_config._midtrain = True  # type: ignore[attr-defined]
-    TaskFactory._load_full_config = load_full_config
+    _replace(TaskFactory, "_load_full_config", load_full_config)
 
 
 @contextlib.contextmanager
