@@ -383,8 +383,10 @@ def _train(plan: RunPlan, out: Path, progress: bool | None) -> rundir.RunResult 
     log.sinks += sinks
     try:
         drive(t, out, log, Checkpoints(plan, out, log), plan.tokens, progress)
-    finally:
-        trackers.close_sinks(sinks)
+    except BaseException:  # diverged, interrupted (SIGINT / SIGTERM) or crashed
+        trackers.close_sinks(sinks, failed=True)
+        raise
+    trackers.close_sinks(sinks)
     if not main:
         return None
     result = rundir.finish(out, plan, log.read(), log.wall_s, estimate(plan).flops)

@@ -2,10 +2,10 @@
 
 A tracker is one more `MetricsSink` of `RunLog` (train/log.py): it receives every finished step
 line (`step`, `tokens`, `lr`, `loss`, `grad_norm`, `tok_s`) after the JSONL log has it, on rank 0
-only, and is closed when the run ends (done, diverged or interrupted). Both packages are optional
-extras (`pip install 'midtrain[wandb]'`, `'midtrain[tensorboard]'`); a missing one is a one-line
-error before training starts. W&B runs offline unless `WANDB_MODE` says otherwise (sync later
-with `wandb sync OUT/wandb/offline-run-*`); TensorBoard writes OUT/tb/.
+only, and is closed when the run ends: done, or failed (diverged, interrupted, crashed). Both
+packages are optional extras (`pip install 'midtrain[wandb]'`, `'midtrain[tensorboard]'`); a
+missing one is a one-line error before training starts. W&B runs offline unless `WANDB_MODE` says
+otherwise (sync later with `wandb sync OUT/wandb/offline-run-*`); TensorBoard writes OUT/tb/.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TrackersConfig(Strict):
 class ClosableSink(Protocol):
     def log(self, row: dict[str, Any], step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 def check_installed(names: list[str], where: str = "trackers") -> None:
@@ -70,9 +70,10 @@ def open_sinks(
     return [SINKS[name](cfg, out, config, start_step) for name in cfg.use]
 
 
-def close_sinks(sinks: list[ClosableSink]) -> None:
+def close_sinks(sinks: list[ClosableSink], failed: bool = False) -> None:
+    """`failed`: the run stopped on an exception (diverged, interrupted, crashed)."""
     for sink in sinks:
-        sink.close()
+        sink.close(failed)
 
 
 def _scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -94,8 +95,8 @@ class WandbSink:
     def log(self, row: dict[str, Any], step: int) -> None:
         self.run.log(_scalars(row), step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)  # W&B marks a nonzero exit as failed
 
 
 class TensorBoardSink:
@@ -111,7 +112,7 @@ class TensorBoardSink:
         for tag, value in _scalars(row).items():
             self.writer.add_scalar(tag, value, step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
