@@ -7,14 +7,12 @@
 - eod.bin/.idx: uint16, one sequence per document with EOD (id 0) appended, as
   `preprocess_data.py --append-eod` writes them;
 - split.bin/.idx: int32 (the builder's default dtype), no EOD, documents of several sequences;
-- docs.json: every document's ids as given to the builder, and megatron-core's version;
-- blend.json: `get_blend_from_list` on the `--data-path` values of tests/fixtures/exports.
+- docs.json: every document's ids as given to the builder, and megatron-core's version.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -35,7 +33,7 @@ def main() -> None:
     found = megatron_datasets()
     if found is None:
         raise SystemExit("megatron-core not loadable; see tests/_megatron.py")
-    ix, utils = found
+    ix, _ = found
     FIXTURES.mkdir(parents=True, exist_ok=True)
     eod = docs(1, 12)
     b = ix.IndexedDatasetBuilder(str(FIXTURES / "eod.bin"), dtype=np.uint16)
@@ -58,16 +56,6 @@ def main() -> None:
         made_with = "unpacked wheel at MIDTRAIN_MEGATRON_SRC"
     (FIXTURES / "docs.json").write_text(json.dumps(
         {"megatron_core": made_with, "eod": [d + [0] for d in eod], "split": split}))  # fmt: skip
-    exports = ROOT / "tests" / "fixtures" / "exports" / "study.megatron.txt"
-    blends = {}
-    if exports.is_file():
-        for line in exports.read_text().splitlines():
-            if line.startswith("--data-path"):
-                args = shlex.split(line)
-                end = next(i for i, a in enumerate(args[1:], 1) if a.startswith("--"))
-                prefixes, weights = utils.get_blend_from_list(args[1:end])
-                blends[line] = {"prefixes": prefixes, "weights": weights}
-    (FIXTURES / "blend.json").write_text(json.dumps(blends, indent=1) + "\n")
     print(f"wrote {FIXTURES}")
 
 

@@ -66,6 +66,7 @@ def _register_all() -> None:
         data,
         demo,
         evaluate,
+        export,  # midtrain study export
         gpu,
         integrate,
         memory,
@@ -84,6 +85,7 @@ def _register_all() -> None:
         sft,
         evaluate,
         study,
+        export,
         integrate,
         merge,
         optimize,
