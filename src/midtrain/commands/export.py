@@ -1,4 +1,6 @@
-"""`midtrain study export`: a study's runs in Megatron-LM, OLMo-core or JSON terms (docs/external.md)."""
+"""`midtrain study export`: a study's runs in Megatron-LM, OLMo-core or JSON terms.
+
+See docs/external.md (Exports)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,18 @@
 """Megatron indexed datasets (`PREFIX.bin` + `PREFIX.idx`) as token stores, without re-tokenising.
 
-The `.idx` layout is megatron-core's `MMIDIDX` version 1 (`megatron/core/datasets/indexed_dataset.py`,
-`_IndexWriter`): the 9-byte magic `MMIDIDX\\x00\\x00`, version (<Q, 1), dtype code (<B), sequence
-count (<Q), document-index length (<Q, documents + 1), then int32 sequence sizes, int64 byte
-pointers into `.bin`, int64 document index (document i is sequences doc_idx[i]..doc_idx[i+1]), and
-for multimodal files one int8 mode per sequence (ignored here). The `.bin` is the ids, back to back.
+The `.idx` layout is megatron-core's `MMIDIDX` version 1 (`_IndexWriter` in
+`megatron/core/datasets/indexed_dataset.py`): the 9-byte magic `MMIDIDX\\x00\\x00`, version
+(<Q, 1), dtype code (<B), sequence count (<Q), document-index length (<Q, documents + 1), then
+int32 sequence sizes, int64 byte pointers into `.bin`, int64 document index (document i is
+sequences doc_idx[i]..doc_idx[i+1]), and for multimodal files one int8 mode per sequence (ignored
+here). The `.bin` is the ids, back to back.
 
-As for OLMo `.npy` files (`data/npy.py`), the final documents are held out and the training part is
-read in place from the `.bin` (the manifest points at it) when every training document already ends
-with EOS (`preprocess_data.py --append-eod`); otherwise the training ids are copied to train.bin with
-EOS appended to each document (still no re-tokenising). Ids must lie below the `--tokenizer`'s
-vocabulary; uint16, int16 and int32 files are read as the store's uint16/uint32 (same bytes for ids
->= 0; a negative id reads as a huge one and fails that check).
+As for OLMo `.npy` files (`data/npy.py`), the final documents are held out and the training part
+is read in place from the `.bin` (the manifest points at it) when every training document already
+ends with EOS (`preprocess_data.py --append-eod`); otherwise the training ids are copied to
+train.bin with EOS appended to each document (still no re-tokenising). Ids must lie below the
+`--tokenizer`'s vocabulary; uint16, int16 and int32 files are read as the store's uint16/uint32
+(same bytes for ids >= 0; a negative id reads as a huge one and fails that check). docs/external.md.
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def prepare_megatron(
             w.add_heldout(d, len(text.encode("utf-8")))
         train = None
         if in_place:
+            sha = npy_train_sha(bin_sha, 0, n_train)
             train = {"file": str(ix.bin), "offset": 0, "n_tokens": n_train,
-                     "n_docs": int(nonempty.sum()), "sha256": npy_train_sha(bin_sha, 0, n_train)}  # fmt: skip
+                     "n_docs": int(nonempty.sum()), "sha256": sha}  # fmt: skip
         else:
             _copy_with_eos(w, ids, b[: n_docs - k + 1], eos)
         w.finish(man, train)

@@ -243,8 +243,8 @@ def render(runs: list[ExportRun], fmt: str, study: str) -> str:
     if fmt == "olmo-core":
         return json.dumps([olmo_core_config(r) for r in runs], indent=2) + "\n"
     if fmt == "json":
-        body = {"format": FORMAT, "study": study,
-                "runs": [{**asdict(r), "notes": {"megatron": notes(r, "megatron")}} for r in runs]}  # fmt: skip
+        rows = [{**asdict(r), "notes": {"megatron": notes(r, "megatron")}} for r in runs]
+        body = {"format": FORMAT, "study": study, "runs": rows}
         return json.dumps(body, indent=2) + "\n"
     raise MidtrainError(f"--format {fmt!r}: use megatron, olmo-core or json")
 
