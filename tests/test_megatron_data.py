@@ -87,6 +87,9 @@ def test_cli_takes_the_prefix_and_says_identical_the_second_time(
     assert TokenStore.open(tmp_path / "out" / "meg").n_train_docs == 12 - 1  # round(0.12) -> 1
     code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0 and "already prepared, identical" in " ".join(out.split())
+    moved = copy_pair("eod", tmp_path / "elsewhere")  # same bytes, but the store reads the old .bin
+    code, out, err = run_cli([*args[:2], moved, *args[3:]], monkeypatch, capsys)
+    assert code == 2 and "already exists" in err and "--force" in err
 
 
 def _corrupt_magic(prefix: Path) -> None:

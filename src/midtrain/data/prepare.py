@@ -382,6 +382,8 @@ def _identical_store(
 
         ix = read_index(resolved[0].path.resolve())
         want["input_hash"] = megatron_input_hash(ix, hash_file(ix.bin))
+        if old.get("train", {}).get("file") not in ("train.bin", str(ix.bin)):
+            return None  # read in place from a .bin elsewhere
     elif any(i.kind == "npy" for i in resolved):
         if len(resolved) != 1 or (opts.npy_dtype and old.get("dtype") != opts.npy_dtype):
             return None
