@@ -27,7 +27,13 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))
 from _export_study import SHAPES, build_study, rooted  # noqa: E402
-from _megatron import data_path, megatron_datasets, megatron_lrs, megatron_scheduler  # noqa: E402
+from _megatron import (  # noqa: E402
+    data_path,
+    megatron_datasets,
+    megatron_lrs,
+    megatron_scheduler,
+    megatron_version,
+)
 
 from midtrain.study.export import load_runs, render  # noqa: E402
 
@@ -72,8 +78,7 @@ def megatron(root: Path, text: str) -> None:
         line = render(runs[:1], "megatron", "study.toml").splitlines()[-1]
         lrs[f"{shape}/{warmup}"] = {"args": rooted(line, root),
                                     "lr": megatron_lrs(sched, shlex.split(line))}  # fmt: skip
-    made = _version("megatron-core", "0.19.2 (unpacked wheel at MIDTRAIN_MEGATRON_SRC)")
-    body = {"megatron_core": made, "blends": blends, "lr": lrs}
+    body = {"megatron_core": megatron_version(), "blends": blends, "lr": lrs}
     (OUT / "megatron_checked.json").write_text(json.dumps(body, indent=1) + "\n")
 
 

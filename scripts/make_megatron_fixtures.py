@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from _megatron import FIXTURES, megatron_datasets  # noqa: E402
+from _megatron import FIXTURES, megatron_datasets, megatron_version  # noqa: E402
 
 
 def docs(seed: int, n: int) -> list[list[int]]:
@@ -48,14 +48,8 @@ def main() -> None:
         b.add_item(torch.tensor(d[half:]))
         b.end_document()
     b.finalize(str(FIXTURES / "split.idx"))
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        made_with = version("megatron-core")
-    except PackageNotFoundError:
-        made_with = "unpacked wheel at MIDTRAIN_MEGATRON_SRC"
     (FIXTURES / "docs.json").write_text(json.dumps(
-        {"megatron_core": made_with, "eod": [d + [0] for d in eod], "split": split}))  # fmt: skip
+        {"megatron_core": megatron_version(), "eod": [d + [0] for d in eod], "split": split}))  # fmt: skip
     print(f"wrote {FIXTURES}")
 
 

@@ -52,6 +52,20 @@ def _load(*names: str) -> tuple[types.ModuleType, ...] | None:
     return tuple(importlib.import_module(n) for n in names)
 
 
+def megatron_version() -> str:
+    """megatron-core's version, installed or unpacked at MIDTRAIN_MEGATRON_SRC."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("megatron-core")
+    except PackageNotFoundError:
+        src = Path(os.environ.get("MIDTRAIN_MEGATRON_SRC", "."))
+        found = sorted(src.glob("megatron_core-*.dist-info"))
+        return (
+            found[0].name[14:-10] + " (unpacked wheel)" if found else "?"
+        )  # megatron_core-V.dist-info
+
+
 def megatron_lrs(sched: types.ModuleType, args: list[str]) -> list[float]:
     """The LR of each iteration of a Megatron-LM run with these arguments, from megatron-core's
     own `OptimizerParamScheduler`. The mapping from arguments to the scheduler is Megatron-LM's
