@@ -12,7 +12,9 @@ these files, after checking that the export is still byte-identical to the one r
 - megatron_checked.json: megatron-core's `get_blend_from_list` on every `--data-path`, and its
   `OptimizerParamScheduler`'s LR at every iteration for each schedule shape;
 - olmo_core_checked.json: `SourceMixtureDatasetConfig.from_dict(...)` of every run, validated,
-  its `as_config_dict()`, and the tokens per source its `build()` selected from the stores.
+  its `as_config_dict()`, and the tokens per source its `build()` selected from the stores; and
+  for each schedule shape the exported `Scheduler`'s `as_config_dict()` and its `get_lr` at
+  every step.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def megatron(root: Path, text: str) -> None:
 def olmo_core(root: Path, text: str) -> None:
     import numpy as np
     from olmo_core.data.source_mixture import SourceMixtureDatasetConfig
+    from olmo_core.optim.scheduler import Scheduler
 
     checked = {}
     for run in json.loads(text):
@@ -94,7 +97,20 @@ def olmo_core(root: Path, text: str) -> None:
         tokens = {s.name: sum(p.tokens for p in s.path_tokens) for s in built.sources}
         checked[run["run"]] = {"as_config_dict": json.loads(rooted(json.dumps(
             cfg.as_config_dict()), root)), "built_tokens": tokens}  # fmt: skip
-    body = {"ai2_olmo_core": _version("ai2-olmo-core", "?"), "runs": checked}
+    lrs = {}
+    for shape, warmup in SHAPES:
+        _, runs = load_runs(build_study(root, shape, warmup))
+        run = json.loads(render(runs[:1], "olmo-core", "study.toml"))[0]
+        if run["scheduler"] is None:
+            lrs[f"{shape}/{warmup}"] = {"scheduler": None, "lr": None}
+            continue
+        sched = Scheduler.from_dict(run["scheduler"])
+        start, steps = run["midtrain_schedule"]["start_lr"], run["max_steps"]
+        lrs[f"{shape}/{warmup}"] = {  # OLMo-core's trainer: LR of step k = 1..max_steps
+            "scheduler": sched.as_config_dict(),
+            "lr": [float(sched.get_lr(start, k, steps)) for k in range(1, steps + 1)],
+        }
+    body = {"ai2_olmo_core": _version("ai2-olmo-core", "?"), "runs": checked, "lr": lrs}
     (OUT / "olmo_core_checked.json").write_text(json.dumps(body, indent=1) + "\n")
 
 

@@ -65,4 +65,7 @@ def rooted(text: str, root: Path) -> str:
 
 
 # schedule shapes x warmup steps whose Megatron LR curves are checked (tests/test_export.py)
-SHAPES = (("linear", 0), ("cosine", 0), ("1-sqrt", 0), ("cosine", 4), ("linear", 8), ("exp", 0))
+SHAPES = (
+    ("linear", 0), ("cosine", 0), ("1-sqrt", 0), ("cosine", 4), ("linear", 8), ("exp", 0),
+    ("constant", 0), ("constant", 4),
+)  # fmt: skip

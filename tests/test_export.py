@@ -139,6 +139,37 @@ def test_olmo_core_config_is_built_by_olmo_core(root, monkeypatch, capsys):
         assert run["midtrain_schedule"]["batch_sequences"] == 16
 
 
+@pytest.mark.parametrize(("shape", "warmup"), SHAPES)
+def test_olmo_core_scheduler_gives_midtrains_lr_at_every_step(shape, warmup, tmp_path):
+    _, runs = load_runs(build_study(tmp_path / "s", shape, warmup))
+    run = json.loads(render(runs[:1], "olmo-core", "study.toml"))[0]
+    s = runs[0].schedule
+    recorded = OLMO["lr"][f"{shape}/{warmup}"]
+    try:
+        from olmo_core.optim.scheduler import Scheduler
+    except Exception:  # not installable here: what OLMo-core 3.0.0 said of the same export
+        Scheduler = None
+    if run["scheduler"] is None:  # no such decay in OLMo-core: null, and the export says so
+        assert shape in ("1-sqrt", "exp") and recorded["scheduler"] is None
+        assert "no scheduler with midtrain's" in run["notes"][0]
+        return
+    if Scheduler is not None:
+        sched = Scheduler.from_dict(run["scheduler"])
+        assert sched.as_config_dict() == run["scheduler"]
+        # OLMo-core's trainer raises global_step before each batch: its step k = 1..max_steps
+        theirs = [float(sched.get_lr(s.start_lr, k, run["max_steps"])) for k in range(1, 65)]
+    else:
+        assert recorded["scheduler"] == run["scheduler"]
+        theirs = recorded["lr"]
+    ours = [make_schedule(shape, s.start_lr, s.final_lr, s.steps, warmup).lr_at(i)
+            for i in range(s.steps)]  # fmt: skip
+    exact_from = warmup if shape in ("linear", "cosine") else 0
+    assert np.allclose(ours[exact_from:], theirs[exact_from:], rtol=1e-12, atol=0)
+    if exact_from:  # OLMo-core's warmup is one step longer, and the export says so
+        assert not np.allclose(ours[:warmup], theirs[:warmup], rtol=1e-6)
+        assert f"over {warmup + 1} steps" in run["notes"][0]
+
+
 def test_json_export_of_a_planned_and_a_finished_study_agree(root, tmp_path, monkeypatch, capsys):
     from midtrain.study.config import load_study
     from midtrain.study.plan import make_plan

@@ -7,8 +7,9 @@ control and every arm, each seed — becomes its mix as token shares of the run 
   (what `megatron.core.datasets.utils.get_blend_from_list` parses; weights are the token shares)
   and the schedule as `--train-iters`, `--lr`, `--min-lr`, `--lr-decay-style`, ...
 - `olmo-core`: one JSON object per run whose `source_mixture_config` is an OLMo-core
-  `SourceMixtureDatasetConfig` (`olmo_core.data.source_mixture`) as its `Config.as_config_dict()`
-  writes it, so `SourceMixtureDatasetConfig.from_dict(...)` builds it; plus the schedule values.
+  `SourceMixtureDatasetConfig` (`olmo_core.data.source_mixture`) and `scheduler` an
+  `olmo_core.optim.scheduler` config, each as `Config.as_config_dict()` writes it (so `from_dict`
+  builds it); plus the schedule values.
 - `json`: the same values in midtrain's own terms (format `midtrain-export/1`).
 
 Paths are where midtrain's stores keep the tokens (docs/external.md: what to substitute).
@@ -205,9 +206,48 @@ def notes(run: ExportRun, fmt: str) -> list[str]:
     return out
 
 
+OLMO_SCHEDULERS = {"linear": "LinearWithWarmup", "cosine": "CosWithWarmup"}
+
+
+def olmo_core_scheduler(s: Schedule) -> dict[str, Any] | None:
+    """The schedule as an OLMo-core 3.x `Scheduler` config (`as_config_dict()` form), or None.
+
+    OLMo-core's trainer counts steps from 1 (`global_step` is raised before each batch, then
+    `set_lr` runs), midtrain's from 0: warmup W + 1 and t_max = steps + 1 put OLMo-core's decay
+    on midtrain's LR at every step (and `alpha_f` its final LR). `olmo_core_notes` says the rest.
+    """
+    base = {"lr_field": "lr", "initial_lr_field": "initial_lr", "units": "steps"}
+    mod = "olmo_core.optim.scheduler"
+    if s.shape == "constant" and s.warmup_steps == 0:
+        return {**base, "_CLASS_": f"{mod}.ConstantScheduler", "type": "constant"}
+    if s.shape == "constant":  # its warmup is start * k / W at step k: midtrain's exactly
+        return {**base, "warmup": s.warmup_steps, "warmup_min_lr": 0.0,
+                "_CLASS_": f"{mod}.ConstantWithWarmup", "type": "constant_with_warmup"}  # fmt: skip
+    if s.shape not in OLMO_SCHEDULERS:
+        return None
+    name = OLMO_SCHEDULERS[s.shape]
+    kind = {"LinearWithWarmup": "linear_with_warmup", "CosWithWarmup": "cos_with_warmup"}[name]
+    return {**base, "alpha_f": s.final_lr / s.start_lr, "t_max": s.steps + 1,
+            "warmup": s.warmup_steps + 1, "warmup_min_lr": 0.0, "_CLASS_": f"{mod}.{name}",
+            "type": kind}  # fmt: skip
+
+
+def olmo_core_notes(run: ExportRun) -> list[str]:
+    s = run.schedule
+    if s.shape in ("1-sqrt", "exp"):
+        return [f"OLMo-core 3.0 has no scheduler with midtrain's {s.shape} decay: scheduler is "
+                "null; configure one from midtrain_schedule"]  # fmt: skip
+    if s.shape in OLMO_SCHEDULERS and s.warmup_steps:
+        return [f"warmup: OLMo-core reaches the start LR over {s.warmup_steps + 1} steps "
+                f"(start * k / {s.warmup_steps + 1} at its step k), midtrain over "
+                f"{s.warmup_steps}; the decay after it is the same"]  # fmt: skip
+    return []
+
+
 def olmo_core_config(run: ExportRun) -> dict[str, Any]:
     """The run as OLMo-core 3.x config values: `source_mixture_config` is a
-    `SourceMixtureDatasetConfig` dict (`from_dict` builds it); `midtrain_schedule` is ours."""
+    `SourceMixtureDatasetConfig` dict and `scheduler` a `Scheduler` dict (`from_dict` builds
+    each); `max_steps` is the trainer's duration in steps; `midtrain_schedule` is ours."""
     s = run.schedule
     sources = [
         {"_CLASS_": "olmo_core.data.source_mixture.SourceMixtureConfig",
@@ -228,7 +268,10 @@ def olmo_core_config(run: ExportRun) -> dict[str, Any]:
         "source_mixture_config": mixture,
         "sequence_length": s.seq_len,
         "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
+        "scheduler": olmo_core_scheduler(s),
+        "max_steps": s.steps,
         "midtrain_schedule": asdict(s),
+        "notes": olmo_core_notes(run),
     }
 
 
@@ -243,7 +286,8 @@ def render(runs: list[ExportRun], fmt: str, study: str) -> str:
     if fmt == "olmo-core":
         return json.dumps([olmo_core_config(r) for r in runs], indent=2) + "\n"
     if fmt == "json":
-        rows = [{**asdict(r), "notes": {"megatron": notes(r, "megatron")}} for r in runs]
+        rows = [{**asdict(r), "notes": {"megatron": notes(r, "megatron"),
+                                        "olmo-core": olmo_core_notes(r)}} for r in runs]  # fmt: skip
         body = {"format": FORMAT, "study": study, "runs": rows}
         return json.dumps(body, indent=2) + "\n"
     raise MidtrainError(f"--format {fmt!r}: use megatron, olmo-core or json")
