@@ -239,6 +239,9 @@ def test_bad_options_are_one_line_exit_2(args, expect, root, monkeypatch, capsys
 def test_bad_studies_are_one_line_exit_2(root, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(["study", "export", tmp_path], monkeypatch, capsys)
     assert code == 2 and "no study.json, not a study folder" in err
+    (tmp_path / "study.json").write_text('{"runs": [{"arm": "control"}]}')
+    code, _, err = run_cli(["study", "export", tmp_path], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a study.json of this midtrain version" in err
     no_lr = root / "no_lr.toml"
     no_lr.write_text((root / "study.toml").read_text().replace("start_lr = 3e-4\n", ""))
     code, _, err = run_cli(["study", "export", no_lr], monkeypatch, capsys)

@@ -112,11 +112,17 @@ def _from_record(folder: Path) -> tuple[StudyConfig, list[tuple[str, int, list[M
             f"{folder}: no study.json, not a study folder; pass the --out folder of "
             "`midtrain study run` or the study TOML file"
         )
-    record = read_json(f)
-    cfg = parse_study(record["config"], source=str(f))
-    runs = [(r["arm"], int(r["seed"]), [MixComponent(**m) for m in r["mix"]])
-            for r in record["runs"]]  # fmt: skip
-    return cfg, runs
+    try:
+        record = read_json(f)
+        runs = [(r["arm"], int(r["seed"]), [MixComponent(**m) for m in r["mix"]])
+                for r in record["runs"]]  # fmt: skip
+        config = record["config"]
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        reason = " ".join(str(e).split())[:120]
+        raise MidtrainError(
+            f"{f}: not a study.json of this midtrain version ({reason}); export the study TOML"
+        ) from None
+    return parse_study(config, source=str(f)), runs
 
 
 def _stores(cfg: StudyConfig, used: set[str]) -> dict[str, Any]:
@@ -155,9 +161,13 @@ def _schedule(cfg: StudyConfig) -> Schedule:
                 "was trained at)"
             )
         start, origin = state.lr, "checkpoint"
-    steps = cfg.tokens // batch_tokens
+    if (steps := cfg.tokens // batch_tokens) < 1:
+        raise MidtrainError(
+            f"tokens: {cfg.tokens} is less than one optimizer step (batch_tokens {batch_tokens}); "
+            "raise tokens or lower batch_tokens"
+        )
     final = resolve_final_lr(s.name, start, s.final_lr, s.final_lr_fraction)
-    make_schedule(s.name, start, final, max(steps, 1), s.warmup_steps)  # the same checks
+    make_schedule(s.name, start, final, steps, s.warmup_steps)  # the checks `study run` makes
     return Schedule(
         tokens=cfg.tokens, steps=steps, shape=s.name, start_lr=float(start), final_lr=final,
         start_lr_from=origin, warmup_steps=s.warmup_steps, seq_len=seq_len,
