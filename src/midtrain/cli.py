@@ -34,7 +34,7 @@ app = typer.Typer(
 GROUPS: dict[str, typer.Typer] = {
     name: typer.Typer(help=help_, no_args_is_help=True)
     for name, help_ in {
-        "data": "Prepare token stores from text, jsonl, parquet, HF datasets or .npy tokens.",
+        "data": "Prepare token stores: text, jsonl, parquet, HF datasets, .npy, Megatron .idx.",
         "study": "Run and analyse microanneal studies defined in one TOML file.",
         "bench": "Benchmarks that report ratios measured in one process.",
         "config": "The config schema: docs/config.md.",
@@ -66,6 +66,7 @@ def _register_all() -> None:
         data,
         demo,
         evaluate,
+        export,  # midtrain study export
         gpu,
         integrate,
         memory,
@@ -84,6 +85,7 @@ def _register_all() -> None:
         sft,
         evaluate,
         study,
+        export,
         integrate,
         merge,
         optimize,

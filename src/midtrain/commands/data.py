@@ -23,7 +23,9 @@ console = Console()
 def prepare(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Files or folders: .txt, .jsonl, .parquet, save_to_disk, .npy."),
+        typer.Argument(
+            help="Files or folders: .txt, .jsonl, .parquet, save_to_disk, .npy, Megatron PREFIX.idx."
+        ),
     ],
     name: Annotated[str, typer.Option("--name", help="Source name; the store is OUT/NAME.")],
     out: Annotated[Path, typer.Option("--out", help="Data folder holding the stores.")],

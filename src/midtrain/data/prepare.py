@@ -1,4 +1,5 @@
-"""Writing token stores: `midtrain data prepare` (text, jsonl, parquet, HF datasets, .npy tokens).
+"""Writing token stores: `midtrain data prepare` (text, jsonl, parquet, HF datasets, .npy tokens,
+Megatron .bin/.idx).
 
 Every input is validated before anything is written; a store is built in a temporary folder and
 renamed into place (see `data/store.py` for the layout).
@@ -148,13 +149,18 @@ def prepare_source(
     _check_options(name, opts)
     tok = tokenizer if not isinstance(tokenizer, str | Path) else load_tokenizer(tokenizer)
     resolved = readers.resolve_inputs(list(inputs))
-    kinds = {i.kind for i in resolved}
-    if "npy" in kinds:
+    tokens = [i for i in resolved if i.kind in readers.TOKEN_KINDS]
+    if tokens:
         if len(resolved) != 1:
+            what = "a .npy token file" if tokens[0].kind == "npy" else "a Megatron .bin/.idx pair"
             raise MidtrainError(
-                f"source {name!r}: a .npy token file must be the only input of its source "
+                f"source {name!r}: {what} must be the only input of its source "
                 f"(got {len(resolved)} inputs); prepare each file as its own source"
             )
+        if tokens[0].kind == "megatron":
+            from midtrain.data.megatron import prepare_megatron
+
+            return prepare_megatron(name, tokens[0].path, Path(out), tok, opts)
         from midtrain.data.npy import prepare_npy
 
         return prepare_npy(name, resolved[0].path, Path(out), tok, opts)
@@ -369,7 +375,16 @@ def _identical_store(
         "seed": opts.seed,
         "heldout_fraction": opts.heldout_fraction,
     }
-    if any(i.kind == "npy" for i in resolved):
+    if any(i.kind == "megatron" for i in resolved):
+        if len(resolved) != 1:
+            return None
+        from midtrain.data.megatron import megatron_input_hash, read_index
+
+        ix = read_index(resolved[0].path.resolve())
+        want["input_hash"] = megatron_input_hash(ix, hash_file(ix.bin))
+        if old.get("train", {}).get("file") not in ("train.bin", str(ix.bin)):
+            return None  # read in place from a .bin elsewhere
+    elif any(i.kind == "npy" for i in resolved):
         if len(resolved) != 1 or (opts.npy_dtype and old.get("dtype") != opts.npy_dtype):
             return None
         from midtrain.data.npy import npy_input_hash
@@ -402,9 +417,10 @@ def _train_for_source(
             f"{tok_dir} already exists; reuse it with --tokenizer {tok_dir} or pick "
             "another --tokenizer-out"
         )
-    if any(i.kind == "npy" for i in resolved):
+    if any(i.kind in readers.TOKEN_KINDS for i in resolved):
         raise MidtrainError(
-            "--train-tokenizer needs text inputs; .npy files are already tokens "
+            "--train-tokenizer needs text inputs; .npy and Megatron .bin/.idx files are already "
+            "tokens "
             "(pass the --tokenizer they were made with)"
         )
     scan = readers.scan_inputs(resolved, opts.text_field, special=[EOS])  # before writing

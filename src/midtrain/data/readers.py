@@ -7,6 +7,8 @@ Kinds (detected from the path):
 - `hf`: a folder written by `datasets.Dataset.save_to_disk` (memory-mapped arrow).
 - `npy`: OLMo-style token files (`.npy`): raw uint16/uint32 ids with EOS between documents, with
   or without a numpy header. These are tokens, not text: `midtrain.data.store` maps them zero-copy.
+- `megatron`: a Megatron indexed dataset, named by its `.idx`, its `.bin` or the prefix of the pair
+  (`data/megatron.py`); tokens too.
 
 Folders are walked recursively in sorted order and every file of a known kind is read; other files
 are ignored. Whitespace-only documents are skipped. A reader yields (where, text) per document;
@@ -30,6 +32,7 @@ from typing import IO
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_file, hash_obj, hash_tree
 
+TOKEN_KINDS = ("npy", "megatron")  # inputs that are token ids already: one per source
 TextReader = Callable[[Path, str], Iterator[tuple[str, str]]]  # (where, text) per document
 
 
@@ -155,6 +158,7 @@ READERS: dict[str, Reader] = {
         Reader("parquet", (".parquet",), read_parquet),
         Reader("hf", (), read_hf),
         Reader("npy", (".npy",), None),
+        Reader("megatron", (".idx",), None),
     )
 }
 
@@ -176,9 +180,11 @@ def resolve_inputs(paths: list[str | Path]) -> list[Input]:
         raise MidtrainError("no INPUT given; pass files or folders to read")
     out: list[Input] = []
     for p in map(Path, paths):
-        if not p.exists():
+        if not p.exists() and p.with_name(p.name + ".idx").is_file():  # a Megatron PREFIX
+            out.append(Input("megatron", p.with_name(p.name + ".idx")))
+        elif not p.exists():
             raise MidtrainError(f"{p}: no such file or folder; check the INPUT path")
-        if p.is_dir() and is_hf_dataset_dir(p):
+        elif p.is_dir() and is_hf_dataset_dir(p):
             out.append(Input("hf", p))
         elif p.is_dir():
             found = [
@@ -194,10 +200,12 @@ def resolve_inputs(paths: list[str | Path]) -> list[Input]:
             out.extend(found)
         elif (k := kind_of_file(p)) is not None:
             out.append(Input(k, p))
+        elif p.suffix == ".bin":  # a Megatron .bin named for its pair (megatron.py checks the .idx)
+            out.append(Input("megatron", p.with_suffix(".idx")))
         else:
             raise MidtrainError(
-                f"{p}: unknown input kind; use .txt, .jsonl, .parquet, .npy "
-                "or a datasets save_to_disk folder"
+                f"{p}: unknown input kind; use .txt, .jsonl, .parquet, .npy, "
+                "a Megatron .idx/.bin pair or a datasets save_to_disk folder"
             )
     return out
 
