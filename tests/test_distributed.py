@@ -269,6 +269,21 @@ def test_fsdp_units_are_the_blocks_then_the_untied_embedding_and_head():
     assert [names[id(m)] for m in dist._fsdp_units(tied)] == ["model.layers.0", "model.layers.1"]
 
 
+def test_malloc_thresholds_the_user_set_are_left_alone(monkeypatch):
+    from midtrain.train import distributed as dist
+
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(k, raising=False)
+    assert not dist._user_malloc_settings()
+    dist.return_freed_memory()  # this process: glibc returns freed memory at once from here on
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=33554432")
+    assert dist._user_malloc_settings()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert not dist._user_malloc_settings()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert dist._user_malloc_settings()
+
+
 BIG = {
     "hidden_size": 512,
     "intermediate_size": 2048,
