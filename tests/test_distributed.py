@@ -249,6 +249,41 @@ def test_the_job_is_read_from_torchruns_env_and_resumed_only_by_the_same_job():
             dist.check_resume(two, job)
 
 
+def test_fsdp_units_are_the_blocks_then_the_untied_embedding_and_head():
+    """Each decoder block, the embedding and the head are FSDP2 units of their own (resharded
+    after use, not held by the root); a tied embedding and head stay in the root together."""
+    from transformers import AutoConfig
+
+    from midtrain.train import distributed as dist
+    from midtrain.train.checkpoint import meta_model
+
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 64}  # fmt: skip
+    untied = meta_model(AutoConfig.for_model("llama", **small, tie_word_embeddings=False))
+    names = {id(m): n for n, m in untied.named_modules()}
+    units = [names[id(m)] for m in dist._fsdp_units(untied)]
+    assert units == ["model.layers.0", "model.layers.1", "model.embed_tokens", "lm_head"]
+    tied = meta_model(AutoConfig.for_model("llama", **small, tie_word_embeddings=True))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    names = {id(m): n for n, m in tied.named_modules()}
+    assert [names[id(m)] for m in dist._fsdp_units(tied)] == ["model.layers.0", "model.layers.1"]
+
+
+def test_malloc_thresholds_the_user_set_are_left_alone(monkeypatch):
+    from midtrain.train import distributed as dist
+
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(k, raising=False)
+    assert not dist._user_malloc_settings()
+    dist.return_freed_memory()  # this process: glibc returns freed memory at once from here on
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=33554432")
+    assert dist._user_malloc_settings()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert not dist._user_malloc_settings()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert dist._user_malloc_settings()
+
+
 BIG = {
     "hidden_size": 512,
     "intermediate_size": 2048,

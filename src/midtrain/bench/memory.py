@@ -254,6 +254,8 @@ def train_pair(rc: dict[str, Any], root: Path, save: bool,
 
 # glibc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in the heap; a fixed
 # 128 KiB threshold returns every tensor's memory when it is freed: what the peak is without that
+# (FSDP2 ranks on the host set it themselves, `distributed.return_freed_memory`: for them the
+# check is a second run of the same thing)
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
