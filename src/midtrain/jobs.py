@@ -28,6 +28,7 @@ from midtrain.errors import MidtrainError
 
 BUILTIN_STAGES = {
     "train": "midtrain.train.stage",
+    "external_train": "midtrain.train.external",
     "eval": "midtrain.eval.stage",
     "sft": "midtrain.sft.stage",
     "sft_eval": "midtrain.sft.stage",
@@ -165,7 +166,8 @@ def _run_chain(chain: Chain, threads: int, attempts: int) -> Outcome:
             mark_interrupted(Path(failed.dir))
             raise
         except Exception as e:  # noqa: BLE001 - a failed job must not stop the study
-            error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+            named = getattr(e, "one_line", False)  # its message names its field already
+            error, tb = str(e) if named else f"{type(e).__name__}: {e}", traceback.format_exc()
     return Outcome(name=last.name, dir=failed.dir, status="failed", stage=failed.stage,
                    error=error, traceback=tb, attempts=attempt,
                    seconds=round(time.perf_counter() - t0, 1))  # fmt: skip

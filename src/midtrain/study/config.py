@@ -1,7 +1,8 @@
 """The study file: one TOML naming the checkpoint, the base mix, candidates, seeds and the eval suite.
 
 Validated with pydantic; every error becomes one line naming the field and the fix. Paths are
-relative to the study file's folder. Config content is data only: nothing in it is executed.
+relative to the study file's folder. Config content is data only: nothing in it is executed, except
+`[train] command`, the user's own trainer (train/external.py), run for every run when it is set.
 A study validates itself (`check_inputs` looks at the files it names); each run of it is
 validated by the run's own planner when the study is prepared.
 """
@@ -243,7 +244,11 @@ class StudyConfig(Strict):
         None, description="[sft_probe]: fine-tune every run on SFT sets (docs/studies.md)."
     )
     train: dict[str, Any] = field(
-        {}, description="Other run-config fields for every run (e.g. threads, compile)."
+        {},
+        description="Other run-config fields for every run (e.g. threads, compile); and `command`: "
+        "an external trainer run for every run instead of midtrain's loop, a template with {spec}, "
+        "{out} and {checkpoint} (a string for the shell, or a list of strings run without one; "
+        "docs/external.md).",
     )
     source_max_repetition: dict[str, float] = field(
         {},
@@ -283,6 +288,7 @@ class StudyConfig(Strict):
     )
 
     _source: str = PrivateAttr("")  # the study file's name: the prefix of its errors
+    _base_dir: str = PrivateAttr("")  # the study file's folder: where [train] command runs
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -341,6 +347,7 @@ class StudyConfig(Strict):
         _check_not_base(self)
         _check_probe(self)
         _check_starts_mode(self)
+        _check_command(self)
         if self.analysis.allow_task_regression and not self.eval.tasks:
             raise _FieldError(
                 "analysis.allow_task_regression",
@@ -353,6 +360,16 @@ class StudyConfig(Strict):
             )
         _check_prediction(self)
         return self
+
+    @property
+    def command(self) -> str | list[str] | None:
+        """`[train] command`: the external trainer every run uses, or None (midtrain's loop)."""
+        return self.train.get("command")
+
+    @property
+    def run_overrides(self) -> dict[str, Any]:
+        """[train] without `command`: the run-config fields it sets for every run."""
+        return {k: v for k, v in self.train.items() if k != "command"}
 
     @property
     def source(self) -> str:
@@ -445,6 +462,22 @@ def _check_starts_mode(cfg: StudyConfig) -> None:
                           'starts = [...] or remove starts_mode')  # fmt: skip
 
 
+def _check_command(cfg: StudyConfig) -> None:
+    """`[train] command`: a usable template, and no option only midtrain's own loop can honour."""
+    if "command" not in cfg.train:
+        return
+    from midtrain.train.external import command_problem
+
+    if (problem := command_problem(cfg.train["command"])) is not None:
+        raise _FieldError("train.command", problem)
+    if cfg.resources.processes > 1:
+        raise _FieldError("resources.processes", "an external trainer ([train] command) runs once "
+                          "per run and parallelises itself; remove processes (or set 1)")  # fmt: skip
+    if cfg.eval.point_fractions[:-1]:
+        raise _FieldError("eval.points", "an external trainer ([train] command) writes only the "
+                          "final checkpoint; remove the points before 1.0, or the command")  # fmt: skip
+
+
 def _check_probe(cfg: StudyConfig) -> None:
     if (problem := probe_problem(cfg)) is not None:
         raise _FieldError(*problem)
@@ -491,6 +524,7 @@ def parse_study(
     """Validate a study dict; paths are resolved against `base_dir` (the study file's folder)."""
     cfg = validate(StudyConfig, data, source=source)
     cfg._source = source
+    cfg._base_dir = str(base_dir) if base_dir is not None else ""
     return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
 

@@ -28,6 +28,7 @@ from midtrain.study.keep import PruneSpec, PruneTarget, probe_targets, run_targe
 from midtrain.study.merging import merge_arms
 from midtrain.study.probe import ProbeJobs, probe_jobs
 from midtrain.train.config import RunConfig, load_run_config, point_steps
+from midtrain.train.external import SPEC_FORMAT, ExternalSpec
 from midtrain.train.loop import point_dir
 
 EVAL_DIR = "eval"
@@ -49,6 +50,7 @@ class RunSpec:
     dir: Path
     probes: list[ProbeJobs] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)  # eval points before the end
+    external: ExternalSpec | None = None  # [train] command: trained by it, not midtrain's loop
 
     @property
     def name(self) -> str:
@@ -65,8 +67,10 @@ class RunSpec:
     def chain(self, ev: EvalJob) -> Chain:
         """Train, then evaluate the final checkpoint."""
         spec = ev.model_copy(update={"checkpoint": str(self.dir / "final")})
+        train = (Job.of("train", self.name, self.dir, self.run_config) if self.external is None
+                 else Job.of("external_train", self.name, self.dir, self.external))  # fmt: skip
         return [
-            Job.of("train", self.name, self.dir, self.run_config),
+            train,
             Job.of("eval", self.name, self.eval_dir, spec),
         ]
 
@@ -308,7 +312,7 @@ def _run_config(cfg: StudyConfig, mix: list[MixComponent], seed: int, paired: bo
         rc["pair_base"] = {k: v for k, v in sorted(cfg.base.items()) if v > 0}
     if before := cfg.eval.point_fractions[:-1]:  # absent without points: ids as before them
         rc["save_points"] = before
-    rc.update(cfg.train)
+    rc.update(cfg.run_overrides)
     return rc
 
 
@@ -319,8 +323,10 @@ def run_points(rc: RunConfig) -> list[Point]:
                                         strict=True)]  # fmt: skip
 
 
-def _run_id(rc: dict) -> str:
+def _run_id(rc: dict, command: str | list[str] | None = None) -> str:
     keyed = dict(rc)
+    if command is not None:  # an external trainer: its command and spec format are inputs too
+        keyed["external"] = {"command": command, "spec": SPEC_FORMAT}
     keyed["init"] = content_hash(rc["init"])
     keyed["stores"] = {k: content_hash(v) for k, v in rc["stores"].items()}
     keyed.pop("threads", None)  # how many threads ran it does not change what it computes
@@ -366,15 +372,18 @@ def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = 
         for seed in (seeds or {}).get(arm, cfg.first_seeds):
             mix = arm_mix(cfg, cand, frac)
             paired = cfg.paired_streams and cand is not None and not arm.endswith("@" + CPT)
+            paired = paired and cfg.command is None  # an external trainer draws its own order
             rc = _run_config(cfg, mix, seed, paired)
-            rid = _run_id(rc)
+            rid = _run_id(rc, cfg.command)
             run_dir = out / "runs" / f"{slug(arm)}-s{seed}-{rid[:10]}"
             name = f"{arm}/s{seed}"
             probes = probe_jobs(cfg, name, str(run_dir / "final"), run_dir, seed, ev)
             cand_name = cand.name if cand else None
             run_cfg = load_run_config(rc)
+            ext = None if cfg.command is None else ExternalSpec(
+                run=run_cfg, command=cfg.command, cwd=cfg._base_dir or None)  # fmt: skip
             runs.append(RunSpec(arm, cand_name, frac, seed, mix, run_cfg, rid, run_dir, probes,
-                                run_points(run_cfg)))  # fmt: skip
+                                run_points(run_cfg), ext))  # fmt: skip
     start_dir = out / "runs" / f"start-{content_hash(cfg.checkpoint)[:10]}"
     start_probes = []
     if cfg.sft_probe is not None and cfg.sft_probe.start:

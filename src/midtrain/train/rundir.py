@@ -49,9 +49,9 @@ class RunResult(BaseModel):
     status: Literal["done"] = "done"
     steps: int
     tokens: int
-    final_loss: float
-    mean_loss_last_10pct: float
-    first_loss: float
+    final_loss: float | None  # None: an external trainer (train/external.py) logged no loss
+    mean_loss_last_10pct: float | None
+    first_loss: float | None
     start_lr: float
     final_lr: float
     wall_s: float
