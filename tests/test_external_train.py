@@ -20,7 +20,7 @@ SPEC_FIELDS = {"format", "checkpoint", "tokenizer", "out", "log", "metrics_log",
                "tokens", "steps", "seq_len", "batch_tokens", "batch_sequences", "micro_batch",
                "seed", "schedule", "optimizer", "vocab_size", "data_order", "command"}  # fmt: skip
 SOURCE_FIELDS = {"name", "ratio", "tokens", "max_repetition", "store", "tokens_file", "dtype",
-                 "offset", "n_tokens", "eos_id", "inputs"}  # fmt: skip
+                 "offset", "n_tokens", "eos_id", "megatron_prefix"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

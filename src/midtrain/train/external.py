@@ -90,7 +90,7 @@ def write_spec(plan: RunPlan, command: str | list[str], out: Path) -> dict[str, 
             "max_repetition": m.max_repetition, "store": str(st.path),
             "tokens_file": str(st.train_file), "dtype": st.manifest["dtype"],
             "offset": int(st.manifest["train"]["offset"]), "n_tokens": st.n_train_tokens,
-            "eos_id": st.eos_id, "inputs": list(st.manifest.get("inputs", [])),
+            "eos_id": st.eos_id, "megatron_prefix": st.manifest.get("megatron", {}).get("prefix"),
         })  # fmt: skip
     opt = cfg.optimizer
     spec = {
