@@ -118,7 +118,9 @@ def test_every_run_is_trained_by_the_command_then_evaluated_and_never_rerun(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {r: (r / "external.log").read_text() for r in runs} == logs
     # Another command is another run (its identity includes the command and the spec format).
-    ids = {r.run_id for r in make_plan(load_study(path), out).runs}
+    plan = make_plan(load_study(path), out)
+    assert all(r.run_config.pair_base is None for r in plan.runs)  # the order is the trainer's
+    ids = {r.run_id for r in plan.runs}
     other = study(w, tmp_path / "b", [*cmd, "--resize", "0"], tasks=True)
     assert ids.isdisjoint(r.run_id for r in make_plan(load_study(other), out).runs)
 
