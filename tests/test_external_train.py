@@ -80,6 +80,8 @@ def test_every_run_is_trained_by_the_command_then_evaluated_and_never_rerun(
     cmd = [sys.executable, TRAINER, "{spec}", "{out}"]
     path, out = study(w, tmp_path, cmd, tasks=True), tmp_path / "o"
     args = ["study", "run", path, "--out", out]
+    code, text, err = run_cli([*args, "--dry-run"], monkeypatch, capsys)
+    assert code == 0 and "training: every run by train.command" in text, err
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     runs = run_dirs(out)

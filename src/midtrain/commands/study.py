@@ -179,6 +179,10 @@ def plan_notes(cfg) -> list[str]:
     elif full:
         lines.append("checkpoint: the tokens it has seen are unknown (no midtrain_state); set "
                      "checkpoint_tokens, or checkpoint-too-early cannot be checked")  # fmt: skip
+    if cfg.command is not None:
+        lines.append("training: every run by train.command (its RUN/spec.json; docs/external.md): "
+                     "the times above are midtrain's own loop's, the token tables give the shares, "
+                     "the order is the trainer's")  # fmt: skip
     return lines
 
 
