@@ -367,6 +367,11 @@ class StudyConfig(Strict):
         return self.train.get("command")
 
     @property
+    def base_dir(self) -> str | None:
+        """The study file's folder (where `[train] command` runs), or None for a study in code."""
+        return self._base_dir or None
+
+    @property
     def run_overrides(self) -> dict[str, Any]:
         """[train] without `command`: the run-config fields it sets for every run."""
         return {k: v for k, v in self.train.items() if k != "command"}

@@ -5,7 +5,8 @@ the checkpoint and stores (not their paths), so the same inputs always map to th
 Each run becomes a chain of jobs (train, then evaluate its final checkpoint, then the SFT probe's
 jobs of `study/probe.py`); the start checkpoint is evaluated too (the "before" point of every
 cooldown). A candidate with `continued_pretraining = true` adds the arm `NAME@cpt`: 100% candidate
-data for the same tokens and schedule.
+data for the same tokens and schedule. With `[train] command` the train job is the
+`external_train` stage (train/external.py): the user's trainer, the same `RunResult` after it.
 """
 
 from __future__ import annotations
@@ -381,7 +382,7 @@ def make_plan(cfg: StudyConfig, out: Path, seeds: dict[str, list[int]] | None = 
             cand_name = cand.name if cand else None
             run_cfg = load_run_config(rc)
             ext = None if cfg.command is None else ExternalSpec(
-                run=run_cfg, command=cfg.command, cwd=cfg._base_dir or None)  # fmt: skip
+                run=run_cfg, command=cfg.command, cwd=cfg.base_dir)  # fmt: skip
             runs.append(RunSpec(arm, cand_name, frac, seed, mix, run_cfg, rid, run_dir, probes,
                                 run_points(run_cfg), ext))  # fmt: skip
     start_dir = out / "runs" / f"start-{content_hash(cfg.checkpoint)[:10]}"
