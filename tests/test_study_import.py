@@ -213,7 +213,9 @@ def test_bad_import_tables_are_one_line_errors(case, world, tmp_path, monkeypatc
         over["eval"] = {"tasks": TASKS[:2], "include_path": str(world["tasks"]), "limit": LIMIT}
     study = _study(world, change(_sample_runs(world), world), **over)
     path = _write(tmp_path / "runs.toml", study)
-    code, _, err = run_cli(["study", "import", path, "--out", tmp_path / "out"], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["study", "import", path, "--out", tmp_path / "out"], monkeypatch, capsys
+    )
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: runs.toml: "), err

@@ -10,7 +10,9 @@ import typer
 
 
 def study_import(
-    runs: Annotated[Path, typer.Argument(help="A study TOML file plus its import table (docs/external.md).")],
+    runs: Annotated[
+        Path, typer.Argument(help="A study TOML file plus its import table (docs/external.md).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Study directory (created; reused).")],
 ) -> None:
     """Decide runs made elsewhere: the study's verdicts, results.json and report from imported

@@ -85,7 +85,9 @@ def choice_metrics(s: dict[str, Any]) -> dict[str, Any]:
 
 
 # lm-eval's `--log_samples` files: OUTPUT/MODEL/samples_<task>_<date>.jsonl (EvaluationTracker)
-LOGGED_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?\.jsonl")
+LOGGED_FILE = re.compile(
+    r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?\.jsonl"
+)
 
 
 def logged_task(path: Path) -> str | None:

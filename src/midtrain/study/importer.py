@@ -94,7 +94,7 @@ class RunImport(Strict):
 
     arm: str
     seed: int
-    source: str  # "checkpoint PATH" or "lm-eval samples: FILE, ..."
+    source: str  # "checkpoint PATH" or "lm-eval samples of TASKS in DIR"
 
 
 class ImportedRun(BaseModel):
@@ -128,7 +128,9 @@ class ImportRunStage(Stage):
         if not f.is_file():
             return None
         res = ImportedRun.model_validate(read_json(f))
-        return res if (res.arm, res.seed, res.source) == (spec.arm, spec.seed, spec.source) else None
+        return (
+            res if (res.arm, res.seed, res.source) == (spec.arm, spec.seed, spec.source) else None
+        )
 
 
 class SamplesJob(Strict):
@@ -206,7 +208,8 @@ class Resolved:
     def describe(self) -> str:
         if self.checkpoint is not None:
             return f"checkpoint {self.checkpoint}"
-        return "lm-eval samples: " + ", ".join(str(p) for p in self.samples.values())
+        dirs = sorted({str(p.parent) for p in self.samples.values()})
+        return f"lm-eval samples of {', '.join(sorted(self.samples))} in {', '.join(dirs)}"
 
 
 # --- reading and checking the import file ----------------------------------------------------
@@ -229,7 +232,11 @@ def load_import(path: str | Path) -> tuple[StudyConfig, ImportTable, Path]:
         raise MidtrainError(f"{path.name}: import: missing; add [[import.runs]] tables "
                             '(arm = "control", seed = 0, checkpoint = "..." or samples = [...])')  # fmt: skip
     cfg = parse_study(data, source=path.name, base_dir=path.parent.resolve())
-    return cfg, validate(ImportTable, table, source=path.name, prefix="import"), path.parent.resolve()
+    return (
+        cfg,
+        validate(ImportTable, table, source=path.name, prefix="import"),
+        path.parent.resolve(),
+    )
 
 
 def _unsupported(cfg: StudyConfig) -> None:
@@ -312,7 +319,9 @@ def _check_samples(f: Path, where: str) -> None:
                                     "doc_id); give the file lm-eval wrote")  # fmt: skip
 
 
-def check_import(cfg: StudyConfig, table: ImportTable, base: Path) -> dict[tuple[str, int], Resolved]:
+def check_import(
+    cfg: StudyConfig, table: ImportTable, base: Path
+) -> dict[tuple[str, int], Resolved]:
     """Every (arm, seed) is the study's and once, every seed has its control, every source
     exists and holds the study's tasks. Returns the sources by (arm, seed)."""
     _unsupported(cfg)

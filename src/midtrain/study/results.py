@@ -329,7 +329,7 @@ class CptContrast(BaseModel):
 class ImportInfo(BaseModel):
     """`midtrain study import`: where each run's records came from and what was not checked."""
 
-    runs: dict[str, str]  # run name -> "checkpoint PATH" | "lm-eval samples: FILE, ..."
+    runs: dict[str, str]  # run name -> "checkpoint PATH" | "lm-eval samples of TASKS in DIR"
     start: str | None = None  # the start checkpoint's evaluation, or None (not imported)
     not_checked: list[str] = []  # what a study run here checks and an import cannot
     notes: list[str] = []  # what was skipped, and why
