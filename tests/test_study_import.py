@@ -144,6 +144,8 @@ def imported(world):
 
 def test_samples_import_gives_the_study_table_and_lm_evals_numbers(world, imported, monkeypatch,
                                                                      capsys):  # fmt: skip
+    from midtrain.study.results import StudyResult
+
     r = imported["samples"]
     assert [a.arm for a in r.arms] == ["math@0.3"] and r.control.seeds == [0, 1]
     arm = r.arms[0]
@@ -170,6 +172,10 @@ def test_samples_import_gives_the_study_table_and_lm_evals_numbers(world, import
     assert "Imported runs" in report and "data order" in report
     code, stdout, _ = run_cli(["study", "show", out], monkeypatch, capsys)
     assert code == 0 and "math@0.3" in stdout
+    again = ["study", "import", world["root"] / "samples.toml", "--out", out]  # through the CLI
+    code, stdout, err = run_cli(again, monkeypatch, capsys)
+    assert code == 0 and "4 imports, 4 already done" in err and "math@0.3" in stdout, err
+    assert StudyResult.load(out / "results.json").arms[0].primary == arm.primary
 
 
 def test_checkpoint_import_equals_samples_import(imported, world):
@@ -221,3 +227,25 @@ def test_bad_import_tables_are_one_line_errors(case, world, tmp_path, monkeypatc
     assert len(lines) == 1 and lines[0].startswith("error: runs.toml: "), err
     assert message in lines[0] and "; " in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_logged_sample_gives_the_in_process_record():
+    """A sample as `simple_evaluate` returns it and as lm-eval's EvaluationTracker writes it
+    (its own `sanitize_list`, `gen_args_i`/`arg_j`, `str(target)`) make the same record; eleven
+    choices keep their order (gen_args_10 after gen_args_9)."""
+    from lm_eval.utils import sanitize_list
+
+    from midtrain.eval.samples import logged_sample, task_example
+
+    choices = [f" {i}" for i in range(11)]
+    lls = [(-1.0 - 0.1 * i, i == 3) for i in range(11)]
+    s = {"doc_id": 4, "target": 3, "arguments": [("Q:", c) for c in choices],
+         "resps": [[x] for x in lls], "filtered_resps": lls, "filter": "none",
+         "metrics": ["acc", "acc_norm"], "acc": 0.0, "acc_norm": 1.0}  # fmt: skip
+    written = dict(s, resps=sanitize_list(s["resps"]), target=str(s["target"]),
+                   filtered_resps=sanitize_list(s["filtered_resps"]),
+                   arguments={f"gen_args_{i}": {f"arg_{j}": x for j, x in enumerate(a)}
+                              for i, a in enumerate(s["arguments"])})  # fmt: skip
+    back = json.loads(json.dumps(written))
+    assert task_example("t", logged_sample(back)) == task_example("t", s)
+    assert task_example("t", s).choices == 11 and task_example("t", s).margin is not None

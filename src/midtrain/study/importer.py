@@ -27,7 +27,7 @@ from pydantic import BaseModel, model_validator
 from midtrain.errors import MidtrainError
 from midtrain.eval.results import EvalResult, sort_key, summarise, to_json_line
 from midtrain.io import atomic_write_json, atomic_write_text, hash_file, hash_obj, read_json
-from midtrain.jobs import Job, Stage, register, run_chain
+from midtrain.jobs import Job, Stage, pending, register, run_chain
 from midtrain.schema import Strict, field, load_toml, validate
 from midtrain.study.config import CONTROL, StudyConfig, parse_study
 from midtrain.study.plan import RunSpec, StudyPlan, arm_names, make_plan
@@ -62,7 +62,9 @@ class Source(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> Source:
         if (self.checkpoint is None) == (self.samples is None):
-            raise ValueError("give exactly one of checkpoint = '...' or samples = ['...']")
+            both = "both" if self.checkpoint is not None else "neither"
+            raise ValueError(f"has {both} of checkpoint and samples; give exactly one: "
+                             "checkpoint = '...' or samples = ['...']")  # fmt: skip
         if self.samples is not None and not self.samples:
             raise ValueError("samples is empty; name the run's samples_TASK_DATE.jsonl files")
         return self
@@ -471,13 +473,16 @@ def import_study(path: str | Path, out: str | Path) -> StudyResult:
     with study_lock(out):
         atomic_write_json(out / "study.json", _study_record(plan, info, analysis_plan(plan.config)))
         chains = plan.chains()
-        err_console.print(f"study {safe(cfg.name)}: importing {len(plan.runs)} runs"
-                          + (" and the start" if plan.start_job else ""))  # fmt: skip
-        for chain in chains:
+        todo = [c for c in chains if pending(c)]
+        err_console.print(f"study {safe(cfg.name)}: {len(chains)} imports, "
+                          f"{len(chains) - len(todo)} already done")  # fmt: skip
+        for chain in todo:
             o = run_chain(chain, attempts=1)
             if o.status == "failed":
                 errors[o.name] = o.error or "failed"
                 err_console.print(f"  [red]failed[/] {safe(o.name)}: {safe(o.error or '')}")
+            else:
+                err_console.print(f"  [green]done[/] {safe(o.name)} ({o.seconds or 0:.0f}s)")
         results = collect(plan, errors)
         _fix_records(results, plan)
         results.imported = info
