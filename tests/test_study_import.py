@@ -208,16 +208,24 @@ BAD = {
     "sample files that do not exist": (
         lambda rs, w: [{**rs[0], "samples": ["lm-eval/nothing/samples_world_arith_*.jsonl"]}] + rs[1:],
         "import.runs[0].samples[0]: "),
+    "samples of another limit": (
+        lambda rs, w: rs, "import.runs[0].samples[0]: lm-eval scored 10 of world_arith's 50 "
+        "documents (results_"),
+    "samples of another few-shot": (
+        lambda rs, w: rs, "import.runs[0].samples[0]: lm-eval ran world_arith 0-shot (results_"),
 }  # fmt: skip
+EVAL = {  # the study's [eval] of a case, where it differs
+    "samples of a task the study does not list": {"tasks": TASKS[:2]},
+    "samples of another limit": {"limit": 5},
+    "samples of another few-shot": {"num_fewshot": 1},
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_import_tables_are_one_line_errors(case, world, tmp_path, monkeypatch, capsys):
     change, message = BAD[case]
-    over = {}
-    if case.startswith("samples of a task"):
-        over["eval"] = {"tasks": TASKS[:2], "include_path": str(world["tasks"]), "limit": LIMIT}
-    study = _study(world, change(_sample_runs(world), world), **over)
+    ev = {"tasks": TASKS, "include_path": str(world["tasks"]), "limit": LIMIT} | EVAL.get(case, {})
+    study = _study(world, change(_sample_runs(world), world), eval=ev)
     path = _write(tmp_path / "runs.toml", study)
     code, _, err = run_cli(
         ["study", "import", path, "--out", tmp_path / "out"], monkeypatch, capsys

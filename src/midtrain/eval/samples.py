@@ -86,7 +86,7 @@ def choice_metrics(s: dict[str, Any]) -> dict[str, Any]:
 
 # lm-eval's `--log_samples` files: OUTPUT/MODEL/samples_<task>_<date>.jsonl (EvaluationTracker)
 LOGGED_FILE = re.compile(
-    r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?\.jsonl"
+    r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.jsonl"
 )
 
 
@@ -94,6 +94,12 @@ def logged_task(path: Path) -> str | None:
     """The task a `--log_samples` file holds, from its name (None: not such a file's name)."""
     m = LOGGED_FILE.fullmatch(Path(path).name)
     return m.group("task") if m else None
+
+
+def logged_results(path: Path) -> Path:
+    """The `results_<date>.json` lm-eval wrote beside a `--log_samples` file in the same call."""
+    m = LOGGED_FILE.fullmatch(Path(path).name)
+    return Path(path).with_name(f"results_{m.group('date') if m else ''}.json")
 
 
 def read_logged(path: Path) -> list[dict[str, Any]]:

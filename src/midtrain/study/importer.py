@@ -42,8 +42,8 @@ NOT_CHECKED = [
     "tokens, FLOPs, wall time and training loss: unknown (the cost table counts 0)",
 ]
 NOT_CHECKED_SAMPLES = [
-    "lm-eval samples: the model and tokenizer that wrote them, and lm-eval's settings (few-shot, "
-    "limit, prompts) as it ran them",
+    "lm-eval samples: the model and tokenizer that wrote them, and the prompts lm-eval used "
+    "(few-shot and limit are checked against its results_DATE.json where it lies beside them)",
 ]
 
 
@@ -255,7 +255,7 @@ def _unsupported(cfg: StudyConfig) -> None:
                             "remove eval.points")  # fmt: skip
 
 
-def _resolve(src: Source, where: str, base: Path, tasks: list[str]) -> Resolved:
+def _resolve(src: Source, where: str, base: Path, cfg: StudyConfig) -> Resolved:
     if src.checkpoint is not None:
         from midtrain.train.checkpoint import check_hf_folder
 
@@ -264,7 +264,7 @@ def _resolve(src: Source, where: str, base: Path, tasks: list[str]) -> Resolved:
             raise MidtrainError(f"{where}.checkpoint: {p} does not exist; give an HF "
                                 "checkpoint folder (relative to the import file)")  # fmt: skip
         return Resolved(checkpoint=check_hf_folder(p, f"{where}.checkpoint").resolve())
-    return Resolved(samples=_sample_files(src.samples or [], f"{where}.samples", base, tasks))
+    return Resolved(samples=_sample_files(src.samples or [], f"{where}.samples", base, cfg))
 
 
 def _path(p: str, base: Path) -> Path:
@@ -272,11 +272,13 @@ def _path(p: str, base: Path) -> Path:
     return q if q.is_absolute() else base / q
 
 
-def _sample_files(patterns: list[str], where: str, base: Path, tasks: list[str]) -> dict[str, Path]:
+def _sample_files(patterns: list[str], where: str, base: Path, cfg: StudyConfig
+                  ) -> dict[str, Path]:  # fmt: skip
     """Each pattern's files, one per task of the study: the task is in lm-eval's file name."""
     from midtrain.eval.samples import logged_task
 
     files: dict[str, Path] = {}
+    tasks = list(cfg.eval.tasks)
     for i, pat in enumerate(patterns):
         full = str(_path(pat, base))
         found = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
@@ -296,6 +298,7 @@ def _sample_files(patterns: list[str], where: str, base: Path, tasks: list[str])
                 raise MidtrainError(f"{where}[{i}]: two files of task {task!r} ({files[task].name}, "
                                     f"{f.name}); keep one per task")  # fmt: skip
             _check_samples(f, f"{where}[{i}]")
+            _check_settings(f, task, cfg, f"{where}[{i}]")
             files[task] = f.resolve()
     missing = [t for t in tasks if t not in files]
     if missing:
@@ -321,13 +324,42 @@ def _check_samples(f: Path, where: str) -> None:
                                     "doc_id); give the file lm-eval wrote")  # fmt: skip
 
 
+def _check_settings(f: Path, task: str, cfg: StudyConfig, where: str) -> None:
+    """Few-shot and limit as lm-eval's `results_<date>.json` beside the file records them (when it
+    is there) must be the study's `[eval]` for the task: the records of all runs must be alike."""
+    from midtrain.eval.samples import logged_results
+
+    res = logged_results(f)
+    if not res.is_file():
+        return
+    try:
+        data = read_json(res)
+    except (OSError, ValueError):
+        return
+    ts = cfg.eval.task_settings.get(task)
+    shots = ts.num_fewshot if ts and ts.num_fewshot is not None else cfg.eval.num_fewshot
+    limit = ts.limit if ts and ts.limit is not None else cfg.eval.limit
+    ran = (data.get("n-shot") or {}).get(task)
+    if isinstance(ran, int) and ran != shots:
+        raise MidtrainError(f"{where}: lm-eval ran {task} {ran}-shot ({res.name}), the study's "
+                            f"[eval] says {shots}; set eval.num_fewshot (or eval.task_settings."
+                            f"{task}.num_fewshot) = {ran}, or import samples made with {shots}")  # fmt: skip
+    n = (data.get("n-samples") or {}).get(task) or {}
+    eff, orig = n.get("effective"), n.get("original")
+    if isinstance(eff, int) and isinstance(orig, int) and eff != min(orig, limit or orig):
+        want = f"eval.limit = {eff}" if eff < orig else "no eval.limit"
+        raise MidtrainError(f"{where}: lm-eval scored {eff} of {task}'s {orig} documents "
+                            f"({res.name}), the study's [eval] asks for {min(orig, limit or orig)}; "
+                            f"set {want} (or import samples made with the study's limit)")  # fmt: skip
+
+
 def check_import(
     cfg: StudyConfig, table: ImportTable, base: Path
 ) -> dict[tuple[str, int], Resolved]:
     """Every (arm, seed) is the study's and once, every seed has its control, every source
     exists and holds the study's tasks. Returns the sources by (arm, seed)."""
     _unsupported(cfg)
-    arms, seeds, tasks = arm_names(cfg), list(cfg.first_seeds), list(cfg.eval.tasks)
+    arms, seeds = arm_names(cfg), list(cfg.first_seeds)
     out: dict[tuple[str, int], Resolved] = {}
     for i, run in enumerate(table.runs):
         where = f"import.runs[{i}]"
@@ -339,7 +371,7 @@ def check_import(
                                 f"{seeds}); add it to seeds or fix the seed")  # fmt: skip
         if (run.arm, run.seed) in out:
             raise MidtrainError(f"{where}: {run.arm} seed {run.seed} is imported twice; keep one")
-        out[(run.arm, run.seed)] = _resolve(run, where, base, tasks)
+        out[(run.arm, run.seed)] = _resolve(run, where, base, cfg)
     for s in seeds:
         if (CONTROL, s) not in out:
             raise MidtrainError(f"import.runs: no control run for seed {s}; every seed needs its "
@@ -350,7 +382,7 @@ def check_import(
 
 def _start(cfg: StudyConfig, table: ImportTable, base: Path, all_ckpt: bool) -> Resolved | None:
     if table.start is not None:
-        return _resolve(table.start, "import.start", base, list(cfg.eval.tasks))
+        return _resolve(table.start, "import.start", base, cfg)
     if all_ckpt and (Path(cfg.checkpoint) / "config.json").is_file():
         return Resolved(checkpoint=Path(cfg.checkpoint))
     return None
