@@ -72,8 +72,8 @@ def _lm_eval_argv(model: Path, tasks_dir: Path, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Tasks of the demo world, two stores, a start and four run models, and the lm-eval CLI's
-    `--log_samples` output of each run model."""
+    """Tasks of the demo world, two stores, a start and four run models; the lm-eval CLI is
+    started on the four (in the background: `samples` waits for it)."""
     from _train_fixtures import build_world
 
     from midtrain.demo.world import generate_world
@@ -89,14 +89,25 @@ def world(tmp_path_factory):
     (root / "driver.py").write_text(DRIVER)
     outs = {run: root / "lm-eval" / f"{run[0]}-s{run[1]}" for run in RUNS}
     argvs = [_lm_eval_argv(models[r], tasks_dir, outs[r]) for r in RUNS]
-    proc = subprocess.run([sys.executable, str(root / "driver.py"), json.dumps(argvs)], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    samples = {r: sorted(glob.glob(str(outs[r] / "*" / "samples_*.jsonl"))) for r in RUNS}
-    lm_results = {r: json.loads(Path(glob.glob(str(outs[r] / "*" / "results_*.json"))[0])
-                                .read_text())["results"] for r in RUNS}  # fmt: skip
-    return {"root": root, "tasks": tasks_dir, "stores": w["stores"], "models": models,
-            "start": start, "samples": samples, "lm_results": lm_results}  # fmt: skip
+    with open(root / "lm-eval.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(root / "driver.py"), json.dumps(argvs)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    yield {"root": root, "tasks": tasks_dir, "stores": w["stores"], "models": models,
+           "start": start, "proc": proc, "outs": outs}  # fmt: skip
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def samples(world):
+    """The world with each run's `--log_samples` files and lm-eval's own aggregate results."""
+    proc, outs = world["proc"], world["outs"]
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (world["root"] / "lm-eval.log").read_text()[-3000:]
+    world["samples"] = {r: sorted(glob.glob(str(outs[r] / "*" / "samples_*.jsonl"))) for r in RUNS}
+    world["lm_results"] = {r: json.loads(Path(glob.glob(str(outs[r] / "*" / "results_*.json"))[0])
+                                         .read_text())["results"] for r in RUNS}  # fmt: skip
+    return world
 
 
 def _study(world, runs: list[dict], **over) -> dict:
@@ -129,21 +140,24 @@ def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def imported(world):
-    """The same four runs imported twice: from the CLI's sample files and from the checkpoints."""
+def imported(world, request):
+    """The same four runs imported twice: from the CLI's sample files (the study's checkpoint and
+    stores not here, as where only sample logs were kept) and from the checkpoints."""
     from midtrain.study.importer import import_study
     from midtrain.study.results import StudyResult
 
     root = world["root"]
-    by_samples = _write(root / "samples.toml", _study(world, _sample_runs(world)))
-    import_study(by_samples, root / "out-samples")
     ckpts = [{"arm": a, "seed": s, "checkpoint": str(world["models"][(a, s)])} for a, s in RUNS]
     import_study(_write(root / "ckpts.toml", _study(world, ckpts)), root / "out-ckpts")
+    world = request.getfixturevalue("samples")  # the lm-eval CLI ran meanwhile
+    gone = {"checkpoint": "not-here/ckpt", "stores": {"web": "not-here/web", "math": "not-here/m"}}
+    by_samples = _write(root / "samples.toml", _study(world, _sample_runs(world), **gone))
+    import_study(by_samples, root / "out-samples")
     return {k: StudyResult.load(root / f"out-{k}" / "results.json") for k in ("samples", "ckpts")}
 
 
-def test_samples_import_gives_the_study_table_and_lm_evals_numbers(world, imported, monkeypatch,
-                                                                     capsys):  # fmt: skip
+def test_samples_import_gives_the_study_table_and_lm_evals_numbers(world, samples, imported,
+                                                                     monkeypatch, capsys):  # fmt: skip
     from midtrain.study.results import StudyResult
 
     r = imported["samples"]
@@ -222,7 +236,8 @@ EVAL = {  # the study's [eval] of a case, where it differs
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_import_tables_are_one_line_errors(case, world, tmp_path, monkeypatch, capsys):
+def test_bad_import_tables_are_one_line_errors(case, world, samples, tmp_path, monkeypatch,
+                                               capsys):  # fmt: skip
     change, message = BAD[case]
     ev = {"tasks": TASKS, "include_path": str(world["tasks"]), "limit": LIMIT} | EVAL.get(case, {})
     study = _study(world, change(_sample_runs(world), world), eval=ev)
