@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test test-presets test-gpu lint format install bench clean
+.PHONY: demo test test-slow test-presets test-gpu lint format install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -34,8 +34,13 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
 
+# the default suite: everything but the slow end-to-end tests (kill/resume, Ray, multi-process,
+# the quick demo) and the presets; `.ci/run` runs all three targets
 test: lint
-	$(BIN)/python -m pytest -q tests -m "not presets"
+	$(BIN)/python -m pytest -q tests -m "not presets and not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "slow and not presets" --durations=10
 
 test-presets: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m presets --durations=0

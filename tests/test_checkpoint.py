@@ -56,6 +56,7 @@ def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(model_dir / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     torch.set_num_threads(1)
     world = build_world(tmp_path)

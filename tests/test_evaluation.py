@@ -196,6 +196,7 @@ def test_unknown_task_fails_before_model_load(env, tmp_path, monkeypatch):
         validate_tasks(["missing_data"], broken)
 
 
+@pytest.mark.slow
 def test_trainer_checkpoint_loads_in_lm_eval_cli(env, tmp_path):
     envv = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf")

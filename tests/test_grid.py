@@ -41,6 +41,7 @@ def early(world, tmp_path_factory):  # noqa: F811 - the fixture
     return out / "final"
 
 
+@pytest.mark.slow
 def test_starts_cross_start_with_fraction(world, early, tmp_path):  # noqa: F811
     path = study_file(world, tmp_path, ITEMS)
     path.write_text(f'starts = ["{early}"]\n' + path.read_text())
@@ -67,6 +68,7 @@ def test_starts_cross_start_with_fraction(world, early, tmp_path):  # noqa: F811
     assert "## task-items" in md and "| 31% |" in md and (out / "grid.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_to_end_trains_each_start_to_the_end_of_the_full_run(world, early, tmp_path):  # noqa: F811
     """starts_mode = "to_end": the early start's runs train what it has left of the full run (its
     control too), the late one's theirs; the stable-phase starts take the study's schedule from

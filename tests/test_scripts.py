@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_check_world_learnable_runs_and_writes_its_curve(tmp_path):
     out = tmp_path / "curve.json"
     cmd = [
@@ -27,6 +30,7 @@ def test_check_world_learnable_runs_and_writes_its_curve(tmp_path):
         assert 0.0 <= acc <= 1.0 and task in res["curve"][-1]
 
 
+@pytest.mark.slow
 def test_profile_train_step_groups_the_step_and_bounds_its_speed():
     cmd = [sys.executable, str(ROOT / "scripts" / "profile_train_step.py"), "--json",
            "--steps", "1", "--warmup", "1", "--threads", "1"]  # fmt: skip

@@ -255,6 +255,7 @@ def test_a_probe_whose_data_changed_is_not_resumed(w, tmp_path):
 # -- resume --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(w, tmp_path):
     import tomli_w
     from safetensors.torch import load_file

@@ -41,6 +41,7 @@ def test_compile_accepts_true_false_and_auto_and_auto_keeps_the_old_identity():
     assert identity({"compile": False, "threads": 2}) == {"compile": False}  # earlier run dirs
 
 
+@pytest.mark.slow
 def test_bench_train_reports_like_for_like_ratios_rss_and_what_it_did_not_measure():
     from midtrain.bench.train import _ratio, run_bench
 

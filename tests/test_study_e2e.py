@@ -196,6 +196,7 @@ def _comparable(results) -> list:
     return [(a.arm, a.verdict, a.primary, a.tasks, a.domains) for a in results.arms]
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_to_identical_results(world, tmp_path):
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
@@ -228,6 +229,7 @@ def test_killed_study_resumes_to_identical_results(world, tmp_path):
     assert _comparable(resumed) == _comparable(ref)
 
 
+@pytest.mark.slow
 def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     pytest.importorskip("ray")
     from midtrain.study.config import load_study
@@ -255,6 +257,7 @@ def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_each_run_of_a_study_can_train_on_two_processes(world, tmp_path):
     """[resources] processes = 2 (local executor): every run is a 2-rank DDP job whose weights
     match the one-process study's, and the verdicts are the same."""

@@ -75,6 +75,7 @@ def _register_all() -> None:
         sft,
         similarity,
         study,
+        study_import,  # midtrain study import
         train,
         trust,
     )
@@ -86,6 +87,7 @@ def _register_all() -> None:
         evaluate,
         study,
         export,
+        study_import,
         integrate,
         merge,
         optimize,

@@ -17,6 +17,9 @@ lm-eval logs one sample per document **and filter**, with the task's per-sample 
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 from midtrain.eval.results import TaskExample
@@ -79,3 +82,53 @@ def choice_metrics(s: dict[str, Any]) -> dict[str, Any]:
     wrong = [v for i, v in enumerate(per_byte) if i != gold]
     return {"gold_logprob_per_byte": per_byte[gold], "margin": per_byte[gold] - max(wrong),
             "choices": len(args)}  # fmt: skip
+
+
+# lm-eval's `--log_samples` files: OUTPUT/MODEL/samples_<task>_<date>.jsonl (EvaluationTracker)
+LOGGED_FILE = re.compile(
+    r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.jsonl"
+)
+
+
+def logged_task(path: Path) -> str | None:
+    """The task a `--log_samples` file holds, from its name (None: not such a file's name)."""
+    m = LOGGED_FILE.fullmatch(Path(path).name)
+    return m.group("task") if m else None
+
+
+def logged_results(path: Path) -> Path:
+    """The `results_<date>.json` lm-eval wrote beside a `--log_samples` file in the same call."""
+    m = LOGGED_FILE.fullmatch(Path(path).name)
+    return Path(path).with_name(f"results_{m.group('date') if m else ''}.json")
+
+
+def read_logged(path: Path) -> list[dict[str, Any]]:
+    """A `--log_samples` file's samples in the form `simple_evaluate` returns them, so that
+    `task_records` makes the same records from them as from an in-process evaluation.
+
+    lm-eval's EvaluationTracker writes each sample with its `arguments` as
+    `{"gen_args_i": {"arg_j": ...}}`, every response as a string (`sanitize_list`) and the target
+    as `str(target)`: the arguments become tuples again, and a multiple-choice target that is a
+    choice index (digits, below the number of choices) an int again. Log-likelihoods stay
+    strings; `choice_metrics` reads them with `float`.
+    """
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                out.append(logged_sample(json.loads(line)))
+    return out
+
+
+def logged_sample(s: dict[str, Any]) -> dict[str, Any]:
+    """One sample of a `--log_samples` file in `simple_evaluate`'s form (see `read_logged`)."""
+    s = dict(s)
+    args = s.get("arguments")
+    if isinstance(args, dict):
+        key = lambda k: int(k.rsplit("_", 1)[-1])  # noqa: E731 - gen_args_10 after gen_args_9
+        s["arguments"] = [tuple(a[k] for k in sorted(a, key=key)) if isinstance(a, dict) else a
+                          for _, a in sorted(args.items(), key=lambda kv: key(kv[0]))]  # fmt: skip
+    gold, n = s.get("target"), len(s.get("arguments") or [])
+    if isinstance(gold, str) and gold.isdigit() and int(gold) < n and n > 1:
+        s["target"] = int(gold)
+    return s

@@ -326,6 +326,15 @@ class CptContrast(BaseModel):
     forgetting: Versus | None = None  # bpb on the base mix after SFT, mean (lower is better)
 
 
+class ImportInfo(BaseModel):
+    """`midtrain study import`: where each run's records came from and what was not checked."""
+
+    runs: dict[str, str]  # run name -> "checkpoint PATH" | "lm-eval samples of TASKS in DIR"
+    start: str | None = None  # the start checkpoint's evaluation, or None (not imported)
+    not_checked: list[str] = []  # what a study run here checks and an import cannot
+    notes: list[str] = []  # what was skipped, and why
+
+
 class StudyResult(BaseModel):
     format: str = FORMAT
     study: str
@@ -341,6 +350,7 @@ class StudyResult(BaseModel):
     merges: list[MergeResult] = []  # merge_seeds: each merged arm against its seeds
     versus_cpt: list[CptContrast] = []  # each mixed arm minus its candidate's @cpt arm
     trajectories: TrajectoryInfo | None = None  # the eval points, the control along them
+    imported: ImportInfo | None = None  # `study import`: runs made elsewhere
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
