@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_cli
 from _export_study import SHAPES, build_study, rooted
 from _megatron import data_path, megatron_datasets, megatron_lrs, megatron_scheduler
 
-from midtrain.cli import main
 from midtrain.study.export import load_runs, render
 from midtrain.train.schedules import make_schedule
 
@@ -40,14 +39,6 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study").resolve()
     build_study(root)
     return root
-
-
-def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["midtrain", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def test_export_is_the_one_checked_with_the_real_packages(root):

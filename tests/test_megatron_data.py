@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_cli
 from _data_fixtures import train_tiny_tokenizer
 from _megatron import FIXTURES, megatron_datasets
 
-from midtrain.cli import main
 from midtrain.data.prepare import prepare_source
 from midtrain.data.store import TokenStore
 
@@ -36,14 +35,6 @@ def copy_pair(name: str, dest: Path) -> Path:
     for ext in (".bin", ".idx"):
         shutil.copy(FIXTURES / f"{name}{ext}", dest / f"{name}{ext}")
     return dest / name
-
-
-def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["midtrain", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def test_eod_dataset_is_read_in_place_with_the_final_documents_held_out(tmp_path, tok_dir):

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-
-from midtrain.cli import main
+from _cli import run_cli
 
 TASKS = ["world_arith", "world_facts", "world_arith_gen"]  # two multiple choice, one generated
 LIMIT = 10
@@ -129,14 +128,6 @@ def _sample_runs(world) -> list[dict]:
 def _write(path: Path, data: dict) -> Path:
     path.write_bytes(tomli_w.dumps(data).encode())
     return path
-
-
-def run_cli(args: list, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["midtrain", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")
