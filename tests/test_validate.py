@@ -214,51 +214,13 @@ def test_bad_validate_options_are_one_line_errors(tmp_path, monkeypatch, capsys,
     assert sorted(p.name for p in study.iterdir()) == before
 
 
-def with_predictions(study: Path, predicted: dict[str, tuple[float, list[float]]], tokens: int):
-    """Give the study's arms a prediction at `tokens` (delta, interval), as trajectories do."""
-    from midtrain.study.results import StudyResult
-    from midtrain.study.trajectory_results import Prediction, Trajectory
-
-    res = StudyResult.load(study / "results.json")
-    for a in res.arms:
-        delta, ci = predicted[a.arm.split("@")[0]]
-        a.trajectory = Trajectory(points=[], runs=4, prediction=Prediction(
-            tokens=tokens, form="log", delta=delta, interval=ci, extrapolation=4.0))  # fmt: skip
-    res.save(study / "results.json")
-
-
-def test_predicted_decisions_and_pairs_sit_beside_the_plain_ones(tmp_path, monkeypatch, capsys):
-    small = shifted_study(tmp_path, "small", {"a": 0.3, "b": 0.15, "c": -0.2})
-    ref = shifted_study(tmp_path, "ref", {"a": 0.1, "b": 0.4, "c": 0.0})
-    tokens = compare(small, ref).reference_tokens
-    # the prediction orders b above a (as the reference) and calls c's change nothing
-    with_predictions(small, {"a": (0.2, [0.1, 0.3]), "b": (0.5, [0.3, 0.7]),
-                             "c": (0.0, [-0.1, 0.1])}, tokens)  # fmt: skip
-    res = compare(small, ref)
-    pr = res.predicted
-    assert pr is not None and pr.tokens == tokens and pr.note == ""
-    assert [(a.decision, a.predicted_decision, a.reference_decision) for a in pr.arms] == [
-        ("+", "+", "+"), ("+", "+", "+"), ("-", "0", "0")]  # fmt: skip
-    assert pr.plain_decision_agreement == pytest.approx(2 / 3)
-    assert pr.predicted_decision_agreement == 1.0
-    # plain: a-b flipped, c's sign vs the control is a tie in the reference (delta 0)
-    assert pr.plain_pairs.disagree >= 1 and pr.predicted_pairs.disagree == 0
-    assert "predicted at" in res.summary() and "1.00 vs 0.67" in res.summary()
-    code, out, err = run_cli(["validate", small, "--reference", ref], monkeypatch, capsys)
-    assert code == 0, err
-    assert "+0.500 [+0.300, +0.700]" in out and "- 0 0" in out
-    with_predictions(small, {"a": (0.2, [0.1, 0.3]), "b": (0.5, [0.3, 0.7]),
-                             "c": (0.0, [-0.1, 0.1])}, tokens * 2)  # fmt: skip
-    assert "compare like with like" in compare(small, ref).predicted.note
-    assert Validation.model_validate(json.loads(res.model_dump_json())) == res
-
-
-def test_the_reference_has_no_eval_points_and_no_prediction(tmp_path):
+def test_the_reference_has_no_eval_points(tmp_path):
+    """...and a study.json of the release that had `predict_tokens` (recorded as null) reads."""
     study = shifted_study(tmp_path, "s", {"a": 0.3, "b": -0.2})
     record = json.loads((study / "study.json").read_text())
     record["config"]["eval"]["points"] = [0.25, 0.5, 1.0]
-    record["config"]["analysis"]["predict_tokens"] = 4 * record["config"]["tokens"]
+    record["config"]["analysis"]["predict_tokens"] = None
     atomic_write_json(study / "study.json", record)
     cfg, _ = reference_config(study, 4)
-    assert cfg.eval.point_fractions == [1.0] and cfg.analysis.predict_tokens is None
+    assert cfg.eval.point_fractions == [1.0] and "predict_tokens" not in cfg.analysis.model_dump()
     assert cfg.tokens == 4 * record["config"]["tokens"]

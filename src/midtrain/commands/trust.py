@@ -136,21 +136,12 @@ def validate(
         print(res.model_dump_json())
         return
     t = Table(title=f"{safe(study_dir)} vs {safe(reference)}")
-    pred = {p.arm: p for p in res.predicted.arms} if res.predicted else {}
-    cols = ["arm", "verdict", "Δ", "reference verdict", "reference Δ", "sign"]
-    for col in cols + (["predicted Δ [interval]", "+/-/0: plain, predicted, reference"]
-                       if pred else []):  # fmt: skip
+    for col in ["arm", "verdict", "Δ", "reference verdict", "reference Δ", "sign"]:
         t.add_column(col)
     signs = _signs(res)
     for a in res.arms:
         row = [safe(a.arm), a.verdict, f"{a.delta:+.3f}", a.reference_verdict,
                f"{a.reference_delta:+.3f}", signs[a.arm]]  # fmt: skip
-        if pred and (p := pred.get(a.arm)) is not None:
-            lo, hi = p.predicted_interval
-            row += [f"{p.predicted_delta:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-                    f"{p.decision} {p.predicted_decision} {p.reference_decision}"]  # fmt: skip
-        elif pred:
-            row += ["–", "–"]
         t.add_row(*row)
     console.print(t)
     console.print(safe(res.summary()), highlight=False)

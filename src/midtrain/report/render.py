@@ -168,7 +168,7 @@ def versus_rows(r: StudyResult) -> list[dict[str, str]]:
 
 def trajectory_rows(r: StudyResult) -> list[dict[str, str]]:
     """Per arm: Δ primary with its interval at each eval point, the change over the last two,
-    whether it is still moving, and the prediction at predict_tokens."""
+    and whether it is still moving."""
     rows = []
     for a in r.arms:
         t = a.trajectory
@@ -176,14 +176,11 @@ def trajectory_rows(r: StudyResult) -> list[dict[str, str]]:
             continue
         pts = [f"{fmt(p.primary.delta)} {fmt_ci(p.primary.ci)}" if p.primary else "–"
                for p in t.points]  # fmt: skip
-        pred = t.prediction
         rows.append({
             "arm": a.arm, "verdict": a.verdict, "points": pts,
             "change": f"{fmt(t.change.delta)} {fmt_ci(t.change.ci)}" if t.change else "–",
             "moving": ("yes: " + t.why_moving) if t.still_moving else
                       ("no" if t.still_moving is False else "–"),
-            "prediction": (f"{fmt(pred.delta)} {fmt_ci(pred.interval)} ({pred.form}, "
-                           f"{pred.extrapolation:.3g}x)") if pred else "–",
         })  # fmt: skip
     return rows
 

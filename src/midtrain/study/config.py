@@ -183,14 +183,21 @@ class AnalysisSpec(Strict):
         description="The score that decides the verdict: base (the tasks' primary score) or sft "
         "(the SFT probe: mean over sets of minus the delta of SFT validation loss).",
     )
-    predict_tokens: int | None = field(
-        None, gt=0,
-        description="Predict each arm's primary delta at this anneal length (tokens) from its "
-        "trajectory (a fitted form, chosen by leave-one-point-out error, with a prediction "
-        "interval); shown beside the verdict, never replacing it. Needs >= 3 eval.points and "
-        "at least the study's tokens.",
-        unit="tokens",
-    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        """`predict_tokens` (0.x) was measured no better than the plain delta and removed; a
+        study.json of that release records it as null, which still reads."""
+        if isinstance(data, dict) and "predict_tokens" in data:
+            data = dict(data)
+            if data.pop("predict_tokens") is not None:
+                raise ValueError(
+                    "predict_tokens: was removed: the prediction at a planned length was measured "
+                    "no better than the plain delta against a 4x reference (docs/benchmarks.md); "
+                    "delete it, and read the trajectory and still-moving instead"
+                )
+        return data
 
 
 class StudyConfig(Strict):
@@ -358,7 +365,6 @@ class StudyConfig(Strict):
                 "tokens",
                 f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})",
             )
-        _check_prediction(self)
         return self
 
     @property
@@ -420,20 +426,6 @@ class StudyConfig(Strict):
 class _FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-
-
-def _check_prediction(cfg: StudyConfig) -> None:
-    """predict_tokens extrapolates a trajectory: at least 3 points, and not below the anneal."""
-    n = cfg.analysis.predict_tokens
-    if n is None:
-        return
-    if n < cfg.tokens:
-        raise _FieldError("analysis.predict_tokens", f"{n:,} is below the anneal's tokens "
-                          f"({cfg.tokens:,}); give the longer length you plan (>= {cfg.tokens:,})")  # fmt: skip
-    if len(pts := cfg.eval.point_fractions) < 3:
-        raise _FieldError("analysis.predict_tokens", f"needs at least 3 eval.points to fit a "
-                          f"trajectory, the study evaluates {len(pts)} ({pts}); set eval.points "
-                          "= [0.25, 0.5, 0.75, 1.0]")  # fmt: skip
 
 
 def _check_fractions(v: list[float], where: str = "") -> None:

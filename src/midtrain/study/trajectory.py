@@ -11,7 +11,6 @@ points come:
   changes sign;
 - `anneal-too-short` (study-wide): the control's own base-domain loss did not fall measurably
   below the start checkpoint's by the end, or every arm is still moving;
-- the prediction at `[analysis] predict_tokens` (study/predict.py);
 - Signal-and-Noise's noise of each task: its variation over the late points of one run.
 """
 
@@ -26,7 +25,6 @@ from scipy import stats as sps
 from midtrain.study import analysis, stats
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import StudyPlan
-from midtrain.study.predict import predict
 from midtrain.study.results import ArmAnalysis, ArmResult, TaskScreen
 from midtrain.study.trajectory_results import (
     ControlPoint,
@@ -128,7 +126,7 @@ def still_moving(
 
 def arm_trajectory(points: list[PointData], arm: str, cfg: StudyConfig, primary_tasks: list[str],
                    sources: list[str], conf: float) -> Trajectory | None:  # fmt: skip
-    """The arm's deltas at every point; its change over the last two; the prediction."""
+    """The arm's deltas at every point and its change over the last two."""
     if any(arm not in pd.data.groups or CONTROL not in pd.data.groups for pd in points):
         return None
     per = [analysis.analyse_arm(pd.data, arm, cfg, primary_tasks, sources, conf) for pd in points]
@@ -147,9 +145,6 @@ def arm_trajectory(points: list[PointData], arm: str, cfg: StudyConfig, primary_
     last, prev = out.points[-1].primary, out.points[-2].primary
     if last is not None and prev is not None and change.decidable:
         out.still_moving, out.why_moving = still_moving(prev.delta, last.delta, change, 1 - conf)
-    if cfg.analysis.predict_tokens and len(points) >= 3:
-        out.prediction = predict([pd.tokens for pd in points], qs_by_task, arm, conf, peers, w,
-                                 cfg.analysis.predict_tokens)  # fmt: skip
     return out
 
 
@@ -214,5 +209,4 @@ def info(plan: StudyPlan, points: list[PointData], finished, base: list[str], co
         fractions=fr, tokens=toks, control=control_points(points, base, conf),
         eval_seconds=round(ev, 2), train_seconds=round(train_s, 2),
         eval_share=ev / (ev + train_s) if ev + train_s > 0 else None,
-        predict_tokens=plan.config.analysis.predict_tokens,
     )  # fmt: skip

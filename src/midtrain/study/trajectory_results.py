@@ -1,5 +1,5 @@
 """What results.json says about trajectories: each arm's deltas at every eval point of its anneal,
-whether they have settled, and a prediction at a planned length (study/trajectory.py makes them).
+and whether they have settled (study/trajectory.py makes them).
 """
 
 from __future__ import annotations
@@ -37,20 +37,6 @@ class TrajectoryPoint(BaseModel):
     guards: list[GuardPoint] = []
 
 
-class Prediction(BaseModel):
-    """The primary delta predicted at `tokens` from a form fitted to the trajectory. Shown
-    beside the verdict, never replacing it."""
-
-    tokens: int
-    form: str  # the form with the lowest leave-one-point-out error
-    delta: float
-    interval: Interval  # the runs' uncertainty (study/stats.py) and the form's (its LOO error)
-    run_half_width: float | None = None
-    fit_half_width: float | None = None
-    loo_rmse: dict[str, float] = {}  # every form tried: its leave-one-point-out error
-    extrapolation: float  # tokens / the anneal's tokens
-
-
 class Trajectory(BaseModel):
     """An arm's deltas along its anneal (one entry per eval point, the end last)."""
 
@@ -59,7 +45,6 @@ class Trajectory(BaseModel):
     change: Estimate | None = None  # primary delta at the last point minus the one before
     still_moving: bool | None = None  # None: fewer than 2 points or no interval
     why_moving: str = ""
-    prediction: Prediction | None = None
 
 
 class ControlPoint(BaseModel):
@@ -82,4 +67,3 @@ class TrajectoryInfo(BaseModel):
     eval_seconds: float = 0.0  # every evaluation of the study (runs' points, ends, the start)
     train_seconds: float = 0.0  # every run's training wall time
     eval_share: float | None = None  # eval / (eval + train); SFT probes are not counted
-    predict_tokens: int | None = None

@@ -17,12 +17,7 @@ between them, a pair (arm, control) the decision whether the arm helps at all. R
 - `reference_separable`: the share of pairs the reference itself separates; its own seed noise
   bounds what agreement on the other pairs can mean; `reference_separated_accuracy`: the accuracy
   over those pairs only;
-- per arm, the drift of the delta from the study to the reference;
-- `predicted` (when the study has `[analysis] predict_tokens`): the same pairs and decisions made
-  from each arm's *predicted* delta and interval at the planned length, beside the plain 1x ones
-  over the same arms, so the two can be judged against one reference. A decision here is the sign
-  of the primary interval alone (+ above 0, - below, 0 containing it) in all three: guards and
-  flags, which can reject a verdict whatever the primary says, are left out on every side.
+- per arm, the drift of the delta from the study to the reference.
 """
 
 from __future__ import annotations
@@ -73,27 +68,6 @@ class PairCount(BaseModel):
     accuracy: float | None  # agree / (agree + disagree); None when every pair is tied
 
 
-class PredictedArm(BaseModel):
-    arm: str
-    decision: str  # the plain primary interval: + / - / 0
-    predicted_delta: float
-    predicted_interval: list[float]
-    predicted_decision: str
-    reference_decision: str
-
-
-class PredictedComparison(BaseModel):
-    """Plain (1x) and predicted (at `tokens`) deltas and decisions against one reference."""
-
-    tokens: int  # the prediction's length; the reference's is Validation.reference_tokens
-    arms: list[PredictedArm]
-    plain_pairs: PairCount  # the same pairs as `pairs`, over the arms with a prediction
-    predicted_pairs: PairCount
-    plain_decision_agreement: float
-    predicted_decision_agreement: float
-    note: str = ""
-
-
 class Validation(BaseModel):
     pairs: int  # every pair of points, the control included: C(arms + 1, 2)
     pairwise_accuracy: float | None  # over the pairs neither study ties
@@ -120,7 +94,6 @@ class Validation(BaseModel):
     shared_seeds: list[int] = []  # seeds in both: shared data order inflates agreement
     confidence: float = 0.95
     interval_note: str = "Wilson score interval; approximate: pairs share arms, not independent"
-    predicted: PredictedComparison | None = None
 
     def summary(self) -> str:
         def pct(x: float | None) -> str:
@@ -143,13 +116,6 @@ class Validation(BaseModel):
         if self.shared_seeds:
             text += (f"; the reference reuses seeds {_seeds(self.shared_seeds)} of the study: "
                      "shared data order makes agreement look better")  # fmt: skip
-        if (pr := self.predicted) is not None:
-            text += (
-                f"\npredicted at {pr.tokens:,} tokens vs plain, same {len(pr.arms)} arms: pairwise "
-                f"accuracy {pct(pr.predicted_pairs.accuracy)} vs {pct(pr.plain_pairs.accuracy)}; "
-                f"primary decision (+/-/0) agreement {pct(pr.predicted_decision_agreement)} vs "
-                f"{pct(pr.plain_decision_agreement)}{pr.note}"
-            )
         return text
 
 
@@ -177,9 +143,8 @@ def reference_config(
     data = read_json(record)
     cfg = StudyConfig.model_validate(data["config"])
     update: dict = {"tokens": cfg.tokens * scale, "name": f"{cfg.name}-x{scale}",
-                    # the reference is read at its end only: no eval points, no prediction
-                    "eval": cfg.eval.model_copy(update={"points": [1.0]}),
-                    "analysis": cfg.analysis.model_copy(update={"predict_tokens": None})}  # fmt: skip
+                    # the reference is read at its end only: no eval points
+                    "eval": cfg.eval.model_copy(update={"points": [1.0]})}  # fmt: skip
     out = Path(study_dir) / f"reference-x{scale}"
     if reuse_seeds:
         return cfg.model_copy(update=update), out.with_name(f"{out.name}-same-seeds")
@@ -266,45 +231,6 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> list[float] | None:
     return [float(ci.low), float(ci.high)]
 
 
-def decision(ci: list[float]) -> str:
-    """The sign of a primary interval: + above 0, - below, 0 when it contains 0 (or is nan)."""
-    lo, hi = ci
-    return "+" if lo > 0 else "-" if hi < 0 else "0"
-
-
-def compare_predicted(
-    both: list[ArmResult], ref_arms: dict[str, ArmResult], reference_tokens: int
-) -> PredictedComparison | None:
-    """Plain and predicted deltas and decisions of the arms with a prediction, against the
-    reference (None when no arm has one)."""
-    have = [a for a in both if a.trajectory is not None and a.trajectory.prediction is not None]
-    if len(have) < 2:
-        return None
-    pred = {a.arm: a.trajectory.prediction for a in have}
-    ref = {a.arm: ref_arms[a.arm].primary for a in have}
-    arms = [
-        PredictedArm(arm=a.arm, decision=decision(a.primary.ci),
-                     predicted_delta=pred[a.arm].delta, predicted_interval=pred[a.arm].interval,
-                     predicted_decision=decision(pred[a.arm].interval),
-                     reference_decision=decision(ref[a.arm].ci))
-        for a in have
-    ]  # fmt: skip
-    refd = {a.arm: ref[a.arm].delta for a in have}
-    tokens = {p.tokens for p in pred.values()}
-    note = ("" if tokens == {reference_tokens} else
-            f" (the prediction's length {sorted(tokens)} is not the reference's "
-            f"{reference_tokens:,}: compare like with like)")  # fmt: skip
-    return PredictedComparison(
-        tokens=max(tokens), arms=arms,
-        plain_pairs=count(pair_up({a.arm: a.primary.delta for a in have}, refd)),
-        predicted_pairs=count(pair_up({a: p.delta for a, p in pred.items()}, refd)),
-        plain_decision_agreement=sum(a.decision == a.reference_decision for a in arms) / len(arms),
-        predicted_decision_agreement=sum(a.predicted_decision == a.reference_decision
-                                         for a in arms) / len(arms),
-        note=note,
-    )  # fmt: skip
-
-
 def compare(study_dir: Path, reference_dir: Path) -> Validation:
     small, ref = load(study_dir), load(reference_dir)
     ref_arms = {a.arm: a for a in ref.arms if a.primary is not None}
@@ -345,5 +271,5 @@ def compare(study_dir: Path, reference_dir: Path) -> Validation:
         reference_wall_s=ref.control.cost.wall_s + sum(a.cost.wall_s for a in ref.arms),
         seeds=list(small.control.seeds), reference_seeds=list(ref.control.seeds),
         shared_seeds=sorted(set(small.control.seeds) & set(ref.control.seeds)),
-        confidence=small.confidence, predicted=compare_predicted(both, ref_arms, ref_tokens),
+        confidence=small.confidence,
     )  # fmt: skip
