@@ -52,6 +52,9 @@ class DemoSettings:
     anneal_tokens: int = 262_144  # 64 steps of 4096 tokens
     seeds: tuple[int, ...] = (0, 1)
     eval_limit: int = 200
+    # the full demo also evaluates each run halfway (its trajectory, still-moving); the quick
+    # world's 8-step anneals would spend most of their time evaluating a second point
+    eval_points: tuple[float, ...] = (0.5, 1.0)
     full_run_tokens: int = 2_400_000
     # the SFT probe of every run (the world's SFT sets, docs/demo-world.md#sft-sets)
     sft_sets: tuple[str, ...] = ("facts", "arith", "code")
@@ -67,6 +70,7 @@ QUICK = DemoSettings(
     base_tokens=400_000,
     anneal_tokens=32_768,
     eval_limit=100,
+    eval_points=(1.0,),
     full_run_tokens=480_000,
     sft_sets=("arith",),
 )
@@ -185,7 +189,8 @@ def study_file(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> d
             "tasks": sorted(ctx["world"]["tasks"]),  # the task names (world.yaml is their group)
             "include_path": rel(ctx["world_dir"] / "tasks"),
             "limit": s.eval_limit,
-        },
+        }
+        | ({"points": list(s.eval_points)} if tuple(s.eval_points) != (1.0,) else {}),
         "guards": [{"domain": "web", "tolerance": 0.05}],
         "candidates": [
             {"name": name, "mix": mix, "max_repetition": 8.0}
