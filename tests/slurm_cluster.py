@@ -44,6 +44,7 @@ SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
+SchedulerParameters=bf_interval=1,sched_interval=2
 KillWait=5
 MinJobAge=600
 MailProg=/bin/true
@@ -123,6 +124,13 @@ def _node_state(env: dict[str, str]) -> str:
     return r.stdout.strip()
 
 
+def _queue(env: dict[str, str]) -> str:
+    """The jobs still pending, running or completing."""
+    r = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                       env=os.environ | env, check=False)  # fmt: skip
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def _wait(ready, what: str, d: Path, procs: list[subprocess.Popen], limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while not ready():
@@ -135,10 +143,10 @@ def _wait(ready, what: str, d: Path, procs: list[subprocess.Popen], limit: float
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
+    """slurmd, then slurmctld, then munged (a job step still ending needs the other two)."""
     for p in reversed(procs):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-    for p in reversed(procs):
         try:
             p.wait(15)
         except subprocess.TimeoutExpired:
@@ -159,7 +167,21 @@ def cluster(d: Path) -> Iterator[dict[str, str]]:
     finally:
         subprocess.run(["scancel", "--full", "-u", "root"], env=os.environ | env,
                        capture_output=True, check=False)  # fmt: skip
+        with contextlib.suppress(RuntimeError):  # the jobs' steps gone, so slurmd stops at once
+            _wait(lambda: not _queue(env), "empty queue", Path(d), procs, limit=20)
         _stop(procs)
+        _sweep(env["SLURM_CONF"])
+
+
+def _sweep(conf: str) -> None:
+    """SIGKILL what this cluster started and left (a job step, a job's process): every process
+    but this one whose environment names its slurm.conf."""
+    mark = f"SLURM_CONF={conf}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if int(proc.name) != os.getpid() and mark in environ:
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -272,12 +272,12 @@ def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory
     from pydantic import ValidationError
 
     from midtrain.report import verdict_table
-    from midtrain.study.progress import driven, progress_table
+    from midtrain.study.progress import driven
     from midtrain.study.results import StudyResult
 
     p = Path(study_dir) / "results.json"
     if not p.is_file() and (Path(study_dir) / "study.json").is_file():  # running: no results yet
-        console.print(progress_table(Path(study_dir)))
+        _print_progress(Path(study_dir))
         return
     if not p.is_file():
         raise MidtrainError(
@@ -292,7 +292,16 @@ def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory
         ) from None
     console.print(verdict_table(results))
     if driven(Path(study_dir)):  # a later look or a resume is running: where its runs stand
-        console.print(progress_table(Path(study_dir)))
+        _print_progress(Path(study_dir))
+
+
+def _print_progress(out: Path) -> None:
+    """The runs' status, step and Slurm job; whether a `study run` drives the study now."""
+    from midtrain.study.progress import driven, progress_table
+
+    console.print(progress_table(out))
+    if driven(out):
+        console.print("a `midtrain study run` is driving this study now", highlight=False)
 
 
 def study_init(

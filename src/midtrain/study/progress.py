@@ -36,8 +36,7 @@ def progress_table(out: Path) -> Table:
 
     out = Path(out)
     jobs = {str(Path(d).resolve()): rec for d, rec in recorded_jobs(out).items()}
-    title = "runs (a midtrain study run drives this study now)" if driven(out) else "runs"
-    t = Table(title=title)
+    t = Table(title="runs")
     for col in ("run", "status", "step", "slurm job"):
         t.add_column(col)
     for run in read_json(out / "study.json")["runs"]:
