@@ -61,12 +61,17 @@ def test_slurm_without_sbatch_or_with_a_fraction_of_a_gpu_is_one_line(tmp_path, 
     with pytest.raises(MidtrainError, match="--executor slurm: sbatch not found on PATH"):
         make_executor("slurm", resources=Resources(), out=tmp_path / "s")
     (tmp_path / "bin").mkdir()
-    for tool in ("sbatch", "squeue", "scancel"):
+    for tool in ("sbatch", "squeue", "scancel", "srun"):
         (tmp_path / "bin" / tool).write_text("#!/bin/sh\nexit 1\n")
         (tmp_path / "bin" / tool).chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     with pytest.raises(MidtrainError, match="resources.gpus: 0.5 is a fraction; .* use 1"):
         make_executor("slurm", resources=Resources(gpus=0.5), out=tmp_path / "s")
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid account' >&2\n"
+                                            "exit 1\n")  # fmt: skip
+    with pytest.raises(MidtrainError, match=r"sbatch refuses the study's jobs \(sbatch: error: "
+                       r"invalid account\); fix \[resources\]"):  # fmt: skip
+        make_executor("slurm", resources=Resources(sbatch={"account": "x"}), out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
@@ -268,6 +273,14 @@ def test_interrupting_the_driver_cancels_its_jobs_and_exits_130(slurm, world, dr
     states = queue_states(jobs)
     assert states and not any(s in ACTIVE for s in states.values()), states
     assert read_status(control).status == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_partition_the_cluster_lacks_is_one_line_before_anything_is_written(slurm, tmp_path):
+    with pytest.raises(MidtrainError, match=r"sbatch refuses the study's jobs \(.*partition"):
+        make_executor("slurm", resources=Resources(partition="nope"), out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    assert make_executor("slurm", resources=Resources(partition="debug"), out=tmp_path / "s")
 
 
 @pytest.mark.slow

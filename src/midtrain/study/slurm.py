@@ -58,17 +58,24 @@ class SlurmExecutor:
         check_slurm(self.resources)
         folder = self.resources.slurm_folder
         self.folder = Path(folder).resolve() if folder else self.out / "slurm"
+        test_submission(submitit_executor(self.resources, self.folder))
 
     def run(self, chains: list[Chain], notify: Notify) -> list[Outcome]:
         ex, jobs = submitit_executor(self.resources, self.folder), {}
         threads, n = max(1, math.ceil(self.resources.cpus)), self.resources.run_processes()
         try:
+            failed = []
             for chain in chains:
                 ex.update_parameters(job_name=f"midtrain-{chain[0].name}")
-                job = ex.submit(ChainJob(), chain, threads, n)
+                try:
+                    job = ex.submit(ChainJob(), chain, threads, n)
+                except Exception as e:  # noqa: BLE001 - sbatch refused it: this chain fails
+                    failed.append(_unsubmitted(chain, e))
+                    notify(failed[-1])
+                    continue
                 jobs[job.job_id] = (job, chain)
                 self._record(job, chain)
-            return _wait(jobs, notify)
+            return failed + _wait(jobs, notify)
         except KeyboardInterrupt:  # SIGINT / SIGTERM (cli.py): the jobs go too
             cancel(jobs)
             raise
@@ -90,13 +97,34 @@ def check_slurm(r: Resources) -> None:
     except ImportError:
         raise MidtrainError("--executor slurm: submitit is not installed; "
                             "pip install 'midtrain[slurm]'") from None  # fmt: skip
-    for tool in ("sbatch", "squeue", "scancel"):
+    for tool in ("sbatch", "squeue", "scancel", "srun"):
         if shutil.which(tool) is None:
             raise MidtrainError(f"--executor slurm: {tool} not found on PATH; run the study on "
                                 "a machine that submits to Slurm (a login node)")  # fmt: skip
     if r.gpus != int(r.gpus):
         raise MidtrainError(f"resources.gpus: {r.gpus:g} is a fraction; Slurm gives whole GPUs, "
                             f"use {math.ceil(r.gpus)}")  # fmt: skip
+
+
+def test_submission(ex: Any) -> None:
+    """`sbatch --test-only` of a job with the study's flags: a partition, account, time or size
+    the cluster refuses is one line before anything is written."""
+    script = ex._make_submission_file_text("true", "test")
+    r = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True,
+                       check=False)  # fmt: skip
+    if r.returncode != 0:
+        lines = [x.strip() for x in (r.stderr or r.stdout).splitlines() if x.strip()]
+        why = lines[-1] if lines else f"exit {r.returncode}"
+        raise MidtrainError(f"resources: sbatch refuses the study's jobs ({why}); fix [resources] "
+                            "(partition, time, memory, gpus, sbatch) or the Slurm setup "
+                            "(SLURM_CONF)")  # fmt: skip
+
+
+def _unsubmitted(chain: Chain, e: Exception) -> Outcome:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    why = lines[-1] if lines else type(e).__name__
+    return Outcome(name=chain[-1].name, dir=chain[0].dir, status="failed", stage=chain[0].stage,
+                   error=f"sbatch failed: {why}")  # fmt: skip
 
 
 def sbatch_parameters(r: Resources) -> dict[str, Any]:
