@@ -113,8 +113,10 @@ def test_study_lock_admits_one_driver(tmp_path):
 
 
 def test_unknown_executor_is_a_one_line_error():
-    with pytest.raises(MidtrainError, match="--executor 'slurm' is unknown"):
-        make_executor("slurm", 1, None)
+    with pytest.raises(
+        MidtrainError, match="--executor 'pbs' is unknown; use one of local, ray, slurm"
+    ):
+        make_executor("pbs", 1, None)
     with pytest.raises(MidtrainError, match="--workers 0"):
         make_executor("local", 0, None)
 
@@ -134,7 +136,7 @@ def test_study_resources_become_each_chain_ray_task_options(tmp_path, monkeypatc
         parse_study({**study, "resources": {"memory": "lots"}})
     seen = {}
 
-    def capture(name, workers, address, resources):
+    def capture(name, workers, address, resources, out=None):
         seen.update(name=name, address=address, resources=resources)
         raise MidtrainError("stop here")
 

@@ -262,7 +262,7 @@ CASES: dict[str, Case] = {
     "study: candidate store holding a special token": lambda w, t: (study(w, t, chat_study(w, t)), "candidates[0].mix.chat"),
     "study: --out is a file": lambda w, t: (["study", "run", write(t, "s.toml", study_text(w)), "--out", write(t, "f", "x")], "--out"),
     "study: --workers 0": lambda w, t: (study(w, t, study_text(w), "--workers", "0"), "--workers"),
-    "study: unknown executor": lambda w, t: (study(w, t, study_text(w), "--executor", "slurm"), "--executor"),
+    "study: unknown executor": lambda w, t: (study(w, t, study_text(w), "--executor", "pbs"), "--executor"),
     "study: SFT set file missing": lambda w, t: (probe_study(w, t, SET.replace("sft.jsonl", "none.jsonl")), "sft_probe.sets[0].train"),
     "study: SFT set with an empty name": lambda w, t: (probe_study(w, t, SET.replace('"sums"', '" "')), "sft_probe.sets"),
     "study: two SFT sets of one name": lambda w, t: (probe_study(w, t, SET + SET), "used twice"),

@@ -29,7 +29,7 @@ def study_run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; run nothing.")
     ] = False,
-    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    executor: Annotated[str, typer.Option(help="local, ray or slurm.")] = "local",
     workers: Annotated[int, typer.Option(help="Local executor: parallel run processes.")] = 1,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: local Ray).")
@@ -267,13 +267,18 @@ def power_line(plan) -> str:
 
 
 def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory.")]) -> None:
-    """Print the verdict table of a finished study."""
+    """Print the verdict table of a study; while one runs, also its runs' progress (and Slurm
+    jobs)."""
     from pydantic import ValidationError
 
     from midtrain.report import verdict_table
+    from midtrain.study.progress import driven
     from midtrain.study.results import StudyResult
 
     p = Path(study_dir) / "results.json"
+    if not p.is_file() and (Path(study_dir) / "study.json").is_file():  # running: no results yet
+        _print_progress(Path(study_dir))
+        return
     if not p.is_file():
         raise MidtrainError(
             f"{p} not found; run `midtrain study run STUDY.toml --out {study_dir}` first"
@@ -286,6 +291,17 @@ def study_show(study_dir: Annotated[Path, typer.Argument(help="A study directory
             f"{p}: not a results.json of this midtrain version ({reason}); re-run the study"
         ) from None
     console.print(verdict_table(results))
+    if driven(Path(study_dir)):  # a later look or a resume is running: where its runs stand
+        _print_progress(Path(study_dir))
+
+
+def _print_progress(out: Path) -> None:
+    """The runs' status, step and Slurm job; whether a `study run` drives the study now."""
+    from midtrain.study.progress import driven, progress_table
+
+    console.print(progress_table(out))
+    if driven(out):
+        console.print("a `midtrain study run` is driving this study now", highlight=False)
 
 
 def study_init(

@@ -287,7 +287,7 @@ class StudyConfig(Strict):
     )
     resources: Resources = field(
         Resources(),
-        description="[resources]: what each run's Ray task asks for (docs/scaling.md).",
+        description="[resources]: what each run's Ray task or Slurm job asks for (docs/scaling.md).",
     )
     keep: KeepSpec = field(
         KeepSpec(),

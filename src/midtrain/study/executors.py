@@ -1,4 +1,5 @@
-"""Executors run job chains: `local` (in process, or N worker processes) and `ray`.
+"""Executors run job chains: `local` (in process, or N worker processes), `ray` and `slurm`
+(study/slurm.py).
 
 An executor knows nothing about stages: it hands each chain to `jobs.run_chain` (in this process,
 a spawned worker or a Ray task) and reports each `Outcome` as it arrives. A chain that fails is
@@ -10,6 +11,7 @@ worker that dies, or a Ray task out of retries, is reported as a failure and the
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import re
@@ -19,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import field_validator
@@ -156,7 +159,7 @@ def _take_gpus(slots: Any) -> None:
 
 
 class Resources(Strict):
-    """The study's [resources]: what each run's chain (one Ray task) asks a node for; local: unused."""
+    """The study's [resources]: what each chain (a Ray task, a Slurm job) asks for; local: processes."""
 
     cpus: float = field(1.0, ge=0, description="CPU cores per chain; also its torch threads.")
     gpus: float = field(0.0, ge=0, description="GPUs per chain (fractions share one GPU).")
@@ -168,7 +171,7 @@ class Resources(Strict):
     memory: int | str | None = field(
         None,
         description='Memory per chain: bytes, or a string such as "16GB" or "512MiB" (Ray '
-        "schedules by it; it is not enforced).",
+        "schedules by it, it is not enforced; Slurm: each job's --mem).",
     )
     custom: dict[str, float] = field(
         {}, description="Custom Ray resources per chain, e.g. {a100 = 1} (nodes must offer them)."
@@ -177,6 +180,21 @@ class Resources(Strict):
         3, ge=0, description="Times Ray reruns a chain whose node or worker died; it resumes "
         "from its run folder, so the study folder must be on storage every node shares.",
     )  # fmt: skip
+    partition: str | None = field(
+        None, description="Slurm: the partition of each chain's job (default: the cluster's)."
+    )
+    time: int | str | None = field(
+        None, description='Slurm: each job\'s time limit, minutes or "HH:MM:SS" ("D-HH:MM:SS"); '
+        "a job near it is requeued and resumes from its run folder (default: the partition's).",
+    )  # fmt: skip
+    sbatch: dict[str, str | int | bool] = field(
+        {}, description='Slurm: extra sbatch flags of each job, e.g. {account = "x", qos = "y"} '
+        "(true: a flag without a value).",
+    )  # fmt: skip
+    slurm_folder: str | None = field(
+        None, description="Slurm: where submitit writes each job's script, logs and result "
+        "(default: STUDY/slurm); on storage the nodes share.",
+    )  # fmt: skip
 
     @field_validator("memory")
     @classmethod
@@ -184,6 +202,30 @@ class Resources(Strict):
         if v is not None:
             memory_bytes(v)
         return v
+
+    @field_validator("time")
+    @classmethod
+    def _time_minutes(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            slurm_minutes(v)
+        return v
+
+    @field_validator("sbatch")
+    @classmethod
+    def _sbatch_flags(cls, v: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        for key, value in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+                raise ValueError(f"{key!r}: give a flag's name without dashes, e.g. qos")
+            if key.replace("_", "-").lower() in SBATCH_OWN:
+                raise ValueError(f"{key!r} is set by midtrain; use the [resources] key for it "
+                                 "(cpus, gpus, memory, partition, time, slurm_folder)")  # fmt: skip
+            if value is False:
+                raise ValueError(f"{key} = false: remove the key instead")
+        return v
+
+    def time_minutes(self) -> int | None:
+        """`time` in whole minutes (None: not set)."""
+        return None if self.time is None else slurm_minutes(self.time)
 
     def run_processes(self) -> int:
         """`processes`, with 0 resolved: whole GPUs of the chain when 2 or more, else 1."""
@@ -199,6 +241,28 @@ class Resources(Strict):
         # run_chain never raises (a job's failure is an Outcome, retried there once), so only a
         # lost node or worker is retried by Ray.
         return opts | {"max_retries": self.max_retries, "retry_exceptions": False}
+
+
+# sbatch flags a study sets through [resources] or that submitit owns
+SBATCH_OWN = {"partition", "time", "mem", "cpus-per-task", "gpus-per-node", "nodes",
+              "ntasks-per-node", "job-name", "output", "error", "signal", "open-mode",
+              "array"}  # fmt: skip
+
+
+def slurm_minutes(v: int | str) -> int:
+    """Minutes from an int or "HH:MM:SS" / "D-HH:MM:SS" (rounded up; ValueError otherwise)."""
+    if isinstance(v, int):
+        if v <= 0:
+            raise ValueError("must be > 0 minutes")
+        return v
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)\s*", v)
+    if not m:
+        raise ValueError(f'{v!r}: give minutes or a duration such as "04:00:00" or "1-12:00:00"')
+    d, h, mi, sec = (int(x or 0) for x in m.groups())
+    total = math.ceil(((d * 24 + h) * 60 + mi) + sec / 60)
+    if total <= 0:
+        raise ValueError(f"{v!r}: must be longer than 0")
+    return total
 
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -282,18 +346,29 @@ def _keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+def _slurm(**kwargs: Any) -> Executor:
+    from midtrain.study.slurm import SlurmExecutor  # imports submitit only when asked for
+
+    return SlurmExecutor(**kwargs)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {
+    "local": LocalExecutor, "ray": RayExecutor, "slurm": _slurm
+}  # fmt: skip
 
 
 def make_executor(
-    name: str, workers: int = 1, address: str | None = None, resources: Resources | None = None
-) -> Executor:
-    """The executor `name`; `resources` (the study's [resources]) go to Ray; local workers take
-    only its `processes`."""
+    name: str, workers: int = 1, address: str | None = None, resources: Resources | None = None,
+    out: Path | None = None,
+) -> Executor:  # fmt: skip
+    """The executor `name`; `resources` (the study's [resources]) go to Ray and Slurm (whose
+    job ids and logs go under the study folder `out`); local workers take only its `processes`."""
     if name not in EXECUTORS:
         raise MidtrainError(f"--executor {name!r} is unknown; use one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise MidtrainError(f"--workers {workers}: must be >= 1")
     if name == "ray":
         return EXECUTORS[name](address=address, resources=resources)
+    if name == "slurm":
+        return EXECUTORS[name](resources=resources, out=out)
     return EXECUTORS[name](workers=workers, processes=(resources or Resources()).run_processes())

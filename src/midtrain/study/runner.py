@@ -127,7 +127,7 @@ def run_study(
     from midtrain.report import write_report
 
     out = Path(out).resolve()
-    ex = make_executor(executor, workers, address, cfg.resources)
+    ex = make_executor(executor, workers, address, cfg.resources, out)
     plan = prepare(cfg, out)
     changed = check_plan(cfg, out, any(Finished.has_result(r) for r in plan.runs), reanalyze)
     registered_plan = (registered(out) if changed else None) or analysis_plan(cfg)
