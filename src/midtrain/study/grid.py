@@ -91,7 +91,8 @@ def start_list(cfg: StudyConfig) -> list[GridStart]:
 
 
 def _start(cfg: StudyConfig, ckpt: str, where: str) -> GridStart:
-    from midtrain.study.plan import content_hash, slug
+    from midtrain.io import slug
+    from midtrain.study.plan import content_hash
     from midtrain.study.to_end import start_budget, tokens_seen
     from midtrain.train.checkpoint import read_trainer_state
 

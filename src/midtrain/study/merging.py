@@ -78,7 +78,7 @@ def merge_arms(cfg: StudyConfig, arms: list[str]) -> list[str]:
 
 
 def merge_dir(out: Path, arm: str, inputs: list[str]) -> Path:
-    from midtrain.study.plan import slug
+    from midtrain.io import slug
 
     return out / MERGE_DIR / f"{slug(arm)}-{hash_obj(inputs)[:10]}"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
-from midtrain.io import hash_obj, hash_tree, read_json
+from midtrain.io import hash_obj, hash_tree, read_json, slug
 from midtrain.jobs import Chain, Job
 from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
@@ -334,17 +334,6 @@ def _run_id(rc: dict, command: str | list[str] | None = None) -> str:
     keyed.pop("trackers", None)  # nor where its metrics are also logged
     keyed.pop("parallel", None)  # nor how many processes shared it (docs/scaling.md)
     return hash_obj(keyed)
-
-
-SLUG_MAX = 40
-
-
-def slug(name: str) -> str:
-    """A folder-safe, bounded form of an arm name (any Unicode name; the run id keeps it unique)."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_")).strip("._")
-    if len(s) > SLUG_MAX or not s:
-        s = f"{s[:SLUG_MAX]}-{hash_obj(name)[:8]}" if s else hash_obj(name)[:12]
-    return s
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:

@@ -82,7 +82,7 @@ def probe_jobs(
     cfg: StudyConfig, name: str, checkpoint: str, root: Path, run_seed: int, base_eval: EvalJob
 ) -> list[ProbeJobs]:
     """Every probe of one checkpoint: each set x each SFT seed (default: the run's seed)."""
-    from midtrain.study.plan import slug
+    from midtrain.io import slug
 
     probe: SftProbeSpec | None = cfg.sft_probe
     if probe is None:
