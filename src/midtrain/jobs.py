@@ -36,7 +36,9 @@ BUILTIN_STAGES = {
     "prune": "midtrain.study.keep",
 }
 STAGES: dict[str, Stage] = {}
-PROCESSES_ENV = "MIDTRAIN_PROCESSES"  # local ranks for the chain's train and sft stages (train/launch.py)
+PROCESSES_ENV = (
+    "MIDTRAIN_PROCESSES"  # local ranks for the chain's train and sft stages (train/launch.py)
+)
 
 
 class Stage(ABC):

@@ -234,7 +234,7 @@ def _study(
     study: Path, docs: int, top_k: int, seed: int, mode: str, as_json: bool, plot: Path | None
 ) -> None:
     from midtrain.commands.similarity_views import scatter, study_tables
-    from midtrain.study.similarity import proximity_table
+    from midtrain.stats.proximity import proximity_table
 
     table = proximity_table(study, docs=docs, top_k=top_k, seed=seed, mode=mode)
     if plot is not None:

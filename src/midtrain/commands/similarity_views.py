@@ -95,7 +95,7 @@ def p_text(p: float | None) -> str:
 
 
 def _corr_ci(c: Any, ci: list[float] | None) -> str:
-    from midtrain.study.similarity import MIN_INTERVAL_ARMS
+    from midtrain.stats.proximity import MIN_INTERVAL_ARMS
 
     if ci is None and c.pearson is not None and c.n_arms < MIN_INTERVAL_ARMS:
         return "too few arms"
@@ -104,7 +104,7 @@ def _corr_ci(c: Any, ci: list[float] | None) -> str:
 
 def correlation_caption(table: Any) -> str:
     """How the p-values and intervals were made, and why any is missing."""
-    from midtrain.study.similarity import MIN_BOOTSTRAP_ARMS, MIN_INTERVAL_ARMS
+    from midtrain.stats.proximity import MIN_BOOTSTRAP_ARMS, MIN_INTERVAL_ARMS
 
     lines = [f"p: two-sided permutation test over arms; CI: none below {MIN_INTERVAL_ARMS} arms, "
              f"Fisher z (approximate) below {MIN_BOOTSTRAP_ARMS}, bootstrap over arms from "
@@ -113,7 +113,7 @@ def correlation_caption(table: Any) -> str:
 
 
 def study_tables(table: Any) -> list[Table]:
-    """A study's proximity table (`study.similarity.ProximityTable`): per arm and set, then the
+    """A study's proximity table (`stats.proximity.ProximityTable`): per arm and set, then the
     correlation of proximity advantage with SFT gain."""
     st = table.settings
     rows = Table(title=f"study {safe(table.study)}: proximity advantage vs SFT gain (top "

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis, merging, probe_analysis, trajectory, versus_cpt
+from midtrain.stats import analysis, merged, probe_gains, trajectory, versus_cpt
+from midtrain.stats.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.plan import RunSpec, StudyPlan
 from midtrain.study.results import (
     ArmAnalysis,
@@ -132,15 +132,15 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     predicted_gain_flags([a for a in arms if a.verdict != "failed"])
     probe, probe_data = None, None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
-        probe_data = probe_analysis.load(plan, f)
-        probe_analysis.apply(arms, probe_data, cfg, conf)
-        probe = probe_analysis.info(probe_data, plan, plan.controls())
+        probe_data = probe_gains.load(plan, f)
+        probe_gains.apply(arms, probe_data, cfg, conf)
+        probe = probe_gains.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
                     1 - conf, cfg.analysis.allow_task_regression)  # fmt: skip
     if cfg.seeds == "auto":
         _adjust_for_looks(cfg, arms)
     tinfo = _trajectories(plan, f, arms, screen, flags, primary_tasks, conf)
-    merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
+    merges = merged.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     versus = versus_cpt.contrasts(data, probe_data, cfg, arms, conf)
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
@@ -241,7 +241,7 @@ def _study_flags(cfg: StudyConfig) -> list[str]:
 
 def _adjust_for_looks(cfg: StudyConfig, arms: list[ArmResult]) -> None:
     """seeds = "auto": each arm's primary delta also bias-adjusted for where it stopped."""
-    from midtrain.study.sequential import bias_adjusted, spending_levels
+    from midtrain.stats.sequential import bias_adjusted, spending_levels
 
     n = cfg.analysis.max_seeds
     info = tuple((k + 2) / n for k in range(cfg.looks))

@@ -17,10 +17,10 @@ from pydantic import PrivateAttr, field_validator, model_validator
 from midtrain.errors import MidtrainError
 from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
+from midtrain.probe.config import SftProbeSpec, check_probe_files, probe_problem
 from midtrain.schema import Strict, field, load_toml, validate
 from midtrain.study.executors import Resources
 from midtrain.study.keep import KeepSpec
-from midtrain.study.probe_config import SftProbeSpec, check_probe_files, probe_problem
 from midtrain.train.config import ScheduleConfig
 
 CONTROL = "control"
@@ -411,7 +411,7 @@ class StudyConfig(Strict):
         (information = seeds / max_seeds), so the family-wise error over all looks stays alpha."""
         if self.looks == 1:
             return self.analysis.confidence
-        from midtrain.study.sequential import spending_levels
+        from midtrain.stats.sequential import spending_levels
 
         n = self.analysis.max_seeds
         info = tuple((k + 2) / n for k in range(self.looks))

@@ -3,7 +3,7 @@
 Each run is content-addressed: its id hashes the resolved run config with the *content* hashes of
 the checkpoint and stores (not their paths), so the same inputs always map to the same directory.
 Each run becomes a chain of jobs (train, then evaluate its final checkpoint, then the SFT probe's
-jobs of `study/probe.py`); the start checkpoint is evaluated too (the "before" point of every
+jobs of `probe/jobs.py`); the start checkpoint is evaluated too (the "before" point of every
 cooldown). A candidate with `continued_pretraining = true` adds the arm `NAME@cpt`: 100% candidate
 data for the same tokens and schedule. With `[train] command` the train job is the
 `external_train` stage (train/external.py): the user's trainer, the same `RunResult` after it.
@@ -24,16 +24,16 @@ from midtrain.io import hash_obj, hash_tree, read_json, slug
 from midtrain.jobs import Chain, Job
 from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
+from midtrain.probe.jobs import ProbeJobs, probe_jobs
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
 from midtrain.study.keep import PruneSpec, PruneTarget, probe_targets, run_targets, with_prune
+from midtrain.study.layout import POINT_EVALS
 from midtrain.study.merging import merge_arms
-from midtrain.study.probe import ProbeJobs, probe_jobs
 from midtrain.train.config import RunConfig, load_run_config, point_steps
 from midtrain.train.external import SPEC_FORMAT, ExternalSpec
 from midtrain.train.loop import point_dir
 
 EVAL_DIR = "eval"
-POINT_EVALS = "eval-points"  # RUN/eval-points/step-N: the evaluation of RUN/points/step-N
 CPT = "cpt"  # the arm suffix of continued pretraining: NAME@cpt
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from midtrain.study import analysis, stats
+from midtrain.stats import analysis, contrast
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import StudyPlan
 from midtrain.study.results import ArmAnalysis, ArmResult, TaskScreen
@@ -89,7 +89,7 @@ def _point(pd: PointData, a: ArmAnalysis) -> TrajectoryPoint:
                            domains=doms, guards=guards)  # fmt: skip
 
 
-def aligned(points: list[PointData], task: str, metric: str) -> list[stats.Quantity] | None:
+def aligned(points: list[PointData], task: str, metric: str) -> list[contrast.Quantity] | None:
     """The task's Quantity at every point on the same runs and examples (rows and columns line
     up, so a per-run, per-example combination of points is a Quantity too)."""
     groups = list(points[0].data.groups)
@@ -105,14 +105,14 @@ def aligned(points: list[PointData], task: str, metric: str) -> list[stats.Quant
     return None if any(q is None for q in qs) else qs  # type: ignore[return-value]
 
 
-def combine(qs: list[stats.Quantity], w: list[float]) -> stats.Quantity:
+def combine(qs: list[contrast.Quantity], w: list[float]) -> contrast.Quantity:
     """sum_k w_k Y_k per run and example (aligned quantities)."""
     groups = {g: sum(wk * q.groups[g] for wk, q in zip(w, qs, strict=True)) for g in qs[0].groups}
-    return stats.Quantity(groups, qs[0].seeds)  # type: ignore[arg-type]
+    return contrast.Quantity(groups, qs[0].seeds)  # type: ignore[arg-type]
 
 
 def still_moving(
-    prev: float, last: float, change: stats.Contrast, alpha: float
+    prev: float, last: float, change: contrast.Contrast, alpha: float
 ) -> tuple[bool, str]:
     """Whether a trajectory has not settled: the change between its last two points is
     significant (two-sided p < alpha), or the delta changed sign between them."""
@@ -139,7 +139,7 @@ def arm_trajectory(points: list[PointData], arm: str, cfg: StudyConfig, primary_
         return out
     peers, end = points[-1].data.peers(arm), points[-1].data
     w = analysis.primary_weights(end, [q[-1] for q in qs_by_task], cfg.analysis.primary_score)
-    change = stats.contrast([combine(q[-2:], [-1.0, 1.0]) for q in qs_by_task], arm, CONTROL,
+    change = contrast.contrast([combine(q[-2:], [-1.0, 1.0]) for q in qs_by_task], arm, CONTROL,
                             conf, peers, w)  # fmt: skip
     out.change = _estimate(change.delta, change.ci, change.se, change.df, change.p)
     last, prev = out.points[-1].primary, out.points[-2].primary

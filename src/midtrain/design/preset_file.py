@@ -13,8 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from midtrain.design.presets import ROLES, preset, preset_study, protocol_tokens
 from midtrain.errors import MidtrainError
-from midtrain.study.presets import ROLES, preset, preset_study, protocol_tokens
 
 FULL_RUN_FIX = ("give the tokens of the whole pretraining run, e.g. --full-run-tokens "
                 "4000000000000 (the protocol's token budget is a share of it)")  # fmt: skip
@@ -139,8 +139,8 @@ def write_preset(name: str, checkpoint: Path, store_items: list[str], out: Path,
                  starts: list[Path], full_run_tokens: int | None, tokens: int | None = None,
                  start_lr: float | None = None, grid_role: str | None = None) -> Path:  # fmt: skip
     """Check every input, then write the preset's study file (validated first)."""
+    from midtrain.design.init import check_init
     from midtrain.io import atomic_write_text
-    from midtrain.study.init import check_init
     from midtrain.train.checkpoint import check_hf_folder, read_trainer_state
 
     preset(name)
