@@ -7,7 +7,6 @@ renamed into place (see `data/store.py` for the layout).
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,9 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from midtrain.data import encode, readers
+from midtrain.data.existing import (
+    existing_manifest,
+    exists_error,
+    identical_store,
+    replaced_warnings,
+)
 from midtrain.data.store import (
     DTYPES,
-    FORMAT,
     NAME_MAX,
     NAME_RE,
     TokenStore,
@@ -30,7 +34,6 @@ from midtrain.data.tokenizer import (
     encode_docs,
     load_tokenizer,
     special_strings,
-    tokenizer_hash,
     vocab_size,
 )
 from midtrain.data.writer import (
@@ -41,7 +44,7 @@ from midtrain.data.writer import (
     prepare_progress,
 )
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_dir, hash_file, hash_obj
+from midtrain.io import atomic_dir, hash_obj
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -222,13 +225,13 @@ def prepare_data(
     )
     _check_options(name, opts)
     dest = out / name
-    old = _existing_manifest(dest, name)
+    old = existing_manifest(dest, name)
     resolved = readers.resolve_inputs(list(inputs))
     tok: Any = load_tokenizer(tokenizer) if tokenizer is not None else None
     if old is not None and not force:
-        if tok is not None and (same := _identical_store(dest, old, tok, resolved, opts)):
+        if tok is not None and (same := identical_store(dest, old, tok, resolved, opts)):
             return PrepareResult(same, identical=True)
-        raise _exists_error(name, dest, old)
+        raise exists_error(name, dest, old)
     out_existed, tok_dir = out.exists(), None
     if train_vocab_size is not None:
         tok_dir = Path(tokenizer_out) if tokenizer_out else out / "tokenizer"
@@ -241,82 +244,11 @@ def prepare_data(
         if not out_existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-    return PrepareResult(store, tokenizer_dir=tok_dir, warnings=_replaced(dest, old, store))
+    return PrepareResult(store, tokenizer_dir=tok_dir, warnings=replaced_warnings(dest, old, store))
 
 
 def _source_kwargs(opts: PrepareOptions) -> dict[str, Any]:
     return {f: getattr(opts, f) for f in PrepareOptions.__dataclass_fields__}
-
-
-def _existing_manifest(dest: Path, name: str) -> dict[str, Any] | None:
-    """The manifest of the store at `dest` ({} when unreadable), None when there is none."""
-    if not dest.exists():
-        return None
-    if not (dest / "manifest.json").is_file():
-        raise MidtrainError(
-            f"--name {name}: {dest} exists and is not a token store; choose another --name "
-            "or move it away"
-        )
-    try:
-        man = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return man if isinstance(man, dict) else {}
-
-
-def _exists_error(name: str, dest: Path, old: dict[str, Any]) -> MidtrainError:
-    made = (
-        f"made with tokenizer {str(old.get('tokenizer_hash'))[:12]} from inputs "
-        f"{str(old.get('input_hash'))[:12]}"
-        + (" with --allow-special-text" if old.get("special_text") else "")
-        if old
-        else "its manifest.json is unreadable"
-    )
-    return MidtrainError(
-        f"--name {name}: the store {dest} already exists ({made}); pass --force to replace it "
-        "(studies and runs that used it will recompute) or choose another --name"
-    )
-
-
-def _identical_store(
-    dest: Path, old: dict[str, Any], tok: Any, resolved: list[readers.Input], opts: PrepareOptions
-) -> TokenStore | None:
-    """The store at `dest` when preparing it again would write the same store, else None."""
-    want = {
-        "format": FORMAT,
-        "tokenizer_hash": tokenizer_hash(tok),
-        "seed": opts.seed,
-        "heldout_fraction": opts.heldout_fraction,
-    }
-    if any(i.kind == "megatron" for i in resolved):
-        if len(resolved) != 1:
-            return None
-        from midtrain.data.megatron import megatron_input_hash, read_index
-
-        ix = read_index(resolved[0].path.resolve())
-        want["input_hash"] = megatron_input_hash(ix, hash_file(ix.bin))
-        if old.get("train", {}).get("file") not in ("train.bin", str(ix.bin)):
-            return None  # read in place from a .bin elsewhere
-    elif any(i.kind == "npy" for i in resolved):
-        if len(resolved) != 1 or (opts.npy_dtype and old.get("dtype") != opts.npy_dtype):
-            return None
-        from midtrain.data.npy import npy_input_hash
-
-        path = resolved[0].path.resolve()
-        want["input_hash"] = npy_input_hash(path, hash_file(path))
-        if old.get("train", {}).get("file") != str(path):
-            return None
-    else:
-        want["input_hash"] = readers.input_hash(resolved, opts.text_field)
-        want["text_field"] = opts.text_field
-    if old.get("special_text") and not opts.allow_special_text:
-        return None
-    if any(old.get(k) != v for k, v in want.items()):
-        return None
-    try:
-        return TokenStore.open(dest)
-    except MidtrainError:  # damaged files: only --force can rebuild it
-        return None
 
 
 def _train_for_source(
@@ -341,24 +273,6 @@ def _train_for_source(
         raise empty_source_error(name, "the inputs hold no documents")
     check_special_text(name, scan, opts.allow_special_text)
     return train_tokenizer(readers.iter_texts(resolved, opts.text_field), vocab, tok_dir)
-
-
-def _replaced(dest: Path, old: dict[str, Any] | None, store: TokenStore) -> tuple[str, ...]:
-    """The warning for a store replaced with --force by one of other content."""
-    if old is None or old.get("content_hash") == store.content_hash:
-        return ()
-    old_tok = str(old.get("tokenizer_hash"))
-    what = "its content changed"
-    if old_tok != store.tokenizer_hash:
-        what = (
-            f"it was made with tokenizer {old_tok[:12]}, now with {store.tokenizer_hash[:12]} "
-            "(checkpoints of the old tokenizer cannot train or evaluate on it)"
-        )
-    return (
-        f"replaced {dest}: {what}; this invalidates the content keys of every study and run "
-        "that used it (they name stores by content hash): their runs will not be reused and "
-        "evaluations recompute",
-    )
 
 
 def write_store(
