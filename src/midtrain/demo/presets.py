@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 from midtrain.demo.pipeline import (
     DemoSettings,
+    DemoWorld,
     build_world_and_stores,
     console,
     default_cache,
@@ -31,14 +31,15 @@ from midtrain.demo.pipeline import (
 )
 from midtrain.design.presets import OLMO3_TOKENS_SCALE
 from midtrain.io import atomic_write_text
+from midtrain.study.tables import StudyTable
 
 DEMO_ROLES = {"flan": "flan", "hq": "hq", "math": "math", "code": "code"}
 QUICK_LIU_ROLES = {"math": "math", "code": "code"}
 
 
-def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path,
+def preset_demo_study(preset: str, ctx: DemoWorld, base: Path, s: DemoSettings, out: Path,
                       quick: bool, starts: list[str],
-                      starts_mode: str = "cooldown") -> dict[str, Any]:  # fmt: skip
+                      starts_mode: str = "cooldown") -> StudyTable:  # fmt: skip
     """The preset's study on the demo world (absolute paths), with the demo's budgets."""
     from midtrain.design.presets import PRESETS, preset_study
 
@@ -61,7 +62,7 @@ def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSetti
     return study
 
 
-def early_start(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
+def early_start(ctx: DemoWorld, s: DemoSettings, cache: Path) -> Path:
     """The base's recipe stopped at half its tokens: an earlier point of the stable phase."""
     return pretrain_base(ctx, dataclasses.replace(s, base_tokens=s.base_tokens // 2), cache)
 

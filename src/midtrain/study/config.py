@@ -10,7 +10,7 @@ validated by the run's own planner when the study is prepared.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import PrivateAttr, field_validator, model_validator
 
@@ -39,6 +39,9 @@ from midtrain.study.sections import (  # noqa: F401 - CONTROL: the rest of the c
     Guard,
 )
 from midtrain.train.config import ScheduleConfig
+
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
 
 class StudyConfig(Strict):
@@ -299,7 +302,7 @@ def load_study(path: str | Path) -> StudyConfig:
     return parse_study(data, source=path.name, base_dir=path.parent.resolve())
 
 
-def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
+def check_inputs(cfg: StudyConfig) -> dict[str, TokenStore]:
     """The checkpoint, stores and include path exist, every eval domain's store was tokenised
     like the checkpoint, and no candidate's store holds special tokens it does not allow (before
     anything is created). Returns the opened stores."""
@@ -324,7 +327,7 @@ def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
     return stores
 
 
-def _check_domain_tokenizers(cfg: StudyConfig, domains: dict[str, Any]) -> None:
+def _check_domain_tokenizers(cfg: StudyConfig, domains: dict[str, TokenStore]) -> None:
     """A store scored as an eval domain must share the checkpoint's tokenizer, as a training
     store must (the run planner checks those): else every run would train, then fail its
     evaluation."""

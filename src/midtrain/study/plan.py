@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
@@ -32,6 +32,9 @@ from midtrain.study.merging import merge_arms
 from midtrain.train.config import RunConfig, load_run_config, point_steps
 from midtrain.train.external import SPEC_FORMAT, ExternalSpec
 from midtrain.train.loop import point_dir
+
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
 EVAL_DIR = "eval"
 CPT = "cpt"  # the arm suffix of continued pretraining: NAME@cpt
@@ -217,7 +220,7 @@ def max_tokens(mix: list[MixComponent], windows: dict[str, int], seq_len: int,
     return steps * batch_tokens
 
 
-def study_max_tokens(cfg: StudyConfig, stores: dict[str, Any]) -> int:
+def study_max_tokens(cfg: StudyConfig, stores: dict[str, TokenStore]) -> int:
     """The most anneal tokens every arm's sources allow within their caps (`max_tokens`)."""
     seq_len = int(cfg.train.get("seq_len", cfg.seq_len))  # [train] may set the geometry
     batch_tokens = int(cfg.train.get("batch_tokens", cfg.batch_tokens))
@@ -229,7 +232,7 @@ def study_max_tokens(cfg: StudyConfig, stores: dict[str, Any]) -> int:
     return min(limits)
 
 
-def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, Any]) -> None:
+def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, TokenStore]) -> None:
     """Every arm's sources hold its tokens x their ratio within their caps: checked by the study,
     whose error names the study field to change (the run planner would name its `mix[i]`)."""
     cands = {c.name: c for c in cfg.candidates}
