@@ -14,8 +14,9 @@ import json
 import statistics
 from pathlib import Path
 
-from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+from midtrain.bench.calibrate import run_calibration
 from midtrain.stats import contrast
+from midtrain.stats.calibrate import CalibrationSettings
 from midtrain.study.results import StudyResult
 
 

@@ -331,7 +331,8 @@ def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path
 
 
 def test_calibration_counts_null_arms_on_a_users_study(world, tmp_path):
-    from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+    from midtrain.bench.calibrate import run_calibration
+    from midtrain.stats.calibrate import CalibrationSettings
     from midtrain.study.config import load_study
 
     path = study_file(world, tmp_path, SMALL, seeds=(0, 1))

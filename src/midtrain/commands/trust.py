@@ -50,8 +50,9 @@ def bench_calibrate(
     ] = False,
 ) -> None:
     """False include/reject rate and interval coverage on candidates that cannot matter."""
-    from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+    from midtrain.bench.calibrate import run_calibration
     from midtrain.errors import MidtrainError
+    from midtrain.stats.calibrate import CalibrationSettings
 
     for name, v in {"--studies": studies, "--shards": shards, "--workers": workers}.items():
         if v < 1:
