@@ -1,6 +1,6 @@
 """Decide each arm against the control: pooled-run intervals, guards, flags, task screening.
 
-The statistics are in `study/contrast.py` (the training run is the unit of replication; the model and
+The statistics are in `stats/contrast.py` (the training run is the unit of replication; the model and
 the formula are in its docstring and in docs/studies.md). This module builds the per-group
 matrices from the runs' per-example records, screens tasks, and turns intervals into verdicts:
 
@@ -17,15 +17,13 @@ With a multiple-testing correction the include/reject decisions use the adjusted
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
 
 from midtrain.eval.results import Examples
 from midtrain.stats import contrast
+from midtrain.stats.data import StudyData
 from midtrain.stats.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.stats.screen import screen_tasks
 from midtrain.study.config import CONTROL, StudyConfig
@@ -42,75 +40,6 @@ from midtrain.study.results import (
 )
 
 __all__ = ["StudyData", "analyse_arm", "decide", "screen_tasks"]
-
-
-@dataclass
-class StudyData:
-    """The finished runs' per-example records by group ("control" and each arm)."""
-
-    groups: dict[str, list[Examples]]
-    start: Examples | None
-    seeds: dict[str, list[int]] | None = None  # each run's seed (default: k-th run, seed k)
-    designs: dict[str, str] = field(default_factory=dict)  # arm -> its design ("0.3", "cpt")
-    _cache: dict[tuple, contrast.Quantity | None] = field(default_factory=dict, repr=False)
-
-    def peers(self, arm: str) -> list[str]:
-        """The arms of `arm`'s design (same fraction, or continued pretraining): their paired
-        differences from the control pool the run-to-run variance of `arm`'s contrasts."""
-        key = self.designs.get(arm)
-        if key is None:
-            return [arm]
-        return [g for g in self.groups if g != CONTROL and self.designs.get(g) == key]
-
-    def quantity(
-        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
-    ) -> contrast.Quantity | None:
-        """[runs, examples] per group on the examples every run of these groups has (built once
-        per study: every arm's contrasts share it)."""
-        k = (kind, key, metric, tuple(groups))
-        if k not in self._cache:
-            self._cache[k] = self._quantity(kind, key, metric, groups)
-        return self._cache[k]
-
-    def has(self, task: str, metric: str) -> bool:
-        """Whether `task`'s records carry `metric` (in the first run that evaluated the task)."""
-        for runs in self.groups.values():
-            for ex in runs:
-                vals = ex.values("tasks", task, metric)
-                if vals is not None:
-                    return bool(vals)
-        return False
-
-    def score_metric(self, task: str) -> str | None:
-        """What the task's per-example `score` is (acc, exact_match, pass@1), from its records."""
-        for ex in (e for runs in self.groups.values() for e in runs):
-            if task in ex.tasks:
-                return ex.score_metric(task)
-        return None
-
-    def _quantity(
-        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
-    ) -> contrast.Quantity | None:
-        tables = {g: [ex.values(kind, key, metric) for ex in self.groups[g]] for g in groups}
-        seeds = {g: self.seeds[g] for g in groups} if self.seeds else None
-        return build_quantity(tables, seeds)
-
-
-def build_quantity(
-    tables: dict[str, list[dict | None]], seeds: dict[str, list[int]] | None
-) -> contrast.Quantity | None:
-    """A Quantity from each group's runs' {example id: value} tables, on the examples every run
-    has (None when a run has no table or no example is common)."""
-    flat = [t for ts in tables.values() for t in ts]
-    if not flat or any(t is None for t in flat):
-        return None
-    ids = set.intersection(*(set(t) for t in flat))
-    if not ids:
-        return None
-    order = sorted(ids, key=lambda x: (str(type(x)), x))
-    mats = {g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
-            for g, ts in tables.items()}  # fmt: skip
-    return contrast.Quantity(mats, seeds)
 
 
 def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:

@@ -5,7 +5,7 @@ chosen LR's fine-tune; with several SFT seeds, their mean: the run stays the uni
 replication) and one per held-out document of each base-mix domain after SFT (bits per byte),
 plus the same minus the run's own value before SFT (forgetting caused by SFT). These are
 `contrast.Quantity`s like the tasks' and domains' of `stats/analysis.py`, so every interval is the
-pooled-run t-interval of `study/contrast.py`, the seeds as blocks. The SFT score (the primary with
+pooled-run t-interval of `stats/contrast.py`, the seeds as blocks. The SFT score (the primary with
 `[analysis] decide_on = "sft"`) is the mean over sets of minus the delta of validation loss:
 higher is better, like every primary score.
 """
@@ -22,6 +22,7 @@ from midtrain.eval.results import Examples
 from midtrain.probe.jobs import ProbeJobs
 from midtrain.sft.grid import chosen_val_losses
 from midtrain.stats import analysis, contrast
+from midtrain.stats.data import build_quantity
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.results import (
     ArmProbe,
@@ -57,7 +58,7 @@ class ProbeData:
         groups = self.tables.get(key, {})
         if arm not in groups or CONTROL not in groups:
             return None
-        return analysis.build_quantity(groups, self.seeds[key])
+        return build_quantity(groups, self.seeds[key])
 
 
 def mean_table(tables: list[Table | None]) -> Table | None:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats as sps
 
 from midtrain.stats import analysis, contrast
+from midtrain.stats.data import StudyData, build_quantity
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import StudyPlan
 from midtrain.study.results import ArmAnalysis, ArmResult, TaskScreen
@@ -44,7 +45,7 @@ class PointData:
 
     fraction: float
     tokens: int
-    data: analysis.StudyData
+    data: StudyData
 
 
 def point_data(plan: StudyPlan, finished) -> list[PointData]:
@@ -65,7 +66,7 @@ def point_data(plan: StudyPlan, finished) -> list[PointData]:
             seeds.setdefault(r.arm, []).append(r.seed)
         frac = 1.0 if p is None else p.fraction
         tokens = plan.config.tokens // bt * bt if p is None else p.tokens(bt)
-        out.append(PointData(frac, tokens, analysis.StudyData(groups, finished.start, seeds,
+        out.append(PointData(frac, tokens, StudyData(groups, finished.start, seeds,
                                                               designs)))  # fmt: skip
     return out
 
@@ -100,7 +101,7 @@ def aligned(points: list[PointData], task: str, metric: str) -> list[contrast.Qu
         return None
     ids = set.intersection(*(set(t) for t in flat))
     seeds = points[0].data.seeds
-    qs = [analysis.build_quantity({g: [{i: t[i] for i in ids} for t in ts] for g, ts in tb.items()},
+    qs = [build_quantity({g: [{i: t[i] for i in ids} for t in ts] for g, ts in tb.items()},
                                   seeds) for tb in tables]  # fmt: skip
     return None if any(q is None for q in qs) else qs  # type: ignore[return-value]
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 
 from midtrain.stats import analysis, contrast
+from midtrain.stats.data import StudyData
 from midtrain.stats.probe_gains import ProbeData, base_domains
 from midtrain.study.config import StudyConfig
 from midtrain.study.plan import CPT
 from midtrain.study.results import ArmResult, CptContrast, Versus
 
 
-def contrasts(data: analysis.StudyData, probe: ProbeData | None, cfg: StudyConfig,
+def contrasts(data: StudyData, probe: ProbeData | None, cfg: StudyConfig,
               arms: list[ArmResult], confidence: float) -> list[CptContrast]:  # fmt: skip
     """One contrast per mixed arm whose candidate's @cpt arm has finished runs."""
     out = []
@@ -55,7 +56,7 @@ def versus(qs: list[contrast.Quantity], a: str, b: str, confidence: float,
                   df=c.df if ok else None, p=analysis._finite(c.p), seeds=c.seeds)  # fmt: skip
 
 
-def _primary(data: analysis.StudyData, cfg: StudyConfig, tasks: list[str], a: str, b: str,
+def _primary(data: StudyData, cfg: StudyConfig, tasks: list[str], a: str, b: str,
              confidence: float) -> Versus | None:  # fmt: skip
     metric, groups = cfg.analysis.primary, list(data.groups)
     qs = [data.quantity("tasks", t, metric, groups) for t in tasks]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from midtrain.eval.results import Examples
 from midtrain.stats import analysis, merged, probe_gains, trajectory, versus_cpt
+from midtrain.stats.data import StudyData
 from midtrain.stats.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import RunSpec, StudyPlan
@@ -85,7 +86,7 @@ class Finished:
             wall_s=res.wall_s if res else None, final_loss=res.final_loss if res else None,
         )  # fmt: skip
 
-    def data(self) -> analysis.StudyData:
+    def data(self) -> StudyData:
         """Finished runs by group (with their seeds); groups without a finished run are left out."""
         groups: dict[str, list[Examples]] = {}
         seeds: dict[str, list[int]] = {}
@@ -94,7 +95,7 @@ class Finished:
             if self.done(r):
                 groups.setdefault(r.arm, []).append(self.evals[r.name])
                 seeds.setdefault(r.arm, []).append(r.seed)
-        return analysis.StudyData(groups, self.start, seeds, designs)
+        return StudyData(groups, self.start, seeds, designs)
 
 
 def cost(records: list[RunRecord], full: int | None) -> Cost:
@@ -185,7 +186,7 @@ def _trajectories(plan: StudyPlan, f: Finished, arms: list[ArmResult], screen: l
     return tinfo
 
 
-def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
+def _control(plan: StudyPlan, f: Finished, data: StudyData,
              noise: NoiseFloor | None) -> ControlResult:  # fmt: skip
     cfg = plan.config
     done = data.groups.get(CONTROL, [])
@@ -200,7 +201,7 @@ def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
     )  # fmt: skip
 
 
-def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
+def _arm(plan: StudyPlan, f: Finished, data: StudyData, arm: str,
          primary_tasks: list[str], study_flags: list[str], conf: float) -> ArmResult:  # fmt: skip
     cfg = plan.config
     runs = plan.arm_runs(arm)
