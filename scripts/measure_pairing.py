@@ -14,8 +14,9 @@ import json
 import statistics
 from pathlib import Path
 
-from midtrain.bench.calibrate import CalibrationSettings, run_calibration
-from midtrain.study import stats
+from midtrain.bench.calibrate import run_calibration
+from midtrain.stats import contrast
+from midtrain.stats.calibrate import CalibrationSettings
 from midtrain.study.results import StudyResult
 
 
@@ -36,7 +37,7 @@ def design_stats(study_dir: Path) -> dict[str, dict]:
         widths.setdefault(key, []).append((a.primary.ci[1] - a.primary.ci[0]) / 2)
     out = {}
     for key, scores in designs.items():
-        p = stats.pairing(scores, "control")
+        p = contrast.pairing(scores, "control")
         out[key] = {**p.__dict__, "median_half_width": statistics.median(widths[key])}
     return out
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from midtrain.eval.results import DomainExample, Examples, TaskExample
-from midtrain.study import analysis
+from midtrain.stats import analysis
 from midtrain.study.config import parse_study
 
 TASKS = ["t1", "t2"]
@@ -227,7 +227,7 @@ def test_loss_task_disagreement_when_tasks_fall_short_of_what_the_loss_predicts(
     (and the prediction recorded); an arm on the line is not; with only two other arms, no fit."""
     from types import SimpleNamespace as NS
 
-    from midtrain.study.flags import predicted_gain_flags
+    from midtrain.stats.flags import predicted_gain_flags
 
     def arm(name, loss, delta, ci, loss_ci=None):
         dom = NS(delta_bpb=loss, ci=loss_ci or [loss - 0.05, loss + 0.05])

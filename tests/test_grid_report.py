@@ -3,8 +3,8 @@ forgetting per set) and midtraining minus CPT, from each start's StudyResult (no
 
 from __future__ import annotations
 
+from midtrain.design.grid import GridStart, grid_result, markdown, table
 from midtrain.study.config import parse_study
-from midtrain.study.grid import GridStart, grid_result, markdown, table
 from midtrain.study.results import (
     ArmProbe,
     ArmResult,
@@ -56,7 +56,7 @@ def _result() -> StudyResult:
 
 
 def test_cells_carry_tasks_sft_forgetting_and_mt_minus_cpt(tmp_path):
-    from midtrain.study.grid import _html
+    from midtrain.design.grid import _html
 
     cfg = parse_study({"checkpoint": "c", "tokens": 4096, "stores": {"web": "w", "code": "k"},
                        "base": {"web": 1.0}, "candidates": [{"name": "code", "mix": {"code": 1.0}}],

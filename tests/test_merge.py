@@ -224,7 +224,7 @@ def test_merged_task_scores_use_a_generative_tasks_own_score():
     """merge_seeds: per task, the merge's and each seed's score on the primary metric, or a
     generative task's exact match where it has no such metric (never a NaN in results.json)."""
     from midtrain.eval.results import Examples, TaskExample
-    from midtrain.study.merging import _merge_tasks
+    from midtrain.stats.merged import _merge_tasks
 
     def ev(lp: float, em: float) -> Examples:
         return Examples([

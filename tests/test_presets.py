@@ -11,8 +11,8 @@ import pytest
 from test_config_docs import _tiny_checkpoint
 from test_integrate import main_code
 
+from midtrain.design.presets import PRESETS, protocol_tokens
 from midtrain.integrate.guards import DOMAIN_TOLERANCE
-from midtrain.study.presets import PRESETS, protocol_tokens
 
 ROLES = ("web", "flan", "hq", "math", "code", "qa")
 TOKENS = 6000  # what each preset's share of full_run_tokens() comes to: one step, within the stores
@@ -285,9 +285,9 @@ def test_the_demo_builds_each_preset_as_a_valid_study(tmp_path, preset):
 
     from midtrain.demo.pipeline import QUICK
     from midtrain.demo.presets import DEMO_ROLES, preset_demo_study
+    from midtrain.design.preset_file import preset_text
     from midtrain.study.config import parse_study
     from midtrain.study.plan import arm_list
-    from midtrain.study.preset_file import preset_text
 
     names = ("web", "flan", "hq", "math", "code")
     ctx = {"stores": {n: SimpleNamespace(path=tmp_path / "stores" / n) for n in names},

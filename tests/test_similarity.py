@@ -26,7 +26,7 @@ from midtrain.similarity import (
     store_unigram,
     top_types,
 )
-from midtrain.study.similarity import (
+from midtrain.stats.proximity import (
     ALL_SETS,
     ProximityRow,
     ProximityTable,
@@ -468,7 +468,7 @@ def test_study_proximity_table(world, tmp_path, monkeypatch, capsys):
 
 def test_study_report_says_too_few_arms(world, tmp_path):
     from midtrain.report import write_report
-    from midtrain.study.similarity import load_study_dir
+    from midtrain.stats.proximity import load_study_dir
 
     cfg, res = load_study_dir(fake_study(world, tmp_path / "study"))
     paths = write_report(res, cfg, tmp_path / "study")

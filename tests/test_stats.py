@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from midtrain.study.stats import Quantity, adjust, contrast, pooled, seeds_needed
+from midtrain.stats.contrast import Quantity, adjust, contrast, pooled, seeds_needed
 
 EFFECTS = {"control": 0.0, "null": 0.0, "small": 0.05, "big": 0.3}
 
 
 def simulate(rng, seeds, n_ex=120, sigma_u=0.08, sigma_eps=0.4, sigma_ge=0.0, tasks=1,
              sigma_seed=0.2):  # fmt: skip
-    """Per-task [runs, examples] matrices from the model in midtrain.study.stats.
+    """Per-task [runs, examples] matrices from the model in midtrain.stats.contrast.
 
     Runs of one seed share `sigma_seed` noise (the same start and data order); each run has its
     own `sigma_u`. The true effect of an arm is EFFECTS[arm] on the population of examples: the
@@ -205,7 +205,7 @@ def test_pooling_over_peers_narrows_intervals_with_honest_df():
 
 
 def test_pairing_measures_sphericity_and_correlation():
-    from midtrain.study.stats import pairing
+    from midtrain.stats.contrast import pairing
 
     rng = np.random.default_rng(8)
     runs = rng.normal(size=(400, 4))
@@ -226,7 +226,7 @@ def test_auto_seeds_at_the_null_spend_alpha_over_the_looks():
     """seeds = "auto" with O'Brien-Fleming-type spending: looks after 2..5 seeds, an arm stops
     when decided; null arms are decided no more often than alpha (+ Monte-Carlo error), and the
     last look's level is far above Bonferroni's alpha / 4."""
-    from midtrain.study.sequential import spending_levels
+    from midtrain.stats.sequential import spending_levels
 
     info = (2 / 5, 3 / 5, 4 / 5, 1.0)
     levels = spending_levels(0.05, info)
@@ -247,7 +247,7 @@ def test_auto_seeds_at_the_null_spend_alpha_over_the_looks():
 
 
 def test_bias_adjusted_estimate_pulls_an_early_stop_towards_zero():
-    from midtrain.study.sequential import bias_adjusted, spending_levels
+    from midtrain.stats.sequential import bias_adjusted, spending_levels
 
     info = (2 / 5, 3 / 5, 4 / 5, 1.0)
     levels = spending_levels(0.05, info)

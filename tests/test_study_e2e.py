@@ -302,9 +302,9 @@ def _with_shards(world, text_path: Path) -> None:
 
 
 def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path):
+    from midtrain.stats.sequential import spending_levels
     from midtrain.study.config import load_study
     from midtrain.study.runner import run_study
-    from midtrain.study.sequential import spending_levels
 
     path = study_file(world, tmp_path, NULL, seeds=(0, 1), extra="")
     path.write_text(
@@ -331,7 +331,8 @@ def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path
 
 
 def test_calibration_counts_null_arms_on_a_users_study(world, tmp_path):
-    from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+    from midtrain.bench.calibrate import run_calibration
+    from midtrain.stats.calibrate import CalibrationSettings
     from midtrain.study.config import load_study
 
     path = study_file(world, tmp_path, SMALL, seeds=(0, 1))
@@ -431,8 +432,8 @@ def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, mo
     it; the deltas have intervals; a rerun is fully cached; decide_on = "sft" decides on it."""
     from midtrain.cli import main
     from midtrain.jobs import Job
+    from midtrain.stats.probe_gains import SFT_METRIC
     from midtrain.study.config import load_study
-    from midtrain.study.probe_analysis import SFT_METRIC
     from midtrain.study.runner import run_study
 
     out = tmp_path / "study"

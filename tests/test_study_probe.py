@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from midtrain.jobs import Job
+from midtrain.stats.probe_gains import ProbeData, analyse_arm, analyse_set, mean_table
 from midtrain.study.config import load_study
 from midtrain.study.plan import CONTROL, make_plan
-from midtrain.study.probe_analysis import ProbeData, analyse_arm, analyse_set, mean_table
 from midtrain.study.results import ArmResult, Cost, RunRecord
 
 STUDY = """

@@ -119,7 +119,7 @@ def test_study_init_sizes_the_study_to_the_stores_and_passes_its_dry_run(
 
 
 def test_study_init_keeps_100m_when_the_data_allows_and_refuses_too_little():
-    from midtrain.study.init import starter_tokens
+    from midtrain.design.init import starter_tokens
 
     assert starter_tokens(10**9, 4096) == 100_000_000
     assert starter_tokens(100_000_000, 4096) == 100_000_000

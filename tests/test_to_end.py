@@ -10,8 +10,8 @@ import pytest
 from test_config_docs import _tiny_checkpoint
 from test_integrate import main_code
 
+from midtrain.design.grid import start_list, sub_config
 from midtrain.study.config import parse_study
-from midtrain.study.grid import start_list, sub_config
 from midtrain.train.checkpoint import STATE_DIR, TrainerState
 
 FULL = 4096  # tokens of the full run; a step is 256 tokens
@@ -165,7 +165,7 @@ def test_to_end_without_starts_is_one_line(world, tmp_path, capsys):
 
 def test_grid_json_records_mode_and_budgets(world):
     """grid.json says how each start ran (a GridResult round-trips)."""
-    from midtrain.study.grid import GridResult, grid_result, markdown
+    from midtrain.design.grid import GridResult, grid_result, markdown
 
     cfg = parse_study(study(world))
     starts = start_list(cfg)

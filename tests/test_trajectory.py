@@ -11,8 +11,8 @@ from test_analysis import DOMAINS, TASKS, make_eval, study
 from test_study_ux import _task_folder
 
 from midtrain.io import read_json
-from midtrain.study import analysis, stats, trajectory
-from midtrain.study.trajectory import PointData
+from midtrain.stats import analysis, contrast, trajectory
+from midtrain.stats.trajectory import PointData
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +165,10 @@ def test_still_moving_fires_when_the_delta_changes_sign_or_moves_and_not_when_fl
 
 
 def test_still_moving_is_the_contrast_of_the_change_between_the_last_two_points():
-    change = stats.Contrast(0.01, 0.1, 4.0, 0.95, stats.Pooled(0.01, 4), 0.01, 0.0, 3)
+    change = contrast.Contrast(0.01, 0.1, 4.0, 0.95, contrast.Pooled(0.01, 4), 0.01, 0.0, 3)
     assert trajectory.still_moving(0.2, 0.21, change, 0.05) == (False, "")
     assert trajectory.still_moving(0.01, -0.01, change, 0.05)[0]  # a change of sign
-    big = stats.Contrast(0.5, 0.1, 4.0, 0.95, stats.Pooled(0.01, 4), 0.01, 0.0, 3)
+    big = contrast.Contrast(0.5, 0.1, 4.0, 0.95, contrast.Pooled(0.01, 4), 0.01, 0.0, 3)
     assert trajectory.still_moving(0.2, 0.7, big, 0.05)[0]
 
 

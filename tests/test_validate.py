@@ -13,10 +13,7 @@ from test_report import fake_world, write_run
 
 from midtrain.cli import main
 from midtrain.io import atomic_write_json
-from midtrain.study.collect import collect
-from midtrain.study.config import parse_study
-from midtrain.study.plan import make_plan
-from midtrain.study.validate import (
+from midtrain.stats.validate import (
     Validation,
     compare,
     count,
@@ -24,6 +21,9 @@ from midtrain.study.validate import (
     reference_config,
     wilson,
 )
+from midtrain.study.collect import collect
+from midtrain.study.config import parse_study
+from midtrain.study.plan import make_plan
 
 
 def shifted_study(tmp_path: Path, name: str, shifts: dict[str, float], **over) -> Path:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_analysis import N, data, study
 
-from midtrain.study import analysis, versus_cpt
-from midtrain.study.probe_analysis import ProbeData
+from midtrain.stats import analysis, versus_cpt
+from midtrain.stats.probe_gains import ProbeData
 from midtrain.study.results import ArmResult, Cost, StudyResult
 
 ARMS = {"arm@0.3": (0.3, False), "arm@cpt": (1.0, True)}

@@ -35,11 +35,11 @@ source's training tokens), `fraction` (0..1), `LR` (learning rate), `examples`.
 def models() -> list[type[BaseModel]]:
     from midtrain.eval.api import TaskSetting
     from midtrain.mix.spec import MixComponent
+    from midtrain.probe.config import SftProbeSpec, SftSet
     from midtrain.sft.config import SftConfig, SftTemplate
     from midtrain.study.config import AnalysisSpec, Candidate, EvalSpec, Guard, StudyConfig
     from midtrain.study.executors import Resources
     from midtrain.study.keep import KeepSpec
-    from midtrain.study.probe_config import SftProbeSpec, SftSet
     from midtrain.train.config import OptimizerConfig, RunConfig, ScheduleConfig
     from midtrain.train.trackers import TrackersConfig
 

@@ -195,3 +195,14 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name.replace("_", "-"))
     return out
+
+
+SLUG_MAX = 40
+
+
+def slug(name: str) -> str:
+    """A folder-safe, bounded form of an arm name (any Unicode name; the run id keeps it unique)."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_")).strip("._")
+    if len(s) > SLUG_MAX or not s:
+        s = f"{s[:SLUG_MAX]}-{hash_obj(name)[:8]}" if s else hash_obj(name)[:12]
+    return s

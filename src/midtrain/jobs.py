@@ -36,6 +36,9 @@ BUILTIN_STAGES = {
     "prune": "midtrain.study.keep",
 }
 STAGES: dict[str, Stage] = {}
+PROCESSES_ENV = (
+    "MIDTRAIN_PROCESSES"  # local ranks for the chain's train and sft stages (train/launch.py)
+)
 
 
 class Stage(ABC):
@@ -133,8 +136,6 @@ def run_chain(chain: Chain, threads: int = 0, attempts: int = 2, processes: int 
 
     Never raises: a failure becomes an Outcome with the stage, the error and the traceback.
     """
-    from midtrain.train.launch import PROCESSES_ENV
-
     before = os.environ.get(PROCESSES_ENV)
     os.environ[PROCESSES_ENV] = str(processes)
     try:

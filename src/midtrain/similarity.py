@@ -40,7 +40,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -108,9 +108,53 @@ class Unigram:
     def n_types(self) -> int:
         return int(np.count_nonzero(self.counts))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> SetSummary:
         return {"where": self.where, "docs": self.n_docs, "available_docs": self.n_available,
                 "tokens": self.n_tokens, "types": self.n_types}  # fmt: skip
+
+
+class SetSummary(TypedDict):
+    """One counted set, as `midtrain similarity --json` reports it."""
+
+    where: str
+    docs: int
+    available_docs: int
+    tokens: int
+    types: int
+
+
+class SimilaritySettings(TypedDict, total=False):
+    """How sets were compared: documents, top-k types, seed, mode (results without one: the
+    default), the score's formula; a study's proximity table adds its bootstrap `resamples`."""
+
+    docs: int
+    top_k: int
+    seed: int
+    mode: str
+    score: str
+    resamples: int
+
+
+class TargetAdvantage(TypedDict):
+    advantage: float  # sim(mix, target) - sim(base, target)
+    mix_score: float
+    base_score: float
+
+
+class MixProximity(TypedDict):
+    mix: dict[str, float]
+    targets: dict[str, TargetAdvantage]
+
+
+class Comparison(TypedDict, total=False):
+    """`midtrain similarity`'s result: every set, the source x target matrix (each cell
+    `Similarity.to_dict()`), and each mix's proximity advantage over `base` when mixes are given."""
+
+    settings: SimilaritySettings
+    sets: dict[str, SetSummary]
+    matrix: dict[str, dict[str, dict[str, float]]]
+    proximity: dict[str, MixProximity]
+    base: str
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def _preset(out: Path, preset: str, quick: bool, workers: int, cache: Path | Non
                            starts_mode=starts_mode)  # fmt: skip
     study = Path(out) / "study"
     if (study / "grid.json").is_file():
-        from midtrain.study.grid import GridResult, table
+        from midtrain.design.grid import GridResult, table
 
         console.print(table(GridResult.model_validate_json((study / "grid.json").read_text())))
         console.print(f"study file: {path}  ·  grid: {study / 'grid.md'}")

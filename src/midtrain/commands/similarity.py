@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
-from midtrain.similarity import DEFAULT, DOCS, TOP_K, get_mode
+from midtrain.similarity import DEFAULT, DOCS, TOP_K, Comparison, get_mode
 
 console = Console()
 GENERIC_STEMS = {"train", "val", "validation", "test", "data"}
@@ -106,7 +106,7 @@ def similarity(
 def compare(
     src: dict[str, Path], tgt: dict[str, Path], mixes: dict[str, dict[str, float]], *,
     tokenizer: Path | None, docs: int, top_k: int, seed: int, mode: str = DEFAULT,
-) -> dict[str, Any]:  # fmt: skip
+) -> Comparison:  # fmt: skip
     """Count every set once, then the matrix and each mix's advantage over `base`, as JSON data."""
     from midtrain.data.tokenizer import load_tokenizer
     from midtrain.similarity import load_set, matrix, mixture, proximity_advantage, similarity
@@ -119,7 +119,7 @@ def compare(
                 loaded[name] = load_set(name, path, f"{where} {name}", tok, docs, seed,
                                         mode=mode)  # fmt: skip
     grid = matrix([loaded[n] for n in src], [loaded[n] for n in tgt], top_k)
-    out: dict[str, Any] = {
+    out: Comparison = {
         "settings": {
             "docs": docs,
             "top_k": top_k,
@@ -234,7 +234,7 @@ def _study(
     study: Path, docs: int, top_k: int, seed: int, mode: str, as_json: bool, plot: Path | None
 ) -> None:
     from midtrain.commands.similarity_views import scatter, study_tables
-    from midtrain.study.similarity import proximity_table
+    from midtrain.stats.proximity import proximity_table
 
     table = proximity_table(study, docs=docs, top_k=top_k, seed=seed, mode=mode)
     if plot is not None:

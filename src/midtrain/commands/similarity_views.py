@@ -7,9 +7,10 @@ from typing import Any
 from rich.table import Table
 
 from midtrain.console import safe
+from midtrain.similarity import Comparison, SetSummary, SimilaritySettings
 
 
-def sets_table(sets: dict[str, dict[str, Any]]) -> Table:
+def sets_table(sets: dict[str, SetSummary]) -> Table:
     t = Table(title="sets (documents sampled from each)")
     for col in ("set", "docs", "of", "tokens", "types", "path"):
         t.add_column(col, justify="left" if col in ("set", "path") else "right")
@@ -19,13 +20,13 @@ def sets_table(sets: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
-def settings_line(result: dict[str, Any]) -> str:
+def settings_line(result: Comparison) -> str:
     st = result["settings"]
     return (f"score = 0.4 cosine + 0.3 Jaccard + 0.3 / (1 + JS) on the top {st['top_k']:,} types; "
             f"{st['docs']:,} docs per set, seed {st['seed']}; {mode_text(st)}")  # fmt: skip
 
 
-def mode_text(settings: dict[str, Any]) -> str:
+def mode_text(settings: SimilaritySettings) -> str:
     """`mode paper (JS in nats)`: the mode of a result's settings (results without one: default)."""
     from midtrain.similarity import DEFAULT, get_mode
 
@@ -33,7 +34,7 @@ def mode_text(settings: dict[str, Any]) -> str:
     return f"mode {mode.name} (JS in {mode.js_unit})"
 
 
-def matrix_table(result: dict[str, Any]) -> Table:
+def matrix_table(result: Comparison) -> Table:
     t = Table(title="score (JS divergence)")
     targets = list(next(iter(result["matrix"].values())))
     t.add_column("source \\ target")
@@ -44,7 +45,7 @@ def matrix_table(result: dict[str, Any]) -> Table:
     return t
 
 
-def proximity_view(result: dict[str, Any]) -> Table:
+def proximity_view(result: Comparison) -> Table:
     t = Table(title=f"proximity advantage: sim(mix, target) - sim(base, target); base = "
               f"{safe(result['base'])}")  # fmt: skip
     targets = list(next(iter(result["proximity"].values()))["targets"])
@@ -58,7 +59,7 @@ def proximity_view(result: dict[str, Any]) -> Table:
     return t
 
 
-def heatmap(result: dict[str, Any]) -> bytes:
+def heatmap(result: Comparison) -> bytes:
     """Sources x targets, coloured by the score, each cell labelled with the score and JS."""
     from midtrain.report.plots import figure, label, png
 
@@ -95,7 +96,7 @@ def p_text(p: float | None) -> str:
 
 
 def _corr_ci(c: Any, ci: list[float] | None) -> str:
-    from midtrain.study.similarity import MIN_INTERVAL_ARMS
+    from midtrain.stats.proximity import MIN_INTERVAL_ARMS
 
     if ci is None and c.pearson is not None and c.n_arms < MIN_INTERVAL_ARMS:
         return "too few arms"
@@ -104,7 +105,7 @@ def _corr_ci(c: Any, ci: list[float] | None) -> str:
 
 def correlation_caption(table: Any) -> str:
     """How the p-values and intervals were made, and why any is missing."""
-    from midtrain.study.similarity import MIN_BOOTSTRAP_ARMS, MIN_INTERVAL_ARMS
+    from midtrain.stats.proximity import MIN_BOOTSTRAP_ARMS, MIN_INTERVAL_ARMS
 
     lines = [f"p: two-sided permutation test over arms; CI: none below {MIN_INTERVAL_ARMS} arms, "
              f"Fisher z (approximate) below {MIN_BOOTSTRAP_ARMS}, bootstrap over arms from "
@@ -113,7 +114,7 @@ def correlation_caption(table: Any) -> str:
 
 
 def study_tables(table: Any) -> list[Table]:
-    """A study's proximity table (`study.similarity.ProximityTable`): per arm and set, then the
+    """A study's proximity table (`stats.proximity.ProximityTable`): per arm and set, then the
     correlation of proximity advantage with SFT gain."""
     st = table.settings
     rows = Table(title=f"study {safe(table.study)}: proximity advantage vs SFT gain (top "

@@ -67,7 +67,7 @@ def study_run(
 
 def _run_grid(cfg, out: Path, dry_run: bool, **run_kw) -> None:
     """`starts = [...]`: the study from every start (timing x weight), then the grid."""
-    from midtrain.study.grid import run_grid, start_list, sub_config, table
+    from midtrain.design.grid import run_grid, start_list, sub_config, table
 
     starts = start_list(cfg)
     if dry_run:
@@ -210,7 +210,7 @@ def _trained(run, ev, steps: int) -> float:
 def print_probes(plan) -> None:
     """The SFT probe's jobs: one per run x set x SFT seed, with tokens and a time estimate;
     finished ones are marked and left out of the time still to spend."""
-    from midtrain.study.probe import plan_probes, probe_estimate
+    from midtrain.probe.jobs import plan_probes, probe_estimate
 
     est = {name: probe_estimate(p) for name, p in plan_probes(plan.config).items()}
     jobs = [(r.name, j) for r in plan.runs for j in r.probes]
@@ -240,7 +240,7 @@ def print_probes(plan) -> None:
 def power_line(plan) -> str:
     """The minimum detectable effect this plan can expect: measured when runs already finished
     in OUT, otherwise in units of the run-to-run noise s it will measure."""
-    from midtrain.study.stats import design_df, mde_factor
+    from midtrain.stats.contrast import design_df, mde_factor
 
     cfg = plan.config
     designs = Counter("cpt" if r.cpt else f"{r.fraction:g}" for r in plan.runs
@@ -365,11 +365,11 @@ def study_init(
     ] = None,
 ) -> None:
     """Write a commented starter study (or a published protocol's, with --preset)."""
-    from midtrain.study.init import write_starter
+    from midtrain.design.init import write_starter
 
     if preset is not None:
-        from midtrain.study.init import parse_tasks
-        from midtrain.study.preset_file import write_preset
+        from midtrain.design.init import parse_tasks
+        from midtrain.design.preset_file import write_preset
 
         if include_path is not None:
             raise MidtrainError("--include-path: not taken with --preset; set include_path "
@@ -392,7 +392,7 @@ def study_init(
 
 def _print_preset_next(preset: str, path: Path) -> None:
     """How to check a preset's study, and the protocol's next step (its folder filled in)."""
-    from midtrain.study.presets import PRESETS
+    from midtrain.design.presets import PRESETS
 
     folder = safe(str(path.with_suffix("")))
     console.print(f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out "
@@ -409,7 +409,8 @@ def study_prune(
     ] = None,
 ) -> None:
     """Remove the checkpoints a finished study no longer needs under its [keep] policy."""
-    from midtrain.study.keep import fmt_bytes, prune_study
+    from midtrain.study.keep import fmt_bytes
+    from midtrain.study.prune import prune_study
 
     report = prune_study(study_dir, keep)
     for path in report.removed:

@@ -12,7 +12,7 @@ from rich.table import Table
 from midtrain.console import safe
 
 if TYPE_CHECKING:
-    from midtrain.study.validate import Validation
+    from midtrain.stats.validate import Validation
 
 console = Console()
 
@@ -50,8 +50,9 @@ def bench_calibrate(
     ] = False,
 ) -> None:
     """False include/reject rate and interval coverage on candidates that cannot matter."""
-    from midtrain.bench.calibrate import CalibrationSettings, run_calibration
+    from midtrain.bench.calibrate import run_calibration
     from midtrain.errors import MidtrainError
+    from midtrain.stats.calibrate import CalibrationSettings
 
     for name, v in {"--studies": studies, "--shards": shards, "--workers": workers}.items():
         if v < 1:
@@ -122,7 +123,7 @@ def validate(
 ) -> None:
     """Decision accuracy of a study's verdicts against a reference with more compute."""
     from midtrain.errors import MidtrainError
-    from midtrain.study.validate import compare, run_reference
+    from midtrain.stats.validate import compare, run_reference
 
     if reference is not None and scale_tokens is not None:
         raise MidtrainError("validate: --reference DIR and --scale-tokens N both given; give one")
@@ -152,7 +153,7 @@ def validate(
 
 def _signs(res: Validation) -> dict[str, str]:
     """Per arm, its (arm, control) pair: does the sign of its delta hold in the reference?"""
-    from midtrain.study.validate import CONTROL, pair_up
+    from midtrain.stats.validate import CONTROL, pair_up
 
     word = {"agree": "same", "disagree": "flipped", "tie": "tie"}
     pairs = pair_up({a.arm: a.delta for a in res.arms},

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from midtrain.data.prepare import (
+from midtrain.data.store import DTYPES, TokenStore, dtype_for_vocab, heldout_count, npy_train_sha
+from midtrain.data.tokenizer import decode_docs, vocab_size
+from midtrain.data.writer import (
     PrepareOptions,
     StoreWriter,
     base_manifest,
     empty_source_error,
     prepare_progress,
 )
-from midtrain.data.store import DTYPES, TokenStore, dtype_for_vocab, heldout_count, npy_train_sha
-from midtrain.data.tokenizer import decode_docs, vocab_size
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir, hash_obj
 

@@ -7,27 +7,26 @@ renamed into place (see `data/store.py` for the layout).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.progress import Progress
 
-from midtrain.console import progress as progress_bar
-from midtrain.console import unit_column
 from midtrain.data import encode, readers
+from midtrain.data.existing import (
+    existing_manifest,
+    exists_error,
+    identical_store,
+    replaced_warnings,
+)
 from midtrain.data.store import (
     DTYPES,
-    FORMAT,
     NAME_MAX,
     NAME_RE,
     TokenStore,
-    content_hash_of,
     dtype_for_vocab,
     heldout_mask,
 )
@@ -35,11 +34,17 @@ from midtrain.data.tokenizer import (
     encode_docs,
     load_tokenizer,
     special_strings,
-    tokenizer_hash,
     vocab_size,
 )
+from midtrain.data.writer import (
+    PrepareOptions,
+    StoreWriter,
+    base_manifest,
+    empty_source_error,
+    prepare_progress,
+)
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_dir, atomic_write_json, hash_file, hash_obj, library_versions
+from midtrain.io import atomic_dir, hash_obj
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -47,80 +52,6 @@ if TYPE_CHECKING:
 ENCODE_BATCH_DOCS = 512
 ENCODE_BATCH_CHARS = 4 << 20
 SCAN_TOKENS = 1 << 24  # tokens read at a time when splitting a store into documents
-
-
-class StoreWriter:
-    """Appends training ids to train.bin and held-out documents to heldout.bin, hashing as it goes.
-
-    Also used by `midtrain bench mix` and the tests to build stores from generated ids.
-    """
-
-    def __init__(self, root: Path, dtype: np.dtype, eos_id: int, *, train_file: bool = True):
-        self.root, self.dtype, self.eos_id = root, dtype, eos_id
-        self._train: IO[bytes] | None = open(root / "train.bin", "wb") if train_file else None
-        self._heldout = open(root / "heldout.bin", "wb")
-        self.train_sha = hashlib.sha256()
-        self.heldout_offsets: list[int] = [0]
-        self.heldout_nbytes: list[int] = []
-        self.n_train_tokens = self.n_train_docs = 0
-
-    def add_train(self, ids: np.ndarray, n_docs: int) -> None:
-        """Append a flat run of ids (EOS already after each of its `n_docs` documents)."""
-        assert self._train is not None
-        data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
-        self._train.write(data)
-        self.train_sha.update(data)
-        self.n_train_tokens += len(ids)
-        self.n_train_docs += n_docs
-
-    def add_heldout(self, doc: np.ndarray, n_bytes: int) -> None:
-        self._heldout.write(np.append(doc, self.eos_id).astype(self.dtype).tobytes())
-        self.heldout_offsets.append(self.heldout_offsets[-1] + len(doc) + 1)
-        self.heldout_nbytes.append(n_bytes)
-
-    def finish(self, manifest: dict[str, Any], train: dict[str, Any] | None = None) -> None:
-        """Close the files and write heldout_*.npy and manifest.json (with the content hash)."""
-        if self._train is not None:
-            self._train.close()
-        self._heldout.close()
-        np.save(self.root / "heldout_docs.npy", np.asarray(self.heldout_offsets, dtype=np.int64))
-        np.save(self.root / "heldout_bytes.npy", np.asarray(self.heldout_nbytes, dtype=np.int64))
-        train = train or {
-            "file": "train.bin",
-            "offset": 0,
-            "n_tokens": self.n_train_tokens,
-            "n_docs": self.n_train_docs,
-            "sha256": self.train_sha.hexdigest(),
-        }
-        man = {
-            **manifest,
-            "format": FORMAT,
-            "dtype": self.dtype.name,
-            "eos_id": self.eos_id,
-            "train": train,
-            "heldout": {
-                "n_docs": len(self.heldout_nbytes),
-                "n_tokens": self.heldout_offsets[-1] - len(self.heldout_nbytes),
-                "n_bytes": int(sum(self.heldout_nbytes)),
-            },
-            "versions": library_versions(),
-        }
-        man["content_hash"] = content_hash_of(self.root, man)
-        atomic_write_json(self.root / "manifest.json", man)
-
-
-def prepare_progress(unit: str, enabled: bool) -> Progress:
-    return progress_bar(*unit_column(unit), enabled=enabled)
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    heldout_fraction: float = 0.01
-    seed: int = 0
-    text_field: str = "text"
-    npy_dtype: str | None = None  # "uint16" | "uint32" | None (header, else inferred from vocab)
-    progress: bool = True
-    allow_special_text: bool = False  # keep special-token strings in text (prepare_source)
 
 
 def prepare_source(
@@ -182,21 +113,6 @@ def _check_options(name: str, opts: PrepareOptions) -> None:
         )
     if opts.npy_dtype not in (None, *DTYPES):
         raise MidtrainError(f"--npy-dtype {opts.npy_dtype!r}: use uint16 or uint32")
-
-
-def base_manifest(name: str, tok: Any, opts: PrepareOptions, input_hash: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "vocab_size": vocab_size(tok),
-        "tokenizer_hash": tokenizer_hash(tok),
-        "input_hash": input_hash,
-        "seed": opts.seed,
-        "heldout_fraction": opts.heldout_fraction,
-    }
-
-
-def empty_source_error(name: str, what: str) -> MidtrainError:
-    return MidtrainError(f"source {name!r}: {what}; check the INPUT paths and --text-field")
 
 
 def _prepare_text(
@@ -309,13 +225,13 @@ def prepare_data(
     )
     _check_options(name, opts)
     dest = out / name
-    old = _existing_manifest(dest, name)
+    old = existing_manifest(dest, name)
     resolved = readers.resolve_inputs(list(inputs))
     tok: Any = load_tokenizer(tokenizer) if tokenizer is not None else None
     if old is not None and not force:
-        if tok is not None and (same := _identical_store(dest, old, tok, resolved, opts)):
+        if tok is not None and (same := identical_store(dest, old, tok, resolved, opts)):
             return PrepareResult(same, identical=True)
-        raise _exists_error(name, dest, old)
+        raise exists_error(name, dest, old)
     out_existed, tok_dir = out.exists(), None
     if train_vocab_size is not None:
         tok_dir = Path(tokenizer_out) if tokenizer_out else out / "tokenizer"
@@ -328,82 +244,11 @@ def prepare_data(
         if not out_existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-    return PrepareResult(store, tokenizer_dir=tok_dir, warnings=_replaced(dest, old, store))
+    return PrepareResult(store, tokenizer_dir=tok_dir, warnings=replaced_warnings(dest, old, store))
 
 
 def _source_kwargs(opts: PrepareOptions) -> dict[str, Any]:
     return {f: getattr(opts, f) for f in PrepareOptions.__dataclass_fields__}
-
-
-def _existing_manifest(dest: Path, name: str) -> dict[str, Any] | None:
-    """The manifest of the store at `dest` ({} when unreadable), None when there is none."""
-    if not dest.exists():
-        return None
-    if not (dest / "manifest.json").is_file():
-        raise MidtrainError(
-            f"--name {name}: {dest} exists and is not a token store; choose another --name "
-            "or move it away"
-        )
-    try:
-        man = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return man if isinstance(man, dict) else {}
-
-
-def _exists_error(name: str, dest: Path, old: dict[str, Any]) -> MidtrainError:
-    made = (
-        f"made with tokenizer {str(old.get('tokenizer_hash'))[:12]} from inputs "
-        f"{str(old.get('input_hash'))[:12]}"
-        + (" with --allow-special-text" if old.get("special_text") else "")
-        if old
-        else "its manifest.json is unreadable"
-    )
-    return MidtrainError(
-        f"--name {name}: the store {dest} already exists ({made}); pass --force to replace it "
-        "(studies and runs that used it will recompute) or choose another --name"
-    )
-
-
-def _identical_store(
-    dest: Path, old: dict[str, Any], tok: Any, resolved: list[readers.Input], opts: PrepareOptions
-) -> TokenStore | None:
-    """The store at `dest` when preparing it again would write the same store, else None."""
-    want = {
-        "format": FORMAT,
-        "tokenizer_hash": tokenizer_hash(tok),
-        "seed": opts.seed,
-        "heldout_fraction": opts.heldout_fraction,
-    }
-    if any(i.kind == "megatron" for i in resolved):
-        if len(resolved) != 1:
-            return None
-        from midtrain.data.megatron import megatron_input_hash, read_index
-
-        ix = read_index(resolved[0].path.resolve())
-        want["input_hash"] = megatron_input_hash(ix, hash_file(ix.bin))
-        if old.get("train", {}).get("file") not in ("train.bin", str(ix.bin)):
-            return None  # read in place from a .bin elsewhere
-    elif any(i.kind == "npy" for i in resolved):
-        if len(resolved) != 1 or (opts.npy_dtype and old.get("dtype") != opts.npy_dtype):
-            return None
-        from midtrain.data.npy import npy_input_hash
-
-        path = resolved[0].path.resolve()
-        want["input_hash"] = npy_input_hash(path, hash_file(path))
-        if old.get("train", {}).get("file") != str(path):
-            return None
-    else:
-        want["input_hash"] = readers.input_hash(resolved, opts.text_field)
-        want["text_field"] = opts.text_field
-    if old.get("special_text") and not opts.allow_special_text:
-        return None
-    if any(old.get(k) != v for k, v in want.items()):
-        return None
-    try:
-        return TokenStore.open(dest)
-    except MidtrainError:  # damaged files: only --force can rebuild it
-        return None
 
 
 def _train_for_source(
@@ -428,24 +273,6 @@ def _train_for_source(
         raise empty_source_error(name, "the inputs hold no documents")
     check_special_text(name, scan, opts.allow_special_text)
     return train_tokenizer(readers.iter_texts(resolved, opts.text_field), vocab, tok_dir)
-
-
-def _replaced(dest: Path, old: dict[str, Any] | None, store: TokenStore) -> tuple[str, ...]:
-    """The warning for a store replaced with --force by one of other content."""
-    if old is None or old.get("content_hash") == store.content_hash:
-        return ()
-    old_tok = str(old.get("tokenizer_hash"))
-    what = "its content changed"
-    if old_tok != store.tokenizer_hash:
-        what = (
-            f"it was made with tokenizer {old_tok[:12]}, now with {store.tokenizer_hash[:12]} "
-            "(checkpoints of the old tokenizer cannot train or evaluate on it)"
-        )
-    return (
-        f"replaced {dest}: {what}; this invalidates the content keys of every study and run "
-        "that used it (they name stores by content hash): their runs will not be reused and "
-        "evaluations recompute",
-    )
 
 
 def write_store(

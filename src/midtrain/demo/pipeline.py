@@ -14,12 +14,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
     from midtrain.study.results import StudyResult
+    from midtrain.study.tables import StudyTable
 
 from midtrain.io import atomic_write_json, atomic_write_text, hash_obj, read_json
 
@@ -85,11 +87,20 @@ CANDIDATES = [
 ]
 
 
+class DemoWorld(TypedDict):
+    """What `build_world_and_stores` made: the world's record, its folder, the tokenizer, the stores."""
+
+    world: dict[str, Any]  # world.json as read (a JSON boundary: demo/world.py writes it)
+    world_dir: Path
+    tokenizer: Path
+    stores: dict[str, TokenStore]
+
+
 def default_cache() -> Path:
     return Path(os.environ.get("MIDTRAIN_CACHE", Path.home() / ".cache" / "midtrain"))
 
 
-def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> dict[str, Any]:
+def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> DemoWorld:
     """World, tokenizer and one token store per source (each skipped when already there)."""
     from midtrain.data.prepare import prepare_source
     from midtrain.data.store import TokenStore
@@ -128,7 +139,7 @@ def _texts(files: list[Path]):
                 yield json.loads(line)["text"]
 
 
-def pretrain_base(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
+def pretrain_base(ctx: DemoWorld, s: DemoSettings, cache: Path) -> Path:
     """The stable-phase base: constant LR on `web`, cached by the content hash of its inputs."""
     from midtrain import train
 
@@ -165,7 +176,7 @@ def pretrain_base(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
     return run_dir / "final"
 
 
-def study_file(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> dict[str, Any]:
+def study_file(ctx: DemoWorld, base: Path, s: DemoSettings, out: Path) -> StudyTable:
     """The demo's study as data (paths relative to the study file, so the folder can be moved)."""
 
     def rel(p: Path) -> str:
@@ -213,7 +224,7 @@ def study_file(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> d
     }
 
 
-def study_toml(ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path) -> str:
+def study_toml(ctx: DemoWorld, base: Path, s: DemoSettings, out: Path) -> str:
     """The demo's study file, written by a TOML library (runnable with `midtrain study run`)."""
     import tomli_w
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 from midtrain.demo.pipeline import (
     DemoSettings,
+    DemoWorld,
     build_world_and_stores,
     console,
     default_cache,
@@ -29,18 +29,19 @@ from midtrain.demo.pipeline import (
     pretrain_base,
     study_file,
 )
+from midtrain.design.presets import OLMO3_TOKENS_SCALE
 from midtrain.io import atomic_write_text
-from midtrain.study.presets import OLMO3_TOKENS_SCALE
+from midtrain.study.tables import StudyTable
 
 DEMO_ROLES = {"flan": "flan", "hq": "hq", "math": "math", "code": "code"}
 QUICK_LIU_ROLES = {"math": "math", "code": "code"}
 
 
-def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSettings, out: Path,
+def preset_demo_study(preset: str, ctx: DemoWorld, base: Path, s: DemoSettings, out: Path,
                       quick: bool, starts: list[str],
-                      starts_mode: str = "cooldown") -> dict[str, Any]:  # fmt: skip
+                      starts_mode: str = "cooldown") -> StudyTable:  # fmt: skip
     """The preset's study on the demo world (absolute paths), with the demo's budgets."""
-    from midtrain.study.presets import PRESETS, preset_study
+    from midtrain.design.presets import PRESETS, preset_study
 
     demo = study_file(ctx, base, s, out)  # the demo's own study: paths, eval and probe budgets
     roles = QUICK_LIU_ROLES if quick and preset == "liu2025" else DEMO_ROLES
@@ -61,7 +62,7 @@ def preset_demo_study(preset: str, ctx: dict[str, Any], base: Path, s: DemoSetti
     return study
 
 
-def early_start(ctx: dict[str, Any], s: DemoSettings, cache: Path) -> Path:
+def early_start(ctx: DemoWorld, s: DemoSettings, cache: Path) -> Path:
     """The base's recipe stopped at half its tokens: an earlier point of the stable phase."""
     return pretrain_base(ctx, dataclasses.replace(s, base_tokens=s.base_tokens // 2), cache)
 
@@ -71,9 +72,9 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
                     starts_mode: str = "cooldown") -> Path:  # fmt: skip
     """Run the preset on the demo world into `out`; returns the study file it wrote."""
     from midtrain.demo.pipeline import FULL, QUICK
+    from midtrain.design.preset_file import preset_text
+    from midtrain.design.presets import PRESETS
     from midtrain.study.config import load_study
-    from midtrain.study.preset_file import preset_text
-    from midtrain.study.presets import PRESETS
 
     if preset not in PRESETS:
         from midtrain.errors import MidtrainError
@@ -94,7 +95,7 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
     atomic_write_text(path, preset_text(preset, study, path, roles))
     cfg = load_study(path)
     if cfg.starts:
-        from midtrain.study.grid import run_grid
+        from midtrain.design.grid import run_grid
 
         run_grid(cfg, out / "study", workers=workers)
     else:

@@ -14,7 +14,6 @@ The round's study also gets the automatic no-regression guards and the anchor fl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import field_validator
 
@@ -23,6 +22,7 @@ from midtrain.integrate.guards import MIN_ANCHOR_SHARE, anchor_floor, auto_guard
 from midtrain.mix.spec import RATIO_TOL, check_ratios
 from midtrain.schema import Strict, field, load_toml, validate
 from midtrain.study.config import Guard, StudyConfig, parse_study
+from midtrain.study.tables import RoundTable
 
 ROUND_OWNED = ("base", "candidates", "fractions", "base_max_repetition", "source_max_repetition",
                "merge_seeds")  # fmt: skip
@@ -141,7 +141,7 @@ def check_round(spec: RoundSpec) -> None:
                                 "the round's control already trains; drop it from ablate")  # fmt: skip
 
 
-def round_study(data: dict[str, Any], source: str = "",
+def round_study(data: RoundTable, source: str = "",
                 base_dir: Path | None = None) -> tuple[RoundSpec, StudyConfig]:  # fmt: skip
     """Split a round file into its RoundSpec and the study it runs as."""
     own = {k: data[k] for k in RoundSpec.model_fields if k in data}

@@ -18,7 +18,8 @@ hold unless the user says otherwise (docs/integration.md#anchor-and-no-regressio
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+
+from midtrain.study.tables import GuardTable, StudyTable
 
 MIN_ANCHOR_SHARE = 0.3
 DOMAIN_TOLERANCE = 0.02  # bits per byte
@@ -31,7 +32,7 @@ def anchor_floor(no_anchor: bool) -> float:
 
 
 def auto_guards(domains: Iterable[str], tasks: Iterable[str], targets: Iterable[str],
-                given: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+                given: Iterable[GuardTable]) -> list[GuardTable]:  # fmt: skip
     """Guards (as study-file data) on `domains` and on the `tasks` not in `targets`, leaving out
     those a `given` guard already names."""
     named = {(("domain", g["domain"]) if g.get("domain") else ("task", g.get("task")))
@@ -44,7 +45,7 @@ def auto_guards(domains: Iterable[str], tasks: Iterable[str], targets: Iterable[
     return out
 
 
-def describe(guards: list[dict[str, Any]]) -> str:
+def describe(guards: list[GuardTable]) -> str:
     """`domain web <= +0.02, task t1 >= -0.01` (for comments and notes)."""
     return ", ".join(
         f"domain {g['domain']} <= +{g['tolerance']:g}" if g.get("domain")
@@ -52,7 +53,7 @@ def describe(guards: list[dict[str, Any]]) -> str:
     ) or "none"  # fmt: skip
 
 
-def candidate_targets(cfgs: Iterable[dict[str, Any]], names: set[str] | None = None) -> list[str]:
+def candidate_targets(cfgs: Iterable[StudyTable], names: set[str] | None = None) -> list[str]:
     """The tasks targeted by the candidates of studies (as data), all or those in `names`."""
     out: dict[str, None] = {}
     for cfg in cfgs:

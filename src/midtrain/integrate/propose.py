@@ -29,20 +29,21 @@ from midtrain.integrate.run import RECORD, RoundResult
 from midtrain.io import read_json
 from midtrain.mix.spec import RATIO_TOL
 from midtrain.study.results import StudyResult
+from midtrain.study.tables import GuardTable, RoundTable, StudyTable
 
 COPIED = ("checkpoint", "stores", "tokens", "seq_len", "batch_tokens", "micro_batch", "seeds",
           "schedule", "eval", "analysis", "guards", "sft_probe", "train", "full_run_tokens",
           "checkpoint_tokens", "resources")  # fmt: skip
 
 
-def _study(d: Path) -> tuple[dict[str, Any], StudyResult]:
+def _study(d: Path) -> tuple[StudyTable, StudyResult]:
     if not (d / "study.json").is_file() or not (d / "results.json").is_file():
         raise MidtrainError(f"{d}: not a finished study (no study.json and results.json); "
                             "pass the --out folder of `midtrain study run`")  # fmt: skip
     return read_json(d / "study.json")["config"], StudyResult.load(d / "results.json")
 
 
-def winners(cfg: dict[str, Any], res: StudyResult) -> dict[str, dict[str, float]]:
+def winners(cfg: StudyTable, res: StudyResult) -> dict[str, dict[str, float]]:
     """{candidate: its own mix} of the candidates included at some fraction (not @cpt)."""
     out: dict[str, dict[str, float]] = {}
     for a in res.arms:
@@ -93,7 +94,7 @@ def propose(studies: list[Path], *, out: Path, history: Path | None = None,
             anchor_share: float = 0.4, no_anchor: bool = False,
             budgets: dict[str, float] | None = None, tokens: int | None = None,
             tokens_scale: float | None = None, ablate: list[str] | None = None,
-            name: str | None = None, merge_seeds: bool = False) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+            name: str | None = None, merge_seeds: bool = False) -> tuple[RoundTable, list[str]]:  # fmt: skip
     """The next round as data (paths relative to `out`'s folder) and the notes on its shares."""
     check_anchor_share(anchor_share, no_anchor)
     check_tokens(tokens, tokens_scale)
@@ -173,7 +174,7 @@ def round_tokens(study_tokens: int, tokens: int | None, scale: float | None) -> 
     return tokens or max(1, round(study_tokens * (scale or 1.0)))
 
 
-def _winners(found: list[tuple[dict[str, Any], StudyResult]]) -> tuple[dict, dict, list[str]]:
+def _winners(found: list[tuple[StudyTable, StudyResult]]) -> tuple[dict, dict, list[str]]:
     """{candidate: its mix} of the included candidates, the repetition caps (base and
     candidates), and the tasks those candidates target."""
     cfg0 = found[0][0]
@@ -200,8 +201,8 @@ def _check_anchor_tokens(anchor: dict[str, float], share: float, tokens: int,
                                 "--tokens-scale) or add candidate data")  # fmt: skip
 
 
-def finish_round(rnd: dict[str, Any], cfg0: dict[str, Any], studies: list[Path], *, tokens: int,
-                 out: Path, history: Path | None, last: RoundResult | None) -> dict[str, Any]:  # fmt: skip
+def finish_round(rnd: RoundTable, cfg0: StudyTable, studies: list[Path], *, tokens: int,
+                 out: Path, history: Path | None, last: RoundResult | None) -> RoundTable:  # fmt: skip
     """The study fields of the first study, the tokens, and `reuse` (the studies and the last
     round) added to a round's own fields; paths relative to `out`'s folder."""
     rnd |= {k: cfg0[k] for k in COPIED if cfg0.get(k) is not None}
@@ -213,14 +214,14 @@ def finish_round(rnd: dict[str, Any], cfg0: dict[str, Any], studies: list[Path],
     return _relative(rnd, Path(out).resolve().parent)
 
 
-def store_tokens(cfg: dict[str, Any]) -> dict[str, int]:
+def store_tokens(cfg: StudyTable) -> dict[str, int]:
     """Training tokens of each store of a study."""
     from midtrain.data.store import open_store
 
     return {s: open_store(p, f"stores.{s}").n_train_tokens for s, p in cfg["stores"].items()}
 
 
-def _relative(rnd: dict[str, Any], base: Path) -> dict[str, Any]:
+def _relative(rnd: RoundTable, base: Path) -> RoundTable:
     def rel(p: str) -> str:
         return os.path.relpath(p, base)
 
@@ -237,8 +238,8 @@ def _relative(rnd: dict[str, Any], base: Path) -> dict[str, Any]:
     return rnd
 
 
-def write_round(rnd: dict[str, Any], notes: list[str], studies: list[Path], out: Path,
-                head: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def write_round(rnd: RoundTable, notes: list[str], studies: list[Path], out: Path,
+                head: list[str] | None = None) -> list[GuardTable]:  # fmt: skip
     """Validate the round (it compiles to a study), then write it; its comments name the
     automatic guards that study adds. Returns those guards (as data)."""
     from midtrain.integrate.config import round_study
@@ -251,8 +252,8 @@ def write_round(rnd: dict[str, Any], notes: list[str], studies: list[Path], out:
     return auto
 
 
-def round_toml(rnd: dict[str, Any], notes: list[str], studies: list[Path],
-               head: list[str] | None = None, auto: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+def round_toml(rnd: RoundTable, notes: list[str], studies: list[Path],
+               head: list[str] | None = None, auto: list[GuardTable] | None = None) -> str:  # fmt: skip
     """The round file's text: `head` comment lines (default: propose's), the automatic guards
     (when given), then the TOML."""
     import tomli_w

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_text, read_json
-from midtrain.study import stats
+from midtrain.stats import contrast
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.results import (
     ArmResult,
@@ -154,7 +154,7 @@ def _ablations(spec, cfg: StudyConfig, results: StudyResult, out: Path) -> list[
         a = _arm(results, name)
         ab.vs_previous = (a.base_primary or a.primary) if a else None
         if ok and spec.arm() in groups and name in groups:
-            c = stats.contrast(qs, spec.arm(), name, cfg.interval_confidence)
+            c = contrast.contrast(qs, spec.arm(), name, cfg.interval_confidence)
             if c.decidable:
                 ab.contribution, ab.ci = c.delta, c.ci
         rows.append(ab)

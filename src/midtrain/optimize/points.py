@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from midtrain.errors import MidtrainError
 from midtrain.io import read_json
 from midtrain.study.results import ArmResult, RunRecord, StudyResult
+from midtrain.study.tables import StudyTable
 
 PRIMARY = "primary"
 
@@ -49,7 +49,7 @@ class Points:
 
     metrics: dict[str, list[Point]] = field(default_factory=dict)
     higher_better: dict[str, bool] = field(default_factory=dict)
-    studies: list[tuple[Path, dict[str, Any], StudyResult]] = field(default_factory=list)
+    studies: list[tuple[Path, StudyTable, StudyResult]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,7 +74,7 @@ class Points:
             self.higher_better[metric] = higher_better
 
 
-def read_study(d: Path) -> tuple[dict[str, Any], StudyResult]:
+def read_study(d: Path) -> tuple[StudyTable, StudyResult]:
     """(validated config as data, results) of a finished study folder."""
     if not (d / "study.json").is_file() or not (d / "results.json").is_file():
         raise MidtrainError(f"{d}: not a finished study (no study.json and results.json); "
@@ -121,7 +121,7 @@ def _check_alike(pts: Points, d: Path, res: StudyResult) -> None:
                             f"({_scored(r0)}); optimise over studies scored alike")  # fmt: skip
 
 
-def _note_protocol(pts: Points, d: Path, cfg: dict[str, Any]) -> None:
+def _note_protocol(pts: Points, d: Path, cfg: StudyTable) -> None:
     """Scores of runs with other tokens or another start checkpoint are pooled as they are."""
     d0, cfg0, _ = pts.studies[0]
     for k in ("tokens", "checkpoint", "schedule"):

@@ -22,9 +22,16 @@ from midtrain.integrate.guards import anchor_floor, auto_guards, candidate_targe
 from midtrain.optimize import boost, fit
 from midtrain.optimize.points import PRIMARY, Points, current_mix, load_points
 from midtrain.optimize.solve import Guard, Problem, Solution, solve
+from midtrain.study.tables import GuardTable, RoundTable, StudyTable
 
 MARGIN = 0.1  # the trust region: measured weights ± this share
 Z_UCB = 1.645  # one-sided 95%: the guards' upper bound with ucb=True
+
+
+class GuardSpec(GuardTable, total=False):
+    """A guard of the proposal: the first study's, or an automatic one (`auto`)."""
+
+    auto: bool
 
 
 @dataclass
@@ -64,7 +71,7 @@ class Proposal:
     outside: list[str]  # where the optimum without the trust region lies
     targets: list[str] = field(default_factory=list)  # tasks left unguarded (aimed at)
     notes: list[str] = field(default_factory=list)
-    round: dict[str, Any] = field(default_factory=dict)
+    round: RoundTable = field(default_factory=dict)  # type: ignore[assignment]
 
 
 def optimize(studies: list[Path], *, out: Path, history: Path | None = None,
@@ -201,8 +208,8 @@ def _g(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
-def guard_specs(pts: Points, cfg0: dict[str, Any], anchor: dict[str, float],
-                targets: list[str]) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+def guard_specs(pts: Points, cfg0: StudyTable, anchor: dict[str, float],
+                targets: list[str]) -> tuple[list[GuardSpec], list[str]]:  # fmt: skip
     """The first study's guards, then the automatic ones (base domains, tasks no candidate
     targets) on metrics some run measured (each flagged `auto`); notes on those left out."""
     given = list(cfg0.get("guards") or [])
@@ -213,12 +220,12 @@ def guard_specs(pts: Points, cfg0: dict[str, Any], anchor: dict[str, float],
     return given + kept, notes
 
 
-def _metric(g: dict[str, Any]) -> tuple[str, bool]:
+def _metric(g: GuardTable) -> tuple[str, bool]:
     """A guard's metric and whether higher is better."""
     return (f"domain:{g['domain']}", False) if g.get("domain") else (f"task:{g['task']}", True)
 
 
-def _guards(pts: Points, specs: list[dict[str, Any]], sources: list[str],
+def _guards(pts: Points, specs: list[GuardSpec], sources: list[str],
             anchor: dict[str, float], kind: str, seed: int, current: np.ndarray, ucb: bool,
             notes: list[str]) -> tuple[list[Guard], list]:  # fmt: skip
     """Each guard as a constraint on its fitted response (an automatic guard whose metric cannot
@@ -262,7 +269,7 @@ def _predicted(pts: Points, metric: str, m: Any, r: np.ndarray, current: np.ndar
 
 def _round(prop: Proposal, sol: Solution, prob: Problem, pts: Points, history: Path | None,
            budgets: dict[str, float], tokens: int, out: Path, studies: list[Path],
-           own: dict[str, Any]) -> dict:  # fmt: skip
+           own: RoundTable) -> RoundTable:  # fmt: skip
     """The proposal as a round (study fields from the first study, paths relative to `out`)."""
     from midtrain.integrate.propose import _last_round, finish_round
 

@@ -309,7 +309,7 @@ def _proximity(r: StudyResult, cfg: StudyConfig, out: Path) -> tuple[Any, str | 
     if cfg.sft_probe is None or r.probe is None or not r.arms:
         return None, None
     from midtrain.errors import MidtrainError
-    from midtrain.study.similarity import proximity_table
+    from midtrain.stats.proximity import proximity_table
 
     try:
         table = proximity_table(r, config=cfg)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from midtrain.eval.results import Examples
-from midtrain.study import analysis, merging, probe_analysis, trajectory, versus_cpt
+from midtrain.stats import analysis, merged, probe_gains, trajectory, versus_cpt
+from midtrain.stats.data import StudyData
+from midtrain.stats.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.flags import anneal_flags, predicted_gain_flags
 from midtrain.study.plan import RunSpec, StudyPlan
 from midtrain.study.results import (
     ArmAnalysis,
@@ -85,7 +86,7 @@ class Finished:
             wall_s=res.wall_s if res else None, final_loss=res.final_loss if res else None,
         )  # fmt: skip
 
-    def data(self) -> analysis.StudyData:
+    def data(self) -> StudyData:
         """Finished runs by group (with their seeds); groups without a finished run are left out."""
         groups: dict[str, list[Examples]] = {}
         seeds: dict[str, list[int]] = {}
@@ -94,7 +95,7 @@ class Finished:
             if self.done(r):
                 groups.setdefault(r.arm, []).append(self.evals[r.name])
                 seeds.setdefault(r.arm, []).append(r.seed)
-        return analysis.StudyData(groups, self.start, seeds, designs)
+        return StudyData(groups, self.start, seeds, designs)
 
 
 def cost(records: list[RunRecord], full: int | None) -> Cost:
@@ -132,15 +133,15 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     predicted_gain_flags([a for a in arms if a.verdict != "failed"])
     probe, probe_data = None, None
     if cfg.sft_probe is not None:  # the SFT probe of every run; it may decide the verdicts
-        probe_data = probe_analysis.load(plan, f)
-        probe_analysis.apply(arms, probe_data, cfg, conf)
-        probe = probe_analysis.info(probe_data, plan, plan.controls())
+        probe_data = probe_gains.load(plan, f)
+        probe_gains.apply(arms, probe_data, cfg, conf)
+        probe = probe_gains.info(probe_data, plan, plan.controls())
     analysis.decide([a for a in arms if a.verdict != "failed"], cfg.analysis.correction,
                     1 - conf, cfg.analysis.allow_task_regression)  # fmt: skip
     if cfg.seeds == "auto":
         _adjust_for_looks(cfg, arms)
     tinfo = _trajectories(plan, f, arms, screen, flags, primary_tasks, conf)
-    merges = merging.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
+    merges = merged.compare(plan, f, primary_tasks, noise) if cfg.merge_seeds else []
     versus = versus_cpt.contrasts(data, probe_data, cfg, arms, conf)
     return StudyResult(
         study=cfg.name, control=_control(plan, f, data, noise), start=start, arms=arms,
@@ -185,7 +186,7 @@ def _trajectories(plan: StudyPlan, f: Finished, arms: list[ArmResult], screen: l
     return tinfo
 
 
-def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
+def _control(plan: StudyPlan, f: Finished, data: StudyData,
              noise: NoiseFloor | None) -> ControlResult:  # fmt: skip
     cfg = plan.config
     done = data.groups.get(CONTROL, [])
@@ -200,7 +201,7 @@ def _control(plan: StudyPlan, f: Finished, data: analysis.StudyData,
     )  # fmt: skip
 
 
-def _arm(plan: StudyPlan, f: Finished, data: analysis.StudyData, arm: str,
+def _arm(plan: StudyPlan, f: Finished, data: StudyData, arm: str,
          primary_tasks: list[str], study_flags: list[str], conf: float) -> ArmResult:  # fmt: skip
     cfg = plan.config
     runs = plan.arm_runs(arm)
@@ -241,7 +242,7 @@ def _study_flags(cfg: StudyConfig) -> list[str]:
 
 def _adjust_for_looks(cfg: StudyConfig, arms: list[ArmResult]) -> None:
     """seeds = "auto": each arm's primary delta also bias-adjusted for where it stopped."""
-    from midtrain.study.sequential import bias_adjusted, spending_levels
+    from midtrain.stats.sequential import bias_adjusted, spending_levels
 
     n = cfg.analysis.max_seeds
     info = tuple((k + 2) / n for k in range(cfg.looks))

@@ -10,194 +10,38 @@ validated by the run's own planner when the study is prepared.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from midtrain.errors import MidtrainError
-from midtrain.eval.api import EvalSettings
 from midtrain.mix.spec import check_ratios
+from midtrain.probe.config import SftProbeSpec, check_probe_files
 from midtrain.schema import Strict, field, load_toml, validate
+from midtrain.study.checks import (
+    FieldError,
+    check_command,
+    check_fractions,
+    check_names,
+    check_not_base,
+    check_probe,
+    check_references,
+    check_starts_mode,
+)
 from midtrain.study.executors import Resources
 from midtrain.study.keep import KeepSpec
-from midtrain.study.probe_config import SftProbeSpec, check_probe_files, probe_problem
+from midtrain.study.sections import (  # noqa: F401 - CONTROL: the rest of the code reads it here
+    CONTROL,
+    RUN_OWNED,
+    AnalysisSpec,
+    Candidate,
+    EvalSpec,
+    Guard,
+)
 from midtrain.train.config import ScheduleConfig
 
-CONTROL = "control"
-RUN_OWNED = ("init", "model", "stores", "mix", "tokens", "seed", "schedule")
-
-
-class Candidate(Strict):
-    """A candidate: one source or a small mix of sources, mixed into the base at `fractions`."""
-
-    name: str = field(description="The arm's name in tables and folders (not 'control').")
-    mix: dict[str, float] = field(
-        description="{source = ratio}: the candidate's own sources; ratios sum to 1."
-    )
-    fractions: list[float] | None = field(
-        None, description="Shares of the anneal mix given to the candidate (default: the study's).",
-        unit="fraction",
-    )  # fmt: skip
-    max_repetition: float = field(
-        1.0, ge=1.0, description="Most epochs of each candidate source's tokens per run.",
-        unit="epochs",
-    )  # fmt: skip
-    continued_pretraining: bool = field(
-        False,
-        description="Also run a continued-pretraining arm NAME@cpt: 100% candidate data (no base "
-        "mix), same tokens and schedule.",
-    )
-    allow_special_tokens: bool = field(
-        False,
-        description="Train on this candidate's stores even when they hold the tokenizer's special "
-        "tokens (e.g. chat markers); by default `study run` refuses such a store: midtraining "
-        "data is plain text.",
-    )
-    targets: list[str] = field(
-        [],
-        description="Tasks of eval.tasks the candidate is meant to improve. Integration rounds "
-        "and `optimize` guard every other task automatically (docs/integration.md).",
-    )
-
-    @field_validator("mix")
-    @classmethod
-    def _mix_sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
-        check_ratios(v)
-        return v
-
-
-class Guard(Strict):
-    """A guarded task or domain: the arm may not regress beyond `tolerance` on it."""
-
-    task: str | None = field(None, description="A task of eval.tasks (primary metric).")
-    domain: str | None = field(None, description="A store name (held-out bits per byte).")
-    tolerance: float = field(
-        0.0, ge=0.0, description="Allowed regression (primary-metric units or bits per byte)."
-    )
-
-    @model_validator(mode="after")
-    def _one_target(self) -> Guard:
-        if (self.task is None) == (self.domain is None):
-            raise ValueError("give exactly one of task = '...' or domain = '...'")
-        return self
-
-
-class EvalSpec(EvalSettings):
-    """The study's [eval]: lm-eval tasks and which stores' held-out splits to score."""
-
-    domains: list[str] | None = field(
-        None, description="Stores whose held-out bits per byte are measured (default: all)."
-    )
-    select: Literal["all", "snr"] = field(
-        "all",
-        description="Tasks in the primary score: all, or snr (drop saturated and low-SNR tasks; "
-        "the screening table is always reported).",
-    )
-    select_from: str | None = field(
-        None,
-        description='With select = "snr": a finished study folder whose task screening (its '
-        "start checkpoint and control) picks this study's primary tasks, instead of this "
-        "study's own start and control.",
-    )
-    points: list[float] = field(
-        [1.0],
-        description="Points along each run's anneal, as fractions of its tokens, where its "
-        "weights are saved (weights only), evaluated like the final checkpoint and deleted: the "
-        "trajectories (docs/studies.md#trajectories). The end (1.0) is always evaluated; [1.0]: "
-        "the end only.",
-        unit="fraction",
-    )
-
-    @field_validator("points")
-    @classmethod
-    def _points_in_order(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 < p <= 1.0 for p in v):
-            bad = next(p for p in v if not 0.0 < p <= 1.0)
-            raise ValueError(f"{bad:g} is outside (0, 1]; give fractions of the run's tokens, "
-                             "e.g. [0.5, 1.0]")  # fmt: skip
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError("must be sorted and distinct (each point once, in increasing "
-                             f"order); write {sorted(set(v))}")  # fmt: skip
-        return v
-
-    @property
-    def point_fractions(self) -> list[float]:
-        """Every evaluated point, the end (1.0) included."""
-        return [p for p in self.points if p < 1.0] + [1.0]
-
-    @model_validator(mode="after")
-    def _select_from_needs_snr(self) -> EvalSpec:
-        if self.select_from is not None and self.select != "snr":
-            raise ValueError('select_from screens tasks by SNR: set select = "snr" as well')
-        return self
-
-
-class AnalysisSpec(Strict):
-    """How arms are compared with the control and decided."""
-
-    primary: Literal["gold_logprob_per_byte", "acc", "acc_norm", "margin", "score"] = field(
-        "gold_logprob_per_byte",
-        description="Per-example task metric averaged over tasks into the primary score; score: "
-        "each task's own headline metric on a 0-1 scale (accuracy for multiple choice, exact "
-        "match for generative tasks, pass@1 for code). Tasks without the metric leave the "
-        "primary, each named with the reason.",
-    )
-    confidence: float = field(
-        0.95, gt=0.5, lt=1.0, description="Confidence of intervals and verdicts.", unit="fraction"
-    )
-    correction: Literal["none", "holm", "bh"] = field(
-        "holm",
-        description="Multiple-testing correction over the study's decisions (every arm's primary "
-        "and every guard): holm (family-wise error), bh (false discovery rate) or none.",
-    )
-    primary_score: Literal["mean", "standardized"] = field(
-        "mean",
-        description="How tasks combine into the primary: their mean, or standardized (each task "
-        "divided by its run-to-run sd, so one large-swing task cannot hide another).",
-    )
-    allow_task_regression: bool = field(
-        False,
-        description="Include an arm even when a primary task is significantly worse (by default "
-        "that blocks include and flags task-regression).",
-    )
-    mde: float | None = field(
-        None, gt=0,
-        description="The smallest effect on the primary worth detecting: seeds_needed and the "
-        "dry run's plan are computed for it.",
-    )  # fmt: skip
-    max_seeds: int = field(
-        5, ge=2, le=64, description='With seeds = "auto": the most seeds an arm may get.'
-    )
-    min_snr: float = field(
-        1.0,
-        ge=0,
-        description='With eval.select = "snr": tasks below this signal/noise leave the primary.',
-    )
-    min_checkpoint_progress: float = field(
-        0.5, ge=0, le=1,
-        description="checkpoint-too-early when checkpoint_tokens / full_run_tokens is below this.",
-        unit="fraction",
-    )  # fmt: skip
-    decide_on: Literal["base", "sft"] = field(
-        "base",
-        description="The score that decides the verdict: base (the tasks' primary score) or sft "
-        "(the SFT probe: mean over sets of minus the delta of SFT validation loss).",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _retired(cls, data: Any) -> Any:
-        """`predict_tokens` (0.x) was measured no better than the plain delta and removed; a
-        study.json of that release records it as null, which still reads."""
-        if isinstance(data, dict) and "predict_tokens" in data:
-            data = dict(data)
-            if data.pop("predict_tokens") is not None:
-                raise ValueError(
-                    "predict_tokens: was removed: the prediction at a planned length was measured "
-                    "no better than the plain delta against a 4x reference (docs/benchmarks.md); "
-                    "delete it, and read the trajectory and still-moving instead"
-                )
-        return data
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
 
 class StudyConfig(Strict):
@@ -322,7 +166,7 @@ class StudyConfig(Strict):
     @field_validator("fractions")
     @classmethod
     def _fractions_in_range(cls, v: list[float]) -> list[float]:
-        _check_fractions(v)
+        check_fractions(v)
         return v
 
     @field_validator("base")
@@ -349,19 +193,19 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:
-        _check_names(self)
-        _check_references(self)
-        _check_not_base(self)
-        _check_probe(self)
-        _check_starts_mode(self)
-        _check_command(self)
+        check_names(self)
+        check_references(self)
+        check_not_base(self)
+        check_probe(self)
+        check_starts_mode(self)
+        check_command(self)
         if self.analysis.allow_task_regression and not self.eval.tasks:
-            raise _FieldError(
+            raise FieldError(
                 "analysis.allow_task_regression",
                 "there are no eval.tasks whose regression it could allow; add tasks or remove it",
             )
         if self.tokens < self.batch_tokens:
-            raise _FieldError(
+            raise FieldError(
                 "tokens",
                 f"smaller than one step; raise it to >= batch_tokens ({self.batch_tokens})",
             )
@@ -411,7 +255,7 @@ class StudyConfig(Strict):
         (information = seeds / max_seeds), so the family-wise error over all looks stays alpha."""
         if self.looks == 1:
             return self.analysis.confidence
-        from midtrain.study.sequential import spending_levels
+        from midtrain.stats.sequential import spending_levels
 
         n = self.analysis.max_seeds
         info = tuple((k + 2) / n for k in range(self.looks))
@@ -421,98 +265,6 @@ class StudyConfig(Strict):
     @property
     def domain_names(self) -> list[str]:
         return self.eval.domains if self.eval.domains is not None else sorted(self.stores)
-
-
-class _FieldError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-
-
-def _check_fractions(v: list[float], where: str = "") -> None:
-    if not v or any(not 0.0 < f <= 1.0 for f in v):
-        msg = "must be a non-empty list of values in (0, 1], e.g. [0.3]"
-        raise _FieldError(where, msg) if where else ValueError(msg)
-
-
-def _check_not_base(cfg: StudyConfig) -> None:
-    """A candidate whose mix is the base mix would only retrain the control."""
-    base = {k: v for k, v in cfg.base.items() if v > 0}
-    for i, cand in enumerate(cfg.candidates):
-        mix = {k: v for k, v in cand.mix.items() if v > 0}
-        if mix.keys() == base.keys() and all(abs(mix[k] - base[k]) < 1e-9 for k in mix):
-            raise _FieldError(
-                f"candidates[{i}].mix",
-                "equals the base mix, so every arm of it would retrain the control; "
-                "name other sources (for an A/A check use `midtrain bench calibrate`)",
-            )
-
-
-def _check_starts_mode(cfg: StudyConfig) -> None:
-    """to_end runs every start to the end of the full run: it needs the full run and starts."""
-    if cfg.starts_mode != "to_end":
-        return
-    if cfg.full_run_tokens is None:
-        raise _FieldError("starts_mode", '"to_end" trains each start to the end of the full run; '
-                          "set full_run_tokens (the full run's tokens)")  # fmt: skip
-    if not cfg.starts:
-        raise _FieldError("starts_mode", '"to_end" applies to the starts of a timing grid; add '
-                          'starts = [...] or remove starts_mode')  # fmt: skip
-
-
-def _check_command(cfg: StudyConfig) -> None:
-    """`[train] command`: a usable template, and no option only midtrain's own loop can honour."""
-    if "command" not in cfg.train:
-        return
-    from midtrain.train.external import command_problem
-
-    if (problem := command_problem(cfg.train["command"])) is not None:
-        raise _FieldError("train.command", problem)
-    if cfg.resources.processes > 1:
-        raise _FieldError("resources.processes", "an external trainer ([train] command) runs once "
-                          "per run and parallelises itself; remove processes (or set 1)")  # fmt: skip
-    if cfg.eval.point_fractions[:-1]:
-        raise _FieldError("eval.points", "an external trainer ([train] command) writes only the "
-                          "final checkpoint; remove the points before 1.0, or the command")  # fmt: skip
-
-
-def _check_probe(cfg: StudyConfig) -> None:
-    if (problem := probe_problem(cfg)) is not None:
-        raise _FieldError(*problem)
-
-
-def _check_names(cfg: StudyConfig) -> None:
-    names = [c.name for c in cfg.candidates]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise _FieldError(f"candidates[{i}].name", f"{n!r} is used twice; names must be unique")
-        if n == CONTROL:
-            raise _FieldError(
-                f"candidates[{i}].name", f"{CONTROL!r} is reserved for the matched control"
-            )
-
-
-def _check_references(cfg: StudyConfig) -> None:
-    """Every source, store, guard and task a field names must exist."""
-    known = set(cfg.stores)
-    have = ", ".join(sorted(known))
-    refs = [(f"base.{s}", s) for s in cfg.base]
-    for i, cand in enumerate(cfg.candidates):
-        if cand.fractions is not None:
-            _check_fractions(cand.fractions, f"candidates[{i}].fractions")
-        refs += [(f"candidates[{i}].mix.{s}", s) for s in cand.mix]
-    refs += [(f"source_max_repetition.{s}", s) for s in cfg.source_max_repetition]
-    refs += [(f"guards[{i}].domain", g.domain) for i, g in enumerate(cfg.guards) if g.domain]
-    refs += [(f"eval.domains[{i}]", d) for i, d in enumerate(cfg.eval.domains or [])]
-    for where, name in refs:
-        if name not in known:
-            raise _FieldError(where, f"unknown source {name!r}; add it to [stores] ({have})")
-    task_refs = [(f"guards[{i}].task", g.task) for i, g in enumerate(cfg.guards) if g.task]
-    task_refs += [(f"candidates[{i}].targets[{j}]", t) for i, c in enumerate(cfg.candidates)
-                  for j, t in enumerate(c.targets)]  # fmt: skip
-    task_refs += [(f"eval.task_settings.{t}", t) for t in cfg.eval.task_settings]
-    for where, task in task_refs:
-        if task not in cfg.eval.tasks:
-            raise _FieldError(where, "not in eval.tasks; add it there first")
 
 
 def parse_study(
@@ -550,7 +302,7 @@ def load_study(path: str | Path) -> StudyConfig:
     return parse_study(data, source=path.name, base_dir=path.parent.resolve())
 
 
-def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
+def check_inputs(cfg: StudyConfig) -> dict[str, TokenStore]:
     """The checkpoint, stores and include path exist, every eval domain's store was tokenised
     like the checkpoint, and no candidate's store holds special tokens it does not allow (before
     anything is created). Returns the opened stores."""
@@ -575,7 +327,7 @@ def check_inputs(cfg: StudyConfig) -> dict[str, Any]:
     return stores
 
 
-def _check_domain_tokenizers(cfg: StudyConfig, domains: dict[str, Any]) -> None:
+def _check_domain_tokenizers(cfg: StudyConfig, domains: dict[str, TokenStore]) -> None:
     """A store scored as an eval domain must share the checkpoint's tokenizer, as a training
     store must (the run planner checks those): else every run would train, then fail its
     evaluation."""

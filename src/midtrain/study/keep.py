@@ -23,18 +23,18 @@ recorded in its `midtrain_state/pruned.json` (`train.checkpoint.removed_by_keep`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from midtrain.errors import MidtrainError
 from midtrain.jobs import Chain, Job, Stage, register
 from midtrain.schema import Strict, field
+from midtrain.study.layout import MERGE_MODEL, MERGE_RECORD, POINT_EVALS
 from midtrain.train.checkpoint import MOMENT_FILES, STATE_DIR, removed_by_keep, write_removed
 
 Level = Literal["full", "weights", "none"]
@@ -122,18 +122,14 @@ def _probe(t: PruneTarget) -> list[Path]:
 
 
 def _merge(t: PruneTarget) -> list[Path]:
-    from midtrain.study.merging import MODEL, RECORD
-
     d = Path(t.dir)
-    if not ((d / RECORD).is_file() and (d / "eval" / "eval.json").is_file()):
+    if not ((d / MERGE_RECORD).is_file() and (d / "eval" / "eval.json").is_file()):
         return []
-    return checkpoint_removals(d / MODEL, t.level)
+    return checkpoint_removals(d / MERGE_MODEL, t.level)
 
 
 def _points(t: PruneTarget) -> list[Path]:
     """A run's eval-point weights (RUN/points/step-N), each once its evaluation is done."""
-    from midtrain.study.plan import POINT_EVALS
-
     d = Path(t.dir)
     out = []
     for ckpt in sorted((d / "points").glob("step-*")):
@@ -273,108 +269,6 @@ def _owner(ckpt: Path) -> Path:
 
 def _weights_gone(ckpt: str) -> bool:
     return any(not f.startswith(STATE_DIR) for f in removed_by_keep(ckpt))
-
-
-# -- midtrain study prune -------------------------------------------------------------------------
-
-
-class PruneReport(BaseModel):
-    removed: list[str] = []  # relative to the folder given
-    bytes: int = 0
-    freed: int = 0
-    left_alone: list[str] = []  # run folders of study.json the rebuilt plan does not name
-
-
-def study_folders(out: Path) -> list[Path]:
-    """The study in `out`, each start's study of a `starts` grid, or each round's study of an
-    integration history."""
-    if (out / "study.json").is_file():
-        return [out]
-    found = sorted(p.parent for g in ("starts/*/study.json", "*/study.json") for p in out.glob(g))
-    if not found:
-        raise MidtrainError(
-            f"{out}: not a study folder (no study.json); pass the --out folder of "
-            "`midtrain study run`"
-        )
-    return found
-
-
-@contextlib.contextmanager
-def _locked(folders: list[Path]) -> Iterator[None]:
-    from midtrain.study.runner import study_lock
-
-    with contextlib.ExitStack() as stack:
-        for f in folders:
-            try:
-                stack.enter_context(study_lock(f))
-            except MidtrainError:
-                raise MidtrainError(
-                    f"{f}: the study is still running (another midtrain process holds its "
-                    "lock); wait for it to finish, then prune"
-                ) from None
-        yield
-
-
-def prune_study(out: str | Path, run: str | None = None) -> PruneReport:
-    """Apply the study's [keep] (its `run` replaced by `run` when given) to what has finished."""
-    out = Path(out).resolve()
-    if run is not None and run not in get_args(RunPolicy):
-        raise MidtrainError(
-            f'--keep: {run!r} is not a keep policy; use "weights", "full" or "none"'
-        )
-    if not out.is_dir():
-        raise MidtrainError(f"{out}: no such folder; pass the --out folder of `midtrain study run`")
-    folders = study_folders(out)
-    report = PruneReport()
-    with _locked(folders):
-        plans = [_recorded_plan(f, run) for f in folders]
-        for f, (plan, chains) in zip(folders, plans, strict=True):
-            _prune_chains(chains, out, report)
-            report.left_alone += _left_alone(f, plan, out)
-    return report
-
-
-def _recorded_plan(folder: Path, run: str | None) -> tuple[Any, list[Chain]]:
-    """The plan of the study as study.json recorded it (its config, its runs' seeds), and its
-    chains with their prune jobs (the merge chains too)."""
-    from midtrain.io import read_json
-    from midtrain.study.collect import Finished
-    from midtrain.study.config import StudyConfig
-    from midtrain.study.merging import merge_chains
-    from midtrain.study.plan import make_plan
-
-    record = read_json(folder / "study.json")
-    try:
-        cfg = StudyConfig.model_validate(record["config"])
-    except (ValidationError, KeyError, TypeError):
-        raise MidtrainError(f"{folder / 'study.json'}: not a study record of this midtrain "
-                            "version; run the study again with `midtrain study run`") from None  # fmt: skip
-    if run is not None:
-        cfg = cfg.model_copy(update={"keep": cfg.keep.model_copy(update={"run": run})})
-    seeds: dict[str, list[int]] = {}
-    for r in record.get("runs", []):
-        seeds.setdefault(r["arm"], []).append(int(r["seed"]))
-    plan = make_plan(cfg, folder, seeds)
-    merges = merge_chains(plan, Finished(plan).done) if cfg.merge_seeds else []
-    return plan, plan.chains() + merges
-
-
-def _prune_chains(chains: list[Chain], out: Path, report: PruneReport) -> None:
-    for chain in chains:
-        tail = chain[-1]
-        if tail.stage != "prune" or any(j.cached() is None for j in chain[:-1]):
-            continue  # unfinished: a job of it may still read what the policy would remove
-        res = tail.run()
-        report.removed += [os.path.relpath(p, out) for p in res.removed]
-        report.bytes, report.freed = report.bytes + res.bytes, report.freed + res.freed
-
-
-def _left_alone(folder: Path, plan: Any, out: Path) -> list[str]:
-    from midtrain.io import read_json
-
-    planned = {r.dir.resolve() for r in plan.runs}
-    dirs = [folder / r["dir"] for r in read_json(folder / "study.json").get("runs", [])]
-    return [os.path.relpath(d, out) for d in dirs if d.is_dir() and d.resolve() not in planned]
 
 
 def fmt_bytes(n: float) -> str:

@@ -12,14 +12,17 @@ scanned here: the run planner refuses it with its own error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.console import err_console, safe
 from midtrain.data.special import SpecialCounts, store_special_counts
 from midtrain.errors import MidtrainError
 
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
-def check_candidate_stores(cfg: Any, stores: dict[str, Any]) -> list[str]:
+
+def check_candidate_stores(cfg: Any, stores: dict[str, TokenStore]) -> list[str]:
     """Refuse a candidate's store holding special tokens unless the candidate allows them; print
     and return one warning per store that holds some and is allowed."""
     counts = _Counts(cfg.checkpoint, stores)
@@ -47,7 +50,7 @@ class _Counts:
     """Each store's special-token counts, found once; the checkpoint's tokenizer is loaded only
     when a store without a manifest record has to be scanned."""
 
-    def __init__(self, checkpoint: str, stores: dict[str, Any]):
+    def __init__(self, checkpoint: str, stores: dict[str, TokenStore]):
         self.checkpoint, self.stores = checkpoint, stores
         self.found: dict[str, SpecialCounts | None] = {}
         self.tok: Any = None

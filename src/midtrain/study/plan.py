@@ -3,7 +3,7 @@
 Each run is content-addressed: its id hashes the resolved run config with the *content* hashes of
 the checkpoint and stores (not their paths), so the same inputs always map to the same directory.
 Each run becomes a chain of jobs (train, then evaluate its final checkpoint, then the SFT probe's
-jobs of `study/probe.py`); the start checkpoint is evaluated too (the "before" point of every
+jobs of `probe/jobs.py`); the start checkpoint is evaluated too (the "before" point of every
 cooldown). A candidate with `continued_pretraining = true` adds the arm `NAME@cpt`: 100% candidate
 data for the same tokens and schedule. With `[train] command` the train job is the
 `external_train` stage (train/external.py): the user's trainer, the same `RunResult` after it.
@@ -16,24 +16,27 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
-from midtrain.io import hash_obj, hash_tree, read_json
+from midtrain.io import hash_obj, hash_tree, read_json, slug
 from midtrain.jobs import Chain, Job
 from midtrain.mix.sampler import allocate
 from midtrain.mix.spec import MixComponent
+from midtrain.probe.jobs import ProbeJobs, probe_jobs
 from midtrain.study.config import CONTROL, Candidate, StudyConfig
 from midtrain.study.keep import PruneSpec, PruneTarget, probe_targets, run_targets, with_prune
+from midtrain.study.layout import POINT_EVALS
 from midtrain.study.merging import merge_arms
-from midtrain.study.probe import ProbeJobs, probe_jobs
 from midtrain.train.config import RunConfig, load_run_config, point_steps
 from midtrain.train.external import SPEC_FORMAT, ExternalSpec
 from midtrain.train.loop import point_dir
 
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
+
 EVAL_DIR = "eval"
-POINT_EVALS = "eval-points"  # RUN/eval-points/step-N: the evaluation of RUN/points/step-N
 CPT = "cpt"  # the arm suffix of continued pretraining: NAME@cpt
 
 
@@ -217,7 +220,7 @@ def max_tokens(mix: list[MixComponent], windows: dict[str, int], seq_len: int,
     return steps * batch_tokens
 
 
-def study_max_tokens(cfg: StudyConfig, stores: dict[str, Any]) -> int:
+def study_max_tokens(cfg: StudyConfig, stores: dict[str, TokenStore]) -> int:
     """The most anneal tokens every arm's sources allow within their caps (`max_tokens`)."""
     seq_len = int(cfg.train.get("seq_len", cfg.seq_len))  # [train] may set the geometry
     batch_tokens = int(cfg.train.get("batch_tokens", cfg.batch_tokens))
@@ -229,7 +232,7 @@ def study_max_tokens(cfg: StudyConfig, stores: dict[str, Any]) -> int:
     return min(limits)
 
 
-def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, Any]) -> None:
+def check_budget(cfg: StudyConfig, runs: list[RunSpec], stores: dict[str, TokenStore]) -> None:
     """Every arm's sources hold its tokens x their ratio within their caps: checked by the study,
     whose error names the study field to change (the run planner would name its `mix[i]`)."""
     cands = {c.name: c for c in cfg.candidates}
@@ -334,17 +337,6 @@ def _run_id(rc: dict, command: str | list[str] | None = None) -> str:
     keyed.pop("trackers", None)  # nor where its metrics are also logged
     keyed.pop("parallel", None)  # nor how many processes shared it (docs/scaling.md)
     return hash_obj(keyed)
-
-
-SLUG_MAX = 40
-
-
-def slug(name: str) -> str:
-    """A folder-safe, bounded form of an arm name (any Unicode name; the run id keeps it unique)."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("@", "-").replace("+", "_")).strip("._")
-    if len(s) > SLUG_MAX or not s:
-        s = f"{s[:SLUG_MAX]}-{hash_obj(name)[:8]}" if s else hash_obj(name)[:12]
-    return s
 
 
 def eval_job(cfg: StudyConfig) -> EvalJob:

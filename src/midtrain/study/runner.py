@@ -16,6 +16,7 @@ from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj
 from midtrain.jobs import Outcome, pending
+from midtrain.probe.jobs import plan_probes
 from midtrain.schema import validate
 from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
@@ -24,7 +25,6 @@ from midtrain.study.keep import check_readable
 from midtrain.study.merging import merge_arms, merge_chains
 from midtrain.study.plan import StudyPlan, arm_names, check_budget, make_plan, study_error
 from midtrain.study.prereg import analysis_plan, check_plan, registered
-from midtrain.study.probe import plan_probes
 from midtrain.study.results import (
     StudyResult,
 )

@@ -1,5 +1,5 @@
 """What results.json says about trajectories: each arm's deltas at every eval point of its anneal,
-and whether they have settled (study/trajectory.py makes them).
+and whether they have settled (stats/trajectory.py makes them).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ Interval = list[float]  # [low, high]
 
 
 class Estimate(BaseModel):
-    """A delta (arm - control, or a change of one) with its interval, from study/stats.py."""
+    """A delta (arm - control, or a change of one) with its interval, from stats/contrast.py."""
 
     delta: float
     ci: Interval

@@ -25,8 +25,8 @@ from typing import Any
 
 from midtrain.env import LAUNCHER_ENV
 from midtrain.errors import MidtrainError
+from midtrain.jobs import PROCESSES_ENV  # re-exported: set by jobs.run_chain
 
-PROCESSES_ENV = "MIDTRAIN_PROCESSES"  # set by jobs.run_chain for the chain's train and sft stages
 GRACE_S = 10.0  # after one rank fails, the others' time to exit on their own before SIGKILL
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ class Diverged(MidtrainError):
 
     exit_code = FAILED_EXIT_CODE
 
-    def __init__(self, message: str, info: dict[str, Any]):
+    def __init__(self, message: str, info: dict[str, Any]):  # status.json's JSON record
         super().__init__(message)
         self.info = info
 
@@ -33,7 +34,7 @@ class Diverged(MidtrainError):
 class MetricsSink(Protocol):
     """Where finished step lines go (the JSONL log always; a tracker can be another sink)."""
 
-    def log(self, row: dict[str, Any], step: int) -> None: ...
+    def log(self, row: Mapping[str, float], step: int) -> None: ...
 
 
 class RunLog:
@@ -53,7 +54,7 @@ class RunLog:
     def record(self, step: int, tokens: int, lr: float, loss: Any, grad_norm: Any) -> None:
         self._buf.append((step, tokens, lr, loss, grad_norm))
 
-    def flush(self) -> list[dict[str, Any]]:
+    def flush(self) -> list[dict[str, float]]:
         """Write the buffered lines; raises `Diverged` on a non-finite loss or grad norm."""
         import torch
 
@@ -80,7 +81,7 @@ class RunLog:
                 sink.log(r, r["step"])
         return rows
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[dict[str, Any]]:  # JSON lines
         return read_log(self.path)
 
     def truncate(self, step: int) -> None:
@@ -93,18 +94,18 @@ class RunLog:
         atomic_write_jsonl(self.path, rows)
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:  # JSON lines (null where a value was not finite)
     """The lines of a run's log.jsonl (empty when there is none)."""
     if not path.is_file():
         return []
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
+def _finite(row: Mapping[str, float]) -> dict[str, Any]:  # a JSON line: NaN/inf become null
     return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
 
 
-def _diverged(row: dict[str, Any], last_good: dict[str, Any] | None) -> Diverged:
+def _diverged(row: Mapping[str, float], last_good: Mapping[str, float] | None) -> Diverged:
     msg = (
         f"non-finite loss/grad norm at step {row['step']} (loss {row['loss']}, grad_norm "
         f"{row['grad_norm']}, lr {row['lr']:.3g}); lower schedule.start_lr or check the data"

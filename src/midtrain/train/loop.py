@@ -214,7 +214,7 @@ class ProgressBar:
         )
         self.task = self.progress.add_task("train", total=total, loss="-", lr="-", tok_s="-")
 
-    def log(self, row: dict[str, Any], step: int) -> None:
+    def log(self, row: Mapping[str, float], step: int) -> None:
         self.progress.update(
             self.task,
             completed=row["tokens"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -39,7 +40,7 @@ class TrackersConfig(Strict):
 
 
 class ClosableSink(Protocol):
-    def log(self, row: dict[str, Any], step: int) -> None: ...
+    def log(self, row: Mapping[str, float], step: int) -> None: ...
 
     def close(self, failed: bool = False) -> None: ...
 
@@ -61,7 +62,10 @@ def is_rank0() -> bool:
 
 
 def open_sinks(
-    cfg: TrackersConfig, out: Path, config: dict[str, Any], start_step: int = 0
+    cfg: TrackersConfig,
+    out: Path,
+    config: dict[str, Any],
+    start_step: int = 0,  # JSON config
 ) -> list[ClosableSink]:
     """The run's tracker sinks (none off rank 0); `start_step` > 0 when resuming."""
     if not cfg.use or not is_rank0():
@@ -76,7 +80,7 @@ def close_sinks(sinks: list[ClosableSink], failed: bool = False) -> None:
         sink.close(failed)
 
 
-def _scalars(row: dict[str, Any]) -> dict[str, float]:
+def _scalars(row: Mapping[str, float]) -> dict[str, float]:
     return {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None}
 
 
@@ -92,7 +96,7 @@ class WandbSink:
             resume="allow", dir=str(out), config=config, mode=mode,
         )  # fmt: skip
 
-    def log(self, row: dict[str, Any], step: int) -> None:
+    def log(self, row: Mapping[str, float], step: int) -> None:
         self.run.log(_scalars(row), step=step)
 
     def close(self, failed: bool = False) -> None:
@@ -108,7 +112,7 @@ class TensorBoardSink:
         purge = start_step + 1 if start_step > 0 else None
         self.writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=purge)
 
-    def log(self, row: dict[str, Any], step: int) -> None:
+    def log(self, row: Mapping[str, float], step: int) -> None:
         for tag, value in _scalars(row).items():
             self.writer.add_scalar(tag, value, step)
 

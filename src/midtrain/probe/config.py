@@ -2,7 +2,7 @@
 
 The probe's settings are the SFT command's (`sft.config.SftSettings`: template, LR grid, epochs,
 batches); each set names its own training and validation files. Paths are relative to the study
-file. The probe's jobs are planned in `study/probe.py`, analysed in `study/probe_analysis.py`.
+file. The probe's jobs are planned in `probe/jobs.py`, analysed in `stats/probe_gains.py`.
 """
 
 from __future__ import annotations

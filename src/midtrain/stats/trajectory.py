@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from midtrain.study import analysis, stats
+from midtrain.stats import analysis, contrast
+from midtrain.stats.data import StudyData, build_quantity
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.plan import StudyPlan
 from midtrain.study.results import ArmAnalysis, ArmResult, TaskScreen
@@ -44,7 +45,7 @@ class PointData:
 
     fraction: float
     tokens: int
-    data: analysis.StudyData
+    data: StudyData
 
 
 def point_data(plan: StudyPlan, finished) -> list[PointData]:
@@ -65,7 +66,7 @@ def point_data(plan: StudyPlan, finished) -> list[PointData]:
             seeds.setdefault(r.arm, []).append(r.seed)
         frac = 1.0 if p is None else p.fraction
         tokens = plan.config.tokens // bt * bt if p is None else p.tokens(bt)
-        out.append(PointData(frac, tokens, analysis.StudyData(groups, finished.start, seeds,
+        out.append(PointData(frac, tokens, StudyData(groups, finished.start, seeds,
                                                               designs)))  # fmt: skip
     return out
 
@@ -89,7 +90,7 @@ def _point(pd: PointData, a: ArmAnalysis) -> TrajectoryPoint:
                            domains=doms, guards=guards)  # fmt: skip
 
 
-def aligned(points: list[PointData], task: str, metric: str) -> list[stats.Quantity] | None:
+def aligned(points: list[PointData], task: str, metric: str) -> list[contrast.Quantity] | None:
     """The task's Quantity at every point on the same runs and examples (rows and columns line
     up, so a per-run, per-example combination of points is a Quantity too)."""
     groups = list(points[0].data.groups)
@@ -100,19 +101,19 @@ def aligned(points: list[PointData], task: str, metric: str) -> list[stats.Quant
         return None
     ids = set.intersection(*(set(t) for t in flat))
     seeds = points[0].data.seeds
-    qs = [analysis.build_quantity({g: [{i: t[i] for i in ids} for t in ts] for g, ts in tb.items()},
+    qs = [build_quantity({g: [{i: t[i] for i in ids} for t in ts] for g, ts in tb.items()},
                                   seeds) for tb in tables]  # fmt: skip
     return None if any(q is None for q in qs) else qs  # type: ignore[return-value]
 
 
-def combine(qs: list[stats.Quantity], w: list[float]) -> stats.Quantity:
+def combine(qs: list[contrast.Quantity], w: list[float]) -> contrast.Quantity:
     """sum_k w_k Y_k per run and example (aligned quantities)."""
     groups = {g: sum(wk * q.groups[g] for wk, q in zip(w, qs, strict=True)) for g in qs[0].groups}
-    return stats.Quantity(groups, qs[0].seeds)  # type: ignore[arg-type]
+    return contrast.Quantity(groups, qs[0].seeds)  # type: ignore[arg-type]
 
 
 def still_moving(
-    prev: float, last: float, change: stats.Contrast, alpha: float
+    prev: float, last: float, change: contrast.Contrast, alpha: float
 ) -> tuple[bool, str]:
     """Whether a trajectory has not settled: the change between its last two points is
     significant (two-sided p < alpha), or the delta changed sign between them."""
@@ -139,7 +140,7 @@ def arm_trajectory(points: list[PointData], arm: str, cfg: StudyConfig, primary_
         return out
     peers, end = points[-1].data.peers(arm), points[-1].data
     w = analysis.primary_weights(end, [q[-1] for q in qs_by_task], cfg.analysis.primary_score)
-    change = stats.contrast([combine(q[-2:], [-1.0, 1.0]) for q in qs_by_task], arm, CONTROL,
+    change = contrast.contrast([combine(q[-2:], [-1.0, 1.0]) for q in qs_by_task], arm, CONTROL,
                             conf, peers, w)  # fmt: skip
     out.change = _estimate(change.delta, change.ci, change.se, change.df, change.p)
     last, prev = out.points[-1].primary, out.points[-2].primary

@@ -37,6 +37,7 @@ from midtrain.similarity import (
     DEFAULT,
     DOCS,
     TOP_K,
+    SimilaritySettings,
     Unigram,
     check_same_tokenizer,
     mixture,
@@ -102,7 +103,7 @@ class ProximityTable:
     rows: list[ProximityRow]
     correlations: list[Correlation]
     matrix: dict[str, dict[str, dict[str, float]]]  # source -> set -> similarity parts
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: SimilaritySettings = field(default_factory=dict)  # type: ignore[assignment]
     format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.results import TaskScreen
 
 if TYPE_CHECKING:
-    from midtrain.study.analysis import StudyData
+    from midtrain.stats.data import StudyData
 
 CEILING = 0.95  # start accuracy at or above this: the task cannot show a gain
 NEAR_CHANCE = 0.02  # start accuracy this close to chance: the task cannot show a loss

@@ -19,9 +19,9 @@ from midtrain.errors import MidtrainError
 from midtrain.eval.stage import EvalJob
 from midtrain.io import hash_file, hash_obj
 from midtrain.jobs import Job
+from midtrain.probe.config import SftProbeSpec, SftSet
 from midtrain.sft.config import SftConfig, SftSettings
 from midtrain.sft.stage import SftEvalJob
-from midtrain.study.probe_config import SftProbeSpec, SftSet
 
 if TYPE_CHECKING:
     from midtrain.sft.plan import SftPlan
@@ -82,7 +82,7 @@ def probe_jobs(
     cfg: StudyConfig, name: str, checkpoint: str, root: Path, run_seed: int, base_eval: EvalJob
 ) -> list[ProbeJobs]:
     """Every probe of one checkpoint: each set x each SFT seed (default: the run's seed)."""
-    from midtrain.study.plan import slug
+    from midtrain.io import slug
 
     probe: SftProbeSpec | None = cfg.sft_probe
     if probe is None:

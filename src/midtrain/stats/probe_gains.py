@@ -4,8 +4,8 @@ Each finished run contributes, per SFT set, one value per validation example (it
 chosen LR's fine-tune; with several SFT seeds, their mean: the run stays the unit of
 replication) and one per held-out document of each base-mix domain after SFT (bits per byte),
 plus the same minus the run's own value before SFT (forgetting caused by SFT). These are
-`stats.Quantity`s like the tasks' and domains' of `study/analysis.py`, so every interval is the
-pooled-run t-interval of `study/stats.py`, the seeds as blocks. The SFT score (the primary with
+`contrast.Quantity`s like the tasks' and domains' of `stats/analysis.py`, so every interval is the
+pooled-run t-interval of `stats/contrast.py`, the seeds as blocks. The SFT score (the primary with
 `[analysis] decide_on = "sft"`) is the mean over sets of minus the delta of validation loss:
 higher is better, like every primary score.
 """
@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from midtrain.eval.results import Examples
+from midtrain.probe.jobs import ProbeJobs
 from midtrain.sft.grid import chosen_val_losses
-from midtrain.study import analysis, stats
+from midtrain.stats import analysis, contrast
+from midtrain.stats.data import build_quantity
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.probe import ProbeJobs
 from midtrain.study.results import (
     ArmProbe,
     ArmResult,
@@ -52,12 +53,12 @@ class ProbeData:
             self.tables.setdefault(key, {}).setdefault(group, []).append(table)
             self.seeds.setdefault(key, {}).setdefault(group, []).append(seed)
 
-    def quantity(self, key: tuple, arm: str) -> stats.Quantity | None:
+    def quantity(self, key: tuple, arm: str) -> contrast.Quantity | None:
         """Every group's runs (the noise is pooled over the study); None without arm or control."""
         groups = self.tables.get(key, {})
         if arm not in groups or CONTROL not in groups:
             return None
-        return analysis.build_quantity(groups, self.seeds[key])
+        return build_quantity(groups, self.seeds[key])
 
 
 def mean_table(tables: list[Table | None]) -> Table | None:
@@ -128,17 +129,17 @@ def base_domains(cfg: StudyConfig) -> list[str]:
     return sorted(d for d, w in cfg.base.items() if w > 0)
 
 
-def _same_runs(qs: list[stats.Quantity]) -> bool:
+def _same_runs(qs: list[contrast.Quantity]) -> bool:
     return bool(qs) and all(q.run_seeds() == qs[0].run_seeds() for q in qs)
 
 
 def _domain(
-    qs: list[stats.Quantity], arm: str, conf: float, peers: list[str]
+    qs: list[contrast.Quantity], arm: str, conf: float, peers: list[str]
 ) -> DomainDelta | None:
     """The arm minus the control on the mean of these domains (None when their runs differ)."""
     if not _same_runs(qs):
         return None
-    c = stats.contrast(qs, arm, CONTROL, conf, peers)
+    c = contrast.contrast(qs, arm, CONTROL, conf, peers)
     return DomainDelta(delta_bpb=c.delta, ci=c.ci, se=analysis._finite(c.se),
                        n_docs=sum(q.n_examples for q in qs))  # fmt: skip
 
@@ -150,7 +151,7 @@ def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float
     q = data.quantity(("val", s), arm)
     if q is None:
         return None
-    c = stats.contrast(q, arm, CONTROL, conf, peers)
+    c = contrast.contrast(q, arm, CONTROL, conf, peers)
     out = SftSetDelta(delta_val_loss=c.delta, ci=c.ci, se=analysis._finite(c.se),
                       n_examples=q.n_examples, val_loss=[float(x) for x in q.run_scores()[arm]])  # fmt: skip
     for kind, per, mean in (("bpb", out.domains, "forgetting"),
@@ -161,7 +162,7 @@ def analyse_set(data: ProbeData, cfg: StudyConfig, s: str, arm: str, conf: float
         setattr(out, mean, _domain(list(qs.values()), arm, conf, peers))
     for t in cfg.eval.tasks if cfg.sft_probe.tasks else []:
         if (qt := data.quantity(("task", s, t), arm)) is not None:
-            ct = stats.contrast(qt, arm, CONTROL, conf, peers)
+            ct = contrast.contrast(qt, arm, CONTROL, conf, peers)
             out.tasks[t] = TaskDelta(
                 delta=ct.delta, ci=ct.ci, se=analysis._finite(ct.se), df=ct.df,
                 n_examples=qt.n_examples, n_seeds=len(qt.groups[arm]),
@@ -183,7 +184,7 @@ def analyse_arm(
     qs = [data.quantity(("val", s), arm.arm) for s in names]
     primary = None
     if all(q is not None for q in qs) and _same_runs(qs):
-        neg = [stats.Quantity({g: -y for g, y in q.groups.items()}, q.seeds) for q in qs]
+        neg = [contrast.Quantity({g: -y for g, y in q.groups.items()}, q.seeds) for q in qs]
         primary = analysis.primary_result(neg, arm.arm, names, SFT_METRIC, conf, peers)
     runs = [p for r in arm.runs for p in data.records.get(r.name, [])]
     return ArmProbe(primary=primary, sets=sets, runs=runs)
@@ -208,13 +209,13 @@ def apply(arms: list[ArmResult], data: ProbeData, cfg: StudyConfig, conf: float)
                 arm.reason = "the SFT probe decides, but it has no result for this arm or control"
 
 
-def sft_noise(data: ProbeData, sets: list[str]) -> stats.Pooled | None:
+def sft_noise(data: ProbeData, sets: list[str]) -> contrast.Pooled | None:
     """The SFT score's run-to-run noise pooled over the study (as every interval uses it)."""
     qs = [data.quantity(("val", s), CONTROL) for s in sets]
     if not all(q is not None for q in qs) or not _same_runs(qs):
         return None
     scores = {g: sum(q.run_scores()[g] for q in qs) / len(qs) for g in qs[0].groups}
-    return stats.block_fit(scores, qs[0].run_seeds()).noise
+    return contrast.block_fit(scores, qs[0].run_seeds()).noise
 
 
 def info(data: ProbeData, plan, control_runs) -> ProbeInfo:  # noqa: ANN001

@@ -13,7 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 from pydantic import BaseModel
@@ -22,6 +22,9 @@ from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_text
 from midtrain.study.config import Candidate, EvalSpec, StudyConfig, parse_study
 from midtrain.train.config import ScheduleConfig
+
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
 TOP = ("name", "checkpoint", "tokens", "seeds", "fractions", "seq_len", "batch_tokens",
        "full_run_tokens")  # fmt: skip
@@ -157,7 +160,7 @@ def sizing(
 MIN_STEPS = 4  # the fewest optimizer steps a starter's runs take
 
 
-def _small_batch(cfg: StudyConfig, stores: dict[str, Any]) -> int:
+def _small_batch(cfg: StudyConfig, stores: dict[str, TokenStore]) -> int:
     """The largest power-of-two number of sequences per step that leaves MIN_STEPS steps in 90%
     of what the stores hold (a one-line error when not even one sequence per step does)."""
     from midtrain.study.plan import study_max_tokens

@@ -11,7 +11,7 @@ weights; late introduction needs lower ones.
 
 `starts_mode = "cooldown"` (the default) gives every start the study's own `tokens` and
 [schedule]; `"to_end"` trains each start to the end of `full_run_tokens` on its checkpoint's
-schedule continued, as Liu et al. ran it (study/to_end.py).
+schedule continued, as Liu et al. ran it (design/to_end.py).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def start_list(cfg: StudyConfig) -> list[GridStart]:
 
 
 def _start(cfg: StudyConfig, ckpt: str, where: str) -> GridStart:
-    from midtrain.study.plan import content_hash, slug
-    from midtrain.study.to_end import start_budget, tokens_seen
+    from midtrain.design.to_end import start_budget, tokens_seen
+    from midtrain.io import slug
+    from midtrain.study.plan import content_hash
     from midtrain.train.checkpoint import read_trainer_state
 
     seen = tokens_seen(cfg, ckpt, read_trainer_state(ckpt))
@@ -141,7 +142,7 @@ def run_grid(cfg: StudyConfig, out: Path, **run_kw) -> tuple[GridResult, list[St
 def grid_result(
     cfg: StudyConfig, starts: list[GridStart], results: list[StudyResult]
 ) -> GridResult:
-    from midtrain.study.probe_analysis import SFT_METRIC
+    from midtrain.stats.probe_gains import SFT_METRIC
 
     metric = SFT_METRIC if cfg.analysis.decide_on == "sft" else cfg.analysis.primary
     cells = [c for s, r in zip(starts, results, strict=True) for c in _cells(s, r)]

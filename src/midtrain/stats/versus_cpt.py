@@ -3,7 +3,7 @@
 Each arm is decided against the control; Liu, Neubig and Xiong (2025) compare the two arms with
 each other (midtraining beat continued pretraining on in-domain SFT loss and on forgetting). For
 every candidate with `continued_pretraining = true` and each of its mixed arms, the difference
-mix arm − @cpt arm, seed by seed on the same eval examples: `stats.contrast` with the @cpt arm in
+mix arm − @cpt arm, seed by seed on the same eval examples: `contrast.contrast` with the @cpt arm in
 the control's place, so its run-to-run variance comes from these paired differences alone (the
 shared control cancels; df = seeds - 1), plus the example term. On the tasks' primary (the
 arms' tasks, weights and metric), and with an SFT probe on the SFT score (minus the validation
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 
-from midtrain.study import analysis, stats
+from midtrain.stats import analysis, contrast
+from midtrain.stats.data import StudyData
+from midtrain.stats.probe_gains import ProbeData, base_domains
 from midtrain.study.config import StudyConfig
 from midtrain.study.plan import CPT
-from midtrain.study.probe_analysis import ProbeData, base_domains
 from midtrain.study.results import ArmResult, CptContrast, Versus
 
 
-def contrasts(data: analysis.StudyData, probe: ProbeData | None, cfg: StudyConfig,
+def contrasts(data: StudyData, probe: ProbeData | None, cfg: StudyConfig,
               arms: list[ArmResult], confidence: float) -> list[CptContrast]:  # fmt: skip
     """One contrast per mixed arm whose candidate's @cpt arm has finished runs."""
     out = []
@@ -41,13 +42,13 @@ def contrasts(data: analysis.StudyData, probe: ProbeData | None, cfg: StudyConfi
     return out
 
 
-def versus(qs: list[stats.Quantity], a: str, b: str, confidence: float,
+def versus(qs: list[contrast.Quantity], a: str, b: str, confidence: float,
            weights: list[float] | None = None) -> Versus | None:  # fmt: skip
     """`a` minus `b` on the (weighted) mean of `qs`, from their paired per-seed differences;
     None when they share no seed or the quantities' runs differ."""
     if not qs or any(q.run_seeds() != qs[0].run_seeds() for q in qs):
         return None
-    c = stats.contrast(qs, a, b, confidence, None, weights)
+    c = contrast.contrast(qs, a, b, confidence, None, weights)
     if c.seeds == 0 or not math.isfinite(c.delta):
         return None
     ok = c.decidable
@@ -55,7 +56,7 @@ def versus(qs: list[stats.Quantity], a: str, b: str, confidence: float,
                   df=c.df if ok else None, p=analysis._finite(c.p), seeds=c.seeds)  # fmt: skip
 
 
-def _primary(data: analysis.StudyData, cfg: StudyConfig, tasks: list[str], a: str, b: str,
+def _primary(data: StudyData, cfg: StudyConfig, tasks: list[str], a: str, b: str,
              confidence: float) -> Versus | None:  # fmt: skip
     metric, groups = cfg.analysis.primary, list(data.groups)
     qs = [data.quantity("tasks", t, metric, groups) for t in tasks]
@@ -65,7 +66,7 @@ def _primary(data: analysis.StudyData, cfg: StudyConfig, tasks: list[str], a: st
     return versus(qs, a, b, confidence, w)
 
 
-def _pair(probe: ProbeData, keys: list[tuple], a: str, b: str) -> list[stats.Quantity] | None:
+def _pair(probe: ProbeData, keys: list[tuple], a: str, b: str) -> list[contrast.Quantity] | None:
     qs = [probe.quantity(k, a) for k in keys]
     if not qs or any(q is None or b not in q.groups for q in qs):
         return None
@@ -76,7 +77,7 @@ def _sft(probe: ProbeData, cfg: StudyConfig, a: str, b: str, conf: float) -> Ver
     qs = _pair(probe, [("val", s.name) for s in cfg.sft_probe.sets], a, b)
     if qs is None:
         return None
-    return versus([stats.Quantity({g: -y for g, y in q.groups.items()}, q.seeds) for q in qs],
+    return versus([contrast.Quantity({g: -y for g, y in q.groups.items()}, q.seeds) for q in qs],
                   a, b, conf)  # fmt: skip
 
 

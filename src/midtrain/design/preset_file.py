@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
 
+from midtrain.design.presets import ROLES, preset, preset_study, protocol_tokens
 from midtrain.errors import MidtrainError
-from midtrain.study.presets import ROLES, preset, preset_study, protocol_tokens
+from midtrain.study.tables import StudyTable
 
 FULL_RUN_FIX = ("give the tokens of the whole pretraining run, e.g. --full-run-tokens "
                 "4000000000000 (the protocol's token budget is a share of it)")  # fmt: skip
@@ -74,7 +74,7 @@ def budget_notes(name: str, tokens: int | None, full: int,
     return tokens or derived, notes
 
 
-def preset_text(name: str, study: dict[str, Any], out: Path, roles: dict[str, str],
+def preset_text(name: str, study: StudyTable, out: Path, roles: dict[str, str],
                 notes: list[str] | None = None) -> str:  # fmt: skip
     """The study file: a comment header (protocol, source, scale, roles, guards, commands), then
     the TOML."""
@@ -96,7 +96,7 @@ def preset_text(name: str, study: dict[str, Any], out: Path, roles: dict[str, st
     return "\n".join(head) + "\n" + tomli_w.dumps(_relative(study, out.resolve().parent))
 
 
-def _relative(study: dict[str, Any], here: Path) -> dict[str, Any]:
+def _relative(study: StudyTable, here: Path) -> StudyTable:
     def rel(x: str) -> str:
         return os.path.relpath(Path(x).resolve(), here)
 
@@ -139,8 +139,8 @@ def write_preset(name: str, checkpoint: Path, store_items: list[str], out: Path,
                  starts: list[Path], full_run_tokens: int | None, tokens: int | None = None,
                  start_lr: float | None = None, grid_role: str | None = None) -> Path:  # fmt: skip
     """Check every input, then write the preset's study file (validated first)."""
+    from midtrain.design.init import check_init
     from midtrain.io import atomic_write_text
-    from midtrain.study.init import check_init
     from midtrain.train.checkpoint import check_hf_folder, read_trainer_state
 
     preset(name)

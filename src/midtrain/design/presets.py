@@ -15,6 +15,7 @@ from typing import Any
 
 from midtrain.errors import MidtrainError
 from midtrain.integrate.guards import auto_guards
+from midtrain.study.tables import CandidateTable, StudyTable
 
 ROLES = ("flan", "hq", "math", "code", "qa")
 OLMO3_TOKENS_SCALE = 10  # Olmo 3's integration tests ran ~10x the tokens of its microanneals
@@ -112,12 +113,12 @@ def protocol_tokens(name: str, full_run_tokens: int, seen: int | None = None) ->
     return round(p.scale.share * full_run_tokens)
 
 
-def _cand(name: str, store: str, fractions: list[float], **kw: Any) -> dict[str, Any]:
+def _cand(name: str, store: str, fractions: list[float], **kw: Any) -> CandidateTable:
     return {"name": name, "mix": {store: 1.0}, "fractions": fractions, "max_repetition": 4.0, **kw}
 
 
 def candidates(name: str, roles: dict[str, str], others: list[str], starts: bool,
-               grid_role: str = GRID_ROLE) -> list[dict[str, Any]]:  # fmt: skip
+               grid_role: str = GRID_ROLE) -> list[CandidateTable]:  # fmt: skip
     """The preset's arms over the stores playing its roles (and the other candidate stores)."""
     singles = list(dict.fromkeys([*roles.values(), *others]))
     if name == "marin":
@@ -172,7 +173,7 @@ def grid_role(roles: dict[str, str], starts: list[str], role: str | None) -> str
 def preset_study(name: str, *, checkpoint: str, stores: dict[str, str], base: dict[str, float],
                  roles: dict[str, str], tasks: list[str], sft: list[dict[str, str]],
                  starts: list[str], tokens: int, full_run_tokens: int, grid: str | None = None,
-                 starts_mode: str = "to_end") -> dict[str, Any]:  # fmt: skip
+                 starts_mode: str = "to_end") -> StudyTable:  # fmt: skip
     """The study as data (absolute paths); raises MidtrainError when a needed role is absent.
     Guards: every base domain, at the automatic guards' tolerance (integrate/guards.py).
     liu2025 with starts: `grid` is the weight grid's role (default code), `starts_mode` how far
@@ -183,7 +184,7 @@ def preset_study(name: str, *, checkpoint: str, stores: dict[str, str], base: di
     used = set(roles.values()) | set(base)
     others = [] if name in ("liu2025", "llama3") else [s for s in stores if s not in used]
     cands = candidates(name, roles, others, bool(starts), grid)
-    study: dict[str, Any] = {
+    study: StudyTable = {
         "name": name, "checkpoint": checkpoint, "tokens": tokens,
         "full_run_tokens": full_run_tokens, "seeds": [0, 1, 2] if name == "olmo2" else [0, 1],
         "stores": stores, "base": base, "base_max_repetition": 4.0, "candidates": cands,

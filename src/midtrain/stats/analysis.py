@@ -1,6 +1,6 @@
 """Decide each arm against the control: pooled-run intervals, guards, flags, task screening.
 
-The statistics are in `study/stats.py` (the training run is the unit of replication; the model and
+The statistics are in `stats/contrast.py` (the training run is the unit of replication; the model and
 the formula are in its docstring and in docs/studies.md). This module builds the per-group
 matrices from the runs' per-example records, screens tasks, and turns intervals into verdicts:
 
@@ -17,17 +17,16 @@ With a multiple-testing correction the include/reject decisions use the adjusted
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
 
 from midtrain.eval.results import Examples
-from midtrain.study import stats
+from midtrain.stats import contrast
+from midtrain.stats.data import StudyData
+from midtrain.stats.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
+from midtrain.stats.screen import screen_tasks
 from midtrain.study.config import CONTROL, StudyConfig
-from midtrain.study.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.study.results import (
     ArmAnalysis,
     DomainDelta,
@@ -39,78 +38,8 @@ from midtrain.study.results import (
     TaskDelta,
     TaskNoise,
 )
-from midtrain.study.screen import screen_tasks
 
 __all__ = ["StudyData", "analyse_arm", "decide", "screen_tasks"]
-
-
-@dataclass
-class StudyData:
-    """The finished runs' per-example records by group ("control" and each arm)."""
-
-    groups: dict[str, list[Examples]]
-    start: Examples | None
-    seeds: dict[str, list[int]] | None = None  # each run's seed (default: k-th run, seed k)
-    designs: dict[str, str] = field(default_factory=dict)  # arm -> its design ("0.3", "cpt")
-    _cache: dict[tuple, stats.Quantity | None] = field(default_factory=dict, repr=False)
-
-    def peers(self, arm: str) -> list[str]:
-        """The arms of `arm`'s design (same fraction, or continued pretraining): their paired
-        differences from the control pool the run-to-run variance of `arm`'s contrasts."""
-        key = self.designs.get(arm)
-        if key is None:
-            return [arm]
-        return [g for g in self.groups if g != CONTROL and self.designs.get(g) == key]
-
-    def quantity(
-        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
-    ) -> stats.Quantity | None:
-        """[runs, examples] per group on the examples every run of these groups has (built once
-        per study: every arm's contrasts share it)."""
-        k = (kind, key, metric, tuple(groups))
-        if k not in self._cache:
-            self._cache[k] = self._quantity(kind, key, metric, groups)
-        return self._cache[k]
-
-    def has(self, task: str, metric: str) -> bool:
-        """Whether `task`'s records carry `metric` (in the first run that evaluated the task)."""
-        for runs in self.groups.values():
-            for ex in runs:
-                vals = ex.values("tasks", task, metric)
-                if vals is not None:
-                    return bool(vals)
-        return False
-
-    def score_metric(self, task: str) -> str | None:
-        """What the task's per-example `score` is (acc, exact_match, pass@1), from its records."""
-        for ex in (e for runs in self.groups.values() for e in runs):
-            if task in ex.tasks:
-                return ex.score_metric(task)
-        return None
-
-    def _quantity(
-        self, kind: Literal["tasks", "domains"], key: str, metric: str, groups: Sequence[str]
-    ) -> stats.Quantity | None:
-        tables = {g: [ex.values(kind, key, metric) for ex in self.groups[g]] for g in groups}
-        seeds = {g: self.seeds[g] for g in groups} if self.seeds else None
-        return build_quantity(tables, seeds)
-
-
-def build_quantity(
-    tables: dict[str, list[dict | None]], seeds: dict[str, list[int]] | None
-) -> stats.Quantity | None:
-    """A Quantity from each group's runs' {example id: value} tables, on the examples every run
-    has (None when a run has no table or no example is common)."""
-    flat = [t for ts in tables.values() for t in ts]
-    if not flat or any(t is None for t in flat):
-        return None
-    ids = set.intersection(*(set(t) for t in flat))
-    if not ids:
-        return None
-    order = sorted(ids, key=lambda x: (str(type(x)), x))
-    mats = {g: np.array([[t[i] for i in order] for t in ts], dtype=np.float64)
-            for g, ts in tables.items()}  # fmt: skip
-    return stats.Quantity(mats, seeds)
 
 
 def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:
@@ -124,13 +53,13 @@ def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: flo
         if q is None:
             continue
         qs.append(q)
-        fit = stats.block_fit(q.run_scores(), q.run_seeds())
+        fit = contrast.block_fit(q.run_scores(), q.run_seeds())
         per_task[t] = TaskNoise(scores=list(q.run_scores()[CONTROL]), sd=_finite(fit.noise.sd))
     if len(qs) < len(tasks) or not qs:
         return NoiseFloor(metric=metric, control_scores=[], primary_sd=None, tasks=per_task)
     scores = {g: sum(q.run_scores()[g] for q in qs) / len(qs) for g in groups}
-    noise = stats.block_fit(scores, qs[0].run_seeds()).noise
-    total = stats.pooled(list(scores.values()))
+    noise = contrast.block_fit(scores, qs[0].run_seeds()).noise
+    total = contrast.pooled(list(scores.values()))
     return NoiseFloor(
         metric=metric, control_scores=[float(x) for x in scores[CONTROL]],
         primary_sd=_finite(noise.sd), sd_ci=list(noise.sd_interval(confidence)) if noise.df else None,
@@ -152,7 +81,7 @@ def pairing(data: StudyData, tasks: list[str], metric: str) -> dict[str, Pairing
             g for g in data.groups if g != CONTROL and data.designs.get(g) == key
         ]
         by_seed = {g: dict(zip(seeds[g], scores[g], strict=True)) for g in members}
-        out[str(key)] = Pairing(**stats.pairing(by_seed, CONTROL).__dict__)
+        out[str(key)] = Pairing(**contrast.pairing(by_seed, CONTROL).__dict__)
     return out
 
 
@@ -176,7 +105,7 @@ def analyse_arm(
     for d in cfg.domain_names:
         q = data.quantity("domains", d, "bpb", groups)
         if q is not None:
-            c = stats.contrast(q, arm, CONTROL, confidence, peers)
+            c = contrast.contrast(q, arm, CONTROL, confidence, peers)
             domains[d] = DomainDelta(
                 delta_bpb=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, n_docs=q.n_examples
             )
@@ -204,19 +133,19 @@ def analyse_arm(
 
 
 def task_delta(
-    data: StudyData, t: str, q: stats.Quantity, arm: str, metric: str, confidence: float,
+    data: StudyData, t: str, q: contrast.Quantity, arm: str, metric: str, confidence: float,
     peers: list[str],
 ) -> TaskDelta:  # fmt: skip
     """The arm's contrast on one task, with accuracy (a generative task: its score, exact match or
     pass@1) and margin beside it."""
-    c = stats.contrast(q, arm, CONTROL, confidence, peers)
+    c = contrast.contrast(q, arm, CONTROL, confidence, peers)
     rec = TaskDelta(delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p),
                     n_examples=q.n_examples, n_seeds=len(data.groups[arm]), metric=metric)  # fmt: skip
     acc = "acc" if data.has(t, "acc") else "score"
     for m, name in ((acc, "acc"), ("margin", "margin")):  # reported beside the primary metric
         qm = data.quantity("tasks", t, m, list(data.groups))
         if qm is not None:
-            cm = stats.contrast(qm, arm, CONTROL, confidence, peers)
+            cm = contrast.contrast(qm, arm, CONTROL, confidence, peers)
             setattr(rec, f"{name}_delta", cm.delta)
             setattr(rec, f"{name}_ci", cm.ci)
     return rec
@@ -230,11 +159,11 @@ def score_contrast(
     qs = [data.quantity("tasks", t, "score", list(data.groups)) for t in tasks]
     if not qs or any(q is None for q in qs):
         return None, None
-    c = stats.contrast(qs, arm, CONTROL, confidence, peers)
+    c = contrast.contrast(qs, arm, CONTROL, confidence, peers)
     return _finite(c.delta), (c.ci if c.decidable else None)
 
 
-def primary_weights(data: StudyData, qs: list[stats.Quantity], how: str) -> list[float] | None:
+def primary_weights(data: StudyData, qs: list[contrast.Quantity], how: str) -> list[float] | None:
     """Weights of the tasks in the primary: their mean (None), or `standardized`: each task
     divided by the sd of its paired differences pooled over every arm, so one task with a large
     swing cannot hide another."""
@@ -243,8 +172,8 @@ def primary_weights(data: StudyData, qs: list[stats.Quantity], how: str) -> list
     arms = [g for g in data.groups if g != CONTROL]
     sds = []
     for q in qs:
-        diffs = [stats.paired_diffs(q.run_scores(), q.run_seeds(), a, CONTROL) for a in arms]
-        sd = stats.pooled_diffs(diffs).sd
+        diffs = [contrast.paired_diffs(q.run_scores(), q.run_seeds(), a, CONTROL) for a in arms]
+        sd = contrast.pooled_diffs(diffs).sd
         sds.append(sd if math.isfinite(sd) and sd > 0 else math.nan)
     if not all(math.isfinite(x) for x in sds):
         return None
@@ -252,19 +181,19 @@ def primary_weights(data: StudyData, qs: list[stats.Quantity], how: str) -> list
 
 
 def primary_result(
-    qs: list[stats.Quantity], arm: str, tasks: list[str], metric: str, confidence: float,
+    qs: list[contrast.Quantity], arm: str, tasks: list[str], metric: str, confidence: float,
     peers: list[str] | None = None, weights: list[float] | None = None, mde: float | None = None,
 ) -> PrimaryResult:  # fmt: skip
     """The arm's contrast on the primary (weighted tasks); `seeds_needed` at the planned `mde`
     (never at the observed delta: that is post-hoc power)."""
-    c = stats.contrast(qs, arm, CONTROL, confidence, peers, weights)
+    c = contrast.contrast(qs, arm, CONTROL, confidence, peers, weights)
     w = weights or [1.0 / len(qs)] * len(qs)
     scores = sum(wt * q.run_scores()[arm] for wt, q in zip(w, qs, strict=True))
     var = c.run_var + c.example_var if c.decidable else math.nan
     return PrimaryResult(
         delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p), metric=metric,
         tasks=tasks, mde=_finite(c.mde()), standardized=weights is not None,
-        seeds_needed=stats.seeds_needed(c, mde) if c.decidable and mde else None,
+        seeds_needed=contrast.seeds_needed(c, mde) if c.decidable and mde else None,
         run_share=_finite(c.run_var / var) if c.decidable and var > 0 else None,
         run_scores=[float(x) for x in scores],
     )  # fmt: skip
@@ -280,7 +209,7 @@ def decide(
     decidable = [a for a in arms if a.primary is not None and a.primary.p is not None]
     family: list[PrimaryResult | GuardResult] = [a.primary for a in decidable]
     family += [g for a in decidable for g in a.guards if g.p is not None]
-    for test, p_adj in zip(family, stats.adjust([t.p for t in family], correction), strict=True):
+    for test, p_adj in zip(family, contrast.adjust([t.p for t in family], correction), strict=True):
         test.p_adjusted = _finite(p_adj)
     for a in decidable:
         for g in a.guards:
@@ -307,7 +236,7 @@ def _regressed(a: ArmAnalysis, correction: str, alpha: float) -> list[str]:
     tasks = [t for t in a.primary.tasks if t in a.tasks and a.tasks[t].p is not None]
     if len(tasks) < 2:
         return []  # one task: the primary itself says it
-    adj = stats.adjust([a.tasks[t].p for t in tasks], "none" if correction == "none" else "holm")
+    adj = contrast.adjust([a.tasks[t].p for t in tasks], "none" if correction == "none" else "holm")
     for t, p in zip(tasks, adj, strict=True):
         a.tasks[t].p_adjusted = _finite(p)
     return [t for t, p in zip(tasks, adj, strict=True) if p < alpha and a.tasks[t].delta < 0]

@@ -19,7 +19,7 @@ from midtrain.study.config import CONTROL, Guard
 from midtrain.study.results import ArmAnalysis, ArmResult, GuardResult, StartPoint
 
 if TYPE_CHECKING:
-    from midtrain.study.analysis import StudyData
+    from midtrain.stats.data import StudyData
 
 MIN_FIT_ARMS = 3  # other arms needed to predict an arm's task gain from its loss gain
 LIKELIHOOD_METRICS = ("gold_logprob_per_byte", "margin")  # primaries read from log-likelihoods
