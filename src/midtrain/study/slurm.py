@@ -27,7 +27,7 @@ from typing import Any
 from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
 from midtrain.jobs import Chain, Outcome, run_chain
-from midtrain.study.executors import GRACE_S, Notify, Resources, memory_bytes
+from midtrain.study.resources import GRACE_S, Notify, Resources, memory_bytes
 
 POLL_S = 2.0  # between two squeue calls
 JOBS_FILE = "jobs.jsonl"
