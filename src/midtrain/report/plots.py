@@ -134,6 +134,8 @@ def plot_domains(r: StudyResult) -> bytes:
 def plot_trajectories(r: StudyResult) -> bytes | None:
     """Δ primary against anneal tokens: one line per arm with its interval as a band, the 0 line
     (None when no arm has a trajectory: eval.points = [1.0])."""
+    import matplotlib.ticker
+
     arms = [a for a in r.arms if a.trajectory is not None]
     if not arms:
         return None
@@ -150,5 +152,7 @@ def plot_trajectories(r: StudyResult) -> bytes | None:
         ax.set_xlabel("anneal tokens at the eval point (a point mid-cooldown is at a higher LR)")
         ax.set_ylabel(f"Δ primary ({r.eval.primary_metric})")
         ax.set_title("trajectories: arm − control at each eval point", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        # beside the axes: the bands overlap, and a legend inside would cover one of them
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return png(fig)
