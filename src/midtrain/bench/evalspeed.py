@@ -26,13 +26,41 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import library_versions
 
 TASKS = ["world_arith", "world_code", "world_facts"]  # the world's multiple-choice tasks
 TARGET = 1.0
+
+
+class EvalSpeedConfig(TypedDict):
+    tasks: list[str]
+    limit: int
+    batch_size: int
+    rounds: int
+    warmup_rounds: int
+    world_scale: float
+    threads: int
+    threads_requested: int
+    device: str
+    model: str
+
+
+class EvalSpeedReport(TypedDict):
+    """The `bench eval --json` report (`run_bench`)."""
+
+    benchmark: str
+    ratio: float
+    meets_target: bool
+    target: float
+    examples_per_s: dict[str, float]
+    examples: dict[str, dict[str, int]]
+    examples_total: int
+    rounds: dict[str, list[float]]
+    config: EvalSpeedConfig
+    versions: dict[str, str]
 
 
 def build_inputs(root: Path, scale: float = 0.3, vocab: int = 1024, seed: int = 0) -> Path:
@@ -115,7 +143,7 @@ def _reference_task_manager(tasks_dir: Path) -> Any:
 def run_bench(
     limit: int = 100, batch: int = 32, rounds: int = 3, scale: float = 0.3, threads: int = 0,
     tasks: list[str] | None = None, workdir: str | Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> EvalSpeedReport:  # fmt: skip
     """Build the inputs, warm both sides up, then `rounds` rounds of ours and lm-eval's."""
     from midtrain import env
 
@@ -146,7 +174,7 @@ def run_bench(
 
 def _result(ours: float, ref: float, rows: dict[str, list[float]],
             examples: dict[str, dict[str, int]], limit: int, batch: int, rounds: int,
-            scale: float, threads: int) -> dict[str, Any]:  # fmt: skip
+            scale: float, threads: int) -> EvalSpeedReport:  # fmt: skip
     import torch
 
     ratio = ours / ref

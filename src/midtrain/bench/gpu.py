@@ -28,10 +28,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
+from midtrain.bench.reports import ChildError
 from midtrain.errors import MidtrainError
 from midtrain.io import library_versions
 
@@ -56,12 +57,96 @@ _125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
          "num_key_value_heads": 12, "intermediate_size": 2048}  # fmt: skip
 _1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
        "num_key_value_heads": 8, "intermediate_size": 8192}  # Llama 3.2 1B's blocks  # fmt: skip
-MODELS: dict[str, dict[str, Any]] = {  # the [model] table and the micro batch of each
+
+
+class ModelEntry(TypedDict):
+    """One benchmarked model: its `[model]` table and its micro batch."""
+
+    model: dict[str, Any]  # HF config kwargs (the run config's [model] table, to transformers)
+    micro_batch: int
+
+
+MODELS: dict[str, ModelEntry] = {  # the [model] table and the micro batch of each
     "125m": {"model": {**_LLAMA, **_125M}, "micro_batch": 16},
     "1b": {"model": {**_LLAMA, **_1B}, "micro_batch": 8},
 }
 EVAL_MODEL = "125m"
 TASK, TASK_ITEMS, HELDOUT_DOCS, HELDOUT_LEN, EVAL_BATCH = "bench_mc", 256, 256, 512, 64
+
+
+class TrainResult(TypedDict):
+    """`measure_train`: one model's anneal."""
+
+    tokens_per_s: float
+    n_params_flops: int
+    flops_per_token: float
+    peak_gpu_mem_gib: float
+    peak_gpu_reserved_gib: float
+    precision: str
+    compile: bool
+    micro_batch: int
+    grad_accumulation: int
+    final_loss: float | None
+    wall_s: float
+
+
+class TrainReport(TrainResult):
+    """A model's entry in the report's `train`: `measure_train`'s result with its MFU."""
+
+    mfu: float | None
+    mfu_with_attention: float | None
+
+
+class EvalResult(TypedDict):
+    """`measure_eval`: the warm evaluation's rates."""
+
+    task_examples_per_s: float
+    domain_docs_per_s: float
+    task_examples: int
+    domain_docs: int
+    doc_tokens: int
+    batch_size: int
+    timing_s: dict[str, float]
+    peak_gpu_mem_gib: float
+
+
+class TrainJob(TypedDict):
+    """A training measurement for `_child` (sent as JSON on its stdin)."""
+
+    kind: Literal["train"]
+    rc: dict[str, Any]  # a run config as `train.run` takes it (validated there)
+    out: str
+
+
+class EvalJob(TypedDict):
+    """An evaluation measurement for `_child` (sent as JSON on its stdin)."""
+
+    kind: Literal["eval"]
+    ckpt: str
+    store: str
+    tasks: str
+    out: str
+
+
+class GpuReport(TypedDict):
+    """The `bench gpu --json` report (`run_bench`)."""
+
+    device: str
+    gpu_mem_gib: float
+    peak_flops: float | None
+    peak_source: str
+    train: dict[str, TrainReport | ChildError]
+    eval: EvalResult | ChildError | None
+    eval_model: str | None
+    models: dict[str, ModelEntry]
+    seq_len: int
+    tokens_per_step: int
+    warmup_steps: int
+    steps_timed: int
+    mfu_formula: str
+    wall_s: float
+    torch_cuda: str | None
+    versions: dict[str, str]
 
 
 def peak_flops(device_name: str, override: float | None = None) -> tuple[float | None, str]:
@@ -94,7 +179,8 @@ def require_cuda() -> Any:
 
 
 def timed_tokens_per_s(rows: list[dict[str, Any]], tokens_per_step: int, warmup: int) -> float:
-    """Tokens/s of the steps after `warmup` from log lines: each line's `tok_s` is its flush
+    """Tokens/s of the steps after `warmup` from log lines (log.jsonl's JSON rows as
+    `train.log.read_log` reads them): each line's `tok_s` is its flush
     window's (every line of a window has the window's mean), so a step took tokens/tok_s."""
     timed = [r for r in rows if r["step"] > warmup]
     if not timed:
@@ -153,7 +239,7 @@ def _task(root: Path) -> Path:
 
 
 def run_config(name: str, tok: Path, store: Path, steps: int) -> dict[str, Any]:
-    """The anneal of model `name`: WARMUP + `steps` steps, linear decay, CUDA defaults."""
+    """The run config (a TOML-shaped dict `train.run` validates) of the anneal of model `name`: WARMUP + `steps` steps, linear decay, CUDA defaults."""
     m = MODELS[name]
     return {
         "model": dict(m["model"]),
@@ -173,7 +259,7 @@ def run_config(name: str, tok: Path, store: Path, steps: int) -> dict[str, Any]:
 # -- one measurement per subprocess ----------------------------------------------------------------
 
 
-def measure_train(rc: dict[str, Any], out: Path) -> dict[str, Any]:
+def measure_train(rc: dict[str, Any], out: Path) -> TrainResult:
     """Anneal in this process; tokens/s of the timed steps, N, FLOPs/token, peak GPU memory."""
     import torch
     from transformers import AutoConfig
@@ -198,7 +284,7 @@ def measure_train(rc: dict[str, Any], out: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure_eval(ckpt: Path, store: Path, tasks: Path, out: Path) -> dict[str, Any]:
+def measure_eval(ckpt: Path, store: Path, tasks: Path, out: Path) -> EvalResult:
     """Evaluate `ckpt` on CUDA twice (a cold and a warm run); the warm one's rates."""
     import torch
 
@@ -236,7 +322,7 @@ def _child() -> None:
     stdout.write(json.dumps(res) + "\n")
 
 
-def in_subprocess(job: dict[str, Any]) -> dict[str, Any]:
+def in_subprocess(job: TrainJob | EvalJob) -> TrainResult | EvalResult | ChildError:
     """`_child` in a fresh Python process (same interpreter, same `midtrain`)."""
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
@@ -253,7 +339,7 @@ def in_subprocess(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_bench(models: tuple[str, ...] = tuple(MODELS), steps: int = 20,
-              peak_override: float | None = None) -> dict[str, Any]:  # fmt: skip
+              peak_override: float | None = None) -> GpuReport:  # fmt: skip
     """Each model's anneal, then the evaluation of the EVAL_MODEL's checkpoint; one dict."""
     import torch
 
@@ -261,14 +347,16 @@ def run_bench(models: tuple[str, ...] = tuple(MODELS), steps: int = 20,
     peak, source = peak_flops(props.name, peak_override)
     print(f"bench gpu: {props.name}, bf16 peak {peak or float('nan'):.4g} FLOP/s ({source})",
           file=sys.stderr)  # fmt: skip
-    t0, train_res, eval_res = time.time(), {}, None
+    t0 = time.time()
+    train_res: dict[str, TrainReport | ChildError] = {}
+    eval_res: EvalResult | ChildError | None = None
     with tempfile.TemporaryDirectory(prefix="midtrain-bench-gpu-") as tmp:
         root = Path(tmp)
         tok = _tokenizer(root)
         store = _store(root, tok, (WARMUP + steps) * BATCH_TOKENS + 8 * SEQ_LEN)
         for name in models:
-            job = {"kind": "train", "rc": run_config(name, tok, store, steps),
-                   "out": str(root / name)}  # fmt: skip
+            job: TrainJob = {"kind": "train", "rc": run_config(name, tok, store, steps),
+                             "out": str(root / name)}  # fmt: skip
             train_res[name] = _with_mfu(in_subprocess(job), peak)
             print(f"bench gpu: {name}: {train_res[name]}", file=sys.stderr)
         if EVAL_MODEL in train_res and "error" not in train_res[EVAL_MODEL]:
@@ -287,7 +375,7 @@ def run_bench(models: tuple[str, ...] = tuple(MODELS), steps: int = 20,
     }  # fmt: skip
 
 
-def _with_mfu(res: dict[str, Any], peak: float | None) -> dict[str, Any]:
+def _with_mfu(res: TrainResult | ChildError, peak: float | None) -> TrainReport | ChildError:
     if "error" in res:
         return res
     util = mfu(res["n_params_flops"], res["tokens_per_s"], peak)

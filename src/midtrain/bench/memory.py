@@ -24,9 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from midtrain.bench.reports import ChildError
 from midtrain.io import library_versions
+
+if TYPE_CHECKING:
+    from midtrain.demo.pipeline import DemoWorld
 
 MIB = 2**20
 TARGET_SINGLE = 1.3  # one process's peak growth / analytic need, at most
@@ -43,10 +47,128 @@ PRESETS = {
 }  # fmt: skip
 
 
+class AnalyticNeed(TypedDict):
+    """`analytic_need`: parameters and MiB of each part of the analytic peak."""
+
+    params: int
+    weights_mib: float
+    grads_mib: float
+    adam_moments_mib: float
+    activations_mib: float
+    need_mib: float
+
+
+class TrainPeaks(TypedDict):
+    """`measure_train`: one process's (or FSDP rank's) peak growth over a few steps."""
+
+    peak_growth_mib: float
+    peak_rss_mib: float
+    baseline_rss_mib: float
+    after_build_mib: float
+    step_peaks_mib: list[float]
+    step_loss: list[float]
+    rank: int
+    wall_s: float
+
+
+class EvalPeaks(TypedDict):
+    """`measure_eval`: the evaluation's peak growth and rates."""
+
+    peak_growth_mib: float
+    peak_rss_mib: float
+    baseline_rss_mib: float
+    task_examples: int
+    domain_docs: int
+    seconds: float
+    timing: dict[str, float]
+    examples_per_s: float | None
+    task_examples_per_s: float | None
+
+
+class TrainJob(TypedDict):
+    """A training measurement for `_child` (sent as JSON on its stdin)."""
+
+    kind: Literal["train"]
+    rc: dict[str, Any]  # a run config as `train.load_run_config` takes it (validated there)
+    out: str
+    save: bool
+
+
+class EvalJob(TypedDict):
+    """An evaluation measurement for `_child` (sent as JSON on its stdin)."""
+
+    kind: Literal["eval"]
+    checkpoint: str
+    tasks: str
+    store: str
+    out: str
+    limit: int
+    batch_size: int
+    threads: int
+
+
+class Setup(TypedDict):
+    """`run_bench`'s settings, spread into the report."""
+
+    preset: str
+    model: dict[str, Any]  # the HF config kwargs of the `[model]` table (passed to transformers)
+    seq_len: int
+    micro_batch: int
+    batch_seqs: int
+    steps: int
+    threads: int
+    eval_limit: int
+    eval_batch: int
+    wall_s: float
+
+
+class HeapKept(TypedDict):
+    single: float | None
+    fsdp: list[float | None]
+
+
+class AllocatorCheck(TypedDict):
+    """`_allocator`: the runs again with glibc's mmap threshold fixed."""
+
+    env: dict[str, str]
+    single: TrainPeaks | ChildError
+    fsdp: list[TrainPeaks | ChildError]
+    ratio_single_vs_analytic: float | None
+    ratio_fsdp_rank_vs_single: list[float | None]
+    heap_kept_mib: HeapKept
+
+
+class Targets(TypedDict):
+    single_vs_analytic: float
+    fsdp_rank_vs_single: float
+
+
+class MemoryReport(Setup, total=False):
+    """The `bench memory --json` report (`report`; `run_bench` adds fixed_mmap_threshold)."""
+
+    benchmark: str
+    analytic: AnalyticNeed
+    single: TrainPeaks | ChildError
+    ratio_single_vs_analytic: float | None
+    meets_single: bool
+    fsdp: list[TrainPeaks | ChildError]
+    ratio_fsdp_rank_vs_single: list[float | None]
+    ratio_fsdp_max: float | None
+    meets_fsdp: bool
+    eval: EvalPeaks | ChildError
+    ratio_eval_vs_weights: float | None
+    targets: Targets
+    errors: dict[str, str]
+    peak_how: str
+    activation_formula: str
+    versions: dict[str, str]
+    fixed_mmap_threshold: AllocatorCheck | None
+
+
 # -- the analytic need -----------------------------------------------------------------------------
 
 
-def count_params(model: dict[str, Any]) -> int:
+def count_params(model: dict[str, Any]) -> int:  # HF config kwargs, passed to transformers
     """Parameters of the HF model of a `[model]` table (built on the meta device; tied once)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -77,7 +199,7 @@ def activation_floats(model: dict[str, Any], seq_len: int, micro_batch: int) -> 
     return micro_batch * seq_len * (layers * per_layer + head)
 
 
-def analytic_need(model: dict[str, Any], seq_len: int, micro_batch: int) -> dict[str, Any]:
+def analytic_need(model: dict[str, Any], seq_len: int, micro_batch: int) -> AnalyticNeed:
     """fp32 weights + gradients + 2 AdamW moments (4 bytes each a parameter) + activations."""
     n = count_params(model)
     parts = {
@@ -107,7 +229,7 @@ def reset_peak() -> float:
     return rss_mib("VmRSS")
 
 
-def measure_train(rc: dict[str, Any], out: Path, save: bool) -> dict[str, Any]:
+def measure_train(rc: dict[str, Any], out: Path, save: bool) -> TrainPeaks:
     """A few steps of the run path in this process; the peak growth after each step. With `save`,
     the trained weights go to OUT/final afterwards (for the evaluation), outside the peak."""
     import torch.distributed.checkpoint.state_dict  # noqa: F401 - imported before the reset
@@ -154,7 +276,7 @@ class _Peaks:
 
 
 def measure_eval(checkpoint: Path, tasks_dir: Path, store: Path, out: Path, limit: int,
-                 batch_size: int, threads: int) -> dict[str, Any]:  # fmt: skip
+                 batch_size: int, threads: int) -> EvalPeaks:  # fmt: skip
     """`eval.evaluate` of the checkpoint (tasks and one domain); peak growth and examples/s."""
     import lm_eval.evaluator  # noqa: F401 - imported before the reset
 
@@ -200,7 +322,7 @@ def _child() -> None:
         os._exit(0)
 
 
-def _spawn(job: dict[str, Any], log: Path, extra_env: dict[str, str] | None = None):
+def _spawn(job: TrainJob | EvalJob, log: Path, extra_env: dict[str, str] | None = None):
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, **(extra_env or {}),
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
@@ -212,7 +334,7 @@ def _spawn(job: dict[str, Any], log: Path, extra_env: dict[str, str] | None = No
     return p
 
 
-def _collect(p: subprocess.Popen, log: Path) -> dict[str, Any]:
+def _collect(p: subprocess.Popen, log: Path) -> TrainPeaks | EvalPeaks | ChildError:
     lines = p.stdout.read().strip().splitlines()
     p.wait()
     if lines:
@@ -228,23 +350,24 @@ def _free_port() -> int:
 
 
 def run_fsdp(rc: dict[str, Any], root: Path, world: int = 2,
-             extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+             extra_env: dict[str, str] | None = None) -> list[TrainPeaks | ChildError]:  # fmt: skip
     """`world` FSDP2 ranks over gloo on this host, started as torchrun would; each rank's result."""
     port = str(_free_port())
     procs = []
     for r in range(world):
         env = {**(extra_env or {}), "RANK": str(r), "LOCAL_RANK": str(r),
                "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
-        job = {"kind": "train", "rc": {**rc, "parallel": "fsdp"}, "out": str(root / "fsdp"),
-               "save": False}  # fmt: skip
+        job: TrainJob = {"kind": "train", "rc": {**rc, "parallel": "fsdp"},
+                         "out": str(root / "fsdp"), "save": False}  # fmt: skip
         procs.append((_spawn(job, root / f"fsdp-{r}.log", env), root / f"fsdp-{r}.log"))
     return [_collect(p, log) for p, log in procs]
 
 
 def train_pair(rc: dict[str, Any], root: Path, save: bool,
-               extra_env: dict[str, str] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+               extra_env: dict[str, str] | None = None,
+               ) -> tuple[TrainPeaks | ChildError, list[TrainPeaks | ChildError]]:  # fmt: skip
     """(one process, the FSDP2 ranks), one after the other, in processes with `extra_env`."""
-    job = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": save}
+    job: TrainJob = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": save}
     single = _collect(_spawn(job, root / "single.log", extra_env), root / "single.log")
     _say(f"one process{' ' + str(extra_env) if extra_env else ''}: {single}")
     ranks = run_fsdp(rc, root, extra_env=extra_env)
@@ -262,9 +385,9 @@ FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
-def run_config(model: dict[str, Any], world: dict[str, Any], steps: int, seq_len: int,
+def run_config(model: dict[str, Any], world: DemoWorld, steps: int, seq_len: int,
                micro_batch: int, threads: int) -> dict[str, Any]:  # fmt: skip
-    """A fresh `[model]` on the world's web store, fp32, a linear anneal to 0 over `steps` steps
+    """The run config (a TOML-shaped dict `train.load_run_config` validates): a fresh `[model]` on the world's web store, fp32, a linear anneal to 0 over `steps` steps
     of two micro batches (one per FSDP rank; the single process accumulates both)."""
     batch = 2 * micro_batch * seq_len
     return {
@@ -287,7 +410,7 @@ def run_config(model: dict[str, Any], world: dict[str, Any], steps: int, seq_len
 
 def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_batch: int = 1,
               threads: int = 1, eval_limit: int = 50, eval_batch: int = 32,
-              allocator_check: bool = True) -> dict[str, Any]:  # fmt: skip
+              allocator_check: bool = True) -> MemoryReport:  # fmt: skip
     """(a) one process, (b) two FSDP2 ranks, (c) the evaluation, each in fresh subprocesses; with
     `allocator_check`, (a) and (b) again with glibc's mmap threshold fixed at 128 KiB."""
     from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
@@ -300,17 +423,17 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
         rc = run_config(model, world, steps, seq_len, micro_batch, threads)
         t0 = time.perf_counter()
         single, ranks = train_pair(rc, root, save=True)
-        ev = {"error": "not run: the one-process run failed"}
+        ev: EvalPeaks | ChildError = {"error": "not run: the one-process run failed"}
         if "error" not in single:
-            job = {"kind": "eval", "checkpoint": str(root / "single" / "final"),
+            ejob: EvalJob = {"kind": "eval", "checkpoint": str(root / "single" / "final"),
                    "tasks": str(world["world_dir"] / "tasks"),
                    "store": str(world["stores"]["web"].path), "out": str(root / "eval"),
                    "limit": eval_limit, "batch_size": eval_batch, "threads": threads}  # fmt: skip
-            ev = _collect(_spawn(job, root / "eval.log"), root / "eval.log")
+            ev = _collect(_spawn(ejob, root / "eval.log"), root / "eval.log")
             _say(f"evaluation: {ev}")
         fixed = train_pair(rc, root, save=False, extra_env=FIXED_MMAP) if allocator_check else None
         wall = time.perf_counter() - t0
-    setup = {"preset": params, "model": model, "seq_len": seq_len, "micro_batch": micro_batch,
+    setup: Setup = {"preset": params, "model": model, "seq_len": seq_len, "micro_batch": micro_batch,
              "batch_seqs": 2 * micro_batch, "steps": steps, "threads": threads,
              "eval_limit": eval_limit, "eval_batch": eval_batch, "wall_s": round(wall, 1)}  # fmt: skip
     res = report(need, single, ranks, ev, setup)
@@ -318,7 +441,10 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
     return res
 
 
-def _allocator(need: dict, single: dict, ranks: list[dict], fixed: tuple) -> dict[str, Any]:
+def _allocator(need: AnalyticNeed, single: TrainPeaks | ChildError,
+               ranks: list[TrainPeaks | ChildError],
+               fixed: tuple[TrainPeaks | ChildError, list[TrainPeaks | ChildError]],
+               ) -> AllocatorCheck:  # fmt: skip
     """The same runs with freed memory returned at once: their ratios, and what glibc's heap
     kept at the peak with its defaults (the default peak minus this one)."""
     f_single, f_ranks = fixed
@@ -348,7 +474,9 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 3) if ok else None
 
 
-def report(need: dict, single: dict, ranks: list[dict], ev: dict, setup: dict) -> dict[str, Any]:
+def report(need: AnalyticNeed, single: TrainPeaks | ChildError,
+           ranks: list[TrainPeaks | ChildError], ev: EvalPeaks | ChildError,
+           setup: Setup) -> MemoryReport:  # fmt: skip
     """The JSON: the three measurements, their ratios and whether each target is met."""
     peak = single.get("peak_growth_mib")
     r_single = _ratio(peak, need["need_mib"])

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import midtrain
 from midtrain.io import library_versions
@@ -28,8 +28,29 @@ SMALL = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 1000}  # fmt: skip
 
 
+class MergeReport(TypedDict):
+    """The `bench merge --json` report (`run_bench`)."""
+
+    params: int
+    layers: int
+    input_shards: int
+    output_shards: int
+    checkpoint_gb: float
+    peak_rss_gb: float
+    baseline_rss_gb: float
+    peak_rss_ratio: float
+    peak_above_baseline_ratio: float
+    goal_ratio: float
+    meets_goal: bool
+    merge_s: float
+    read_gb_per_s: float
+    load_avg_1m: float
+    versions: dict[str, str]
+
+
 def bench_config(params: int) -> dict[str, Any]:
-    """Llama config kwargs with about `params` parameters (layers fill what embeddings leave)."""
+    """Llama config kwargs with about `params` parameters (layers fill what embeddings leave):
+    the HF config.json of the checkpoints, so arbitrary JSON to transformers."""
     base = LARGE if params >= 200_000_000 else SMALL
     h, i, v = base["hidden_size"], base["intermediate_size"], base["vocab_size"]
     kv = h // base["num_attention_heads"] * base["num_key_value_heads"]
@@ -120,7 +141,7 @@ print(json.dumps({"baseline": base, "peak": peak, "merge_s": wall, "shards": rec
 """
 
 
-def run_bench(params: int = 1_000_000_000, shards: int = 4, seed: int = 0) -> dict[str, Any]:
+def run_bench(params: int = 1_000_000_000, shards: int = 4, seed: int = 0) -> MergeReport:
     """Write two random checkpoints, merge them in a fresh process, report memory and speed."""
     cfg = bench_config(params)
     n_params = sum(_prod(s) for s in tensor_shapes(cfg).values())

@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -24,6 +24,37 @@ from midtrain.mix import MixComponent, MixtureSampler
 TRAINER_TOKENS_PER_S = 13_500
 TARGET_FACTOR = 1000
 RATIOS = {"web": 0.5, "hq": 0.2, "flan": 0.15, "math": 0.1, "code": 0.05}
+
+
+class MixConfig(TypedDict):
+    sources: dict[str, float]
+    tokens: int
+    seq_len: int
+    batch: int
+    seed: int
+    dtype: str
+    trainer_tokens_per_s_reference: int
+    target_factor: int
+
+
+class MixReport(TypedDict):
+    """The `bench mix --json` report (`run_bench`)."""
+
+    benchmark: str
+    mixer_tokens_per_s: int
+    sequences_per_s: int
+    tokens_read: int
+    seconds: float
+    init_seconds: float
+    generate_seconds: float
+    data_tokens: int
+    target_tokens_per_s: int
+    meets_target: bool
+    checksum: int
+    config: MixConfig
+    versions: dict[str, str]
+
+
 CHUNK = 1 << 23
 
 
@@ -59,7 +90,7 @@ def run_bench(
     batch: int = 16,
     seed: int = 0,
     workdir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> MixReport:
     """Generate the stores, build the sampler, read every sequence of the budget once."""
     with tempfile.TemporaryDirectory(prefix="midtrain-bench-mix-", dir=workdir) as tmp:
         t0 = time.perf_counter()

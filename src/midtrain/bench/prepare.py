@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import library_versions
@@ -41,6 +41,37 @@ TARGET = 0.9
 VOCAB = 8192
 REF_BATCH = 1024
 RSS_FLAT = 1.1  # peak RSS at `copies` x the input within 10% of 1x
+
+
+class PrepareBenchConfig(TypedDict):
+    world_scale: float
+    vocab_size: int
+    rounds: int
+    warmup_rounds: int
+    reference_batch: int
+    encode_threads: int
+    cpus: int | None
+
+
+class PrepareBenchReport(TypedDict):
+    """The `bench prepare --json` report (`run_bench`)."""
+
+    benchmark: str
+    ratio: float
+    ratio_vs_encode_batch_fast: float
+    meets_target: bool
+    target: float
+    tokens_per_s: dict[str, int]
+    tokens: dict[str, int]
+    documents: int
+    input_bytes: dict[str, int]
+    peak_rss_mib: dict[str, float] | None
+    prepare_rss_growth_mib: dict[str, float] | None
+    rss_growth: float | None
+    rss_flat: bool | None
+    rounds: dict[str, list[int]]
+    config: PrepareBenchConfig
+    versions: dict[str, str]
 
 
 def build_inputs(root: Path, scale: float = 1.0, copies: int = 4) -> dict[str, Path]:
@@ -137,7 +168,7 @@ def peak_rss_mib(tokenizer: Path, src: Path | None, out: Path) -> tuple[float, f
 def run_bench(
     scale: float = 1.0, rounds: int = 3, copies: int = 4, rss: bool = True,
     workdir: str | Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> PrepareBenchReport:  # fmt: skip
     """Build the inputs, warm up, time `rounds` rounds of each side, then measure peak RSS."""
     from midtrain import env
     from midtrain.data import readers
@@ -181,7 +212,7 @@ def _rss(paths: dict[str, Path], out: Path, copies: int) -> dict[str, dict[str, 
 
 def _result(rates: dict[str, float], rows: dict[str, list[float]], mem: dict[str, dict[str, float]] | None,
             tokens: dict[str, int], n_docs: int, sizes: dict[str, int], scale: float, rounds: int
-            ) -> dict[str, Any]:  # fmt: skip
+            ) -> PrepareBenchReport:  # fmt: skip
     from midtrain.data.encode import encode_threads
 
     ratio = rates["ours"] / rates["encode_batch"]

@@ -35,10 +35,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
+from midtrain.bench.reports import ChildError
 from midtrain.demo.pipeline import FULL as DEMO
 from midtrain.io import library_versions
 from midtrain.train.log import read_log
@@ -47,6 +48,44 @@ DEMO_MODEL = dict(DEMO.model)  # the demo's model, vocab, sequence length, batch
 VOCAB, SEQ_LEN, BATCH, LR = DEMO.vocab_size, DEMO.seq_len, DEMO.micro_batch, DEMO.base_lr
 SGEMM_N = 4096
 CONFIGS = ("ours_eager", "ours_compiled", "hf_eager", "hf_compiled")
+
+
+class Measurement(TypedDict):
+    """`measure`: one configuration's tokens/s and its process's peak RSS."""
+
+    tokens_per_s: float
+    peak_rss_mib: float
+
+
+class TrainBenchReport(TypedDict):
+    """The `bench train --json` report (`run_bench`)."""
+
+    ratio_eager: float | None
+    ratio_compiled: float | None
+    ratio_eager_reason: str | None
+    ratio_compiled_reason: str | None
+    tokens_per_s: dict[str, float | None]
+    best_mode: str | None
+    step_gflops: float | None
+    sgemm_gflops: float
+    utilization: float | None
+    peak_rss_mib: dict[str, float | None]
+    bench_peak_rss_mib: float
+    peak_rss_how: str
+    errors: dict[str, str]
+    rounds: dict[str, list[float]]
+    flops_per_token: float
+    flops_formula: str
+    n_params_flops: int
+    model: dict[str, Any]  # HF config kwargs of the demo's [model] table (to transformers)
+    seq_len: int
+    batch: int
+    steps_timed: int
+    warmup_steps: int
+    threads: int
+    sgemm_n: int
+    precision: str
+    versions: dict[str, str]
 
 
 def sgemm_gflops(n: int = SGEMM_N, reps: int = 3, precision: str = "fp32") -> float:
@@ -108,7 +147,7 @@ def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
     return statistics.median(r["tok_s"] for r in rows)  # one log line (and time) per CPU step
 
 
-def measure(name: str, rc: dict, out: Path, warmup: int) -> dict[str, Any]:
+def measure(name: str, rc: dict, out: Path, warmup: int) -> Measurement:
     """One configuration in this process: its tokens/s and this process's peak RSS (MiB)."""
     from midtrain.bench.hf_trainer import hf_tokens_per_s
     from midtrain.env import quiet_transformers
@@ -143,7 +182,7 @@ def _child() -> None:
     stdout.write(json.dumps(res) + "\n")
 
 
-def run_config(name: str, rc: dict, out: Path, warmup: int) -> dict[str, Any]:
+def run_config(name: str, rc: dict, out: Path, warmup: int) -> Measurement | ChildError:
     """`measure` in a fresh Python subprocess (same interpreter, same `midtrain`)."""
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
@@ -166,7 +205,7 @@ def run_bench(
     warmup: int = 3,
     configs: tuple[str, ...] = CONFIGS,
     precision: str = "fp32",
-) -> dict[str, Any]:
+) -> TrainBenchReport:
     """Interleaved rounds of sgemm and each of `configs`, each in its own subprocess."""
     import torch
 
@@ -205,7 +244,7 @@ def _ratio(med: dict[str, float], mode: str, errors: dict[str, str]) -> tuple[An
 
 
 def _report(med: dict, series: dict, rss: dict, errors: dict, rc: dict, steps: int,
-            warmup: int) -> dict[str, Any]:  # fmt: skip
+            warmup: int) -> TrainBenchReport:  # fmt: skip
     import torch
 
     from midtrain import train
