@@ -65,7 +65,7 @@ class TokenStore:
     """A prepared source. Open with `TokenStore.open(path)`; arrays are read-only memory maps."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # manifest.json as read (JSON, checked against `StoreManifest`)
     _train: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
@@ -232,7 +232,7 @@ def open_store(path: str | Path, field: str) -> TokenStore:
         raise MidtrainError(f"{field}: {e}") from None
 
 
-def content_hash_of(root: Path, man: dict[str, Any]) -> str:
+def content_hash_of(root: Path, man: dict[str, Any]) -> str:  # man: manifest.json's object
     files = ("heldout.bin", "heldout_docs.npy", "heldout_bytes.npy")
     return hash_obj(
         {

@@ -52,7 +52,10 @@ class StoreWriter:
         self.heldout_nbytes.append(n_bytes)
 
     def finish(self, manifest: dict[str, Any], train: dict[str, Any] | None = None) -> None:
-        """Close the files and write heldout_*.npy and manifest.json (with the content hash)."""
+        """Close the files and write heldout_*.npy and manifest.json (with the content hash).
+
+        `manifest` and `train` are parts of manifest.json's object as written (JSON; its schema is
+        `store.StoreManifest`, which `TokenStore.open` checks)."""
         if self._train is not None:
             self._train.close()
         self._heldout.close()
