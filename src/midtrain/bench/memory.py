@@ -24,9 +24,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any
 
-from midtrain.bench.reports import ChildError
+from midtrain.bench.reports import (
+    AllocatorCheck,
+    AnalyticNeed,
+    ChildError,
+    EvalJob,
+    EvalPeaks,
+    MemoryReport,
+    Setup,
+    TrainJob,
+    TrainPeaks,
+)
 from midtrain.io import library_versions
 
 if TYPE_CHECKING:
@@ -45,124 +55,6 @@ PRESETS = {
     "300m": {**_LLAMA, "hidden_size": 1024, "num_hidden_layers": 14, "num_attention_heads": 16,
              "num_key_value_heads": 16, "intermediate_size": 4096},  # 300M parameters
 }  # fmt: skip
-
-
-class AnalyticNeed(TypedDict):
-    """`analytic_need`: parameters and MiB of each part of the analytic peak."""
-
-    params: int
-    weights_mib: float
-    grads_mib: float
-    adam_moments_mib: float
-    activations_mib: float
-    need_mib: float
-
-
-class TrainPeaks(TypedDict):
-    """`measure_train`: one process's (or FSDP rank's) peak growth over a few steps."""
-
-    peak_growth_mib: float
-    peak_rss_mib: float
-    baseline_rss_mib: float
-    after_build_mib: float
-    step_peaks_mib: list[float]
-    step_loss: list[float]
-    rank: int
-    wall_s: float
-
-
-class EvalPeaks(TypedDict):
-    """`measure_eval`: the evaluation's peak growth and rates."""
-
-    peak_growth_mib: float
-    peak_rss_mib: float
-    baseline_rss_mib: float
-    task_examples: int
-    domain_docs: int
-    seconds: float
-    timing: dict[str, float]
-    examples_per_s: float | None
-    task_examples_per_s: float | None
-
-
-class TrainJob(TypedDict):
-    """A training measurement for `_child` (sent as JSON on its stdin)."""
-
-    kind: Literal["train"]
-    rc: dict[str, Any]  # a run config as `train.load_run_config` takes it (validated there)
-    out: str
-    save: bool
-
-
-class EvalJob(TypedDict):
-    """An evaluation measurement for `_child` (sent as JSON on its stdin)."""
-
-    kind: Literal["eval"]
-    checkpoint: str
-    tasks: str
-    store: str
-    out: str
-    limit: int
-    batch_size: int
-    threads: int
-
-
-class Setup(TypedDict):
-    """`run_bench`'s settings, spread into the report."""
-
-    preset: str
-    model: dict[str, Any]  # the HF config kwargs of the `[model]` table (passed to transformers)
-    seq_len: int
-    micro_batch: int
-    batch_seqs: int
-    steps: int
-    threads: int
-    eval_limit: int
-    eval_batch: int
-    wall_s: float
-
-
-class HeapKept(TypedDict):
-    single: float | None
-    fsdp: list[float | None]
-
-
-class AllocatorCheck(TypedDict):
-    """`_allocator`: the runs again with glibc's mmap threshold fixed."""
-
-    env: dict[str, str]
-    single: TrainPeaks | ChildError
-    fsdp: list[TrainPeaks | ChildError]
-    ratio_single_vs_analytic: float | None
-    ratio_fsdp_rank_vs_single: list[float | None]
-    heap_kept_mib: HeapKept
-
-
-class Targets(TypedDict):
-    single_vs_analytic: float
-    fsdp_rank_vs_single: float
-
-
-class MemoryReport(Setup, total=False):
-    """The `bench memory --json` report (`report`; `run_bench` adds fixed_mmap_threshold)."""
-
-    benchmark: str
-    analytic: AnalyticNeed
-    single: TrainPeaks | ChildError
-    ratio_single_vs_analytic: float | None
-    meets_single: bool
-    fsdp: list[TrainPeaks | ChildError]
-    ratio_fsdp_rank_vs_single: list[float | None]
-    ratio_fsdp_max: float | None
-    meets_fsdp: bool
-    eval: EvalPeaks | ChildError
-    ratio_eval_vs_weights: float | None
-    targets: Targets
-    errors: dict[str, str]
-    peak_how: str
-    activation_formula: str
-    versions: dict[str, str]
-    fixed_mmap_threshold: AllocatorCheck | None
 
 
 # -- the analytic need -----------------------------------------------------------------------------
