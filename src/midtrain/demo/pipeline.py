@@ -54,9 +54,9 @@ class DemoSettings:
     anneal_tokens: int = 262_144  # 64 steps of 4096 tokens
     seeds: tuple[int, ...] = (0, 1)
     eval_limit: int = 200
-    # the full demo also evaluates each run halfway (its trajectory, still-moving); the quick
-    # world's 8-step anneals would spend most of their time evaluating a second point
-    eval_points: tuple[float, ...] = (0.5, 1.0)
+    # the end only, as the library's default: a halfway point too gave the full demo its
+    # trajectory but 38% of its time evaluating and ~20 min in all (docs/demo-world.md)
+    eval_points: tuple[float, ...] = (1.0,)
     full_run_tokens: int = 2_400_000
     # the SFT probe of every run (the world's SFT sets, docs/demo-world.md#sft-sets)
     sft_sets: tuple[str, ...] = ("facts", "arith", "code")
@@ -72,7 +72,6 @@ QUICK = DemoSettings(
     base_tokens=400_000,
     anneal_tokens=32_768,
     eval_limit=100,
-    eval_points=(1.0,),
     full_run_tokens=480_000,
     sft_sets=("arith",),
 )
