@@ -166,3 +166,29 @@ def test_per_task_eval_settings_reach_every_job(tmp_path):
     # eval settings do not change what a run trains: same run ids as without them
     plain = make_plan(load_study(write(tmp_path, GOOD)), tmp_path / "out")
     assert [r.run_id for r in plan.runs] == [r.run_id for r in plain.runs]
+
+
+def test_study_tables_name_every_field_of_their_models():
+    """study/tables.py's TypedDicts (what presets and rounds build) have exactly their pydantic
+    models' keys, so a field added to a section cannot be missing from its table."""
+    import typing
+
+    from midtrain.eval.api import TaskSetting
+    from midtrain.probe.config import SftProbeSpec, SftSet
+    from midtrain.sft.config import SftTemplate
+    from midtrain.study import tables as t
+    from midtrain.study.config import StudyConfig
+    from midtrain.study.keep import KeepSpec
+    from midtrain.study.resources import Resources
+    from midtrain.study.sections import AnalysisSpec, Candidate, EvalSpec, Guard
+    from midtrain.train.config import OptimizerConfig, ScheduleConfig
+
+    pairs = [(t.StudyTable, StudyConfig), (t.ScheduleTable, ScheduleConfig),
+             (t.TaskSettingTable, TaskSetting), (t.EvalTable, EvalSpec),
+             (t.AnalysisTable, AnalysisSpec), (t.SftSetTable, SftSet),
+             (t.TemplateTable, SftTemplate), (t.OptimizerTable, OptimizerConfig),
+             (t.SftProbeTable, SftProbeSpec), (t.ResourcesTable, Resources),
+             (t.KeepTable, KeepSpec), (t.GuardTable, Guard), (t.CandidateTable, Candidate)]  # fmt: skip
+    for table, model in pairs:
+        keys = set(typing.get_type_hints(table))
+        assert keys == set(model.model_fields), (table.__name__, keys ^ set(model.model_fields))

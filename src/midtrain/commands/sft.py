@@ -51,7 +51,7 @@ def sft(
     from midtrain.sft import load_sft_config, plan_sft, run_sft
     from midtrain.sft.grid import edge_warning
 
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {}  # the --config TOML and the flags, validated as an SftConfig
     if config is not None:
         fields = load_toml(config, "--config")
         base = config.resolve().parent

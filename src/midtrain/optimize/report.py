@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from rich.table import Table
 
 from midtrain.console import safe
 from midtrain.optimize.proposal import Predicted, Proposal
+from midtrain.study.tables import RoundTable
+
+
+class PredictedJson(TypedDict):
+    """A `Predicted` metric in the proposal's JSON (its fields)."""
+
+    metric: str
+    current: float
+    proposed: float
+    delta: float
+    se: float
+    higher_better: bool
+    tolerance: float | None
+    cv_rmse: float | None
+    cv_mixes: int
+    cv_worst: str | None
+    measured: float | None
+    auto: bool
+
+
+class SourceJson(TypedDict):
+    """One source of the proposal's JSON: its shares and repetition cap."""
+
+    current: float
+    proposed: float
+    low: float
+    high: float
+    cap: float
+    cap_share: float
+
+
+class ProposalJson(TypedDict):
+    """`midtrain optimize --json`."""
+
+    model: str
+    law: str
+    points: int
+    mixes: int
+    current_name: str
+    sources: dict[str, SourceJson]
+    primary: PredictedJson
+    guards: list[PredictedJson]
+    targets: list[str]
+    extrapolation: list[str]
+    notes: list[str]
+    round: RoundTable
 
 
 def mix_table(p: Proposal) -> Table:
@@ -65,11 +112,9 @@ def lines(p: Proposal) -> list[str]:
     return out + [f"note: {n}" for n in p.notes]
 
 
-def to_json(p: Proposal) -> dict[str, Any]:
-    def pred(m: Predicted) -> dict[str, Any]:
-        return {k: getattr(m, k) for k in ("metric", "current", "proposed", "delta", "se",
-                                            "higher_better", "tolerance", "cv_rmse", "cv_mixes",
-                                            "cv_worst", "measured", "auto")}  # fmt: skip
+def to_json(p: Proposal) -> ProposalJson:
+    def pred(m: Predicted) -> PredictedJson:
+        return PredictedJson(**asdict(m))
 
     return {
         "model": p.model, "law": p.law, "points": p.points, "mixes": p.mixes,

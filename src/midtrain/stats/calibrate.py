@@ -9,7 +9,6 @@ share controls). `CalibrationSettings` is the calibration's design.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -82,7 +81,7 @@ class CalibrationResult(BaseModel):
     false_decision_bootstrap: list[float] | None = None  # 95% cluster bootstrap over studies
     familywise: Rate | None = None  # studies with at least one false decision
     designs: dict[str, DesignRate] = {}
-    settings: dict[str, Any] = {}
+    settings: CalibrationSettings | None = None  # the design that gave these rates
     coverage: Rate  # primary intervals that contain 0
     task_coverage: Rate  # per-task intervals (primary metric) that contain 0
     acc_coverage: Rate  # per-task accuracy intervals that contain 0
@@ -129,7 +128,7 @@ def summarise(results: list[StudyResult], s: CalibrationSettings, tokens: int,
         nominal=round(1 - results[0].confidence, 6) if results else 0.05,
         run_sd=[r.control.noise_floor.primary_sd if r.control.noise_floor else None for r in results],
         studies=s.studies, shards=s.shards, seeds=s.seeds, tokens=tokens, wall_s=round(wall, 1),
-        settings=s.model_dump(),
+        settings=s,
     )  # fmt: skip
 
 

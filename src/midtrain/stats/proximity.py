@@ -106,7 +106,7 @@ class ProximityTable:
     settings: SimilaritySettings = field(default_factory=dict)  # type: ignore[assignment]
     format: str = FORMAT
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # proximity.json's object
         return asdict(self)
 
     def correlation_notes(self) -> list[str]:
@@ -118,7 +118,7 @@ class ProximityTable:
         return [f"{', '.join(where)}: {n}" for n, where in scopes.items()]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProximityTable:
+    def from_dict(cls, d: dict[str, Any]) -> ProximityTable:  # proximity.json as read
         if d.get("format") != FORMAT:
             raise MidtrainError(f"proximity table: format {d.get('format')!r} is not {FORMAT!r}; "
                                 "compute it again with `midtrain similarity --study`")  # fmt: skip

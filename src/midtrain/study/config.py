@@ -185,7 +185,7 @@ class StudyConfig(Strict):
 
     @field_validator("train")
     @classmethod
-    def _train_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _train_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:  # run-config fields
         clash = sorted(set(RUN_OWNED) & set(v))
         if clash:
             raise ValueError(f"may not set {clash[0]!r}; the study sets it for every run")
@@ -222,7 +222,7 @@ class StudyConfig(Strict):
         return self._base_dir or None
 
     @property
-    def run_overrides(self) -> dict[str, Any]:
+    def run_overrides(self) -> dict[str, Any]:  # run-config fields, validated per run
         """[train] without `command`: the run-config fields it sets for every run."""
         return {k: v for k, v in self.train.items() if k != "command"}
 
@@ -268,7 +268,9 @@ class StudyConfig(Strict):
 
 
 def parse_study(
-    data: dict[str, Any], source: str = "", base_dir: Path | None = None
+    data: dict[str, Any],  # the study file's TOML (or study.json's config) as read
+    source: str = "",
+    base_dir: Path | None = None,
 ) -> StudyConfig:
     """Validate a study dict; paths are resolved against `base_dir` (the study file's folder)."""
     cfg = validate(StudyConfig, data, source=source)

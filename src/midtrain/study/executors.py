@@ -170,13 +170,13 @@ class RayExecutor:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         started = not ray.is_initialized()
         if started:
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if self.address:
-                kwargs["address"] = self.address
-            else:
-                kwargs.update(num_cpus=os.cpu_count() or 2, object_store_memory=80 * 1024**2)
+            quiet = {"include_dashboard": False, "log_to_driver": False}
             with _keep_signal_handlers():
-                ray.init(**kwargs)
+                if self.address:
+                    ray.init(address=self.address, **quiet)
+                else:
+                    ray.init(num_cpus=os.cpu_count() or 2, object_store_memory=80 * 1024**2,
+                             **quiet)  # fmt: skip
         try:
             return self._run(ray, chains, notify)
         finally:

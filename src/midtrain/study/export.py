@@ -21,12 +21,15 @@ import json
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
 from midtrain.io import read_json
 from midtrain.mix.spec import MixComponent
 from midtrain.study.config import StudyConfig
+
+if TYPE_CHECKING:
+    from midtrain.data.store import TokenStore
 
 FORMAT = "midtrain-export/1"
 # midtrain shape -> (Megatron --lr-decay-style, --lr-wsd-decay-style or None)
@@ -125,13 +128,13 @@ def _from_record(folder: Path) -> tuple[StudyConfig, list[tuple[str, int, list[M
     return parse_study(config, source=str(f)), runs
 
 
-def _stores(cfg: StudyConfig, used: set[str]) -> dict[str, Any]:
+def _stores(cfg: StudyConfig, used: set[str]) -> dict[str, TokenStore]:
     from midtrain.data.store import open_store
 
     return {s: open_store(cfg.stores[s], f"stores.{s}") for s in sorted(used)}
 
 
-def _share(m: MixComponent, store: Any, tokens: int) -> Share:
+def _share(m: MixComponent, store: TokenStore, tokens: int) -> Share:
     train = store.train_file
     meg = store.manifest.get("megatron", {}).get("prefix")
     if meg is not None and store.manifest["train"]["file"] != "train.bin":
@@ -219,7 +222,7 @@ def notes(run: ExportRun, fmt: str) -> list[str]:
 OLMO_SCHEDULERS = {"linear": "LinearWithWarmup", "cosine": "CosWithWarmup"}
 
 
-def olmo_core_scheduler(s: Schedule) -> dict[str, Any] | None:
+def olmo_core_scheduler(s: Schedule) -> dict[str, Any] | None:  # OLMo-core's config dict
     """The schedule as an OLMo-core 3.x `Scheduler` config (`as_config_dict()` form), or None.
 
     OLMo-core's trainer counts steps from 1 (`global_step` is raised before each batch, then
@@ -254,7 +257,7 @@ def olmo_core_notes(run: ExportRun) -> list[str]:
     return []
 
 
-def olmo_core_config(run: ExportRun) -> dict[str, Any]:
+def olmo_core_config(run: ExportRun) -> dict[str, Any]:  # OLMo-core's config values (JSON)
     """The run as OLMo-core 3.x config values: `source_mixture_config` is a
     `SourceMixtureDatasetConfig` dict and `scheduler` a `Scheduler` dict (`from_dict` builds
     each); `max_steps` is the trainer's duration in steps; `midtrain_schedule` is ours."""

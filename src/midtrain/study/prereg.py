@@ -10,14 +10,32 @@ changed after results were seen (and which fields).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import read_json
 from midtrain.study.config import StudyConfig
 
 
-def analysis_plan(cfg: StudyConfig) -> dict[str, Any]:
+class AnalysisPlan(TypedDict, total=False):
+    """study.json's `analysis_plan` (a plan registered by an older release may lack keys)."""
+
+    tasks: list[str]
+    select: str
+    select_from: str | None
+    metric: str
+    primary_score: str
+    correction: str
+    confidence: float
+    guards: list[dict[str, str | float | None]]  # each a `Guard` dumped
+    min_snr: float
+    allow_task_regression: bool
+    mde: float | None
+    decide_on: str
+    max_seeds: int
+
+
+def analysis_plan(cfg: StudyConfig) -> AnalysisPlan:
     """Everything that decides how finished runs become verdicts."""
     a = cfg.analysis
     return {
@@ -29,7 +47,7 @@ def analysis_plan(cfg: StudyConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def registered(out: Path) -> dict[str, Any] | None:
+def registered(out: Path) -> AnalysisPlan | None:
     """The plan recorded in OUT/study.json (None before the first run, or from an older release)."""
     f = Path(out) / "study.json"
     if not f.is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 from pydantic import field_validator
 
@@ -15,6 +15,17 @@ from midtrain.schema import Strict, field
 
 Notify = Callable[[Outcome], None]
 GRACE_S = 30.0  # an interrupted worker's time to mark its run and exit before SIGKILL
+
+
+class RayOptions(TypedDict, total=False):
+    """The `.options(...)` of a chain's Ray task."""
+
+    num_cpus: float
+    num_gpus: float
+    memory: int  # bytes
+    resources: dict[str, float]  # [resources] custom
+    max_retries: int
+    retry_exceptions: bool
 
 
 class Resources(Strict):
@@ -90,16 +101,17 @@ class Resources(Strict):
         """`processes`, with 0 resolved: whole GPUs of the chain when 2 or more, else 1."""
         return self.processes or (int(self.gpus) if self.gpus >= 2 else 1)
 
-    def ray_options(self) -> dict[str, Any]:
+    def ray_options(self) -> RayOptions:
         """The `.options(...)` of a chain's task."""
-        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        opts: RayOptions = {"num_cpus": self.cpus, "num_gpus": self.gpus}
         if self.memory is not None:
             opts["memory"] = memory_bytes(self.memory)
         if self.custom:
             opts["resources"] = dict(self.custom)
         # run_chain never raises (a job's failure is an Outcome, retried there once), so only a
         # lost node or worker is retried by Ray.
-        return opts | {"max_retries": self.max_retries, "retry_exceptions": False}
+        opts |= {"max_retries": self.max_retries, "retry_exceptions": False}
+        return opts
 
 
 # sbatch flags a study sets through [resources] or that submitit owns

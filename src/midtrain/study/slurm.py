@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
@@ -35,6 +35,28 @@ JOBS_FILE = "jobs.jsonl"
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
           "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
           "PREEMPTED"}  # fmt: skip
+
+
+class JobRecord(TypedDict):
+    """A line of STUDY/slurm/jobs.jsonl: one submitted job."""
+
+    job: str  # the Slurm job id
+    run: str  # the chain's first run
+    dir: str  # its run folder
+    log: str  # submitit's stdout file
+    time: float  # submitted at (Unix seconds)
+
+
+class SbatchParameters(TypedDict, total=False):
+    """submitit's `update_parameters` keywords that a study sets (its sbatch options)."""
+
+    nodes: int
+    ntasks_per_node: int
+    cpus_per_task: int
+    gpus_per_node: int
+    partition: str
+    time: int  # minutes
+    additional_parameters: dict[str, str | int | bool]  # [resources] sbatch, and mem
 
 
 class ChainJob:
@@ -84,7 +106,7 @@ class SlurmExecutor:
         err_console.print(f"slurm: submitted job {job.job_id} for {safe(chain[0].name)}",
                           highlight=False)  # fmt: skip
         (self.out / "slurm").mkdir(parents=True, exist_ok=True)
-        line = {"job": job.job_id, "run": chain[0].name, "dir": chain[0].dir,
+        line: JobRecord = {"job": job.job_id, "run": chain[0].name, "dir": chain[0].dir,
                 "log": str(job.paths.stdout), "time": time.time()}  # fmt: skip
         with open(self.out / "slurm" / JOBS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
@@ -127,12 +149,12 @@ def _unsubmitted(chain: Chain, e: Exception) -> Outcome:
                    error=f"sbatch failed: {why}")  # fmt: skip
 
 
-def sbatch_parameters(r: Resources) -> dict[str, Any]:
+def sbatch_parameters(r: Resources) -> SbatchParameters:
     """submitit's parameters of every job: one task with the chain's cores, GPUs and memory."""
-    extra: dict[str, Any] = dict(r.sbatch)
+    extra = dict(r.sbatch)
     if r.memory is not None:
         extra["mem"] = f"{math.ceil(memory_bytes(r.memory) / 2**20)}M"
-    params: dict[str, Any] = {"nodes": 1, "ntasks_per_node": 1,
+    params: SbatchParameters = {"nodes": 1, "ntasks_per_node": 1,
                               "cpus_per_task": max(1, math.ceil(r.cpus)),
                               "additional_parameters": extra}  # fmt: skip
     if r.gpus:
@@ -235,12 +257,12 @@ def cancel(jobs: dict[str, tuple[Any, Chain]]) -> None:
             mark_interrupted(Path(j.dir))
 
 
-def recorded_jobs(out: Path) -> dict[str, dict[str, Any]]:
+def recorded_jobs(out: Path) -> dict[str, JobRecord]:
     """The last job submitted for each run folder of the study in `out` (STUDY/slurm/jobs.jsonl)."""
     f = Path(out) / "slurm" / JOBS_FILE
     if not f.is_file():
         return {}
-    last: dict[str, dict[str, Any]] = {}
+    last: dict[str, JobRecord] = {}
     for line in f.read_text(encoding="utf-8").splitlines():
         with contextlib.suppress(ValueError):
             rec = json.loads(line)
