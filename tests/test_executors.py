@@ -10,12 +10,12 @@ import sys
 import pytest
 from _toy_stage import ToyResult, ToySpec
 
+from midtrain.driver import runner
+from midtrain.driver.runner import study_lock
 from midtrain.errors import MidtrainError
 from midtrain.jobs import Job, get_stage, pending, run_chain
-from midtrain.study import runner
 from midtrain.study.config import parse_study
 from midtrain.study.executors import LocalExecutor, make_executor, memory_bytes
-from midtrain.study.runner import study_lock
 
 
 def toy(tmp_path, name, value, fail_times=0):

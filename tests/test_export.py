@@ -162,9 +162,9 @@ def test_olmo_core_scheduler_gives_midtrains_lr_at_every_step(shape, warmup, tmp
 
 
 def test_json_export_of_a_planned_and_a_finished_study_agree(root, tmp_path, monkeypatch, capsys):
+    from midtrain.driver.runner import _study_record
     from midtrain.study.config import load_study
     from midtrain.study.plan import make_plan
-    from midtrain.study.runner import _study_record
 
     out = tmp_path / "planned.json"
     args = ["study", "export", root / "study.toml", "--format", "json", "--out", out]

@@ -45,8 +45,8 @@ def study_text(w: dict, keep: str = "") -> str:
 
 
 def run(w: dict, out: Path, keep: str = ""):
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.toml").write_text(study_text(w, keep))
@@ -214,7 +214,7 @@ def test_keep_none_drops_run_weights_and_a_job_needing_them_again_is_one_line(
 
 
 def test_prune_refuses_a_running_study(default_study, monkeypatch, capsys):
-    from midtrain.study.runner import study_lock
+    from midtrain.driver.runner import study_lock
 
     out, _ = default_study
     before = {str(p): p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -227,8 +227,8 @@ def test_prune_refuses_a_running_study(default_study, monkeypatch, capsys):
 def test_a_study_reusing_pruned_runs_keeps_their_evaluations_cached(w, default_study, tmp_path):
     """An integration round reuses runs (hard links) whose SFT checkpoints are gone: their
     evaluations and probes stay cached in the new folder (nothing re-reads removed weights)."""
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     src, out = default_study[0], tmp_path / "study"
     text = study_text(w).replace("merge_seeds = true\n", f'merge_seeds = true\nreuse = ["{src}"]\n')

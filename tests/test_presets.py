@@ -234,7 +234,7 @@ def test_several_base_stores_make_a_base_mix_and_each_is_guarded(user, tmp_path,
     path.write_text("checkpoint_tokens = 1000\n" + path.read_text())  # what the header asks for
     assert main_code(["study", "run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     assert "(0%; checkpoint-too-early, the least is 50%)" in _said(capsys)
-    from midtrain.study.collect import _study_flags
+    from midtrain.driver.collect import _study_flags
     from midtrain.study.config import load_study
 
     assert _study_flags(load_study(path)) == ["checkpoint-too-early"]  # the flag can fire

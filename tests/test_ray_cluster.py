@@ -121,8 +121,8 @@ def test_a_study_finishes_when_its_node_is_replaced_mid_run(tmp_path, monkeypatc
     from ray.cluster_utils import Cluster
 
     from midtrain import train
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     torch.set_num_threads(1)
     w = build_world(tmp_path / "world")

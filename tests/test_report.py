@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from midtrain.driver.collect import collect
 from midtrain.eval.api import tasks_key
 from midtrain.eval.results import DomainExample, EvalResult, TaskExample, summarise, to_json_line
 from midtrain.io import atomic_write_json
 from midtrain.report import write_report
-from midtrain.study.collect import collect
 from midtrain.study.config import parse_study
 from midtrain.study.plan import StudyPlan, make_plan
 from midtrain.study.results import StudyResult

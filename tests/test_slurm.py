@@ -116,8 +116,8 @@ def world(tmp_path_factory):
     from _train_fixtures import build_world, pretrain_config
 
     from midtrain import train
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("world")

@@ -151,8 +151,8 @@ max_repetition = 50.0
 
 
 def test_quick_study_verdicts(world, tmp_path):
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     # three seeds: task-items@0.5 is the only arm of its design, so its paired differences
     # alone estimate its noise (2 df; with two seeds, 1)
@@ -198,8 +198,8 @@ def _comparable(results) -> list:
 
 @pytest.mark.slow
 def test_killed_study_resumes_to_identical_results(world, tmp_path):
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     ref = run_study(
         load_study(study_file(world, tmp_path / "a", SMALL, seeds=(0,), tokens=16384)),
@@ -232,8 +232,8 @@ def test_killed_study_resumes_to_identical_results(world, tmp_path):
 @pytest.mark.slow
 def test_ray_and_worker_processes_match_the_serial_study(world, tmp_path):
     pytest.importorskip("ray")
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     local = run_study(
         load_study(study_file(world, tmp_path / "l", SMALL, seeds=(0,))), tmp_path / "l" / "s"
@@ -263,8 +263,8 @@ def test_each_run_of_a_study_can_train_on_two_processes(world, tmp_path):
     match the one-process study's, and the verdicts are the same."""
     from safetensors.torch import load_file
 
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     res = {}
     for name, extra in (("one", ""), ("two", "[resources]\nprocesses = 2\n")):
@@ -302,9 +302,9 @@ def _with_shards(world, text_path: Path) -> None:
 
 
 def test_auto_seeds_grow_only_inconclusive_arms_with_split_alpha(world, tmp_path):
+    from midtrain.driver.runner import run_study
     from midtrain.stats.sequential import spending_levels
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     path = study_file(world, tmp_path, NULL, seeds=(0, 1), extra="")
     path.write_text(
@@ -431,10 +431,10 @@ def test_sft_probe_and_cpt_arm_give_intervals_and_can_decide(world, tmp_path, mo
     """Every run (control, arm, CPT arm; 2 seeds) is fine-tuned on an SFT set and scored after
     it; the deltas have intervals; a rerun is fully cached; decide_on = "sft" decides on it."""
     from midtrain.cli import main
+    from midtrain.driver.runner import run_study
     from midtrain.jobs import Job
     from midtrain.stats.probe_gains import SFT_METRIC
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     out = tmp_path / "study"
     dry = ["midtrain", "study", "run", str(probe_study(world, tmp_path)), "--out", str(out)]

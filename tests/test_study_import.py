@@ -134,7 +134,7 @@ def _write(path: Path, data: dict) -> Path:
 def imported(world, request):
     """The same four runs imported twice: from the CLI's sample files (the study's checkpoint and
     stores not here, as where only sample logs were kept) and from the checkpoints."""
-    from midtrain.study.importer import import_study
+    from midtrain.driver.importer import import_study
     from midtrain.study.results import StudyResult
 
     root = world["root"]

@@ -195,8 +195,8 @@ def write_probe(j, shift: float, forget: float, key: list[int]) -> None:
 def test_collect_and_report_the_probe_of_every_run_with_any_set_name(tmp_path):
     from test_report import EVIL, fake_world, write_run
 
+    from midtrain.driver.collect import collect
     from midtrain.report import write_report
-    from midtrain.study.collect import collect
     from midtrain.study.config import parse_study
 
     (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')

@@ -273,8 +273,8 @@ def test_code_task_without_allow_code_execution_is_refused_before_anything_is_wr
 def test_dry_run_counts_finished_runs_and_plans_only_what_is_left(w, tmp_path, monkeypatch, capsys):
     import shutil
 
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     path = write(tmp_path, study_text(w))
     dry = ["study", "run", path, "--out", tmp_path / "o", "--dry-run"]

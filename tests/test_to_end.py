@@ -63,7 +63,7 @@ def study(world, **over) -> dict:
 
 
 def test_each_start_trains_to_the_end_on_its_schedule_continued(world, tmp_path):
-    from midtrain.study.runner import prepare
+    from midtrain.driver.runner import prepare
     from midtrain.train.plan import plan_run
 
     cfg = parse_study(study(world))

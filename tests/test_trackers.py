@@ -20,9 +20,9 @@ import torch
 from _train_fixtures import build_world, pretrain_config
 
 from midtrain import cli, train
+from midtrain.driver import runner
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_obj
-from midtrain.study import runner
 from midtrain.study.config import parse_study
 from midtrain.train import loop
 from midtrain.train.trackers import TrackersConfig, close_sinks, open_sinks

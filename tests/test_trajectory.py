@@ -38,8 +38,8 @@ def study_text(w: dict, points: str) -> str:
 
 
 def run(w: dict, out, points: str):
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     out.mkdir(parents=True, exist_ok=True)
     toml = out.parent / f"{out.name}.toml"

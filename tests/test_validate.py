@@ -12,6 +12,7 @@ import pytest
 from test_report import fake_world, write_run
 
 from midtrain.cli import main
+from midtrain.driver.collect import collect
 from midtrain.io import atomic_write_json
 from midtrain.stats.validate import (
     Validation,
@@ -21,7 +22,6 @@ from midtrain.stats.validate import (
     reference_config,
     wilson,
 )
-from midtrain.study.collect import collect
 from midtrain.study.config import parse_study
 from midtrain.study.plan import make_plan
 
@@ -180,7 +180,7 @@ def test_validate_scale_tokens_end_to_end(tmp_path, monkeypatch, capsys):
         ran.append(cfg)
         fake_run_study(cfg, out, {"a": 0.5, "b": -0.1, "c": 0.2})
 
-    monkeypatch.setattr("midtrain.study.runner.run_study", run_study)
+    monkeypatch.setattr("midtrain.driver.runner.run_study", run_study)
     code, out, err = run_cli(
         ["validate", study, "--scale-tokens", 2, "--json"], monkeypatch, capsys
     )

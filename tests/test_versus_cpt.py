@@ -99,8 +99,8 @@ def test_results_and_report_carry_the_contrast(tmp_path):
     """collect() computes it from the runs; results.json, report.md and report.html show it."""
     from test_report import fake_world, write_run
 
+    from midtrain.driver.collect import collect
     from midtrain.report import write_report
-    from midtrain.study.collect import collect
     from midtrain.study.config import parse_study
     from midtrain.study.plan import make_plan
 

@@ -64,8 +64,8 @@ def run_calibration(out: Path, s: CalibrationSettings, study: Path | None = None
     """Shard the base sources, run the A/A studies, count false decisions and misses."""
     from midtrain.data.prepare import shard_store
     from midtrain.data.store import TokenStore
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study, parse_study
-    from midtrain.study.runner import run_study
 
     t0 = time.time()
     out = Path(out).resolve()

@@ -44,10 +44,10 @@ def study_run(
     ] = False,
 ) -> None:
     """Run a microanneal study: control + arms, evaluation, analysis, report."""
+    from midtrain.driver.runner import run_study
     from midtrain.report import verdict_table
     from midtrain.report.render import lr_edge_note
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     cfg = load_study(study)
     if cfg.starts:
@@ -114,8 +114,8 @@ def exit_on_failed_runs(results, out: Path) -> None:
 def print_plan(cfg, out: Path) -> None:
     """The runs, their mixes, FLOPs and time estimates, and one token table per distinct mix;
     runs already finished in OUT are marked and left out of the time still to spend."""
+    from midtrain.driver.runner import prepare
     from midtrain.jobs import pending
-    from midtrain.study.runner import prepare
     from midtrain.train.plan import estimate, plan_run
 
     plan = prepare(cfg, Path(out).resolve())
@@ -166,8 +166,8 @@ def print_plan(cfg, out: Path) -> None:
 
 def plan_notes(cfg) -> list[str]:
     """The guards, and where the start checkpoint sits in the full run (checkpoint-too-early)."""
+    from midtrain.driver.collect import checkpoint_seen
     from midtrain.integrate.guards import describe
-    from midtrain.study.collect import checkpoint_seen
 
     lines = [f"guards: {safe(describe([g.model_dump() for g in cfg.guards]))}"]
     seen, full = checkpoint_seen(cfg), cfg.full_run_tokens
@@ -240,13 +240,14 @@ def print_probes(plan) -> None:
 def power_line(plan) -> str:
     """The minimum detectable effect this plan can expect: measured when runs already finished
     in OUT, otherwise in units of the run-to-run noise s it will measure."""
+    from midtrain.stats.analysis import confidence_at
     from midtrain.stats.contrast import design_df, mde_factor
 
     cfg = plan.config
     designs = Counter("cpt" if r.cpt else f"{r.fraction:g}" for r in plan.runs
                       if r.arm != "control" and r.seed == cfg.first_seeds[0])  # fmt: skip
     arms, seeds = min(designs.values(), default=1), len(cfg.first_seeds)
-    factor = mde_factor(arms, seeds, cfg.look_confidence(1))
+    factor = mde_factor(arms, seeds, confidence_at(cfg, 1))
     if factor == float("inf"):
         return (
             f"power: {seeds} seed(s) leave no degrees of freedom for the run noise: no verdict "
@@ -409,8 +410,8 @@ def study_prune(
     ] = None,
 ) -> None:
     """Remove the checkpoints a finished study no longer needs under its [keep] policy."""
+    from midtrain.driver.prune import prune_study
     from midtrain.study.keep import fmt_bytes
-    from midtrain.study.prune import prune_study
 
     report = prune_study(study_dir, keep)
     for path in report.removed:

@@ -19,8 +19,8 @@ def study_import(
     checkpoints or lm-eval --log_samples files."""
     from midtrain.commands.study import console, exit_on_failed_runs
     from midtrain.console import safe
+    from midtrain.driver.importer import import_study
     from midtrain.report import verdict_table
-    from midtrain.study.importer import import_study
 
     results = import_study(runs, out)
     console.print(verdict_table(results))

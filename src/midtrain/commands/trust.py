@@ -122,8 +122,9 @@ def validate(
     workers: Annotated[int, typer.Option(help="Parallel run processes (reference).")] = 1,
 ) -> None:
     """Decision accuracy of a study's verdicts against a reference with more compute."""
+    from midtrain.driver.runner import run_reference
     from midtrain.errors import MidtrainError
-    from midtrain.stats.validate import compare, run_reference
+    from midtrain.stats.validate import compare
 
     if reference is not None and scale_tokens is not None:
         raise MidtrainError("validate: --reference DIR and --scale-tokens N both given; give one")

@@ -240,8 +240,8 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> StudyResult:
     """Run the whole demo into `out`; returns the study results."""
+    from midtrain.driver.runner import run_study
     from midtrain.study.config import load_study
-    from midtrain.study.runner import run_study
 
     s = settings or (QUICK if quick else FULL)
     out = Path(out).resolve()

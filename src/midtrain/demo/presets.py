@@ -99,7 +99,7 @@ def run_preset_demo(out: Path, preset: str, *, quick: bool = False, workers: int
 
         run_grid(cfg, out / "study", workers=workers)
     else:
-        from midtrain.study.runner import run_study
+        from midtrain.driver.runner import run_study
 
         results = run_study(cfg, out / "study", workers=workers)
         if preset == "olmo3":  # the protocol's integration round of the winners, seeds merged,

@@ -78,7 +78,7 @@ class GridResult(BaseModel):
 def start_list(cfg: StudyConfig) -> list[GridStart]:
     """The starts in order of tokens seen (earliest first), each with its folder (and, to_end,
     its runs' tokens and schedule: a bad start is one line, before anything is written)."""
-    from midtrain.study.runner import named_errors
+    from midtrain.driver.runner import named_errors
 
     with named_errors(cfg):
         out = [_start(cfg, ckpt, f"starts[{i}]" if i < len(cfg.starts) else "checkpoint")
@@ -124,7 +124,7 @@ def sub_config(cfg: StudyConfig, start: GridStart) -> StudyConfig:
 
 def run_grid(cfg: StudyConfig, out: Path, **run_kw) -> tuple[GridResult, list[StudyResult]]:
     """Run the study from every start (each resumable), then write grid.json/md/png."""
-    from midtrain.study.runner import prepare, run_study
+    from midtrain.driver.runner import prepare, run_study
 
     out = Path(out).resolve()
     starts = start_list(cfg)

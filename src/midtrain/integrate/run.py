@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_text, read_json
 from midtrain.stats import contrast
+from midtrain.stats.analysis import confidence_at
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.results import (
     ArmResult,
@@ -83,8 +84,8 @@ class RoundResult(BaseModel):
 def run_round(path: str | Path, history: str | Path, *, executor: str = "local",
               workers: int = 1, address: str | None = None) -> tuple[RoundResult, StudyResult]:  # fmt: skip
     """Run (or resume) the round in `path` into `history/<name>/`; write round.json there."""
+    from midtrain.driver.runner import run_study
     from midtrain.integrate.config import load_round
-    from midtrain.study.runner import run_study
 
     path = Path(path)
     spec, cfg = load_round(path)
@@ -137,7 +138,7 @@ def _ablations(spec, cfg: StudyConfig, results: StudyResult, out: Path) -> list[
     """Each ablation: the round minus the round without the source, on the primary score."""
     if not spec.ablate:
         return []
-    from midtrain.study.collect import Finished
+    from midtrain.driver.collect import Finished
     from midtrain.study.plan import make_plan
 
     seeds = {a.arm: [r.seed for r in a.runs] for a in results.arms}
@@ -154,7 +155,7 @@ def _ablations(spec, cfg: StudyConfig, results: StudyResult, out: Path) -> list[
         a = _arm(results, name)
         ab.vs_previous = (a.base_primary or a.primary) if a else None
         if ok and spec.arm() in groups and name in groups:
-            c = contrast.contrast(qs, spec.arm(), name, cfg.interval_confidence)
+            c = contrast.contrast(qs, spec.arm(), name, confidence_at(cfg))
             if c.decidable:
                 ab.contribution, ab.ci = c.delta, c.ci
         rows.append(ab)

@@ -26,6 +26,7 @@ from midtrain.stats import contrast
 from midtrain.stats.data import StudyData
 from midtrain.stats.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.stats.screen import screen_tasks
+from midtrain.stats.sequential import look_confidence
 from midtrain.study.config import CONTROL, StudyConfig
 from midtrain.study.results import (
     ArmAnalysis,
@@ -40,6 +41,15 @@ from midtrain.study.results import (
 )
 
 __all__ = ["StudyData", "analyse_arm", "decide", "screen_tasks"]
+
+
+def confidence_at(cfg: StudyConfig, look: int | None = None) -> float:
+    """The confidence of a study's intervals at analysis `look` (default: its last, the final
+    intervals); below the stated confidence when seeds = "auto" spends alpha over looks."""
+    a = cfg.analysis
+    return look_confidence(
+        a.confidence, a.max_seeds, cfg.looks, cfg.looks if look is None else look
+    )
 
 
 def pooled_noise(data: StudyData, tasks: list[str], metric: str, confidence: float) -> NoiseFloor:

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats as sps
 
 from midtrain.eval.results import Examples
-from midtrain.stats.analysis import primary_score
+from midtrain.stats.analysis import confidence_at, primary_score
 from midtrain.study.config import CONTROL
 from midtrain.study.merging import MODEL, merge_arms, merge_dir
 from midtrain.study.results import MergeResult, MergeTask, NoiseFloor
@@ -48,7 +48,7 @@ def compare(plan, finished, tasks: list[str], noise: NoiseFloor | None) -> list[
         res.delta = m - float(np.mean(seeds))
         if noise is not None and noise.primary_sd is not None and noise.df > 0:
             res.noise_sd, res.noise_df = noise.primary_sd, noise.df
-            q = float(sps.t.ppf(0.5 + cfg.interval_confidence / 2, noise.df))
+            q = float(sps.t.ppf(0.5 + confidence_at(cfg) / 2, noise.df))
             h1, hn = (
                 q * noise.primary_sd * math.sqrt(2),
                 q * noise.primary_sd * math.sqrt(1 + 1 / len(seeds)),

@@ -49,6 +49,19 @@ def spending_levels(alpha: float, info: tuple[float, ...]) -> list[float]:
     return [float(2 * sps.norm.sf(b)) for b in bounds]
 
 
+def look_confidence(confidence: float, max_seeds: int, looks: int, look: int) -> float:
+    """The confidence at analysis `look` (1-based) of `looks`: `confidence` for a single look;
+    seeds = "auto" looks after 2, 3, ... `max_seeds` seeds, and alpha is spent over them with
+    O'Brien-Fleming-type Lan-DeMets boundaries (information = seeds / max_seeds), so the
+    family-wise error over all looks stays 1 - confidence. A study's final intervals have
+    look = looks (`StudyConfig.looks`)."""
+    if looks == 1:
+        return confidence
+    info = tuple((k + 2) / max_seeds for k in range(looks))
+    levels = spending_levels(round(1 - confidence, 12), info)
+    return 1 - levels[min(look, looks) - 1]
+
+
 def _box(mvn: Any, upper: np.ndarray) -> float:
     """P(|Z_j| < upper_j for all j)."""
     return float(mvn.cdf(upper, lower_limit=-upper))

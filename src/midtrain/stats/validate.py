@@ -158,17 +158,6 @@ def reference_config(
     return cfg.model_copy(update=update), out
 
 
-def run_reference(
-    study_dir: Path, scale: int | None, workers: int = 1, reuse_seeds: bool = False
-) -> Path:
-    """Run the reference study of `study_dir` (see `reference_config`); its folder."""
-    from midtrain.study.runner import run_study
-
-    ref, out = reference_config(study_dir, scale, reuse_seeds)
-    run_study(ref, out, workers=workers)
-    return out
-
-
 def _pair_separated(r: StudyResult, a: ArmResult, b: ArmResult | None) -> bool:
     """Whether the difference of two arms' deltas (b None: the arm's delta itself, against the
     control) has an interval excluding 0 (run noise only)."""

@@ -245,24 +245,6 @@ class StudyConfig(Strict):
         return self.analysis.max_seeds - 1 if self.seeds == "auto" else 1
 
     @property
-    def interval_confidence(self) -> float:
-        """The confidence of the intervals of a study's final analysis (its last look)."""
-        return self.look_confidence(self.looks)
-
-    def look_confidence(self, look: int) -> float:
-        """The confidence at analysis `look` (1-based). seeds = "auto" looks after 2, 3, ...
-        max_seeds seeds; alpha is spent over them with O'Brien-Fleming-type Lan-DeMets boundaries
-        (information = seeds / max_seeds), so the family-wise error over all looks stays alpha."""
-        if self.looks == 1:
-            return self.analysis.confidence
-        from midtrain.stats.sequential import spending_levels
-
-        n = self.analysis.max_seeds
-        info = tuple((k + 2) / n for k in range(self.looks))
-        levels = spending_levels(round(1 - self.analysis.confidence, 12), info)
-        return 1 - levels[min(look, self.looks) - 1]
-
-    @property
     def domain_names(self) -> list[str]:
         return self.eval.domains if self.eval.domains is not None else sorted(self.stores)
 

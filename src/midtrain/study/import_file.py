@@ -1,7 +1,7 @@
 """The import file of `midtrain study import`: its `[import]` table, read and checked.
 
 Every source (an HF checkpoint folder, or lm-eval `--log_samples` files per task) is resolved and
-checked against the study before anything is planned (study/importer.py plans and runs it).
+checked against the study before anything is planned (driver/importer.py plans and runs it).
 """
 
 from __future__ import annotations

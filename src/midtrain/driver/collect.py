@@ -114,7 +114,7 @@ def collect(plan: StudyPlan, errors: dict[str, str] | None = None, look: int = 1
     analyses of a seeds = "auto" study so far.
     """
     cfg, f = plan.config, Finished(plan, errors)
-    metric, conf = cfg.analysis.primary, cfg.look_confidence(look)
+    metric, conf = cfg.analysis.primary, analysis.confidence_at(cfg, look)
     data = f.data()
     screen, noise, start, pairs = [], None, StartPoint(), {}
     if CONTROL in data.groups and cfg.eval.tasks:

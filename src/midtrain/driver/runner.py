@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from midtrain.console import err_console, safe
+from midtrain.driver.collect import Finished, collect
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj
 from midtrain.jobs import Outcome, pending
 from midtrain.probe.jobs import plan_probes
 from midtrain.schema import validate
-from midtrain.study.collect import Finished, collect
 from midtrain.study.config import CONTROL, StudyConfig, check_inputs
 from midtrain.study.executors import make_executor
 from midtrain.study.keep import check_readable
@@ -196,3 +196,15 @@ def _outcome_line(o: Outcome) -> str:
         took = f" ({o.seconds:.0f}s)" if o.seconds is not None else ""
         return f"  [green]done[/] {safe(o.name)}{took}"
     return f"  [red]failed[/] {safe(o.name)} ({o.stage}): {safe(o.error or '')} (in {safe(o.dir)})"
+
+
+def run_reference(
+    study_dir: Path, scale: int | None, workers: int = 1, reuse_seeds: bool = False
+) -> Path:
+    """Run the reference study of `study_dir` for `midtrain validate` (see
+    `stats.validate.reference_config`); its folder."""
+    from midtrain.stats.validate import reference_config
+
+    ref, out = reference_config(study_dir, scale, reuse_seeds)
+    run_study(ref, out, workers=workers)
+    return out

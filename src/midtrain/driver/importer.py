@@ -220,10 +220,10 @@ def import_plan(cfg: StudyConfig, table: ImportTable, base: Path, out: Path
 def import_study(path: str | Path, out: str | Path) -> StudyResult:
     """Import the runs of `path` into the study folder `out`: records, results.json, report."""
     from midtrain.console import err_console, safe
+    from midtrain.driver.collect import collect
+    from midtrain.driver.runner import named_errors, study_lock
     from midtrain.report import write_report
-    from midtrain.study.collect import collect
     from midtrain.study.prereg import analysis_plan
-    from midtrain.study.runner import named_errors, study_lock
 
     cfg, table, base = load_import(path)
     out = Path(out).resolve()

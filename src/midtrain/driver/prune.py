@@ -42,7 +42,7 @@ def study_folders(out: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _locked(folders: list[Path]) -> Iterator[None]:
-    from midtrain.study.runner import study_lock
+    from midtrain.driver.runner import study_lock
 
     with contextlib.ExitStack() as stack:
         for f in folders:
@@ -78,8 +78,8 @@ def prune_study(out: str | Path, run: str | None = None) -> PruneReport:
 def _recorded_plan(folder: Path, run: str | None) -> tuple[Any, list[Chain]]:
     """The plan of the study as study.json recorded it (its config, its runs' seeds), and its
     chains with their prune jobs (the merge chains too)."""
+    from midtrain.driver.collect import Finished
     from midtrain.io import read_json
-    from midtrain.study.collect import Finished
     from midtrain.study.config import StudyConfig
     from midtrain.study.merging import merge_chains
     from midtrain.study.plan import make_plan
