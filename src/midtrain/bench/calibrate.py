@@ -22,7 +22,7 @@ from midtrain.study.config import StudyConfig
 
 
 def study_dicts(base: StudyConfig, shards: dict[str, dict[str, str]], s: CalibrationSettings,
-                tokens: int) -> list[dict[str, Any]]:  # fmt: skip
+                tokens: int) -> list[dict[str, Any]]:  # study-file data, for parse_study  # fmt: skip
     """The A/A studies as study-file data: the base config with null candidates and own seeds.
 
     `shards` maps each base source to its shard stores ({name: folder}, in shard order).

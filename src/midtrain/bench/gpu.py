@@ -32,7 +32,7 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
-from midtrain.bench.reports import ChildError
+from midtrain.bench.reports import ChildError, LlamaTable, RunTable
 from midtrain.errors import MidtrainError
 from midtrain.io import library_versions
 
@@ -62,7 +62,7 @@ _1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
 class ModelEntry(TypedDict):
     """One benchmarked model: its `[model]` table and its micro batch."""
 
-    model: dict[str, Any]  # HF config kwargs (the run config's [model] table, to transformers)
+    model: LlamaTable
     micro_batch: int
 
 
@@ -114,7 +114,7 @@ class TrainJob(TypedDict):
     """A training measurement for `_child` (sent as JSON on its stdin)."""
 
     kind: Literal["train"]
-    rc: dict[str, Any]  # a run config as `train.run` takes it (validated there)
+    rc: RunTable
     out: str
 
 
@@ -178,7 +178,9 @@ def require_cuda() -> Any:
     return torch.cuda.get_device_properties(0)
 
 
-def timed_tokens_per_s(rows: list[dict[str, Any]], tokens_per_step: int, warmup: int) -> float:
+def timed_tokens_per_s(
+    rows: list[dict[str, float | None]], tokens_per_step: int, warmup: int
+) -> float:
     """Tokens/s of the steps after `warmup` from log lines (log.jsonl's JSON rows as
     `train.log.read_log` reads them): each line's `tok_s` is its flush
     window's (every line of a window has the window's mean), so a step took tokens/tok_s."""
@@ -238,7 +240,7 @@ def _task(root: Path) -> Path:
     return d
 
 
-def run_config(name: str, tok: Path, store: Path, steps: int) -> dict[str, Any]:
+def run_config(name: str, tok: Path, store: Path, steps: int) -> RunTable:
     """The run config (a TOML-shaped dict `train.run` validates) of the anneal of model `name`: WARMUP + `steps` steps, linear decay, CUDA defaults."""
     m = MODELS[name]
     return {
@@ -259,7 +261,7 @@ def run_config(name: str, tok: Path, store: Path, steps: int) -> dict[str, Any]:
 # -- one measurement per subprocess ----------------------------------------------------------------
 
 
-def measure_train(rc: dict[str, Any], out: Path) -> TrainResult:
+def measure_train(rc: RunTable, out: Path) -> TrainResult:
     """Anneal in this process; tokens/s of the timed steps, N, FLOPs/token, peak GPU memory."""
     import torch
     from transformers import AutoConfig

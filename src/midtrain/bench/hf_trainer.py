@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from midtrain.bench.reports import RunTable
 
-def hf_tokens_per_s(rc: dict, out: Path, steps: int, warmup: int, compile: bool) -> float:
+
+def hf_tokens_per_s(rc: RunTable, out: Path, steps: int, warmup: int, compile: bool) -> float:
     """Tokens/s of `transformers.Trainer`: a step's tokens over the median time of the steps
     after `warmup`, from step-end clocks."""
     import torch

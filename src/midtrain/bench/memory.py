@@ -32,7 +32,9 @@ from midtrain.bench.reports import (
     ChildError,
     EvalJob,
     EvalPeaks,
+    LlamaTable,
     MemoryReport,
+    RunTable,
     Setup,
     TrainJob,
     TrainPeaks,
@@ -47,7 +49,7 @@ TARGET_SINGLE = 1.3  # one process's peak growth / analytic need, at most
 TARGET_FSDP = 0.6  # each FSDP2 rank's peak growth / the one process's, at most
 TASKS = ["world_arith", "world_code", "world_facts"]  # the demo world's multiple-choice tasks
 _LLAMA = {"model_type": "llama", "vocab_size": 32000, "tie_word_embeddings": False}
-PRESETS = {
+PRESETS: dict[str, LlamaTable] = {
     "tiny": {**_LLAMA, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 512},
     "150m": {**_LLAMA, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -60,7 +62,7 @@ PRESETS = {
 # -- the analytic need -----------------------------------------------------------------------------
 
 
-def count_params(model: dict[str, Any]) -> int:  # HF config kwargs, passed to transformers
+def count_params(model: LlamaTable) -> int:
     """Parameters of the HF model of a `[model]` table (built on the meta device; tied once)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -71,7 +73,7 @@ def count_params(model: dict[str, Any]) -> int:  # HF config kwargs, passed to t
         return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
-def activation_floats(model: dict[str, Any], seq_len: int, micro_batch: int) -> int:
+def activation_floats(model: LlamaTable, seq_len: int, micro_batch: int) -> int:
     """fp32 values alive at the peak of one micro batch's backward (HF Llama, sdpa attention).
 
     What autograd saves, per token and layer: the residual input, RMSNorm's x·rsqrt and its
@@ -91,7 +93,7 @@ def activation_floats(model: dict[str, Any], seq_len: int, micro_batch: int) -> 
     return micro_batch * seq_len * (layers * per_layer + head)
 
 
-def analytic_need(model: dict[str, Any], seq_len: int, micro_batch: int) -> AnalyticNeed:
+def analytic_need(model: LlamaTable, seq_len: int, micro_batch: int) -> AnalyticNeed:
     """fp32 weights + gradients + 2 AdamW moments (4 bytes each a parameter) + activations."""
     n = count_params(model)
     parts = {
@@ -121,7 +123,7 @@ def reset_peak() -> float:
     return rss_mib("VmRSS")
 
 
-def measure_train(rc: dict[str, Any], out: Path, save: bool) -> TrainPeaks:
+def measure_train(rc: RunTable, out: Path, save: bool) -> TrainPeaks:
     """A few steps of the run path in this process; the peak growth after each step. With `save`,
     the trained weights go to OUT/final afterwards (for the evaluation), outside the peak."""
     import torch.distributed.checkpoint.state_dict  # noqa: F401 - imported before the reset
@@ -241,7 +243,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_fsdp(rc: dict[str, Any], root: Path, world: int = 2,
+def run_fsdp(rc: RunTable, root: Path, world: int = 2,
              extra_env: dict[str, str] | None = None) -> list[TrainPeaks | ChildError]:  # fmt: skip
     """`world` FSDP2 ranks over gloo on this host, started as torchrun would; each rank's result."""
     port = str(_free_port())
@@ -255,7 +257,7 @@ def run_fsdp(rc: dict[str, Any], root: Path, world: int = 2,
     return [_collect(p, log) for p, log in procs]
 
 
-def train_pair(rc: dict[str, Any], root: Path, save: bool,
+def train_pair(rc: RunTable, root: Path, save: bool,
                extra_env: dict[str, str] | None = None,
                ) -> tuple[TrainPeaks | ChildError, list[TrainPeaks | ChildError]]:  # fmt: skip
     """(one process, the FSDP2 ranks), one after the other, in processes with `extra_env`."""
@@ -277,8 +279,8 @@ FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
-def run_config(model: dict[str, Any], world: DemoWorld, steps: int, seq_len: int,
-               micro_batch: int, threads: int) -> dict[str, Any]:  # fmt: skip
+def run_config(model: LlamaTable, world: DemoWorld, steps: int, seq_len: int,
+               micro_batch: int, threads: int) -> RunTable:  # fmt: skip
     """The run config (a TOML-shaped dict `train.load_run_config` validates): a fresh `[model]` on the world's web store, fp32, a linear anneal to 0 over `steps` steps
     of two micro batches (one per FSDP rank; the single process accumulates both)."""
     batch = 2 * micro_batch * seq_len
@@ -352,7 +354,7 @@ def _allocator(need: AnalyticNeed, single: TrainPeaks | ChildError,
     }
 
 
-def _minus(a: dict, b: dict) -> float | None:
+def _minus(a: TrainPeaks | ChildError, b: TrainPeaks | ChildError) -> float | None:
     x, y = a.get("peak_growth_mib"), b.get("peak_growth_mib")
     return round(x - y, 1) if x is not None and y is not None else None
 

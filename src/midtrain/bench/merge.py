@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import midtrain
+from midtrain.bench.reports import LlamaTable
 from midtrain.io import library_versions
 
 GOAL_RATIO = 1.3
@@ -48,9 +49,9 @@ class MergeReport(TypedDict):
     versions: dict[str, str]
 
 
-def bench_config(params: int) -> dict[str, Any]:
+def bench_config(params: int) -> LlamaTable:
     """Llama config kwargs with about `params` parameters (layers fill what embeddings leave):
-    the HF config.json of the checkpoints, so arbitrary JSON to transformers."""
+    the checkpoints' config.json (`LlamaConfig(**cfg)`)."""
     base = LARGE if params >= 200_000_000 else SMALL
     h, i, v = base["hidden_size"], base["intermediate_size"], base["vocab_size"]
     kv = h // base["num_attention_heads"] * base["num_key_value_heads"]
@@ -60,7 +61,7 @@ def bench_config(params: int) -> dict[str, Any]:
             "tie_word_embeddings": False, "dtype": "bfloat16"}  # fmt: skip
 
 
-def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(cfg: LlamaTable) -> dict[str, tuple[int, ...]]:
     """The HF Llama state dict's names and shapes, in save order."""
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
@@ -77,7 +78,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes | {"model.norm.weight": (h,), "lm_head.weight": (v, h)}
 
 
-def write_random_checkpoint(path: Path, cfg: dict[str, Any], shards: int, seed: int) -> int:
+def write_random_checkpoint(path: Path, cfg: LlamaTable, shards: int, seed: int) -> int:
     """A sharded bf16 HF folder of random tensors, written one shard at a time; its bytes."""
     import torch
     from safetensors.torch import save_file

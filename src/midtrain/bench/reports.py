@@ -1,15 +1,67 @@
-"""The records of the subprocess benchmarks: the error a child reports (`bench memory`, `bench gpu`)
-and `bench memory`'s jobs, measurements and `--json` report."""
+"""The records of the subprocess benchmarks: the error a child reports (`bench memory`, `bench gpu`),
+the `[model]` tables and run configs the benches build, and `bench memory`'s jobs, measurements and
+`--json` report."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class ChildError(TypedDict):
     """What a measurement subprocess writes (or its parent makes) when the measurement failed."""
 
     error: str
+
+
+class LlamaTable(TypedDict):
+    """A `[model]` table a bench builds: a Llama's HF config kwargs (to transformers)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int
+    model_type: NotRequired[str]  # the run config's `[model]` key; not a LlamaConfig kwarg
+    max_position_embeddings: NotRequired[int]
+    tie_word_embeddings: NotRequired[bool]
+    dtype: NotRequired[str]
+
+
+class MixEntry(TypedDict):
+    """One source of a run config's `mix`."""
+
+    source: str
+    ratio: float
+
+
+class ScheduleTable(TypedDict):
+    """A run config's `[schedule]` as the benches write it."""
+
+    name: str
+    start_lr: float
+    final_lr: NotRequired[float]
+
+
+class RunTable(TypedDict):
+    """A run config as the benches build it: the TOML-shaped data `train.load_run_config` (and
+    `train.run`) validate into a `RunConfig`; JSON-safe, so it travels to a measurement child."""
+
+    model: LlamaTable
+    tokenizer: str
+    stores: dict[str, str]
+    mix: list[MixEntry]
+    tokens: int
+    seq_len: int
+    batch_tokens: int
+    micro_batch: int
+    schedule: ScheduleTable
+    checkpoint_every: int
+    device: str
+    precision: NotRequired[str]
+    compile: NotRequired[bool]
+    threads: NotRequired[int]
+    parallel: NotRequired[str]
 
 
 class AnalyticNeed(TypedDict):
@@ -54,7 +106,7 @@ class TrainJob(TypedDict):
     """A training measurement for `_child` (sent as JSON on its stdin)."""
 
     kind: Literal["train"]
-    rc: dict[str, Any]  # a run config as `train.load_run_config` takes it (validated there)
+    rc: RunTable
     out: str
     save: bool
 
@@ -76,7 +128,7 @@ class Setup(TypedDict):
     """`run_bench`'s settings, spread into the report."""
 
     preset: str
-    model: dict[str, Any]  # the HF config kwargs of the `[model]` table (passed to transformers)
+    model: LlamaTable
     seq_len: int
     micro_batch: int
     batch_seqs: int

@@ -39,7 +39,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from midtrain.bench.reports import ChildError
+from midtrain.bench.reports import ChildError, LlamaTable, RunTable
 from midtrain.demo.pipeline import FULL as DEMO
 from midtrain.io import library_versions
 from midtrain.train.log import read_log
@@ -77,7 +77,7 @@ class TrainBenchReport(TypedDict):
     flops_per_token: float
     flops_formula: str
     n_params_flops: int
-    model: dict[str, Any]  # HF config kwargs of the demo's [model] table (to transformers)
+    model: LlamaTable  # the demo's, with VOCAB
     seq_len: int
     batch: int
     steps_timed: int
@@ -120,7 +120,7 @@ def _world(root: Path, n_tokens: int) -> tuple[Path, Path]:
 
 
 def _run_config(tok: Path, store: Path, steps: int, compile: bool, threads: int,
-                precision: str = "fp32") -> dict:  # fmt: skip
+                precision: str = "fp32") -> RunTable:  # fmt: skip
     return {
         "precision": precision,
         "model": {**DEMO_MODEL, "vocab_size": VOCAB},
@@ -139,7 +139,7 @@ def _run_config(tok: Path, store: Path, steps: int, compile: bool, threads: int,
     }
 
 
-def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
+def ours_tokens_per_s(rc: RunTable, out: Path, warmup: int) -> float:
     from midtrain import train
 
     train.run(rc, out, progress=False)
@@ -147,7 +147,7 @@ def ours_tokens_per_s(rc: dict, out: Path, warmup: int) -> float:
     return statistics.median(r["tok_s"] for r in rows)  # one log line (and time) per CPU step
 
 
-def measure(name: str, rc: dict, out: Path, warmup: int) -> Measurement:
+def measure(name: str, rc: RunTable, out: Path, warmup: int) -> Measurement:
     """One configuration in this process: its tokens/s and this process's peak RSS (MiB)."""
     from midtrain.bench.hf_trainer import hf_tokens_per_s
     from midtrain.env import quiet_transformers
@@ -182,7 +182,7 @@ def _child() -> None:
     stdout.write(json.dumps(res) + "\n")
 
 
-def run_config(name: str, rc: dict, out: Path, warmup: int) -> Measurement | ChildError:
+def run_config(name: str, rc: RunTable, out: Path, warmup: int) -> Measurement | ChildError:
     """`measure` in a fresh Python subprocess (same interpreter, same `midtrain`)."""
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
@@ -243,8 +243,9 @@ def _ratio(med: dict[str, float], mode: str, errors: dict[str, str]) -> tuple[An
     return None, "; ".join(f"{k}: {errors.get(k, 'not measured')}" for k in missing)
 
 
-def _report(med: dict, series: dict, rss: dict, errors: dict, rc: dict, steps: int,
-            warmup: int) -> TrainBenchReport:  # fmt: skip
+def _report(med: dict[str, float], series: dict[str, list[float]], rss: dict[str, float],
+            errors: dict[str, str], rc: RunTable, steps: int, warmup: int,
+            ) -> TrainBenchReport:  # fmt: skip
     import torch
 
     from midtrain import train

@@ -4,13 +4,16 @@ a 150–300M Llama on CPU against the analytic need (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.bench.reports import ChildError, EvalPeaks, MemoryReport, TrainPeaks
 
 console = Console()
 
@@ -51,7 +54,7 @@ def bench_memory(
         console.print(table(result))
 
 
-def table(r: dict[str, Any]) -> Table:
+def table(r: MemoryReport) -> Table:
     """One row per measurement: peak growth, what it is compared with, the ratio, the target."""
     a, s, ev = r["analytic"], r["single"], r["eval"]
     t = Table(title=f"bench memory: {r['preset']} ({a['params']:,} params), seq {r['seq_len']}, "
@@ -80,12 +83,12 @@ def table(r: dict[str, Any]) -> Table:
     return t
 
 
-def _mib(res: dict[str, Any]) -> str:
+def _mib(res: TrainPeaks | EvalPeaks | ChildError) -> str:
     v = res.get("peak_growth_mib")
     return f"{v:,.0f}" if v is not None else "-"
 
 
-def _num(v: Any) -> str:
+def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 

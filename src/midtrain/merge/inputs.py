@@ -51,7 +51,7 @@ class Checkpoint:
     """An input folder: its config, weight files (read order) and tensors."""
 
     path: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # its config.json: HF's, any model type's keys
     files: list[str]
     tensors: dict[str, TensorInfo]
 
