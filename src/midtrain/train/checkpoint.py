@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir, atomic_write_json, fault_point
+from midtrain.train.schedules import ScheduleRecord
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,13 @@ class RunPosition(BaseModel):
     parallel: str | None = None
 
 
+class RngState(TypedDict):
+    """`midtrain_state/rng.pt` (`optim.rng_state`): the CPU RNG state, and CUDA's if present."""
+
+    torch: torch.Tensor
+    cuda: NotRequired[list[torch.Tensor]]
+
+
 class TrainerState(BaseModel):
     """`midtrain_state/trainer.json`: what a next run continues from."""
 
@@ -55,7 +63,7 @@ class TrainerState(BaseModel):
     lr: float
     tokens_seen: int = 0
     steps: int = 0
-    schedule: dict[str, Any] | None = None  # BoundSchedule.to_dict() of the run that wrote it
+    schedule: ScheduleRecord | None = None  # BoundSchedule.to_dict() of the run that wrote it
     run: RunPosition | None = None
 
 
@@ -147,14 +155,14 @@ def meta_model(config: Any) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def load_optimizer_state(path: str | Path) -> dict[str, Any] | None:
+def load_optimizer_state(path: str | Path) -> dict[str, Any] | None:  # torch's state_dict
     import torch
 
     f = Path(path) / STATE_DIR / "optimizer.pt"
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
 
 
-def load_rng_state(path: str | Path) -> dict[str, Any] | None:
+def load_rng_state(path: str | Path) -> RngState | None:
     import torch
 
     f = Path(path) / STATE_DIR / "rng.pt"
@@ -169,8 +177,8 @@ def save_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     state: TrainerState,
-    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
-    rng: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,  # or torch's state_dict
+    rng: RngState | None = None,
     step: int = -1,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:

@@ -78,7 +78,7 @@ class RunConfig(Strict):
     tokenizer: str | None = field(
         None, description="HF tokenizer folder (default: the init folder's); required with [model]."
     )
-    model: dict[str, Any] | None = field(
+    model: dict[str, Any] | None = field(  # transformers' config kwargs (AutoConfig.for_model)
         None,
         description="A fresh model: model_type (default llama) plus HF config kwargs; "
         "vocab_size and special ids default to the tokenizer's.",
@@ -153,14 +153,14 @@ class RunConfig(Strict):
             check_ratios(v)
         return v
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:  # the config's JSON dump, less some fields
         """The fields that change what a run computes (threads, trackers and parallel only change
         its speed or where metrics go; a distributed state/ records its world size and mode,
         checked on resume)."""
         return identity(self.model_dump(mode="json"))
 
 
-def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:  # a dumped run config (JSON)
     """A dumped run config without the fields that do not change what it computes.
 
     `compile = "auto"` counts as `false` (the default before "auto"), so run directories and

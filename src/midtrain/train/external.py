@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, read_json
@@ -52,6 +52,63 @@ class ExternalSpec(Strict):
     cwd: str | None = field(None, description="Where the command runs (the study file's folder).")
 
 
+class SpecSource(TypedDict):
+    """One source of the mix in RUN/spec.json (docs/external.md: "Each item of `sources`")."""
+
+    name: str
+    ratio: float
+    tokens: int
+    max_repetition: float
+    store: str
+    tokens_file: str
+    dtype: str
+    offset: int
+    n_tokens: int
+    eos_id: int
+    megatron_prefix: str | None
+
+
+class SpecSchedule(TypedDict):
+    shape: str
+    start_lr: float
+    final_lr: float
+    warmup_steps: int
+    start_lr_from: str  # config | checkpoint
+    lrs: list[float]  # every optimizer step's LR
+
+
+class SpecOptimizer(TypedDict):
+    name: str  # adamw
+    weight_decay: float
+    betas: list[float]
+    eps: float
+    grad_clip: float
+
+
+class TrainerSpec(TypedDict):
+    """RUN/spec.json, format `midtrain-external-spec/1`: what the external trainer reads."""
+
+    format: str
+    checkpoint: str | None  # cfg.init
+    tokenizer: str | None
+    out: str
+    log: str
+    metrics_log: str
+    sources: list[SpecSource]
+    tokens: int
+    steps: int
+    seq_len: int
+    batch_tokens: int
+    batch_sequences: int
+    micro_batch: int
+    seed: int
+    schedule: SpecSchedule
+    optimizer: SpecOptimizer
+    vocab_size: int
+    data_order: str
+    command: str | list[str]
+
+
 def command_problem(command: Any) -> str | None:
     """Why a `[train] command` value is unusable (a str or a list of str naming `{out}`), or None."""
     parts = [command] if isinstance(command, str) else command
@@ -79,10 +136,10 @@ def render(command: str | list[str], values: dict[str, str]) -> str | list[str]:
     return [fill(p, False) for p in command]
 
 
-def write_spec(plan: RunPlan, command: str | list[str], out: Path) -> dict[str, Any]:
+def write_spec(plan: RunPlan, command: str | list[str], out: Path) -> TrainerSpec:
     """RUN/spec.json: every value the external trainer needs (docs/external.md, field by field)."""
     cfg, s = plan.cfg, plan.schedule
-    sources = []
+    sources: list[SpecSource] = []
     for m in cfg.mix:
         st = plan.stores[m.source]
         sources.append({
@@ -93,7 +150,7 @@ def write_spec(plan: RunPlan, command: str | list[str], out: Path) -> dict[str, 
             "eos_id": st.eos_id, "megatron_prefix": st.manifest.get("megatron", {}).get("prefix"),
         })  # fmt: skip
     opt = cfg.optimizer
-    spec = {
+    spec: TrainerSpec = {
         "format": SPEC_FORMAT,
         "checkpoint": cfg.init,
         "tokenizer": cfg.tokenizer or cfg.init,
@@ -131,7 +188,7 @@ def write_spec(plan: RunPlan, command: str | list[str], out: Path) -> dict[str, 
     return spec
 
 
-def _execute(command: str | list[str], spec: dict[str, Any], out: Path, cwd: str | None) -> int:
+def _execute(command: str | list[str], spec: TrainerSpec, out: Path, cwd: str | None) -> int:
     """Run the filled-in command, its stdout and stderr appended to RUN/external.log."""
     values = {"spec": str(out / SPEC_FILE), "out": spec["out"], "checkpoint": spec["checkpoint"]}
     cmd = render(command, values)

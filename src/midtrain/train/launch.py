@@ -43,7 +43,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(argv: list[str], config: dict[str, Any], out: Path, n: int) -> None:
+def run_ranks(
+    argv: list[str],
+    config: dict[str, Any],  # a config's JSON dump, written as TOML for the ranks
+    out: Path,
+    n: int,
+) -> None:
     """`midtrain ARGV --config <config as TOML> --out OUT` on n local ranks; raises like the
     single-process command: a one-line `MidtrainError` for exit 2 or 3 (bad input, diverged),
     RuntimeError for anything else (a crash; `run_chain` retries it once)."""

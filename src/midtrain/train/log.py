@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_jsonl
@@ -21,12 +21,32 @@ FAILED_EXIT_CODE = 3  # a run that stopped on a non-finite loss (bad input stays
 LOG_EVERY = {"cpu": 1, "cuda": 10}  # steps between log flushes (one host sync each)
 
 
+class LogLine(TypedDict):
+    """One line of log.jsonl. In the file a value that was not finite is null (`_finite`); an
+    external trainer's log (train/external.py) need only hold tokens and loss."""
+
+    step: int
+    tokens: int
+    lr: float
+    loss: float | None
+    grad_norm: float | None
+    tok_s: float
+
+
+class DivergedInfo(TypedDict):
+    """What a divergence adds to status.json (`rundir.RunStatus` fields)."""
+
+    step: int
+    reason: str
+    last_good: LogLine | None
+
+
 class Diverged(MidtrainError):
     """A non-finite loss or gradient norm stopped the run (CLI exit code 3)."""
 
     exit_code = FAILED_EXIT_CODE
 
-    def __init__(self, message: str, info: dict[str, Any]):  # status.json's JSON record
+    def __init__(self, message: str, info: DivergedInfo):
         super().__init__(message)
         self.info = info
 
@@ -43,7 +63,8 @@ class RunLog:
     def __init__(self, path: Path | None, device: str, tokens_per_step: int, wall_s: float = 0.0):
         """`path` None: lines are checked (`Diverged`) but not written (ranks > 0 of a job)."""
         self.path, self.every, self.tps = path, LOG_EVERY.get(device, 1), tokens_per_step
-        self.wall_s, self.last_good = wall_s, None
+        self.wall_s = wall_s
+        self.last_good: LogLine | None = None
         self.sinks: list[MetricsSink] = []
         self._buf: list[tuple[int, int, float, Any, Any]] = []
         self._t0 = time.perf_counter()
@@ -54,7 +75,7 @@ class RunLog:
     def record(self, step: int, tokens: int, lr: float, loss: Any, grad_norm: Any) -> None:
         self._buf.append((step, tokens, lr, loss, grad_norm))
 
-    def flush(self) -> list[dict[str, float]]:
+    def flush(self) -> list[LogLine]:
         """Write the buffered lines; raises `Diverged` on a non-finite loss or grad norm."""
         import torch
 
@@ -65,7 +86,7 @@ class RunLog:
         dt, self._t0 = now - self._t0, now
         self.wall_s += dt
         tok_s = len(self._buf) * self.tps / dt if dt > 0 else 0.0
-        rows = [
+        rows: list[LogLine] = [
             {"step": s, "tokens": n, "lr": lr, "loss": v[0], "grad_norm": v[1], "tok_s": tok_s}
             for (s, n, lr, _, _), v in zip(self._buf, values, strict=True)
         ]
@@ -81,7 +102,7 @@ class RunLog:
                 sink.log(r, r["step"])
         return rows
 
-    def read(self) -> list[dict[str, Any]]:  # JSON lines
+    def read(self) -> list[LogLine]:
         return read_log(self.path)
 
     def truncate(self, step: int) -> None:
@@ -94,18 +115,18 @@ class RunLog:
         atomic_write_jsonl(self.path, rows)
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:  # JSON lines (null where a value was not finite)
+def read_log(path: Path) -> list[LogLine]:
     """The lines of a run's log.jsonl (empty when there is none)."""
     if not path.is_file():
         return []
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _finite(row: Mapping[str, float]) -> dict[str, Any]:  # a JSON line: NaN/inf become null
+def _finite(row: LogLine) -> dict[str, float | None]:  # a JSON line: NaN/inf become null
     return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
 
 
-def _diverged(row: Mapping[str, float], last_good: Mapping[str, float] | None) -> Diverged:
+def _diverged(row: LogLine, last_good: LogLine | None) -> Diverged:
     msg = (
         f"non-finite loss/grad norm at step {row['step']} (loss {row['loss']}, grad_norm "
         f"{row['grad_norm']}, lr {row['lr']:.3g}); lower schedule.start_lr or check the data"

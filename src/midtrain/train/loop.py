@@ -167,7 +167,7 @@ class Checkpoints(Callback):
     def on_end(self, t: Trainer) -> None:
         self.save(t, "final", t.steps, rng=None)
 
-    def save(self, t: Trainer, name: str, done: int, rng: dict[str, Any] | None) -> None:
+    def save(self, t: Trainer, name: str, done: int, rng: ckpt.RngState | None) -> None:
         d, path, state = self.dist, self.out / name, self.state(done)
         if not d.active:
             ckpt.save_checkpoint(path, t.model, self.plan.tokenizer, state, t.opt, rng, step=done)

@@ -57,16 +57,16 @@ def set_hparams(opt: Any, o: OptimizerConfig) -> None:
         group.update(weight_decay=wd, betas=tuple(o.betas), eps=o.eps)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state() -> ckpt.RngState:
     import torch
 
-    states = {"torch": torch.get_rng_state()}
+    states: ckpt.RngState = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
-def set_rng_state(states: dict[str, Any] | None) -> None:
+def set_rng_state(states: ckpt.RngState | None) -> None:
     import torch
 
     if states is None:

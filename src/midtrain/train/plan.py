@@ -57,7 +57,7 @@ class RunPlan:
     def tokens(self) -> int:
         return self.steps * self.tokens_per_step
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> dict[str, Any]:  # JSON: the config's dump plus `resolved`
         """config.json of the run directory: the config plus what was derived from it."""
         return {
             **self.cfg.model_dump(mode="json"),

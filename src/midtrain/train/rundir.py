@@ -16,13 +16,15 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, hash_obj, hash_tree, library_versions, read_json
+from midtrain.train.checkpoint import TrainerState
 from midtrain.train.config import identity
+from midtrain.train.log import LogLine
 from midtrain.train.plan import RunPlan
 
 RESULT_FORMAT = "midtrain-run/1"
@@ -39,7 +41,8 @@ class RunStatus(BaseModel):
     pid: int | None = None
     time: float | None = None
     reason: str | None = None
-    last_good: dict[str, Any] | None = None  # the last finite log line before a divergence
+    # the last finite log line (LogLine) before a divergence; int | float keeps its ints ints
+    last_good: dict[str, int | float | None] | None = None
 
 
 class RunResult(BaseModel):
@@ -59,6 +62,28 @@ class RunResult(BaseModel):
     flops: float
     final_checkpoint: str
     warnings: list[str] = []
+
+
+class InputHash(TypedDict):
+    path: str
+    hash: str  # io.hash_tree of a checkpoint, data.tokenizer.tokenizer_hash of a tokenizer
+
+
+class StoreInput(TypedDict):
+    path: str
+    content_hash: str  # the store's manifest.json content_hash
+
+
+class RunInputs(TypedDict):
+    """OUT/inputs.json (`start`): what the run read, by content; library versions."""
+
+    init: InputHash | None
+    init_state: TrainerState | None  # written as its JSON dump (io.to_json)
+    tokenizer: InputHash
+    stores: dict[str, StoreInput]
+    mix_fingerprint: str
+    config_hash: str
+    versions: dict[str, str]
 
 
 def read_status(out: Path) -> RunStatus | None:
@@ -89,7 +114,11 @@ def finished(out: Path, cls: type[R] = RunResult, name: str = "metrics.json") ->
     return cls.model_validate(read_json(out / name))
 
 
-def check_existing(out: Path, config: dict[str, Any], what: str = "a run") -> None:
+def check_existing(
+    out: Path,
+    config: dict[str, Any],  # a config's identity() (JSON)
+    what: str = "a run",
+) -> None:
     """`out` must be new, empty, or hold `what` of the same config identity (then resumed)."""
     if not out.exists():
         return
@@ -122,12 +151,11 @@ def start(out: Path, plan: RunPlan, from_step: int) -> None:
     write_status(out, "running", pid=os.getpid(), from_step=from_step, time=time.time())
 
 
-def _inputs(plan: RunPlan) -> dict[str, Any]:
+def _inputs(plan: RunPlan) -> RunInputs:
     cfg = plan.cfg
-    state = plan.init_state.model_dump(mode="json") if plan.init_state else None
     return {
         "init": {"path": cfg.init, "hash": hash_tree(cfg.init)} if cfg.init else None,
-        "init_state": state,
+        "init_state": plan.init_state,
         "tokenizer": {"path": cfg.tokenizer or cfg.init, "hash": plan.tokenizer_hash},
         "stores": {
             n: {"path": str(s.path), "content_hash": s.content_hash} for n, s in plan.stores.items()
@@ -138,9 +166,7 @@ def _inputs(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def finish(
-    out: Path, plan: RunPlan, log: list[dict[str, Any]], wall_s: float, flops: float
-) -> RunResult:
+def finish(out: Path, plan: RunPlan, log: list[LogLine], wall_s: float, flops: float) -> RunResult:
     """Write metrics.json and status done."""
     tail = log[-max(1, math.ceil(len(log) / 10)) :]
     result = RunResult(

@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing_extensions import TypedDict  # pydantic validates it (TrainerState) on 3.11
+
 from midtrain.errors import MidtrainError
 
 Shape = Callable[[float, float, float], float]  # (progress, start_lr, final_lr) -> lr
@@ -61,6 +63,17 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
+class ScheduleRecord(TypedDict):
+    """`BoundSchedule.to_dict()`: a bound schedule as a checkpoint's trainer.json and a run's
+    config.json record it."""
+
+    name: str
+    start_lr: float
+    final_lr: float
+    total_steps: int
+    warmup_steps: int
+
+
 @dataclass(frozen=True)
 class BoundSchedule:
     """A schedule bound to a run's start/final LR, total steps and warmup."""
@@ -83,7 +96,7 @@ class BoundSchedule:
         p = min(1.0, (step - w) / (n - w)) if n > w else 1.0
         return float(self.schedule.shape(p, self.start_lr, self.final_lr))
 
-    def to_dict(self) -> dict[str, float | int | str]:
+    def to_dict(self) -> ScheduleRecord:
         return {
             "name": self.name,
             "start_lr": self.start_lr,

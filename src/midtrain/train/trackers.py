@@ -64,8 +64,8 @@ def is_rank0() -> bool:
 def open_sinks(
     cfg: TrackersConfig,
     out: Path,
-    config: dict[str, Any],
-    start_step: int = 0,  # JSON config
+    config: dict[str, Any],  # wandb.init's config: the run's config.json (RunPlan.resolved)
+    start_step: int = 0,
 ) -> list[ClosableSink]:
     """The run's tracker sinks (none off rank 0); `start_step` > 0 when resuming."""
     if not cfg.use or not is_rank0():
@@ -87,7 +87,13 @@ def _scalars(row: Mapping[str, float]) -> dict[str, float]:
 class WandbSink:
     """A W&B run named after the run folder and resumed with it (its id is the folder's hash)."""
 
-    def __init__(self, cfg: TrackersConfig, out: Path, config: dict[str, Any], start_step: int):
+    def __init__(
+        self,
+        cfg: TrackersConfig,
+        out: Path,
+        config: dict[str, Any],  # wandb.init's config: the run's config.json
+        start_step: int,
+    ):
         import wandb
 
         mode = None if os.environ.get("WANDB_MODE") else "offline"
@@ -106,7 +112,13 @@ class WandbSink:
 class TensorBoardSink:
     """Scalars under OUT/tb/; a resumed run purges the events after the step it resumes from."""
 
-    def __init__(self, cfg: TrackersConfig, out: Path, config: dict[str, Any], start_step: int):
+    def __init__(
+        self,
+        cfg: TrackersConfig,
+        out: Path,
+        config: dict[str, Any],  # unused: W&B's run config (open_sinks)
+        start_step: int,
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         purge = start_step + 1 if start_step > 0 else None
