@@ -20,7 +20,7 @@ from _data_fixtures import train_tiny_tokenizer
 from _megatron import FIXTURES, megatron_datasets
 
 from midtrain.data.prepare import prepare_source
-from midtrain.data.store import TokenStore
+from midtrain.data.store import ManifestRecord, TokenStore
 
 DOCS = json.loads((FIXTURES / "docs.json").read_text())
 
@@ -52,6 +52,7 @@ def test_eod_dataset_is_read_in_place_with_the_final_documents_held_out(tmp_path
     assert store.train_tokens().tobytes() == raw.tobytes()
     assert [d.tolist() for d in store.heldout_docs()] == [d[:-1] for d in docs[9:]]
     assert store.manifest["megatron"] == {"prefix": str(prefix.resolve()), "dtype": "uint16"}
+    assert set(store.manifest) == ManifestRecord.__optional_keys__ - {"text_field", "special_text"}
     store.verify()  # the content hash recomputes from the files
 
 

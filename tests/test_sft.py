@@ -22,8 +22,9 @@ from midtrain import io
 from midtrain.cli import main
 from midtrain.io import read_json
 from midtrain.sft import data, formatcheck
-from midtrain.sft.config import SftConfig, SftTemplate
-from midtrain.sft.grid import BEFORE
+from midtrain.sft.config import SftConfig, SftConfigRecord, SftIdentity, SftTemplate
+from midtrain.sft.grid import BEFORE, SftInputs
+from midtrain.sft.plan import ResolvedConfig, ResolvedRecord
 from midtrain.sft.results import GridPoint
 
 FAST = {"seq_len": 32, "batch_size": 8, "micro_batch": 4, "threads": 1, "warmup_fraction": 0.1}
@@ -201,8 +202,18 @@ def test_neox_sft_lowers_the_validation_loss_and_picks_the_lr_by_it(w, tmp_path,
     ] == list(range(1, 31))
     model = AutoModelForCausalLM.from_pretrained(res["final_checkpoint"])
     assert model.config.model_type == "gpt_neox"
+    resolved = read_json(out / "config.json")  # the records' types name every key
+    assert set(resolved) == ResolvedConfig.__required_keys__
+    assert set(resolved["resolved"]) == ResolvedRecord.__required_keys__
+    assert set(read_json(out / "inputs.json")) == SftInputs.__required_keys__
     again = cli(argv, monkeypatch, capsys)  # finished: the same result, nothing recomputed
     assert again[0] == 0 and read_json(out / "sft.json") == res
+
+
+def test_the_config_records_name_every_field_of_the_config():
+    assert SftConfigRecord.__required_keys__ == set(SftConfig.model_fields)
+    assert SftIdentity.__required_keys__ == set(SftConfig.model_fields) - {"threads", "parallel"}
+    assert set(SftConfig(checkpoint="c", data="d").identity()) == SftIdentity.__required_keys__
 
 
 def test_the_grid_choice_is_the_argmin_and_diverged_lrs_are_recorded():

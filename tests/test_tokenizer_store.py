@@ -13,7 +13,13 @@ from _data_fixtures import big_vocab_tokenizer, make_docs, train_tiny_tokenizer
 from midtrain.data import encode as encode_mod
 from midtrain.data import prepare as store_mod
 from midtrain.data.prepare import prepare_source
-from midtrain.data.store import TokenStore, heldout_count
+from midtrain.data.store import (
+    HeldoutRecord,
+    ManifestRecord,
+    TokenStore,
+    TrainRecord,
+    heldout_count,
+)
 from midtrain.data.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 
 DOCS = make_docs(60, seed=1)
@@ -94,6 +100,11 @@ def test_each_text_format_round_trips(tmp_path, tok, kind):
     m = store.manifest
     assert (m["train"]["n_docs"], m["heldout"]["n_docs"], store.dtype) == (54, 6, np.uint16)
     assert m["heldout"]["n_bytes"] == sum(len(h.encode()) for h in held)
+    assert set(m) == ManifestRecord.__optional_keys__ - {"megatron"}  # the type names every key
+    assert (set(m["train"]), set(m["heldout"])) == (
+        TrainRecord.__required_keys__,
+        HeldoutRecord.__required_keys__,
+    )
     assert store.n_train_tokens == len(store.train_tokens())
     store.verify()
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from midtrain.demo.world import TASKS, generate_world, read_world, task_prompt
+from midtrain.demo.world import (
+    TASKS,
+    GeneratedWorld,
+    WorldRecord,
+    generate_world,
+    read_world,
+    task_prompt,
+)
 from midtrain.demo.world_entities import ATTRIBUTES, build_world
 from midtrain.demo.world_sft import SFT_SETS, sft_rows
 from midtrain.demo.world_skills import Skills
@@ -46,6 +53,8 @@ def test_layout_and_counts(world):
     root = world["path"]
     meta = read_world(root)
     assert meta["seed"] == 0 and meta["scale"] == SCALE
+    assert set(meta) == WorldRecord.__required_keys__  # the types name every key
+    assert set(world) == GeneratedWorld.__required_keys__
     for name in SOURCES:
         data = world["source_paths"][name].read_bytes()
         assert data.count(b"\n") == meta["sources"][name]["docs"] > 0

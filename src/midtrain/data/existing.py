@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.data import readers
-from midtrain.data.store import FORMAT, TokenStore
+from midtrain.data.store import FORMAT, ManifestRecord, TokenStore
 from midtrain.data.tokenizer import tokenizer_hash
 from midtrain.data.writer import PrepareOptions
 from midtrain.errors import MidtrainError
 from midtrain.io import hash_file
 
 
-def existing_manifest(dest: Path, name: str) -> dict[str, Any] | None:
-    """The manifest of the store at `dest` ({} when unreadable), None when there is none."""
+def existing_manifest(dest: Path, name: str) -> ManifestRecord | None:
+    """The manifest of the store at `dest` ({} when unreadable), None when there is none.
+
+    Not checked against `StoreManifest` (it may be damaged or old): read it with `.get`."""
     if not dest.exists():
         return None
     if not (dest / "manifest.json").is_file():
@@ -31,7 +33,7 @@ def existing_manifest(dest: Path, name: str) -> dict[str, Any] | None:
     return man if isinstance(man, dict) else {}
 
 
-def exists_error(name: str, dest: Path, old: dict[str, Any]) -> MidtrainError:
+def exists_error(name: str, dest: Path, old: ManifestRecord) -> MidtrainError:
     made = (
         f"made with tokenizer {str(old.get('tokenizer_hash'))[:12]} from inputs "
         f"{str(old.get('input_hash'))[:12]}"
@@ -46,10 +48,10 @@ def exists_error(name: str, dest: Path, old: dict[str, Any]) -> MidtrainError:
 
 
 def identical_store(
-    dest: Path, old: dict[str, Any], tok: Any, resolved: list[readers.Input], opts: PrepareOptions
+    dest: Path, old: ManifestRecord, tok: Any, resolved: list[readers.Input], opts: PrepareOptions
 ) -> TokenStore | None:
     """The store at `dest` when preparing it again would write the same store, else None."""
-    want = {
+    want: ManifestRecord = {  # the keys that must match
         "format": FORMAT,
         "tokenizer_hash": tokenizer_hash(tok),
         "seed": opts.seed,
@@ -86,7 +88,7 @@ def identical_store(
         return None
 
 
-def replaced_warnings(dest: Path, old: dict[str, Any] | None, store: TokenStore) -> tuple[str, ...]:
+def replaced_warnings(dest: Path, old: ManifestRecord | None, store: TokenStore) -> tuple[str, ...]:
     """The warning for a store replaced with --force by one of other content."""
     if old is None or old.get("content_hash") == store.content_hash:
         return ()

@@ -247,7 +247,8 @@ def prepare_data(
     return PrepareResult(store, tokenizer_dir=tok_dir, warnings=replaced_warnings(dest, old, store))
 
 
-def _source_kwargs(opts: PrepareOptions) -> dict[str, Any]:
+def _source_kwargs(opts: PrepareOptions) -> dict[str, float | int | str | bool | None]:
+    """`opts` as `prepare_source`'s keywords (its fields' types)."""
     return {f: getattr(opts, f) for f in PrepareOptions.__dataclass_fields__}
 
 

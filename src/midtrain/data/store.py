@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
@@ -57,6 +57,61 @@ def heldout_mask(n_docs: int, fraction: float, seed: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
+# manifest.json
+
+
+class TrainRecord(TypedDict):
+    """manifest.json's "train": where the training ids are and what they hash to."""
+
+    file: str  # "train.bin", or the absolute path of a .npy / Megatron .bin read in place
+    offset: int  # bytes into `file`
+    n_tokens: int
+    n_docs: int
+    sha256: str
+
+
+class HeldoutRecord(TypedDict):
+    n_docs: int
+    n_tokens: int
+    n_bytes: int  # UTF-8 bytes of the held-out documents
+
+
+class MegatronRecord(TypedDict):
+    prefix: str  # the .bin/.idx pair's path without its suffix
+    dtype: str
+
+
+class ManifestRecord(TypedDict, total=False):
+    """manifest.json's object: every key code reads or writes. `StoreManifest` checks the ones
+    readers rely on when a store opens (`TokenStore.manifest` has them all); `base_manifest`
+    gives the first part, `StoreWriter.finish` the rest; `existing_manifest` reads one unchecked
+    ({} when unreadable)."""
+
+    format: str
+    name: str
+    dtype: str  # a key of DTYPES
+    vocab_size: int
+    eos_id: int
+    tokenizer_hash: str
+    input_hash: str
+    content_hash: str
+    seed: int
+    heldout_fraction: float
+    text_field: str  # text inputs only
+    special_text: dict[str, int]  # text inputs only: special-token strings kept ({} = none)
+    megatron: MegatronRecord  # Megatron inputs only
+    train: TrainRecord
+    heldout: HeldoutRecord
+    versions: dict[str, str]
+
+
+class _PickledStore(TypedDict):
+    path: Path
+    manifest: ManifestRecord
+    _train: None
+
+
+# ------------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -65,7 +120,7 @@ class TokenStore:
     """A prepared source. Open with `TokenStore.open(path)`; arrays are read-only memory maps."""
 
     path: Path
-    manifest: dict[str, Any]  # manifest.json as read (JSON, checked against `StoreManifest`)
+    manifest: ManifestRecord  # manifest.json as read (checked against `StoreManifest`)
     _train: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
@@ -87,7 +142,7 @@ class TokenStore:
     n_train_docs = property(lambda self: int(self.manifest["train"]["n_docs"]))
     n_heldout_docs = property(lambda self: int(self.manifest["heldout"]["n_docs"]))
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> _PickledStore:
         """Pickle the path and manifest only (never the memory map's contents)."""
         return {"path": self.path, "manifest": self.manifest, "_train": None}
 
@@ -181,7 +236,7 @@ class StoreManifest(BaseModel):
     special_text: dict[str, NonNegativeInt] | None = None
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> ManifestRecord:
     """manifest.json as a dict, checked against `StoreManifest`: a one-line error naming the
     file and the field, never a ValueError later when a property reads it."""
     import json
@@ -232,7 +287,7 @@ def open_store(path: str | Path, field: str) -> TokenStore:
         raise MidtrainError(f"{field}: {e}") from None
 
 
-def content_hash_of(root: Path, man: dict[str, Any]) -> str:  # man: manifest.json's object
+def content_hash_of(root: Path, man: ManifestRecord) -> str:
     files = ("heldout.bin", "heldout_docs.npy", "heldout_bytes.npy")
     return hash_obj(
         {

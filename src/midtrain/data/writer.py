@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from midtrain.console import progress as progress_bar
 from midtrain.console import unit_column
-from midtrain.data.store import FORMAT, content_hash_of
+from midtrain.data.store import FORMAT, ManifestRecord, TrainRecord, content_hash_of
 from midtrain.data.tokenizer import tokenizer_hash, vocab_size
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_json, library_versions
@@ -51,11 +51,11 @@ class StoreWriter:
         self.heldout_offsets.append(self.heldout_offsets[-1] + len(doc) + 1)
         self.heldout_nbytes.append(n_bytes)
 
-    def finish(self, manifest: dict[str, Any], train: dict[str, Any] | None = None) -> None:
+    def finish(self, manifest: ManifestRecord, train: TrainRecord | None = None) -> None:
         """Close the files and write heldout_*.npy and manifest.json (with the content hash).
 
-        `manifest` and `train` are parts of manifest.json's object as written (JSON; its schema is
-        `store.StoreManifest`, which `TokenStore.open` checks)."""
+        `manifest` (`base_manifest`'s, with any kind-specific keys) and `train` (None: train.bin)
+        are parts of manifest.json; `TokenStore.open` checks it against `store.StoreManifest`."""
         if self._train is not None:
             self._train.close()
         self._heldout.close()
@@ -68,7 +68,7 @@ class StoreWriter:
             "n_docs": self.n_train_docs,
             "sha256": self.train_sha.hexdigest(),
         }
-        man = {
+        man: ManifestRecord = {
             **manifest,
             "format": FORMAT,
             "dtype": self.dtype.name,
@@ -99,7 +99,7 @@ class PrepareOptions:
     allow_special_text: bool = False  # keep special-token strings in text (prepare_source)
 
 
-def base_manifest(name: str, tok: Any, opts: PrepareOptions, input_hash: str) -> dict[str, Any]:
+def base_manifest(name: str, tok: Any, opts: PrepareOptions, input_hash: str) -> ManifestRecord:
     return {
         "name": name,
         "vocab_size": vocab_size(tok),

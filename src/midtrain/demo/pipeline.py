@@ -14,12 +14,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from rich.console import Console
 
 if TYPE_CHECKING:
     from midtrain.data.store import TokenStore
+    from midtrain.demo.world import WorldRecord
     from midtrain.study.results import StudyResult
     from midtrain.study.tables import StudyTable
 
@@ -34,7 +35,7 @@ class DemoSettings:
 
     scale: float = 1.0  # world size
     vocab_size: int = 1024
-    model: dict[str, Any] = field(
+    model: dict[str, str | int | float | bool] = field(  # transformers config kwargs
         default_factory=lambda: {
             "model_type": "llama",
             "hidden_size": 128,
@@ -89,7 +90,7 @@ CANDIDATES = [
 class DemoWorld(TypedDict):
     """What `build_world_and_stores` made: the world's record, its folder, the tokenizer, the stores."""
 
-    world: dict[str, Any]  # world.json as read (a JSON boundary: demo/world.py writes it)
+    world: WorldRecord  # world.json as read
     world_dir: Path
     tokenizer: Path
     stores: dict[str, TokenStore]
@@ -111,7 +112,7 @@ def build_world_and_stores(out: Path, s: DemoSettings, seed: int = 0) -> DemoWor
     meta = world_dir / "world.json"
     if not meta.is_file() or read_json(meta).get("format") != WORLD_FORMAT:  # an older world
         generate_world(world_dir, seed=seed, scale=s.scale)
-    world = read_json(world_dir / "world.json")
+    world: WorldRecord = read_json(world_dir / "world.json")
     sources = sorted(p.name for p in (world_dir / "sources").iterdir() if p.is_dir())
     files = {name: sorted((world_dir / "sources" / name).glob("*.jsonl")) for name in sources}
     tok_dir = out / "tokenizer"

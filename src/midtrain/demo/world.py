@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from midtrain.demo.world_entities import ATTRIBUTES, Fact, World, build_world
 from midtrain.demo.world_sft import SFT_SETS, sft_rows, sft_set
@@ -34,6 +34,34 @@ from midtrain.io import atomic_dir, atomic_write_json, hash_tree
 FORMAT = "midtrain-world/3"  # 2: Zipf web, encyclopedic hq, SFT sets; 3: a generative task
 TASK_ITEMS_AT_SCALE_1 = 300
 MIN_TASK_ITEMS = 50
+
+
+class SourceCounts(TypedDict):
+    docs: int
+    bytes: int  # of data.jsonl
+
+
+class WorldRecord(TypedDict):
+    """world.json (`read_world`): what `generate_world` wrote, counted, and the tree's hash."""
+
+    format: str
+    seed: int
+    scale: float
+    sources: dict[str, SourceCounts]
+    tasks: dict[str, int]  # items of each task
+    sft: dict[str, dict[str, int]]  # rows of each SFT set's splits (train, val)
+    content_hash: str
+
+
+class GeneratedWorld(WorldRecord):
+    """`generate_world`'s result: world.json's record and where its files are."""
+
+    path: Path
+    tasks_dir: Path
+    source_paths: dict[str, Path]
+    task_paths: dict[str, Path]
+    sft_paths: dict[str, dict[str, Path]]  # set -> split -> file
+
 
 TASK_YAML = """\
 task: {name}
@@ -199,7 +227,7 @@ def _check_args(seed: int, scale: float) -> None:
         raise MidtrainError(f"scale must be a number in (0, 100], got {scale!r}")
 
 
-def _write_source(path: Path, name: str, ctx: Ctx, seed: int, scale: float) -> dict:
+def _write_source(path: Path, name: str, ctx: Ctx, seed: int, scale: float) -> SourceCounts:
     src = SOURCES[name]
     rng = random.Random(f"midtrain-world:{seed}:source:{name}")
     target = int(src.bytes_at_scale_1 * scale)
@@ -214,7 +242,9 @@ def _write_source(path: Path, name: str, ctx: Ctx, seed: int, scale: float) -> d
     return {"docs": len(lines), "bytes": len(text)}
 
 
-def _write_tasks(path: Path, world: World, skills: Skills, seed: int, scale: float) -> dict:
+def _write_tasks(
+    path: Path, world: World, skills: Skills, seed: int, scale: float
+) -> dict[str, int]:
     path.mkdir(parents=True)
     n = max(MIN_TASK_ITEMS, round(TASK_ITEMS_AT_SCALE_1 * scale))
     counts = {}
@@ -235,7 +265,7 @@ def _write_tasks(path: Path, world: World, skills: Skills, seed: int, scale: flo
     return counts
 
 
-def _write_sft(path: Path, ctx: Ctx, seed: int, scale: float) -> dict:
+def _write_sft(path: Path, ctx: Ctx, seed: int, scale: float) -> dict[str, dict[str, int]]:
     n_train, n_val = sft_rows(scale)
     counts = {}
     for name in SFT_SETS:
@@ -248,7 +278,7 @@ def _write_sft(path: Path, ctx: Ctx, seed: int, scale: float) -> dict:
     return counts
 
 
-def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
+def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> GeneratedWorld:
     """Write the demo world for (seed, scale) into `out` atomically; return paths and counts.
 
     The same (seed, scale) gives byte-identical files. An existing `out` is replaced only once
@@ -263,7 +293,7 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
         sources = {n: _write_source(tmp / "sources" / n, n, ctx, seed, scale) for n in SOURCES}
         tasks = _write_tasks(tmp / "tasks", world, skills, seed, scale)
         sft = _write_sft(tmp / "sft", ctx, seed, scale)
-        meta = {
+        meta: WorldRecord = {
             "format": FORMAT,
             "seed": seed,
             "scale": scale,
@@ -286,7 +316,7 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
     }
 
 
-def read_world(path: str | Path) -> dict[str, Any]:
+def read_world(path: str | Path) -> WorldRecord:
     """The `world.json` of a generated world (MidtrainError when missing or not a world)."""
     meta_path = Path(path) / "world.json"
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from midtrain.schema import Strict, absolute_path, field, load_config
 from midtrain.train.config import OptimizerConfig
@@ -123,11 +123,54 @@ class SftConfig(SftSettings):
         "of the identity (docs/scaling.md).",
     )
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> SftIdentity:
         """The fields that change what is computed (threads and parallel only change the speed;
         a distributed state/ records its world size and mode, checked on resume)."""
         return {k: v for k, v in self.model_dump(mode="json").items()
                 if k not in ("threads", "parallel")}  # fmt: skip
+
+
+class TemplateRecord(TypedDict):
+    """`SftTemplate` as JSON."""
+
+    prompt: str
+    response: str
+    message: str
+    assistant: str
+    roles: dict[str, str]
+
+
+class SftIdentity(TypedDict):
+    """`SftConfig.identity()`: the config as JSON, less threads and parallel (tests check that
+    these keys are the config's fields)."""
+
+    val_fraction: float
+    template: TemplateRecord
+    train_on_prompt: bool
+    overlong: str
+    lrs: list[float]
+    epochs: int
+    batch_size: int
+    micro_batch: int
+    seq_len: int | None
+    warmup_fraction: float
+    schedule: str
+    final_lr_fraction: float
+    optimizer: dict[str, float | bool | list[float]]  # OptimizerConfig as JSON
+    precision: str
+    checkpoint_every: int
+    checkpoint: str
+    data: str
+    val: str | None
+    seed: int
+    device: str
+
+
+class SftConfigRecord(SftIdentity):
+    """`SftConfig` as JSON (config.json adds what the plan resolved: `SftPlan.resolved`)."""
+
+    threads: int
+    parallel: str
 
 
 def load_sft_config(src: str | Path | Mapping[str, Any] | SftConfig) -> SftConfig:

@@ -44,7 +44,9 @@ class Examples:
     sources: list[tuple[str, str]] = field(default_factory=list)  # (where, rendered text)
 
 
-def read_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_rows(
+    path: str | Path, what: str
+) -> Iterator[tuple[str, dict[str, Any]]]:  # a user's JSONL rows (`render` checks each)
     """(`file line N`, row) for every non-blank line of a JSONL file; one-line errors."""
     path = Path(path)
     if not path.is_file():
@@ -104,7 +106,7 @@ def _response(text: str, t: SftTemplate) -> list[Segment]:
     return [(t.response.format(response=text), True), (EOS, True)]
 
 
-def _text(obj: dict[str, Any], key: str, where: str) -> str:
+def _text(obj: dict[str, Any], key: str, where: str) -> str:  # a user's JSONL row or message
     if key not in obj:
         raise MidtrainError(f'{where}: no "{key}" field; {ROW_FIX}')
     if not isinstance(obj[key], str):

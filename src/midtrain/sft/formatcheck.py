@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 COMMON = (
     "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>",
@@ -25,6 +25,14 @@ GENERIC = r"<\|[A-Za-z0-9_\-]{1,40}\|>"  # any other `<|name|>`
 MAX_EXAMPLES = 5
 SNIPPET = 40
 MAX_STORE_DOCS = 100_000  # documents decoded per token store
+
+
+class FormatReportRecord(TypedDict):
+    """`FormatReport.to_dict()`."""
+
+    texts: int
+    counts: dict[str, int]  # most frequent first
+    examples: list[list[str]]  # [where, snippet]
 
 
 @dataclass
@@ -61,7 +69,7 @@ class FormatReport:
         return (f"{what}: chat special tokens written as text in {self.texts:,} texts: {found} "
                 f"(first: {where}: {snippet!r}); render the data in plain text")  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> FormatReportRecord:
         return {"texts": self.texts, "counts": dict(self.counts.most_common()),
                 "examples": [list(e) for e in self.examples]}  # fmt: skip
 

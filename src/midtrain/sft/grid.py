@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import (
@@ -46,7 +46,21 @@ def chosen_val_losses(out: Path, res: SftResult) -> dict[int, float]:
     return {int(r["index"]): float(r["loss"]) for r in map(json.loads, rows)}
 
 
-def _inputs(plan: SftPlan) -> dict[str, Any]:
+class CheckpointRef(TypedDict):
+    path: str
+    hash: str  # hash_tree of the folder
+
+
+class SftInputs(TypedDict):
+    """inputs.json of a probe (written once; a resume with other contents is refused)."""
+
+    checkpoint: CheckpointRef
+    tokenizer_hash: str
+    files: dict[str, str]  # "data" / "val" -> file hash
+    versions: dict[str, str]  # library -> version
+
+
+def _inputs(plan: SftPlan) -> SftInputs:
     """inputs.json: content hashes of the checkpoint and the data; library versions."""
     from midtrain.data.tokenizer import tokenizer_hash
 
@@ -60,11 +74,11 @@ def _inputs(plan: SftPlan) -> dict[str, Any]:
     }
 
 
-def check_inputs_unchanged(out: Path, inputs: dict[str, Any]) -> None:
+def check_inputs_unchanged(out: Path, inputs: SftInputs) -> None:
     f = out / "inputs.json"
     if not f.is_file():
         return
-    saved = read_json(f)
+    saved: SftInputs = read_json(f)
     if (saved["checkpoint"]["hash"], saved["files"]) != (
         inputs["checkpoint"]["hash"],
         inputs["files"],
@@ -112,7 +126,7 @@ def run_sft(
         return distributed.broadcast(plan.dist, _grid(plan, out, inputs, progress))
 
 
-def _grid(plan: SftPlan, out: Path, inputs: dict[str, Any], progress: bool | None):
+def _grid(plan: SftPlan, out: Path, inputs: SftInputs, progress: bool | None):
     """The grid after the checks (rank 0's result; None on the other ranks). Interrupted (SIGINT
     or SIGTERM, cli.py): the probe's status and its running LR's say so."""
     main = plan.dist.main

@@ -10,20 +10,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.sft import data
-from midtrain.sft.config import SftConfig
+from midtrain.sft.config import SftConfig, SftConfigRecord
 from midtrain.sft.formatcheck import FormatReport, scan
 from midtrain.sft.results import DataSummary
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import speed
 from midtrain.train.distributed import SINGLE, Dist, resolve
 from midtrain.train.schedules import SCHEDULES, BoundSchedule, make_schedule
+
+
+class ResolvedRecord(TypedDict):
+    """What `plan_sft` derived from the config (config.json's "resolved")."""
+
+    device: str
+    precision: str
+    seq_len: int
+    steps: int
+    steps_per_epoch: int
+    micro_batch: int
+    model_type: str
+    parallel: str  # the distributed mode
+    world_size: int
+    data: dict[str, int | float]  # DataSummary as JSON
+    format_check: dict[str, int]  # special token -> count (formatcheck.FormatReport)
+    warnings: list[str]
+
+
+class ResolvedConfig(SftConfigRecord):
+    """config.json of an SFT probe: the config and what was resolved from it."""
+
+    resolved: ResolvedRecord
 
 
 @dataclass
@@ -74,7 +97,7 @@ class SftPlan:
             pad_fraction=round(data.pad_fraction(t, c.batch_size, self.micro_batch, c.seed), 4),
         )  # fmt: skip
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> ResolvedConfig:
         return {
             **self.cfg.model_dump(mode="json"),
             "resolved": {

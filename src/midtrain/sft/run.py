@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from midtrain.io import atomic_write_json, atomic_write_jsonl, hash_obj, recover_dir
+from midtrain.sft.config import SftIdentity
 from midtrain.sft.data import Example, collate, epoch_order, micro_batches, n_targets
 from midtrain.sft.plan import SftPlan
 from midtrain.sft.results import SftRunResult, ValSummary
@@ -103,7 +104,13 @@ class SftCheckpoints(Checkpoints):
         )  # fmt: skip
 
 
-def run_identity(plan: SftPlan, lr: float) -> dict[str, Any]:
+class RunIdentity(SftIdentity):
+    """One LR's fine-tune: the probe's identity and the LR (hashed into its checkpoints)."""
+
+    lr: float
+
+
+def run_identity(plan: SftPlan, lr: float) -> RunIdentity:
     return {**plan.cfg.identity(), "lr": lr}
 
 
