@@ -26,19 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from midtrain.bench.reports import (
-    AllocatorCheck,
-    AnalyticNeed,
-    ChildError,
-    EvalJob,
-    EvalPeaks,
-    LlamaTable,
-    MemoryReport,
-    RunTable,
-    Setup,
-    TrainJob,
-    TrainPeaks,
-)
+from midtrain.bench import reports as rec
 from midtrain.io import library_versions
 
 if TYPE_CHECKING:
@@ -49,7 +37,7 @@ TARGET_SINGLE = 1.3  # one process's peak growth / analytic need, at most
 TARGET_FSDP = 0.6  # each FSDP2 rank's peak growth / the one process's, at most
 TASKS = ["world_arith", "world_code", "world_facts"]  # the demo world's multiple-choice tasks
 _LLAMA = {"model_type": "llama", "vocab_size": 32000, "tie_word_embeddings": False}
-PRESETS: dict[str, LlamaTable] = {
+PRESETS: dict[str, rec.LlamaTable] = {
     "tiny": {**_LLAMA, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 512},
     "150m": {**_LLAMA, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -62,7 +50,7 @@ PRESETS: dict[str, LlamaTable] = {
 # -- the analytic need -----------------------------------------------------------------------------
 
 
-def count_params(model: LlamaTable) -> int:
+def count_params(model: rec.LlamaTable) -> int:
     """Parameters of the HF model of a `[model]` table (built on the meta device; tied once)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -73,7 +61,7 @@ def count_params(model: LlamaTable) -> int:
         return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
-def activation_floats(model: LlamaTable, seq_len: int, micro_batch: int) -> int:
+def activation_floats(model: rec.LlamaTable, seq_len: int, micro_batch: int) -> int:
     """fp32 values alive at the peak of one micro batch's backward (HF Llama, sdpa attention).
 
     What autograd saves, per token and layer: the residual input, RMSNorm's x·rsqrt and its
@@ -93,7 +81,7 @@ def activation_floats(model: LlamaTable, seq_len: int, micro_batch: int) -> int:
     return micro_batch * seq_len * (layers * per_layer + head)
 
 
-def analytic_need(model: LlamaTable, seq_len: int, micro_batch: int) -> AnalyticNeed:
+def analytic_need(model: rec.LlamaTable, seq_len: int, micro_batch: int) -> rec.AnalyticNeed:
     """fp32 weights + gradients + 2 AdamW moments (4 bytes each a parameter) + activations."""
     n = count_params(model)
     parts = {
@@ -123,7 +111,7 @@ def reset_peak() -> float:
     return rss_mib("VmRSS")
 
 
-def measure_train(rc: RunTable, out: Path, save: bool) -> TrainPeaks:
+def measure_train(rc: rec.RunTable, out: Path, save: bool) -> rec.TrainPeaks:
     """A few steps of the run path in this process; the peak growth after each step. With `save`,
     the trained weights go to OUT/final afterwards (for the evaluation), outside the peak."""
     import torch.distributed.checkpoint.state_dict  # noqa: F401 - imported before the reset
@@ -170,7 +158,7 @@ class _Peaks:
 
 
 def measure_eval(checkpoint: Path, tasks_dir: Path, store: Path, out: Path, limit: int,
-                 batch_size: int, threads: int) -> EvalPeaks:  # fmt: skip
+                 batch_size: int, threads: int) -> rec.EvalPeaks:  # fmt: skip
     """`eval.evaluate` of the checkpoint (tasks and one domain); peak growth and examples/s."""
     import lm_eval.evaluator  # noqa: F401 - imported before the reset
 
@@ -216,7 +204,7 @@ def _child() -> None:
         os._exit(0)
 
 
-def _spawn(job: TrainJob | EvalJob, log: Path, extra_env: dict[str, str] | None = None):
+def _spawn(job: rec.TrainJob | rec.EvalJob, log: Path, extra_env: dict[str, str] | None = None):
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, **(extra_env or {}),
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
@@ -228,7 +216,7 @@ def _spawn(job: TrainJob | EvalJob, log: Path, extra_env: dict[str, str] | None 
     return p
 
 
-def _collect(p: subprocess.Popen, log: Path) -> TrainPeaks | EvalPeaks | ChildError:
+def _collect(p: subprocess.Popen, log: Path) -> rec.TrainPeaks | rec.EvalPeaks | rec.ChildError:
     lines = p.stdout.read().strip().splitlines()
     p.wait()
     if lines:
@@ -243,25 +231,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_fsdp(rc: RunTable, root: Path, world: int = 2,
-             extra_env: dict[str, str] | None = None) -> list[TrainPeaks | ChildError]:  # fmt: skip
+def run_fsdp(rc: rec.RunTable, root: Path, world: int = 2,
+             extra_env: dict[str, str] | None = None) -> list[rec.TrainPeaks | rec.ChildError]:  # fmt: skip
     """`world` FSDP2 ranks over gloo on this host, started as torchrun would; each rank's result."""
     port = str(_free_port())
     procs = []
     for r in range(world):
         env = {**(extra_env or {}), "RANK": str(r), "LOCAL_RANK": str(r),
                "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
-        job: TrainJob = {"kind": "train", "rc": {**rc, "parallel": "fsdp"},
+        job: rec.TrainJob = {"kind": "train", "rc": {**rc, "parallel": "fsdp"},
                          "out": str(root / "fsdp"), "save": False}  # fmt: skip
         procs.append((_spawn(job, root / f"fsdp-{r}.log", env), root / f"fsdp-{r}.log"))
     return [_collect(p, log) for p, log in procs]
 
 
-def train_pair(rc: RunTable, root: Path, save: bool,
+def train_pair(rc: rec.RunTable, root: Path, save: bool,
                extra_env: dict[str, str] | None = None,
-               ) -> tuple[TrainPeaks | ChildError, list[TrainPeaks | ChildError]]:  # fmt: skip
+               ) -> tuple[rec.TrainPeaks | rec.ChildError, list[rec.TrainPeaks | rec.ChildError]]:  # fmt: skip
     """(one process, the FSDP2 ranks), one after the other, in processes with `extra_env`."""
-    job: TrainJob = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": save}
+    job: rec.TrainJob = {"kind": "train", "rc": rc, "out": str(root / "single"), "save": save}
     single = _collect(_spawn(job, root / "single.log", extra_env), root / "single.log")
     _say(f"one process{' ' + str(extra_env) if extra_env else ''}: {single}")
     ranks = run_fsdp(rc, root, extra_env=extra_env)
@@ -279,8 +267,8 @@ FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
-def run_config(model: LlamaTable, world: DemoWorld, steps: int, seq_len: int,
-               micro_batch: int, threads: int) -> RunTable:  # fmt: skip
+def run_config(model: rec.LlamaTable, world: DemoWorld, steps: int, seq_len: int,
+               micro_batch: int, threads: int) -> rec.RunTable:  # fmt: skip
     """The run config (a TOML-shaped dict `train.load_run_config` validates): a fresh `[model]` on the world's web store, fp32, a linear anneal to 0 over `steps` steps
     of two micro batches (one per FSDP rank; the single process accumulates both)."""
     batch = 2 * micro_batch * seq_len
@@ -304,7 +292,7 @@ def run_config(model: LlamaTable, world: DemoWorld, steps: int, seq_len: int,
 
 def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_batch: int = 1,
               threads: int = 1, eval_limit: int = 50, eval_batch: int = 32,
-              allocator_check: bool = True) -> MemoryReport:  # fmt: skip
+              allocator_check: bool = True) -> rec.MemoryReport:  # fmt: skip
     """(a) one process, (b) two FSDP2 ranks, (c) the evaluation, each in fresh subprocesses; with
     `allocator_check`, (a) and (b) again with glibc's mmap threshold fixed at 128 KiB."""
     from midtrain.demo.pipeline import DemoSettings, build_world_and_stores
@@ -317,9 +305,9 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
         rc = run_config(model, world, steps, seq_len, micro_batch, threads)
         t0 = time.perf_counter()
         single, ranks = train_pair(rc, root, save=True)
-        ev: EvalPeaks | ChildError = {"error": "not run: the one-process run failed"}
+        ev: rec.EvalPeaks | rec.ChildError = {"error": "not run: the one-process run failed"}
         if "error" not in single:
-            ejob: EvalJob = {"kind": "eval", "checkpoint": str(root / "single" / "final"),
+            ejob: rec.EvalJob = {"kind": "eval", "checkpoint": str(root / "single" / "final"),
                    "tasks": str(world["world_dir"] / "tasks"),
                    "store": str(world["stores"]["web"].path), "out": str(root / "eval"),
                    "limit": eval_limit, "batch_size": eval_batch, "threads": threads}  # fmt: skip
@@ -327,7 +315,7 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
             _say(f"evaluation: {ev}")
         fixed = train_pair(rc, root, save=False, extra_env=FIXED_MMAP) if allocator_check else None
         wall = time.perf_counter() - t0
-    setup: Setup = {"preset": params, "model": model, "seq_len": seq_len, "micro_batch": micro_batch,
+    setup: rec.Setup = {"preset": params, "model": model, "seq_len": seq_len, "micro_batch": micro_batch,
              "batch_seqs": 2 * micro_batch, "steps": steps, "threads": threads,
              "eval_limit": eval_limit, "eval_batch": eval_batch, "wall_s": round(wall, 1)}  # fmt: skip
     res = report(need, single, ranks, ev, setup)
@@ -335,10 +323,10 @@ def run_bench(params: str = "150m", steps: int = 3, seq_len: int = 256, micro_ba
     return res
 
 
-def _allocator(need: AnalyticNeed, single: TrainPeaks | ChildError,
-               ranks: list[TrainPeaks | ChildError],
-               fixed: tuple[TrainPeaks | ChildError, list[TrainPeaks | ChildError]],
-               ) -> AllocatorCheck:  # fmt: skip
+def _allocator(need: rec.AnalyticNeed, single: rec.TrainPeaks | rec.ChildError,
+               ranks: list[rec.TrainPeaks | rec.ChildError],
+               fixed: tuple[rec.TrainPeaks | rec.ChildError, list[rec.TrainPeaks | rec.ChildError]],
+               ) -> rec.AllocatorCheck:  # fmt: skip
     """The same runs with freed memory returned at once: their ratios, and what glibc's heap
     kept at the peak with its defaults (the default peak minus this one)."""
     f_single, f_ranks = fixed
@@ -354,7 +342,7 @@ def _allocator(need: AnalyticNeed, single: TrainPeaks | ChildError,
     }
 
 
-def _minus(a: TrainPeaks | ChildError, b: TrainPeaks | ChildError) -> float | None:
+def _minus(a: rec.TrainPeaks | rec.ChildError, b: rec.TrainPeaks | rec.ChildError) -> float | None:
     x, y = a.get("peak_growth_mib"), b.get("peak_growth_mib")
     return round(x - y, 1) if x is not None and y is not None else None
 
@@ -368,9 +356,9 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 3) if ok else None
 
 
-def report(need: AnalyticNeed, single: TrainPeaks | ChildError,
-           ranks: list[TrainPeaks | ChildError], ev: EvalPeaks | ChildError,
-           setup: Setup) -> MemoryReport:  # fmt: skip
+def report(need: rec.AnalyticNeed, single: rec.TrainPeaks | rec.ChildError,
+           ranks: list[rec.TrainPeaks | rec.ChildError], ev: rec.EvalPeaks | rec.ChildError,
+           setup: rec.Setup) -> rec.MemoryReport:  # fmt: skip
     """The JSON: the three measurements, their ratios and whether each target is met."""
     peak = single.get("peak_growth_mib")
     r_single = _ratio(peak, need["need_mib"])

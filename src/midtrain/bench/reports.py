@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
+from midtrain.study.tables import ScheduleTable  # a run config's [schedule] is a study's
+
 
 class ChildError(TypedDict):
     """What a measurement subprocess writes (or its parent makes) when the measurement failed."""
@@ -33,14 +35,6 @@ class MixEntry(TypedDict):
 
     source: str
     ratio: float
-
-
-class ScheduleTable(TypedDict):
-    """A run config's `[schedule]` as the benches write it."""
-
-    name: str
-    start_lr: float
-    final_lr: NotRequired[float]
 
 
 class RunTable(TypedDict):

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir, atomic_write_json, fault_point
-from midtrain.train.schedules import ScheduleRecord
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +62,9 @@ class TrainerState(BaseModel):
     lr: float
     tokens_seen: int = 0
     steps: int = 0
-    schedule: ScheduleRecord | None = None  # BoundSchedule.to_dict() of the run that wrote it
+    # BoundSchedule.to_dict() (a `ScheduleRecord`) of the run that wrote it; read as written, its
+    # keys unchecked, so a trainer.json of another release or trainer keeps opening
+    schedule: dict[str, str | int | float] | None = None
     run: RunPosition | None = None
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from typing_extensions import TypedDict  # pydantic validates it (TrainerState) on 3.11
+from typing import TypedDict
 
 from midtrain.errors import MidtrainError
 
