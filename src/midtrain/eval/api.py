@@ -26,7 +26,9 @@ from midtrain.eval.results import (
     FORMAT,
     DomainExample,
     EvalResult,
+    SettingsRecord,
     TaskExample,
+    TaskSettingRecord,
     sort_key,
     summarise,
     to_json_line,
@@ -62,10 +64,12 @@ class EvalSettings(Strict):
         "tasks: HumanEval, MBPP; pass@k). Without it such a task is refused; use a sandbox.",
     )
 
-    def hashed(self, seed: int = 0) -> dict[str, Any]:
+    def hashed(self, seed: int = 0) -> SettingsRecord:
         """The settings that change an evaluation's records (part of its cache key);
         `allow_code_execution` is a permission, not one of them."""
-        per_task = {t: ts.model_dump(exclude_none=True) for t, ts in self.task_settings.items()}
+        per_task: dict[str, TaskSettingRecord] = {
+            t: ts.model_dump(exclude_none=True) for t, ts in self.task_settings.items()
+        }
         return {"limit": self.limit, "num_fewshot": self.num_fewshot, "seed": seed,
                 "task_settings": per_task}  # fmt: skip
 
@@ -87,7 +91,7 @@ def tasks_key(tasks: list[str], include_path: str | Path | None) -> str:
 
 def cache_key(
     checkpoint: Path, tasks: list[str], tasks_hash: str, stores: dict[str, TokenStore],
-    settings: dict[str, Any],
+    settings: SettingsRecord,
 ) -> str:  # fmt: skip
     return hash_obj({
         "format": FORMAT,
@@ -125,7 +129,7 @@ def evaluate(
     limit: int | None = None,
     num_fewshot: int = 0,
     batch_size: int = 32,
-    task_settings: dict[str, dict[str, Any]] | None = None,
+    task_settings: dict[str, TaskSettingRecord] | None = None,
     device: str = "auto",
     seed: int = 0,
     allow_code_execution: bool = False,

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -45,6 +45,13 @@ from packaging.version import Version
 from midtrain import env
 from midtrain.errors import MidtrainError
 from midtrain.eval import task_files
+from midtrain.eval.task_files import TaskConfig
+
+if TYPE_CHECKING:
+    from lm_eval.api.task import Task
+    from lm_eval.tasks._index import Entry
+
+    from midtrain.eval.samples import LmEvalSample
 
 SUPPORTED_RANGE = ">=0.4.12,<0.5"  # the same range as pyproject.toml's lm-eval requirement
 SUPPORTED = SpecifierSet(SUPPORTED_RANGE)
@@ -203,7 +210,9 @@ def validate_tasks(
         )
 
 
-def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks") -> dict[str, Any]:
+def load_tasks(
+    tasks: list[str], include_path: Path | None, field: str = "tasks"
+) -> dict[str, Task]:
     """lm-eval's Task of every leaf task (a group gives its members), its data loaded; an unknown
     name or data that cannot be loaded offline is a one-line error naming the task."""
     if include_path is not None and not Path(include_path).is_dir():
@@ -218,7 +227,7 @@ def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks"
             raise MidtrainError(
                 f"{field}: task {task!r} is not known to lm-eval; check the name{hint}"
             )
-    loaded: dict[str, Any] = {}
+    loaded: dict[str, Task] = {}
     for task in tasks:
         try:
             with quiet():
@@ -237,7 +246,7 @@ def load_tasks(tasks: list[str], include_path: Path | None, field: str = "tasks"
 def run_tasks(
     model: Any, tok: Any, tasks: list[str], include_path: Path | None, *, limit: int | None,
     num_fewshot: int, batch_size: int, max_length: int, seed: int, allow_code: bool = False,
-) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+) -> dict[str, list[LmEvalSample]]:  # fmt: skip
     """lm-eval's logged samples per task (`simple_evaluate(..., log_samples=True)["samples"]`).
 
     `allow_code` confirms lm-eval's unsafe_code tasks and sets `HF_ALLOW_CODE_EVAL=1` for the call
@@ -277,7 +286,17 @@ def _code_eval(allow: bool) -> Iterator[None]:
 FILE_KEYS = ("dataset_path", "dataset_kwargs", "custom_dataset")  # the config keys naming files
 
 
-def task_inputs(tasks: list[str], include_path: Path | None) -> dict[str, Any]:
+class TaskInputs(TypedDict, total=False):
+    """What one task, group or tag reads (`task_inputs`; hashed into the eval cache key)."""
+
+    lm_eval: str  # one of the installed lm-eval's own tasks: its version
+    tag: dict[str, TaskInputs]  # a tag: its tasks'
+    files: list[str]  # content hashes of its YAMLs and `!function` modules (task_files.yaml_files)
+    data: Any  # its data files' hashes, in the shape of `data_files` (task_files.data_inputs)
+    members: dict[str, TaskInputs]  # a group: its members'
+
+
+def task_inputs(tasks: list[str], include_path: Path | None) -> dict[str, TaskInputs]:
     """Per task: the content hashes of every file it reads (task_files.py), for the cache key.
 
     Names are looked up in an index of the include folder alone (lm-eval's own `TaskIndex`, built
@@ -289,7 +308,7 @@ def task_inputs(tasks: list[str], include_path: Path | None) -> dict[str, Any]:
     return {name: _inputs(index, name, {}, 0) for name in sorted(set(tasks))}
 
 
-def local_index(include_path: Path | None) -> dict[str, Any]:
+def local_index(include_path: Path | None) -> dict[str, Entry]:
     """lm-eval's index (name -> Entry) of the task YAMLs below `include_path` only."""
     if include_path is None or not Path(include_path).is_dir():
         return {}
@@ -300,7 +319,7 @@ def local_index(include_path: Path | None) -> dict[str, Any]:
         return TaskIndex.build([Path(include_path)])
 
 
-def _inputs(index: dict[str, Any], name: str, over: dict[str, Any], depth: int) -> Any:
+def _inputs(index: dict[str, Entry], name: str, over: TaskConfig, depth: int) -> TaskInputs:
     """What task, group or tag `name` reads, with a parent group's overrides `over`."""
     from lm_eval.tasks._index import Kind
 
@@ -311,12 +330,12 @@ def _inputs(index: dict[str, Any], name: str, over: dict[str, Any], depth: int) 
         return {"tag": {t: _inputs(index, t, over, depth + 1) for t in sorted(entry.tags)}}
     path = Path(entry.yaml_path) if entry.yaml_path else None
     files = [task_files.file_hash(p) for p in task_files.yaml_files(path)] if path else []
-    raw = entry.cfg or {}
+    raw: TaskConfig = entry.cfg or {}  # the YAML as lm-eval indexed it
     if entry.kind is not Kind.GROUP:
         cfg = {**raw, **over, "task": name}
         return {"files": files, "data": task_files.data_inputs(cfg, path) if path else None}
     sub = {**_file_keys(raw), **over}  # as lm-eval merges: the caller's overrides win
-    members: dict[str, Any] = {}
+    members: dict[str, TaskInputs] = {}
     for item in raw.get("task") or []:
         ref = item if isinstance(item, str) else item.get("task") or item.get("group")
         if isinstance(ref, str):
@@ -325,7 +344,7 @@ def _inputs(index: dict[str, Any], name: str, over: dict[str, Any], depth: int) 
     return {"files": files, "members": members}
 
 
-def _file_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+def _file_keys(cfg: TaskConfig) -> TaskConfig:
     return {k: cfg[k] for k in FILE_KEYS if k in cfg}
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
+from typing_extensions import TypedDict  # pydantic validates a typing.TypedDict only on 3.12+
 
 from midtrain.io import read_json
 
@@ -90,6 +91,29 @@ class Summaries(BaseModel):
     domains: dict[str, DomainSummary]
 
 
+class TaskSettingRecord(TypedDict, total=False):
+    """One task's overrides of the eval defaults as hashed (api.TaskSetting, its None left out)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # keep any other key as written
+
+    limit: int
+    num_fewshot: int
+    batch_size: int
+
+
+class SettingsRecord(TypedDict, total=False):
+    """eval.json's `settings`: those of an evaluation (api.EvalSettings.hashed: every key but
+    `samples`), or the sample files of an imported one (study/importer.py: `samples` alone)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # keep any other key as written
+
+    limit: int | None
+    num_fewshot: int
+    seed: int
+    task_settings: dict[str, TaskSettingRecord]
+    samples: dict[str, str]  # task -> its lm-eval samples file
+
+
 class EvalResult(BaseModel):
     """eval.json; `examples` are read from examples.jsonl by `load()` (not stored in eval.json)."""
 
@@ -99,7 +123,7 @@ class EvalResult(BaseModel):
     tasks: list[str]
     include_path: str | None
     domains: dict[str, str]
-    settings: dict[str, Any]  # the settings hashed into `key` (limit, few-shot, per task, seed)
+    settings: SettingsRecord  # the settings hashed into `key` (limit, few-shot, per task, seed)
     tasks_key: str | None = None  # the part of `key` hashing what the tasks read (api.tasks_key)
     results: Summaries
     seconds: float

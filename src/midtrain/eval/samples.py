@@ -20,27 +20,52 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from midtrain.eval.results import TaskExample
+from midtrain.eval.results import DocId, TaskExample
 
 # keys of a logged sample that are not metrics (used when lm-eval does not list its metrics)
 NOT_METRICS = {"doc_id", "target", "doc", "arguments", "resps", "filtered_resps", "filter",
                "metrics", "doc_hash", "prompt_hash", "target_hash"}  # fmt: skip
 
 
-def task_records(task: str, samples: list[dict[str, Any]]) -> list[TaskExample]:
+class LmEvalSample(TypedDict, total=False):
+    """One of lm-eval's logged samples, the keys midtrain reads (lm-eval's record, not ours).
+
+    Besides these it carries `doc`, the hashes and one key per metric named in `metrics`
+    (`acc`, `exact_match`, ...): those are read by name in `sample_metrics`.
+    """
+
+    doc_id: DocId
+    target: Any  # a choice index, the target text, or lm-eval's str() of either in a file
+    arguments: Any  # tuples per request; {"gen_args_i": {"arg_j": ...}} in a --log_samples file
+    resps: list[Any]  # the model's raw responses per request
+    filtered_resps: list[Any]  # after the filter: log-likelihoods, or the generated answer
+    filter: str  # the filter's name (`none` without one)
+    metrics: list[str]  # the task's per-sample metric names, as keys of the sample
+
+
+class ChoiceMetrics(TypedDict, total=False):
+    """A multiple-choice sample's continuous metrics (`choice_metrics`; none for other types)."""
+
+    gold_logprob_per_byte: float
+    margin: float
+    choices: int
+
+
+def task_records(task: str, samples: list[LmEvalSample]) -> list[TaskExample]:
     """One record per document of `task` (its samples in lm-eval's order: filter by filter)."""
-    by_doc: dict[Any, list[dict[str, Any]]] = {}
+    by_doc: dict[DocId, list[LmEvalSample]] = {}
     for s in samples:
         by_doc.setdefault(s["doc_id"], []).append(s)
     return [task_example(task, ss[0], ss[1:]) for ss in by_doc.values()]
 
 
-def task_example(task: str, s: dict[str, Any], others: list[dict[str, Any]] = ()) -> TaskExample:
+def task_example(task: str, s: LmEvalSample, others: list[LmEvalSample] = ()) -> TaskExample:
     """One document's record: the first filter's sample `s`, the other filters' `others`."""
     metrics = sample_metrics(s)
-    rec: dict[str, Any] = {"task": task, "doc_id": s["doc_id"]}
+    # TaskExample's fields, lm-eval's other per-sample metrics among them
+    rec: dict[str, str | float | None] = {"task": task, "doc_id": s["doc_id"]}
     rec |= {m: metrics.get(m) for m in ("acc", "acc_norm")}
     rec |= choice_metrics(s)
     rec |= {k: v for k, v in metrics.items() if k not in rec}
@@ -58,20 +83,20 @@ def task_example(task: str, s: dict[str, Any], others: list[dict[str, Any]] = ()
     return TaskExample.model_validate(rec)
 
 
-def sample_metrics(s: dict[str, Any]) -> dict[str, float]:
+def sample_metrics(s: LmEvalSample) -> dict[str, float]:
     """The sample's numeric per-sample metrics, in the task's order."""
     names = s.get("metrics")
     if not isinstance(names, list):
         names = [k for k in s if k not in NOT_METRICS]
     out = {}
     for k in names:
-        v = s.get(k)
+        v = s.get(k)  # a metric's key (read by name), not one of LmEvalSample's
         if isinstance(v, (int, float)):  # bools too: exact_match may be one
             out[k] = float(v)
     return out
 
 
-def choice_metrics(s: dict[str, Any]) -> dict[str, Any]:
+def choice_metrics(s: LmEvalSample) -> ChoiceMetrics:
     """Multiple choice: the gold answer's log-probability per UTF-8 byte, its margin over the best
     wrong choice's, and the number of choices ({} for any other output type)."""
     resps, args, gold = s.get("filtered_resps"), s.get("arguments"), s.get("target")
@@ -102,7 +127,7 @@ def logged_results(path: Path) -> Path:
     return Path(path).with_name(f"results_{m.group('date') if m else ''}.json")
 
 
-def read_logged(path: Path) -> list[dict[str, Any]]:
+def read_logged(path: Path) -> list[LmEvalSample]:
     """A `--log_samples` file's samples in the form `simple_evaluate` returns them, so that
     `task_records` makes the same records from them as from an in-process evaluation.
 
@@ -120,9 +145,9 @@ def read_logged(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def logged_sample(s: dict[str, Any]) -> dict[str, Any]:
+def logged_sample(s: LmEvalSample) -> LmEvalSample:
     """One sample of a `--log_samples` file in `simple_evaluate`'s form (see `read_logged`)."""
-    s = dict(s)
+    s = s.copy()
     args = s.get("arguments")
     if isinstance(args, dict):
         key = lambda k: int(k.rsplit("_", 1)[-1])  # noqa: E731 - gen_args_10 after gen_args_9

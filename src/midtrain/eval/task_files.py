@@ -22,7 +22,7 @@ import glob
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
@@ -33,6 +33,24 @@ GLOB_CHARS = frozenset("*?[")
 FALLBACK_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "xml", "sql")
 
 
+class DatasetKwargs(TypedDict, total=False):
+    """A task config's `dataset_kwargs` (passed on to datasets' load_dataset): the key we read."""
+
+    data_files: Any  # a path, a list of paths, or a dict of either by split (globs allowed)
+
+
+class TaskConfig(TypedDict, total=False):
+    """A task (or group) config as lm-eval's YAML loader returns it: the keys midtrain reads;
+    lm-eval's other keys pass through untouched."""
+
+    task: str | list[str | TaskConfig]  # a task's name; a group's members (names or configs)
+    group: str
+    include: str | list[str]  # YAMLs this one builds on
+    dataset_path: str  # a Hub dataset, or a packaged builder (json, csv, ...)
+    dataset_kwargs: DatasetKwargs
+    custom_dataset: Any  # a `!function`: the function, or its reference before it is resolved
+
+
 @functools.cache
 def packaged_builders() -> frozenset[str]:
     """`dataset_path` values that name a datasets builder reading `data_files` (json, csv, ...)."""
@@ -41,7 +59,7 @@ def packaged_builders() -> frozenset[str]:
     return frozenset(getattr(packaged_modules, "_PACKAGED_DATASETS_MODULES", FALLBACK_BUILDERS))
 
 
-def reads_local_files(cfg: dict[str, Any]) -> bool:
+def reads_local_files(cfg: TaskConfig) -> bool:
     """Whether datasets itself reads this task's `data_files` (a packaged builder, no
     `custom_dataset`): then relative paths are the task YAML's folder's."""
     return not cfg.get("custom_dataset") and cfg.get("dataset_path") in packaged_builders()
@@ -104,7 +122,7 @@ def _check(task: str, yaml_path: Path, data_files: Any, resolved: Any) -> None:
         )
 
 
-def absolute_data_files(cfg: dict[str, Any], yaml_path: Path) -> dict[str, Any]:
+def absolute_data_files(cfg: TaskConfig, yaml_path: Path) -> TaskConfig:
     """`cfg` with its relative data files made absolute against the YAML's folder, every one
     checked to exist; unchanged when datasets does not read them itself (`reads_local_files`)."""
     kwargs = cfg.get("dataset_kwargs")
@@ -118,7 +136,7 @@ def absolute_data_files(cfg: dict[str, Any], yaml_path: Path) -> dict[str, Any]:
     return {**cfg, "dataset_kwargs": {**kwargs, "data_files": resolved}}
 
 
-def data_inputs(cfg: dict[str, Any], yaml_path: Path) -> Any:
+def data_inputs(cfg: TaskConfig, yaml_path: Path) -> Any:
     """The content hashes of a task's data files, in the shape of its `data_files` (None when it
     names none; a URL stays as written: a remote file has nothing local to hash)."""
     kwargs = cfg.get("dataset_kwargs")
