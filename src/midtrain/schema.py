@@ -139,7 +139,7 @@ def validate(model: type[M], data: Any, source: str = "", prefix: str = "") -> M
         raise MidtrainError(error_message(e, source, prefix, model)) from None
 
 
-def load_toml(path: str | Path, what: str) -> dict[str, Any]:
+def load_toml(path: str | Path, what: str) -> dict[str, Any]:  # TOML as parsed
     """A TOML file's content as data (nothing in it is executed); one-line errors."""
     path = Path(path)
     if not path.is_file():

@@ -103,7 +103,7 @@ class TaskSettingRecord(TypedDict, total=False):
 
 class SettingsRecord(TypedDict, total=False):
     """eval.json's `settings`: those of an evaluation (api.EvalSettings.hashed: every key but
-    `samples`), or the sample files of an imported one (study/importer.py: `samples` alone)."""
+    `samples`), or the sample files of an imported one (driver/importer.py: `samples` alone)."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # keep any other key as written
 

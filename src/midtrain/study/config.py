@@ -94,7 +94,7 @@ class StudyConfig(Strict):
     sft_probe: SftProbeSpec | None = field(
         None, description="[sft_probe]: fine-tune every run on SFT sets (docs/studies.md)."
     )
-    train: dict[str, Any] = field(
+    train: dict[str, Any] = field(  # run-config fields, validated per run; and `command`
         {},
         description="Other run-config fields for every run (e.g. threads, compile); and `command`: "
         "an external trainer run for every run instead of midtrain's loop, a template with {spec}, "
