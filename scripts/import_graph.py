@@ -35,7 +35,7 @@ FLOORS: list[list[str]] = [
     ["data", "mix"],
     ["train", "eval"],
     ["sft"],
-    ["merge", "similarity", "stats.contrast", "stats.sequential"],
+    ["merge", "unigram", "similarity", "stats.contrast", "stats.sequential"],
     ["probe"],
     ["study"],
     ["stats"],

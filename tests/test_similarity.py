@@ -16,16 +16,7 @@ from midtrain.data.prepare import prepare_source, write_store
 from midtrain.data.store import TokenStore
 from midtrain.data.tokenizer import load_tokenizer
 from midtrain.errors import MidtrainError
-from midtrain.similarity import (
-    Unigram,
-    doc_bounds,
-    mixture,
-    proximity_advantage,
-    raw_unigram,
-    similarity,
-    store_unigram,
-    top_types,
-)
+from midtrain.similarity import mixture, proximity_advantage, similarity, top_types
 from midtrain.stats.proximity import (
     ALL_SETS,
     ProximityRow,
@@ -33,6 +24,7 @@ from midtrain.stats.proximity import (
     correlate,
     proximity_table,
 )
+from midtrain.unigram import Unigram, doc_bounds, raw_unigram, store_unigram
 
 
 def uni(name: str, counts: list[float], tok: str = "t") -> Unigram:

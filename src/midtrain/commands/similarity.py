@@ -12,7 +12,8 @@ from rich.console import Console
 
 from midtrain.console import err_console, safe
 from midtrain.errors import MidtrainError
-from midtrain.similarity import DEFAULT, DOCS, TOP_K, Comparison, get_mode
+from midtrain.similarity import TOP_K, Comparison
+from midtrain.unigram import DEFAULT, DOCS, get_mode
 
 console = Console()
 GENERIC_STEMS = {"train", "val", "validation", "test", "data"}
@@ -109,7 +110,8 @@ def compare(
 ) -> Comparison:  # fmt: skip
     """Count every set once, then the matrix and each mix's advantage over `base`, as JSON data."""
     from midtrain.data.tokenizer import load_tokenizer
-    from midtrain.similarity import load_set, matrix, mixture, proximity_advantage, similarity
+    from midtrain.similarity import matrix, mixture, proximity_advantage, similarity
+    from midtrain.unigram import load_set
 
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     loaded = {}

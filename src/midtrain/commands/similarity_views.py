@@ -7,7 +7,8 @@ from typing import Any
 from rich.table import Table
 
 from midtrain.console import safe
-from midtrain.similarity import Comparison, SetSummary, SimilaritySettings
+from midtrain.similarity import Comparison, SimilaritySettings
+from midtrain.unigram import SetSummary
 
 
 def sets_table(sets: dict[str, SetSummary]) -> Table:
@@ -28,7 +29,7 @@ def settings_line(result: Comparison) -> str:
 
 def mode_text(settings: SimilaritySettings) -> str:
     """`mode paper (JS in nats)`: the mode of a result's settings (results without one: default)."""
-    from midtrain.similarity import DEFAULT, get_mode
+    from midtrain.unigram import DEFAULT, get_mode
 
     mode = get_mode(settings.get("mode", DEFAULT))
     return f"mode {mode.name} (JS in {mode.js_unit})"

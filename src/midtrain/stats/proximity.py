@@ -33,18 +33,8 @@ from typing import Any
 import numpy as np
 
 from midtrain.errors import MidtrainError
-from midtrain.similarity import (
-    DEFAULT,
-    DOCS,
-    TOP_K,
-    SimilaritySettings,
-    Unigram,
-    check_same_tokenizer,
-    mixture,
-    raw_unigram,
-    similarity,
-    store_unigram,
-)
+from midtrain.similarity import TOP_K, SimilaritySettings, check_same_tokenizer, mixture, similarity
+from midtrain.unigram import DEFAULT, DOCS, Unigram, raw_unigram, store_unigram
 
 FORMAT = "midtrain-proximity/2"
 ALL_SETS = "all sets"
@@ -155,7 +145,7 @@ def proximity_table(
     """Each arm's proximity advantage to each SFT set, and its correlation with the SFT gains.
 
     `study` is a study directory, or a `StudyResult` with its `StudyConfig` as `config`; `mode`
-    is how sets are counted, compared and mixed (`midtrain.similarity.MODES`).
+    is how sets are counted, compared and mixed (`midtrain.unigram.MODES`).
     """
     if isinstance(study, str | Path):
         where = str(study)
