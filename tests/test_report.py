@@ -192,7 +192,7 @@ def test_any_name_works_in_folders_tables_markdown_and_html(tmp_path):
 
 
 def test_dry_run_power_line_in_noise_units_then_measured(tmp_path):
-    from midtrain.commands.study import power_line
+    from midtrain.commands.study_plan import power_line
 
     data = fake_world(tmp_path)
     plan = make_plan(parse_study(data, base_dir=tmp_path), tmp_path / "study")

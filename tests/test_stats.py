@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from midtrain.stats.contrast import Quantity, adjust, contrast, pooled, seeds_needed
+from midtrain.stats.contrast import Quantity, adjust, contrast, pooled
+from midtrain.stats.power import seeds_needed
 
 EFFECTS = {"control": 0.0, "null": 0.0, "small": 0.05, "big": 0.3}
 
@@ -205,7 +206,7 @@ def test_pooling_over_peers_narrows_intervals_with_honest_df():
 
 
 def test_pairing_measures_sphericity_and_correlation():
-    from midtrain.stats.contrast import pairing
+    from midtrain.stats.power import pairing
 
     rng = np.random.default_rng(8)
     runs = rng.normal(size=(400, 4))

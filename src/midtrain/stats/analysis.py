@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats as sps
 
 from midtrain.eval.results import Examples
-from midtrain.stats import contrast
+from midtrain.stats import contrast, power
 from midtrain.stats.data import StudyData
 from midtrain.stats.flags import check_guard, guard_status, likelihood_only_flag, own_loss_flags
 from midtrain.stats.screen import screen_tasks
@@ -91,7 +91,7 @@ def pairing(data: StudyData, tasks: list[str], metric: str) -> dict[str, Pairing
             g for g in data.groups if g != CONTROL and data.designs.get(g) == key
         ]
         by_seed = {g: dict(zip(seeds[g], scores[g], strict=True)) for g in members}
-        out[str(key)] = Pairing(**contrast.pairing(by_seed, CONTROL).__dict__)
+        out[str(key)] = Pairing(**power.pairing(by_seed, CONTROL).__dict__)
     return out
 
 
@@ -203,7 +203,7 @@ def primary_result(
     return PrimaryResult(
         delta=c.delta, ci=c.ci, se=_finite(c.se), df=c.df, p=_finite(c.p), metric=metric,
         tasks=tasks, mde=_finite(c.mde()), standardized=weights is not None,
-        seeds_needed=contrast.seeds_needed(c, mde) if c.decidable and mde else None,
+        seeds_needed=power.seeds_needed(c, mde) if c.decidable and mde else None,
         run_share=_finite(c.run_var / var) if c.decidable and var > 0 else None,
         run_scores=[float(x) for x in scores],
     )  # fmt: skip

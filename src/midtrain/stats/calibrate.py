@@ -156,7 +156,7 @@ def _designs(results: list[StudyResult]) -> dict[str, DesignRate]:
 
 def _pooled(pairs: list, confidence: float) -> dict[str, float | None]:
     """Sphericity, correlation, diff sd and 2-seed MDE from the studies' mean squares."""
-    from midtrain.stats.contrast import mde_factor
+    from midtrain.stats.power import mde_factor
 
     ok = [p for p in pairs if p and p.diff_sd is not None and p.run_sd]
     if not ok:
