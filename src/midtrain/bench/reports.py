@@ -41,8 +41,9 @@ class RunTable(TypedDict):
     """A run config as the benches build it: the TOML-shaped data `train.load_run_config` (and
     `train.run`) validate into a `RunConfig`; JSON-safe, so it travels to a measurement child."""
 
-    model: LlamaTable
-    tokenizer: str
+    model: LlamaTable | None  # None with `init` (bench sft's anneal from a checkpoint)
+    tokenizer: str | None
+    init: NotRequired[str]
     stores: dict[str, str]
     mix: list[MixEntry]
     tokens: int

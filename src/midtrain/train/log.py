@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_write_jsonl
@@ -34,11 +34,12 @@ class LogLine(TypedDict):
 
 
 class DivergedInfo(TypedDict):
-    """What a divergence adds to status.json (`rundir.RunStatus` fields)."""
+    """What a divergence adds to status.json (`rundir.RunStatus` fields); an SFT grid whose every
+    LR diverged gives the reason alone."""
 
-    step: int
     reason: str
-    last_good: LogLine | None
+    step: NotRequired[int]
+    last_good: NotRequired[LogLine | None]
 
 
 class Diverged(MidtrainError):
