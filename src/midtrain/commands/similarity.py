@@ -90,6 +90,11 @@ def similarity(
     if as_json:
         print(json.dumps(result, sort_keys=True))
         return
+    _print_comparison(result)
+
+
+def _print_comparison(result: Comparison) -> None:
+    """The sets, the similarity matrix, the settings and each mix's proximity advantage."""
     from midtrain.commands.similarity_views import (
         matrix_table,
         proximity_view,

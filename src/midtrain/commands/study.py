@@ -212,18 +212,10 @@ def study_init(
     from midtrain.design.init import write_starter
 
     if preset is not None:
-        from midtrain.design.init import parse_tasks
-        from midtrain.design.preset_file import write_preset
-
-        if include_path is not None:
-            raise MidtrainError("--include-path: not taken with --preset; set include_path "
-                                "under [eval] of the written file")  # fmt: skip
-        path = write_preset(preset, checkpoint, stores, out, base=base,
-                            tasks=",".join(parse_tasks(tasks)), role_items=role, sft_items=sft,
-                            starts=start, tokens=tokens, full_run_tokens=full_run_tokens,
-                            start_lr=start_lr, grid_role=grid_role)  # fmt: skip
-        _print_preset_next(preset, path)
-        return
+        return _init_preset(preset, checkpoint, stores, out, include_path, base=base, tasks=tasks,
+                            role_items=role, sft_items=sft, starts=start, tokens=tokens,
+                            full_run_tokens=full_run_tokens, start_lr=start_lr,
+                            grid_role=grid_role)  # fmt: skip
     if role or sft or start or grid_role:
         raise MidtrainError("--role, --sft, --start and --grid-role go with --preset NAME")
     path = write_starter(checkpoint, stores, out, base=base, tasks=tasks,
@@ -232,6 +224,19 @@ def study_init(
     console.print(
         f"wrote {safe(path)}; check it with `midtrain study run {safe(path)} --out DIR --dry-run`"
     )
+
+
+def _init_preset(preset: str, checkpoint: Path, stores: list[str], out: Path,
+                 include_path: Path | None, tasks: list[str], **kw) -> None:  # fmt: skip
+    """`study init --preset`: the protocol's study for this checkpoint and these stores."""
+    from midtrain.design.init import parse_tasks
+    from midtrain.design.preset_file import write_preset
+
+    if include_path is not None:
+        raise MidtrainError("--include-path: not taken with --preset; set include_path "
+                            "under [eval] of the written file")  # fmt: skip
+    path = write_preset(preset, checkpoint, stores, out, tasks=",".join(parse_tasks(tasks)), **kw)
+    _print_preset_next(preset, path)
 
 
 def _print_preset_next(preset: str, path: Path) -> None:

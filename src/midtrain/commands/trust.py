@@ -12,6 +12,7 @@ from rich.table import Table
 from midtrain.console import safe
 
 if TYPE_CHECKING:
+    from midtrain.stats.calibrate import CalibrationResult
     from midtrain.stats.validate import Validation
 
 console = Console()
@@ -75,6 +76,11 @@ def bench_calibrate(
     if as_json:
         print(res.model_dump_json())
         return
+    _print_calibration(res)
+
+
+def _print_calibration(res: CalibrationResult) -> None:
+    """The false decisions, coverage and, per design, what pairing bought."""
     r = res.false_decision_rate
     console.print(
         f"{res.null_arms} null arms: {res.false_decisions} false decisions "
