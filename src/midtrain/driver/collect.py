@@ -242,11 +242,9 @@ def _study_flags(cfg: StudyConfig) -> list[str]:
 
 def _adjust_for_looks(cfg: StudyConfig, arms: list[ArmResult]) -> None:
     """seeds = "auto": each arm's primary delta also bias-adjusted for where it stopped."""
-    from midtrain.stats.sequential import bias_adjusted, spending_levels
+    from midtrain.stats.sequential import bias_adjusted, look_levels
 
-    n = cfg.analysis.max_seeds
-    info = tuple((k + 2) / n for k in range(cfg.looks))
-    levels = spending_levels(round(1 - cfg.analysis.confidence, 12), info)
+    info, levels = look_levels(cfg.analysis.confidence, cfg.analysis.max_seeds, cfg.looks)
     for a in arms:
         p = a.primary
         if p is None or p.se is None or len(a.seeds) < 2:

@@ -57,9 +57,16 @@ def look_confidence(confidence: float, max_seeds: int, looks: int, look: int) ->
     look = looks (`StudyConfig.looks`)."""
     if looks == 1:
         return confidence
-    info = tuple((k + 2) / max_seeds for k in range(looks))
-    levels = spending_levels(round(1 - confidence, 12), info)
+    _, levels = look_levels(confidence, max_seeds, looks)
     return 1 - levels[min(look, looks) - 1]
+
+
+def look_levels(
+    confidence: float, max_seeds: int, looks: int
+) -> tuple[tuple[float, ...], list[float]]:
+    """The information of each look (seeds / max_seeds, from 2 seeds on) and its alpha level."""
+    info = tuple((k + 2) / max_seeds for k in range(looks))
+    return info, spending_levels(round(1 - confidence, 12), info)
 
 
 def _box(mvn: Any, upper: np.ndarray) -> float:
