@@ -25,9 +25,7 @@ from midtrain.study.keep import check_readable
 from midtrain.study.merging import merge_arms, merge_chains
 from midtrain.study.plan import StudyPlan, arm_names, check_budget, make_plan, study_error
 from midtrain.study.prereg import analysis_plan, check_plan, registered
-from midtrain.study.results import (
-    StudyResult,
-)
+from midtrain.study.results import StudyResult
 from midtrain.study.reuse import reuse_runs
 
 

@@ -63,9 +63,6 @@ class Checkpoint:
             out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         return out
 
-    def weight_bytes(self) -> int:
-        return sum((self.path / f).stat().st_size for f in self.files)
-
     def keys_in_read_order(self) -> list[str]:
         order = {f: i for i, f in enumerate(self.files)}
         return sorted(

@@ -138,19 +138,6 @@ def block_fit(scores: dict[str, np.ndarray], seeds: dict[str, list[int]]) -> Blo
     return BlockFit(groups, coef, xtx, np.linalg.pinv(xtx), noise)
 
 
-def residual_var(groups: Sequence[np.ndarray]) -> tuple[float, int]:
-    """Pooled run x example residual variance (two-way decomposition within each group)."""
-    ss, df = 0.0, 0
-    for y in groups:
-        r, n = y.shape
-        if r < 2 or n < 2:
-            continue
-        res = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
-        ss += float((res**2).sum())
-        df += (r - 1) * (n - 1)
-    return (ss / df if df > 0 else 0.0), df
-
-
 @dataclass(frozen=True)
 class Contrast:
     """An arm minus the control on one quantity (or on a mean of several)."""
