@@ -277,3 +277,21 @@ def test_world_generative_arithmetic_scores_greedy_answers_by_exact_match(env, t
         text = tok.decode(out[0, ids.shape[1] :]).split("\n")[0]
         number = (re.findall(r"(-?\d+)", text) or ["[invalid]"])[0]  # lm-eval's regex filter
         assert r.response == number and r.exact_match == float(number == items[i]["answer"])
+
+
+def test_a_damaged_eval_json_is_one_line_naming_file_and_field(tmp_path):
+    """eval.json's settings are typed: a hand-edited limit of the wrong type is refused in one
+    line naming the file and the field, and a well-formed record still loads as written."""
+    from midtrain.eval.results import EvalResult
+
+    rec = {"key": "k", "checkpoint": "c", "tasks": ["t"], "include_path": None, "domains": {},
+           "settings": {"limit": 5, "num_fewshot": 0, "seed": 0, "task_settings": {}, "x": 1},
+           "results": {"tasks": {}, "domains": {}}, "seconds": 1.0, "timing": {}}  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(rec))
+    assert EvalResult.load(tmp_path).settings == rec["settings"]  # extra keys kept
+    rec["settings"]["limit"] = "x"
+    (tmp_path / "eval.json").write_text(json.dumps(rec))
+    with pytest.raises(MidtrainError) as e:
+        EvalResult.load(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "eval.json") in msg and "settings" in msg

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from typing_extensions import TypedDict  # pydantic validates a typing.TypedDict only on 3.12+
 
 from midtrain.io import read_json
+from midtrain.schema import validate
 
 FORMAT = "midtrain-eval/1"
 LN2 = math.log(2.0)
@@ -131,7 +132,9 @@ class EvalResult(BaseModel):
 
     @classmethod
     def load(cls, out: Path) -> EvalResult:
-        return cls.model_validate(read_json(Path(out) / "eval.json"))
+        """OUT/eval.json; a damaged one is a one-line error naming the file and the field."""
+        f = Path(out) / "eval.json"
+        return validate(cls, read_json(f), source=str(f))
 
     def lacks_scores(self) -> bool:
         """Written before tasks without an accuracy (generative ones) got per-example scores:
