@@ -28,13 +28,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 
 from midtrain.bench.reports import ChildError, LlamaTable, RunTable
 from midtrain.errors import MidtrainError
 from midtrain.io import library_versions
+
+if TYPE_CHECKING:
+    from midtrain.train.log import LogLine
 
 # Dense bf16 tensor-core FLOP/s (no sparsity) by device name: the first key found in
 # `torch.cuda.get_device_properties(0).name` wins, so the longer names come first.
@@ -178,9 +181,7 @@ def require_cuda() -> Any:
     return torch.cuda.get_device_properties(0)
 
 
-def timed_tokens_per_s(
-    rows: list[dict[str, float | None]], tokens_per_step: int, warmup: int
-) -> float:
+def timed_tokens_per_s(rows: list[LogLine], tokens_per_step: int, warmup: int) -> float:
     """Tokens/s of the steps after `warmup` from log lines (log.jsonl's JSON rows as
     `train.log.read_log` reads them): each line's `tok_s` is its flush
     window's (every line of a window has the window's mean), so a step took tokens/tok_s."""
